@@ -1,0 +1,49 @@
+"""refresher: keep OAuth 2.0 user-context tokens for the X API v2 alive.
+
+>>> import refresher
+>>> store = refresher.JSONTokenStore("tokens.json")  # doctest: +SKIP
+>>> session = refresher.RefreshingSession("client-id", store=store)  # doctest: +SKIP
+>>> session.get("https://api.x.com/2/users/me")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ._constants import DEFAULT_SCOPES, X_API_URL, X_AUTHORIZE_URL, X_REVOKE_URL, X_TOKEN_URL
+from .adapter import RefreshingAdapter
+from .errors import (
+    LockTimeout,
+    LoginError,
+    ReauthorizationRequired,
+    RefresherError,
+    RefreshError,
+    StaleTokenError,
+    TokenStoreError,
+)
+from .session import RefreshingSession
+from .stores import JSONTokenStore, MemoryTokenStore, TokenStore
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "X_API_URL",
+    "X_AUTHORIZE_URL",
+    "X_REVOKE_URL",
+    "X_TOKEN_URL",
+    "DEFAULT_SCOPES",
+    "RefreshingSession",
+    "RefreshingAdapter",
+    "TokenStore",
+    "MemoryTokenStore",
+    "JSONTokenStore",
+    "RefresherError",
+    "RefreshError",
+    "ReauthorizationRequired",
+    "TokenStoreError",
+    "LockTimeout",
+    "StaleTokenError",
+    "LoginError",
+]
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -1,0 +1,17 @@
+"""X's OAuth 2.0 endpoints and the defaults refresher uses with them."""
+
+from __future__ import annotations
+
+X_API_URL = "https://api.x.com"
+X_TOKEN_URL = "https://api.x.com/2/oauth2/token"
+X_AUTHORIZE_URL = "https://x.com/i/oauth2/authorize"
+X_REVOKE_URL = "https://api.x.com/2/oauth2/revoke"
+
+#: Scopes that let a session call ``/2/users/me`` and get a refresh token.
+DEFAULT_SCOPES = ("tweet.read", "users.read", "offline.access")
+
+#: Refresh this many seconds before ``expires_at`` unless told otherwise.
+DEFAULT_LEEWAY = 60.0
+#: ...but never earlier than this fraction of the token's lifetime before expiry, so that
+#: short-lived tokens (the emulator's 1-second ones) do not refresh on every request.
+LEEWAY_MAX_FRACTION = 0.1

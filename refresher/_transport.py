@@ -1,0 +1,48 @@
+"""Which URLs may carry a token: https anywhere, plain http only to this machine."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from urllib.parse import urlsplit
+
+from oauthlib.oauth2 import InsecureTransportError
+
+__all__ = ["is_allowed_transport", "require_secure_transport"]
+
+
+def is_allowed_transport(url: str) -> bool:
+    """As oauthlib's ``is_secure_transport``, but plain http to a loopback address is fine.
+
+    The loopback exception is what lets the emulator (and a local callback server) work
+    without anyone setting ``OAUTHLIB_INSECURE_TRANSPORT``: such traffic never leaves
+    the machine.
+    """
+    if os.environ.get("OAUTHLIB_INSECURE_TRANSPORT"):
+        return True
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "https":
+        return True
+    if scheme != "http":
+        return False
+    host = (parts.hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def require_secure_transport(url: str) -> None:
+    """Raise oauthlib's :class:`InsecureTransportError` for a URL that may not carry a token."""
+    if not is_allowed_transport(url):
+        raise InsecureTransportError(
+            description=f"OAuth 2 requires https (plain http only to loopback): {_origin(url)}"
+        )
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}"

@@ -1,0 +1,292 @@
+"""RefreshCoordinator: one refresh at a time, and never the same refresh token twice.
+
+The whole rule, top to bottom, is :meth:`RefreshCoordinator.refresh`:
+
+1. take the thread lock (one refresh per process at a time);
+2. take the store's lock for the account (one per machine, or per Redis);
+3. re-read the store: if a sibling already replaced the token that failed, use theirs;
+4. otherwise spend the *stored* refresh token at the token endpoint;
+5. save the new pair, release the locks, run ``on_token_update``.
+
+A failed refresh changes nothing in the store; ``on_refresh_error`` sees it first.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from typing import Any, Callable, Dict, Optional
+
+import requests
+
+from .endpoint import TokenEndpoint
+from .errors import ReauthorizationRequired, RefresherError, TokenStoreError
+from .stores.base import TokenStore
+from .token import Token, fingerprint, needs_refresh, normalize_token, seconds_left
+
+__all__ = ["RefreshCoordinator", "NOT_TOKEN_RELATED_403"]
+
+log = logging.getLogger(__name__)
+
+#: 403 problem types X documents as having nothing to do with the token: no refresh.
+NOT_TOKEN_RELATED_403 = (
+    "/2/problems/client-forbidden",
+    "/2/problems/unsupported-authentication",
+)
+# A 403 with a token younger than this fraction of its lifetime is not about expiry.
+_YOUNG_FRACTION = 0.5
+# How many access tokens we remember having handed out (to recognise our own 401s).
+_REMEMBERED_TOKENS = 32
+
+
+class RefreshCoordinator:
+    """Owns the live token of one account of one store, and every refresh of it.
+
+    ``RefreshingSession`` asks it for a token before each request and tells it about each
+    401/403; it decides whether to refresh, adopt a sibling's newer token, or do nothing.
+    """
+
+    def __init__(
+        self,
+        store: TokenStore,
+        account: str,
+        endpoint: TokenEndpoint,
+        *,
+        leeway: float,
+        lock_timeout: Optional[float],
+        on_token_update: Optional[Callable[[Token], Any]] = None,
+        on_refresh_error: Optional[Callable[[BaseException], Any]] = None,
+        on_new_token: Optional[Callable[[Token], Any]] = None,
+    ) -> None:
+        self.store = store
+        self.account = account
+        self.endpoint = endpoint
+        self.leeway = leeway
+        self.lock_timeout = lock_timeout
+        self.on_token_update = on_token_update
+        self.on_refresh_error = on_refresh_error
+        self._on_new_token = on_new_token
+        self._thread_lock = threading.Lock()
+        self._token: Optional[Token] = None
+        # A pair we were granted but could not save (store down): written back first thing.
+        self._unsaved: Optional[Token] = None
+        self._unsaved_parent: Optional[str] = None
+        # access token -> True if it came from a refresh/adoption in this process
+        self._issued: OrderedDict[str, bool] = OrderedDict()
+        self.refreshes = 0
+
+    # -- start-up ------------------------------------------------------------------------
+
+    def load(self, seed: Optional[Token] = None) -> Optional[Token]:
+        """Read the account's token; store ``seed`` first when the account has none."""
+        if seed:
+            with self.store.lock(self.account, timeout=self.lock_timeout):
+                stored = self.store.load(self.account)
+                if stored is None:
+                    stored = normalize_token(seed)
+                    self.store.save(self.account, stored)
+        else:
+            stored = self.store.load(self.account)
+        if stored is not None:
+            self._set(stored, fresh=False)
+        return stored
+
+    def replace(self, token: Token) -> None:
+        """Make ``token`` the account's token (a new login): save it, then use it."""
+        token = normalize_token(token)
+        with self._thread_lock, self.store.lock(self.account, timeout=self.lock_timeout):
+            self.store.save(self.account, token)
+            self._unsaved = None
+            self._set(token, fresh=True)
+
+    # -- the hot path --------------------------------------------------------------------
+
+    @property
+    def token(self) -> Optional[Token]:
+        """The token requests are sent with now (may be ``None`` before a login)."""
+        return self._token
+
+    def token_for_request(self) -> Token:
+        """The token to send now, refreshed first when it expires within the leeway."""
+        if self._unsaved is not None:
+            self._write_back()
+        token = self._token
+        if token is None:
+            token = self.load()
+            if token is None:
+                raise ReauthorizationRequired(
+                    f"no token for account {self.account!r} in {self.store!r}; "
+                    "log in first (for example with `refresher login`)"
+                )
+        if needs_refresh(token, self.leeway):
+            token = self.refresh(stale=token.get("access_token"))
+        return token
+
+    # -- 401/403 -------------------------------------------------------------------------
+
+    def sent_by_us(self, access_token: str) -> bool:
+        """Whether ``access_token`` is one this coordinator handed out."""
+        return access_token in self._issued
+
+    def should_refresh_after(self, response: requests.Response, access_token: str) -> bool:
+        """Whether a 401/403 answered to ``access_token`` may be cured by a refresh."""
+        if response.status_code != 403:
+            return True
+        problem = _problem_type(response)
+        if problem and problem.endswith(NOT_TOKEN_RELATED_403):
+            log.debug("403 %s is not about the token; no refresh", problem)
+            return False
+        # A 403 to a token just granted or adopted is about the request, not the token:
+        # refreshing again would rotate the pair on every call to a forbidden endpoint.
+        if self._issued.get(access_token):
+            return False
+        token = self._token
+        if token is not None and token.get("access_token") == access_token:
+            left, lifetime = seconds_left(token), token.get("expires_in")
+            if left is not None and lifetime:
+                return left < float(lifetime) * _YOUNG_FRACTION
+        return True
+
+    # -- the refresh ---------------------------------------------------------------------
+
+    def refresh(self, stale: Optional[str] = None) -> Token:
+        """A coordinated refresh; returns the token to use from now on.
+
+        ``stale`` is the access token that failed or is expiring. When the store (or another
+        thread) already holds a different, unexpired token, that one is adopted and no
+        refresh token is spent. ``stale=None`` refreshes unconditionally.
+        """
+        try:
+            with self._thread_lock:
+                current = self._token
+                if _newer(current, stale, self.leeway):
+                    assert current is not None
+                    return current  # another thread of ours refreshed while we waited
+                granted = self._refresh_under_lock(stale)
+        except RefresherError as exc:
+            if self.on_refresh_error is not None:
+                self.on_refresh_error(exc)
+            raise
+        if granted is not None:
+            if self.on_token_update is not None:
+                self.on_token_update(dict(granted))
+            return granted
+        assert self._token is not None
+        return self._token
+
+    def _refresh_under_lock(self, stale: Optional[str]) -> Optional[Token]:
+        """Returns the granted pair, or ``None`` when a sibling's token was adopted."""
+        with self.store.lock(self.account, timeout=self.lock_timeout):
+            if self._unsaved is not None:
+                self._write_back_locked()
+            stored = self.store.load(self.account)
+            if _newer(stored, stale, self.leeway):
+                assert stored is not None
+                log.info(
+                    "account %r: adopting token %s refreshed by a sibling",
+                    self.account, fingerprint(stored.get("access_token")),
+                )
+                self._set(stored, fresh=True)
+                return None
+            base = stored if stored is not None else self._token
+            refresh_token = (base or {}).get("refresh_token")
+            if not refresh_token:
+                raise ReauthorizationRequired(
+                    f"account {self.account!r} has no refresh token in {self.store!r} "
+                    "(was offline.access in the scopes?); log in again"
+                )
+            try:
+                granted = self.endpoint.refresh(refresh_token)
+            except ReauthorizationRequired:
+                # A sibling whose lock lapsed may have saved the new pair meanwhile.
+                again = self.store.load(self.account)
+                if again is not None and again.get("refresh_token") != refresh_token:
+                    log.info("account %r: refresh token was spent by a sibling; adopting its pair",
+                             self.account)
+                    self._set(again, fresh=True)
+                    return None
+                raise
+            self.refreshes += 1
+            self._set(granted, fresh=True)
+            log.info(
+                "account %r: refreshed, access token %s, expires in %.0f s",
+                self.account, fingerprint(granted.get("access_token")),
+                seconds_left(granted) or 0.0,
+            )
+            self._save_or_keep(granted, parent=refresh_token)
+            return granted
+
+    # -- saving, and writing back what could not be saved --------------------------------
+
+    def _save_or_keep(self, granted: Token, *, parent: str) -> None:
+        try:
+            self.store.save(self.account, granted)
+        except TokenStoreError:
+            # The old refresh token is spent: this pair is now the only way into the
+            # account. Keep it and write it back as soon as the store answers again.
+            self._unsaved, self._unsaved_parent = granted, parent
+            log.error("account %r: could not save the new token; keeping it in memory "
+                      "and retrying the save before the next request", self.account)
+            raise
+
+    def _write_back(self) -> None:
+        with self._thread_lock:
+            if self._unsaved is None:
+                return
+            with self.store.lock(self.account, timeout=self.lock_timeout):
+                self._write_back_locked()
+
+    def _write_back_locked(self) -> None:
+        unsaved = self._unsaved
+        assert unsaved is not None
+        stored = self.store.load(self.account)
+        if stored is None or stored.get("refresh_token") == self._unsaved_parent:
+            self.store.save(self.account, unsaved)
+            log.info("account %r: saved the token kept in memory while the store was down",
+                     self.account)
+        else:
+            self._set(stored, fresh=True)  # someone logged in again meanwhile: theirs wins
+        self._unsaved = self._unsaved_parent = None
+
+    # -- bookkeeping ---------------------------------------------------------------------
+
+    def _set(self, token: Token, *, fresh: bool) -> None:
+        self._token = token
+        access = token.get("access_token")
+        if access:
+            self._issued[access] = fresh or self._issued.get(access, False)
+            self._issued.move_to_end(access)
+            while len(self._issued) > _REMEMBERED_TOKENS:
+                self._issued.popitem(last=False)
+        if self._on_new_token is not None:
+            self._on_new_token(token)
+
+    def describe(self) -> Dict[str, Any]:
+        """Safe facts for a repr or a status line: account, expiry, fingerprint."""
+        token = self._token or {}
+        left = seconds_left(token)
+        return {
+            "account": self.account,
+            "expires_in": None if left is None else round(left),
+            "fingerprint": fingerprint(token.get("access_token")),
+        }
+
+
+def _newer(candidate: Optional[Token], stale: Optional[str], leeway: float) -> bool:
+    """True when ``candidate`` is a usable token other than the one known to be stale."""
+    if candidate is None or stale is None:
+        return False
+    if candidate.get("access_token") in (None, stale):
+        return False
+    return not needs_refresh(candidate, leeway)
+
+
+def _problem_type(response: requests.Response) -> Optional[str]:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    if isinstance(body, dict) and isinstance(body.get("type"), str):
+        return str(body["type"])
+    return None

@@ -1,0 +1,79 @@
+"""The exceptions refresher raises, as a short hierarchy callers can catch by meaning.
+
+Every message is written for the person who has to act on it, and none of them ever
+contains an access token, a refresh token or a client secret.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    import requests
+
+__all__ = [
+    "RefresherError",
+    "RefreshError",
+    "ReauthorizationRequired",
+    "TokenStoreError",
+    "LockTimeout",
+    "StaleTokenError",
+    "LoginError",
+]
+
+
+class RefresherError(Exception):
+    """Base class of every error refresher raises."""
+
+
+class RefreshError(RefresherError):
+    """The token endpoint refused or failed a refresh.
+
+    ``error`` is the OAuth error code the endpoint sent (``"invalid_request"``,
+    ``"unauthorized_client"``...) or ``None`` when it sent none (a 5xx, a timeout, a
+    non-JSON answer). ``response`` is the :class:`requests.Response`, when there was one.
+    The stored token is untouched: the next call tries again.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        error: Optional[str] = None,
+        response: Optional[requests.Response] = None,
+    ) -> None:
+        super().__init__(message)
+        self.error = error
+        self.response = response
+
+
+class ReauthorizationRequired(RefreshError):
+    """The refresh token is spent, revoked or missing: a person must log in again.
+
+    Raised only after the store was re-read once, so a sibling process that already holds
+    the new pair is not mistaken for a lost account.
+    """
+
+
+class TokenStoreError(RefresherError):
+    """A token store is unreadable, corrupt, unwritable or unreachable.
+
+    The message names the file or server (never a password); a corrupt file is left as it
+    is, for a person to look at.
+    """
+
+
+class LockTimeout(TokenStoreError):
+    """The store's lock for an account was not had within ``lock_timeout`` seconds."""
+
+
+class StaleTokenError(TokenStoreError):
+    """A save lost a race: the store already holds a newer token, which is kept.
+
+    Raised by stores that version their tokens (the Redis store) when a writer whose lock
+    lapsed tries to overwrite a token another holder saved in the meantime.
+    """
+
+
+class LoginError(RefresherError):
+    """The OAuth 2.0 login (authorize, callback, code exchange) failed or was refused."""

@@ -1,0 +1,215 @@
+"""RefreshingSession: an OAuth2Session whose token never runs out.
+
+The session decides *what* to send: the current bearer token, refreshed first when it
+is about to expire. Its :class:`~refresher.adapter.RefreshingAdapter` decides what to do
+when X refuses the token anyway. Both defer to one
+:class:`~refresher.coordinator.RefreshCoordinator`, which owns refreshing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Collection, Dict, Mapping, Optional
+
+import requests
+from requests_oauthlib import OAuth2Session
+
+from ._constants import DEFAULT_LEEWAY, X_API_URL, X_TOKEN_URL
+from ._transport import require_secure_transport
+from .adapter import RefreshingAdapter
+from .coordinator import RefreshCoordinator
+from .endpoint import TokenEndpoint
+from .stores.base import MemoryTokenStore, TokenStore
+from .token import Token
+
+__all__ = ["RefreshingSession"]
+
+log = logging.getLogger(__name__)
+
+
+class RefreshingSession(OAuth2Session):
+    """A :class:`requests_oauthlib.OAuth2Session` that keeps an X user token alive.
+
+    Give it a ``store`` (or an ``on_token_update`` hook) and every request carries the
+    current bearer token; a token within ``leeway`` seconds of expiry is refreshed first,
+    and a 401/403 (``refresh_status_codes``) to a request that carried it is cured by one
+    refresh and one replay. Refreshes are coordinated through the store, so threads and
+    processes sharing it never spend the same single-use refresh token twice.
+
+    Without ``store`` and ``on_token_update`` it is exactly an ``OAuth2Session``.
+
+    ``token`` seeds the store when the account is empty; a token already in the store
+    wins. From then on the store holds the live pair: the dict passed in may be spent.
+
+    >>> store = JSONTokenStore("tokens.json")  # doctest: +SKIP
+    >>> session = RefreshingSession("my-client-id", store=store, account="alice")  # doctest: +SKIP
+    >>> session.get("https://api.x.com/2/users/me").json()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        client_id: Optional[str] = None,
+        client: Any = None,
+        auto_refresh_url: Optional[str] = None,
+        auto_refresh_kwargs: Optional[Dict[str, Any]] = None,
+        scope: Any = None,
+        redirect_uri: Optional[str] = None,
+        token: Optional[Mapping[str, Any]] = None,
+        state: Any = None,
+        token_updater: Optional[Callable[[Token], Any]] = None,
+        pkce: Optional[str] = None,
+        *,
+        client_secret: Optional[str] = None,
+        store: Optional[TokenStore] = None,
+        account: str = "default",
+        token_url: str = X_TOKEN_URL,
+        api_base_url: str = X_API_URL,
+        refresh_status_codes: Collection[int] = (401, 403),
+        leeway: float = DEFAULT_LEEWAY,
+        lock_timeout: Optional[float] = 30.0,
+        on_token_update: Optional[Callable[[Token], Any]] = None,
+        on_refresh_error: Optional[Callable[[BaseException], Any]] = None,
+        refresh_session: Optional[requests.Session] = None,
+        **kwargs: Any,
+    ) -> None:
+        self._coordinator: Optional[RefreshCoordinator] = None
+        super().__init__(
+            client_id=client_id,
+            client=client,
+            auto_refresh_url=auto_refresh_url,
+            auto_refresh_kwargs=auto_refresh_kwargs,
+            scope=scope,
+            redirect_uri=redirect_uri,
+            token=dict(token) if token else None,
+            state=state,
+            token_updater=token_updater,
+            pkce=pkce,
+            **kwargs,
+        )
+        self.account = account
+        self.token_url = token_url
+        self.api_base_url = api_base_url.rstrip("/")
+        self.refresh_status_codes = tuple(refresh_status_codes)
+        if store is None and on_token_update is None:
+            return  # plain OAuth2Session
+
+        self.store = store if store is not None else MemoryTokenStore()
+        self._endpoint = TokenEndpoint(
+            token_url, client_id or getattr(client, "client_id", None), client_secret,
+            session=refresh_session,
+        )
+        coordinator = RefreshCoordinator(
+            self.store,
+            account,
+            self._endpoint,
+            leeway=leeway,
+            lock_timeout=lock_timeout,
+            on_token_update=on_token_update,
+            on_refresh_error=on_refresh_error,
+            on_new_token=self._sync_client,
+        )
+        coordinator.load(seed=dict(token) if token else None)
+        self._coordinator = coordinator
+        adapter = RefreshingAdapter(coordinator, self.refresh_status_codes)
+        self.mount("https://", adapter)
+        self.mount("http://", adapter)
+
+    # -- the token, as OAuth2Session exposes it ------------------------------------------
+
+    @property  # type: ignore[override]
+    def token(self) -> Any:
+        coordinator = self.__dict__.get("_coordinator")
+        if coordinator is not None:
+            return coordinator.token or {}
+        return OAuth2Session.token.fget(self)  # type: ignore[attr-defined]
+
+    @token.setter
+    def token(self, value: Any) -> None:
+        coordinator = self.__dict__.get("_coordinator")
+        if coordinator is not None and value:
+            coordinator.replace(value)  # a new login (fetch_token): the store gets it
+        else:
+            OAuth2Session.token.fset(self, value)  # type: ignore[attr-defined]
+
+    def _sync_client(self, token: Token) -> None:
+        OAuth2Session.token.fset(self, token)  # type: ignore[attr-defined]
+
+    @property
+    def refreshing(self) -> bool:
+        """True when the refresh machinery is on (a store or an on_token_update hook)."""
+        return self._coordinator is not None
+
+    # -- requests ------------------------------------------------------------------------
+
+    def request(  # type: ignore[override]
+        self,
+        method: str,
+        url: str,
+        data: Any = None,
+        headers: Optional[Mapping[str, str]] = None,
+        withhold_token: bool = False,
+        client_id: Optional[str] = None,
+        client_secret: Optional[str] = None,
+        files: Any = None,
+        **kwargs: Any,
+    ) -> requests.Response:
+        """Send a request with the current bearer token, refreshed first if it is expiring."""
+        coordinator = self._coordinator
+        if coordinator is None:
+            plain: requests.Response = super().request(
+                method, url, data=data, headers=headers, withhold_token=withhold_token,
+                client_id=client_id, client_secret=client_secret, files=files, **kwargs,
+            )
+            return plain
+        # Not through OAuth2Session.request: it logs whole tokens at DEBUG.
+        require_secure_transport(url)
+        if not withhold_token:
+            token = coordinator.token_for_request()
+            merged = {k: v for k, v in (headers or {}).items() if k.lower() != "authorization"}
+            merged["Authorization"] = f"Bearer {token['access_token']}"
+            headers = merged
+        response: requests.Response = requests.Session.request(
+            self, method, url, data=data, headers=headers, files=files, **kwargs
+        )
+        return response
+
+    def refresh(self) -> Token:
+        """Refresh now (coordinated with every sibling sharing the store); the new token."""
+        coordinator = self._require_coordinator("refresh")
+        return dict(coordinator.refresh(stale=None))
+
+    def me(self) -> Dict[str, Any]:
+        """``GET {api_base_url}/2/users/me``: the ``data`` object (id, name, username).
+
+        Raises :class:`requests.HTTPError` when X refuses.
+        """
+        response = self.get(f"{self.api_base_url}/2/users/me")
+        response.raise_for_status()
+        data = response.json().get("data")
+        if not isinstance(data, dict):
+            raise ValueError(f"{self.api_base_url}/2/users/me answered without a data object")
+        return data
+
+    def close(self) -> None:
+        super().close()
+        endpoint = self.__dict__.get("_endpoint")
+        if endpoint is not None:
+            endpoint.close()
+
+    def __repr__(self) -> str:
+        coordinator = self.__dict__.get("_coordinator")
+        if coordinator is None:
+            return f"<RefreshingSession (plain OAuth2Session) client_id={self.client_id!r}>"
+        facts = coordinator.describe()
+        expiry = "no token" if facts["expires_in"] is None else (
+            f"expires in {facts['expires_in']} s" if facts["expires_in"] > 0 else "expired"
+        )
+        return (f"<RefreshingSession account={self.account!r} store={self.store!r} "
+                f"token {facts['fingerprint']} {expiry}>")
+
+    def _require_coordinator(self, what: str) -> RefreshCoordinator:
+        if self._coordinator is None:
+            raise TypeError(
+                f"{what}() needs the refresh machinery: pass store= or on_token_update="
+            )
+        return self._coordinator

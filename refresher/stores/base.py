@@ -1,0 +1,118 @@
+"""The TokenStore interface, and the in-memory store."""
+
+from __future__ import annotations
+
+import abc
+import copy
+import threading
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Optional
+
+from ..errors import LockTimeout
+from ..token import Token
+
+__all__ = ["TokenStore", "MemoryTokenStore"]
+
+
+class TokenStore(abc.ABC):
+    """Where tokens live between refreshes, keyed by account name.
+
+    A store holds, per account, the current token dict and a small metadata dict (client
+    id, endpoints: never a secret). ``lock(account)`` serialises refreshes of that account
+    among everyone who shares the store: threads, processes, hosts, depending on the store.
+
+    Subclasses implement the five token methods; metadata is optional.
+
+    >>> store = MemoryTokenStore()
+    >>> with store.lock("alice"):
+    ...     store.save("alice", {"access_token": "a", "refresh_token": "r"})
+    >>> store.accounts()
+    ['alice']
+    """
+
+    @abc.abstractmethod
+    def load(self, account: str) -> Optional[Token]:
+        """The account's token (a fresh copy), or ``None`` if the store has none."""
+
+    @abc.abstractmethod
+    def save(self, account: str, token: Token) -> None:
+        """Store ``token`` for ``account``, replacing the previous one. Call under ``lock``."""
+
+    @abc.abstractmethod
+    def delete(self, account: str) -> None:
+        """Forget the account (token and metadata). Unknown accounts are ignored."""
+
+    @abc.abstractmethod
+    def accounts(self) -> List[str]:
+        """The names of the accounts that have a token, sorted."""
+
+    @abc.abstractmethod
+    def lock(self, account: str, timeout: Optional[float] = None) -> Any:
+        """A context manager that holds the account's refresh lock.
+
+        Raises :class:`~refresher.LockTimeout` when it is not had within ``timeout``
+        seconds (``None``: wait for ever).
+        """
+
+    def load_metadata(self, account: str) -> Dict[str, Any]:
+        """What was recorded beside the token (client id, endpoints); ``{}`` if nothing."""
+        return {}
+
+    def save_metadata(self, account: str, metadata: Dict[str, Any]) -> None:
+        """Record ``metadata`` beside the account's token. Never put a secret in it."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep metadata")
+
+    def close(self) -> None:
+        """Release connections or file handles the store holds. Safe to call twice."""
+
+
+class MemoryTokenStore(TokenStore):
+    """Tokens in a dict: one process, many threads. Useful for tests and short scripts."""
+
+    def __init__(self) -> None:
+        self._tokens: Dict[str, Token] = {}
+        self._metadata: Dict[str, Dict[str, Any]] = {}
+        self._locks: Dict[str, threading.RLock] = {}
+        self._guard = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"MemoryTokenStore(accounts={self.accounts()!r})"
+
+    def load(self, account: str) -> Optional[Token]:
+        with self._guard:
+            token = self._tokens.get(account)
+            return copy.deepcopy(token) if token is not None else None
+
+    def save(self, account: str, token: Token) -> None:
+        with self._guard:
+            self._tokens[account] = copy.deepcopy(dict(token))
+
+    def delete(self, account: str) -> None:
+        with self._guard:
+            self._tokens.pop(account, None)
+            self._metadata.pop(account, None)
+
+    def accounts(self) -> List[str]:
+        with self._guard:
+            return sorted(self._tokens)
+
+    def load_metadata(self, account: str) -> Dict[str, Any]:
+        with self._guard:
+            return copy.deepcopy(self._metadata.get(account, {}))
+
+    def save_metadata(self, account: str, metadata: Dict[str, Any]) -> None:
+        with self._guard:
+            self._metadata[account] = copy.deepcopy(dict(metadata))
+
+    @contextmanager
+    def lock(self, account: str, timeout: Optional[float] = None) -> Iterator[None]:
+        with self._guard:
+            account_lock = self._locks.setdefault(account, threading.RLock())
+        if not account_lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise LockTimeout(
+                f"could not lock account {account!r} of the memory store within {timeout} s"
+            )
+        try:
+            yield
+        finally:
+            account_lock.release()

@@ -1,0 +1,210 @@
+"""JSONTokenStore: many accounts in one JSON file, shared by processes on one machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Union
+
+import filelock
+
+from ..errors import LockTimeout, TokenStoreError
+from ..token import Token
+from .base import TokenStore
+
+__all__ = ["JSONTokenStore"]
+
+_FORMAT = "refresher/1"
+# The lock is polled; short polls keep the wait of the processes queued behind a refresh
+# close to the refresh's own round trip.
+_LOCK_POLL_INTERVAL = 0.002
+
+
+class JSONTokenStore(TokenStore):
+    """One JSON file holding many accounts, guarded by an OS file lock at ``path + ".lock"``.
+
+    Writes are atomic: a temporary file in the same folder is written, fsynced and moved
+    over the old one with :func:`os.replace`, so a process killed at any moment leaves the
+    old file or the new one, never a torn one. Files are created mode 0600 (the folder,
+    when refresher has to create it, 0700). A file that is not refresher's JSON raises
+    :class:`~refresher.TokenStoreError` naming it, and is never overwritten.
+
+    The lock is :mod:`filelock`'s OS lock: a process that dies holding it releases it. It
+    covers the whole file, so refreshes of different accounts in one file take turns.
+
+    >>> store = JSONTokenStore("~/.config/refresher/tokens.json")  # doctest: +SKIP
+    >>> session = RefreshingSession("my-client-id", store=store, account="alice")  # doctest: +SKIP
+    """
+
+    def __init__(self, path: Union[str, os.PathLike[str]]) -> None:
+        self.path = Path(os.path.expanduser(os.fspath(path))).absolute()
+        self.lock_path = Path(str(self.path) + ".lock")
+        self._file_lock: Optional[filelock.FileLock] = None
+
+    def __repr__(self) -> str:
+        return f"JSONTokenStore({str(self.path)!r})"
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _read(self) -> Dict[str, Any]:
+        """The whole document; an empty one when the file does not exist yet."""
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                text = handle.read()
+        except FileNotFoundError:
+            return {"format": _FORMAT, "accounts": {}}
+        except OSError as exc:
+            raise TokenStoreError(f"cannot read token store {self.path}: {exc.strerror}") from None
+        try:
+            document = json.loads(text)
+        except ValueError:
+            raise TokenStoreError(
+                f"token store {self.path} is not valid JSON; it was left untouched. "
+                "Move it aside and log in again, or restore it from a backup."
+            ) from None
+        accounts = document.get("accounts") if isinstance(document, dict) else None
+        if not isinstance(accounts, dict) or not all(
+            isinstance(entry, dict) for entry in accounts.values()
+        ):
+            raise TokenStoreError(
+                f"token store {self.path} is JSON but not a refresher token store "
+                '(expected {"accounts": {...}}); it was left untouched.'
+            )
+        return dict(document)
+
+    def load(self, account: str) -> Optional[Token]:
+        entry = self._read()["accounts"].get(account)
+        if entry is None:
+            return None
+        token = entry.get("token")
+        if not isinstance(token, dict):
+            raise TokenStoreError(
+                f"token store {self.path}: account {account!r} has no token object; "
+                "log in again for that account."
+            )
+        return token
+
+    def accounts(self) -> List[str]:
+        return sorted(
+            name for name, entry in self._read()["accounts"].items() if "token" in entry
+        )
+
+    def load_metadata(self, account: str) -> Dict[str, Any]:
+        entry = self._read()["accounts"].get(account) or {}
+        metadata = entry.get("metadata") or {}
+        result = dict(metadata) if isinstance(metadata, dict) else {}
+        if "updated_at" in entry:
+            result.setdefault("updated_at", entry["updated_at"])
+        return result
+
+    # -- writing -------------------------------------------------------------------------
+
+    def save(self, account: str, token: Token) -> None:
+        with self._held():
+            document = self._read()
+            entry = document["accounts"].setdefault(account, {})
+            entry["token"] = dict(token)
+            entry["updated_at"] = time.time()
+            self._write(document)
+
+    def save_metadata(self, account: str, metadata: Dict[str, Any]) -> None:
+        with self._held():
+            document = self._read()
+            document["accounts"].setdefault(account, {})["metadata"] = dict(metadata)
+            self._write(document)
+
+    def delete(self, account: str) -> None:
+        with self._held():
+            document = self._read()
+            if document["accounts"].pop(account, None) is not None:
+                self._write(document)
+
+    def _write(self, document: Dict[str, Any]) -> None:
+        document["format"] = _FORMAT
+        data = json.dumps(document, indent=2, sort_keys=True).encode("utf-8")
+        folder = self.path.parent
+        try:
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{self.path.name}.", suffix=".tmp")
+        except OSError as exc:
+            raise TokenStoreError(
+                f"cannot write token store {self.path}: {exc.strerror}"
+            ) from None
+        try:
+            with os.fdopen(fd, "wb") as handle:  # mkstemp made it mode 0600
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise TokenStoreError(
+                f"cannot write token store {self.path}: {exc.strerror}; the old file is intact"
+            ) from None
+        _fsync_folder(folder)
+
+    # -- locking -------------------------------------------------------------------------
+
+    def _ensure_folder(self) -> None:
+        folder = self.path.parent
+        if not folder.exists():
+            try:
+                folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as exc:
+                raise TokenStoreError(
+                    f"cannot create the folder of token store {self.path}: {exc.strerror}"
+                ) from None
+
+    def _lock_object(self) -> filelock.FileLock:
+        if self._file_lock is None:
+            self._ensure_folder()
+            # is_singleton: every store object on this path in this process shares one
+            # re-entrant lock, so a hook that saves through a second store cannot deadlock.
+            self._file_lock = filelock.FileLock(
+                str(self.lock_path), mode=0o600, is_singleton=True,
+                poll_interval=_LOCK_POLL_INTERVAL,
+            )
+        return self._file_lock
+
+    @contextmanager
+    def _held(self, timeout: Optional[float] = None) -> Iterator[None]:
+        lock = self._lock_object()
+        try:
+            lock.acquire(timeout=-1 if timeout is None else timeout)
+        except filelock.Timeout:
+            raise LockTimeout(
+                f"could not lock token store {self.path} within {timeout} s "
+                f"(lock file {self.lock_path}); another process is holding it"
+            ) from None
+        except OSError as exc:
+            raise TokenStoreError(
+                f"cannot lock token store {self.path} (lock file {self.lock_path}): "
+                f"{exc.strerror}"
+            ) from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def lock(self, account: str, timeout: Optional[float] = None) -> Any:
+        return self._held(timeout)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
