@@ -1,0 +1,83 @@
+"""Serve an :class:`~refresher.testing.XEmulator` until Ctrl-C or SIGTERM.
+
+``python -m refresher.testing [--host 127.0.0.1] [--port 0] [--access-ttl 7200]`` prints one
+line of JSON with the URLs and client credentials first, so that a parent process can read
+it, then logs requests to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from typing import Optional, Sequence
+
+from refresher.testing.emulator import (
+    DEFAULT_CLIENT_ID,
+    DEFAULT_CLIENT_SECRET,
+    DEFAULT_CONFIDENTIAL_CLIENT_ID,
+    XEmulator,
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m refresher.testing",
+        description="Serve an emulator of X's OAuth 2.0 and API v2 endpoints.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=0, help="port (0: any free port)")
+    parser.add_argument("--access-ttl", type=float, default=7200.0,
+                        help="lifetime of access tokens in seconds")
+    parser.add_argument("--code-ttl", type=float, default=30.0,
+                        help="lifetime of authorization codes in seconds")
+    parser.add_argument("--invalidate-access-on-refresh", action="store_true",
+                        help="a refresh also kills the previous access token")
+    parser.add_argument("--log-level", default="DEBUG",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="DEBUG shows every request")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the emulator; return the exit status."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    emulator = XEmulator(
+        host=args.host,
+        port=args.port,
+        access_ttl=args.access_ttl,
+        code_ttl=args.code_ttl,
+        invalidate_access_on_refresh=args.invalidate_access_on_refresh,
+    )
+    stopping = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopping.set())
+    with emulator:
+        endpoints = {
+            "url": emulator.url,
+            "token_url": emulator.token_url,
+            "authorize_url": emulator.authorize_url,
+            "revoke_url": emulator.revoke_url,
+            "api_url": emulator.api_url,
+            "client_id": DEFAULT_CLIENT_ID,
+            "confidential_client_id": DEFAULT_CONFIDENTIAL_CLIENT_ID,
+            "client_secret": DEFAULT_CLIENT_SECRET,
+        }
+        sys.stdout.write(json.dumps(endpoints) + "\n")
+        sys.stdout.flush()
+        logging.getLogger("refresher.testing").info("X emulator serving on %s", emulator.url)
+        while not stopping.wait(0.5):
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
