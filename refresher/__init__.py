@@ -22,7 +22,7 @@ from .errors import (
     TokenStoreError,
 )
 from .session import RefreshingSession
-from .stores import JSONTokenStore, MemoryTokenStore, TokenStore
+from .stores import JSONTokenStore, MemoryTokenStore, TokenStore, open_store
 
 __version__ = "0.1.0"
 
@@ -37,6 +37,7 @@ __all__ = [
     "TokenStore",
     "MemoryTokenStore",
     "JSONTokenStore",
+    "open_store",
     "RefresherError",
     "RefreshError",
     "ReauthorizationRequired",
