@@ -385,14 +385,17 @@ class XEmulator:
 
     @property
     def token_url(self) -> str:
+        """``POST`` here to exchange a code or refresh a token."""
         return self.url + "/2/oauth2/token"
 
     @property
     def authorize_url(self) -> str:
+        """Where a browser is sent to log in (approved at once by default)."""
         return self.url + "/i/oauth2/authorize"
 
     @property
     def revoke_url(self) -> str:
+        """``POST`` here to revoke a token."""
         return self.url + "/2/oauth2/revoke"
 
     # -- test controls -----------------------------------------------------------------
@@ -418,9 +421,8 @@ class XEmulator:
         if unknown:
             raise ValueError(f"unknown scopes {sorted(unknown)}")
         with self._lock:
-            issued_at = time.time()
             payload = self._mint(client_id, user_id, scopes)
-        payload["expires_at"] = issued_at + self.access_ttl
+            payload["expires_at"] = self._access[payload["access_token"]].expires_at
         return payload
 
     def expire_access_token(self, access_token: str) -> None:
@@ -856,6 +858,10 @@ class _Server(http.server.ThreadingHTTPServer):
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         super().__init__(address, _RequestHandler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client hanging up mid-answer, or stop() cutting a connection, is no failure of ours.
+        logger.debug("connection from %s ended abruptly", client_address, exc_info=True)
 
     def track(self, connection: socket.socket) -> None:
         with self._connections_lock:
