@@ -268,7 +268,7 @@ class RefreshCoordinator:
         left = seconds_left(token)
         return {
             "account": self.account,
-            "expires_in": None if left is None else round(left),
+            "expires_in": left,
             "fingerprint": fingerprint(token.get("access_token")),
         }
 

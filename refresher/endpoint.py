@@ -138,7 +138,8 @@ class TokenEndpoint:
                 )
             log.debug("token endpoint granted %s", grant)
             return normalize_token(answer)
-        error = self._error_for(response, grant, secrets=secrets)
+        what = {"refresh_token": "refresh", "authorization_code": "code exchange"}[grant]
+        error = self._error_for(response, what, secrets=secrets)
         if spent_means_reauthorize and _means_spent(error.error, response):
             raise ReauthorizationRequired(
                 f"{error} — the refresh token is spent or revoked; log in again "

@@ -201,9 +201,9 @@ class RefreshingSession(OAuth2Session):
         if coordinator is None:
             return f"<RefreshingSession (plain OAuth2Session) client_id={self.client_id!r}>"
         facts = coordinator.describe()
-        expiry = "no token" if facts["expires_in"] is None else (
-            f"expires in {facts['expires_in']} s" if facts["expires_in"] > 0 else "expired"
-        )
+        left = facts["expires_in"]
+        expiry = "no token" if left is None else (
+            f"expires in {left:.0f} s" if left > 0 else "expired")
         return (f"<RefreshingSession account={self.account!r} store={self.store!r} "
                 f"token {facts['fingerprint']} {expiry}>")
 

@@ -1,7 +1,8 @@
 """Test helpers: an emulator of X's OAuth 2.0 endpoints and pytest fixtures around it.
 
-Importing this package is cheap (standard library only) and never imports pytest; the
-fixtures live in :mod:`refresher.testing.pytest_plugin`.
+Importing this package never imports pytest; the fixtures live in
+:mod:`refresher.testing.pytest_plugin`. :func:`route_to_emulator` points a session that
+calls X's real hosts (tweepy does) at an emulator.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from refresher.testing.emulator import (
     EmulatorStats,
     XEmulator,
 )
+from refresher.testing.routing import X_HOSTS, route_to_emulator
 
 __all__ = [
     "DEFAULT_CLIENT_ID",
@@ -20,4 +22,6 @@ __all__ = [
     "DEFAULT_CONFIDENTIAL_CLIENT_ID",
     "EmulatorStats",
     "XEmulator",
+    "X_HOSTS",
+    "route_to_emulator",
 ]
