@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING, Any
 
 from ._constants import DEFAULT_SCOPES, X_API_URL, X_AUTHORIZE_URL, X_REVOKE_URL, X_TOKEN_URL
 from .adapter import RefreshingAdapter
@@ -24,6 +25,9 @@ from .errors import (
 from .session import RefreshingSession
 from .stores import JSONTokenStore, MemoryTokenStore, TokenStore, open_store
 
+if TYPE_CHECKING:
+    from .stores.redis import RedisTokenStore
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -37,6 +41,7 @@ __all__ = [
     "TokenStore",
     "MemoryTokenStore",
     "JSONTokenStore",
+    "RedisTokenStore",
     "open_store",
     "RefresherError",
     "RefreshError",
@@ -48,3 +53,12 @@ __all__ = [
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+
+def __getattr__(name: str) -> Any:
+    # RedisTokenStore is imported on first use (PEP 562): redis is an optional dependency.
+    if name == "RedisTokenStore":
+        from .stores.redis import RedisTokenStore
+
+        return RedisTokenStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,439 @@
+"""RedisTokenStore: tokens in Redis, shared by processes on many hosts.
+
+Layout, per account, under ``prefix + account`` (a hash):
+
+- ``token``: the token dict as JSON;
+- ``version``: a counter, bumped by every save (the fencing token, see below);
+- ``updated_at``: epoch seconds of the last save;
+- ``metadata``: the metadata dict as JSON (client id, endpoints; never a secret).
+
+The refresh lock is redis-py's :class:`redis.lock.Lock` at ``prefix + account + ":lock"``:
+``SET NX PX`` with a random owner token, so a holder that dies frees it after ``lock_ttl``
+seconds, and a Lua release that deletes it only for its owner.
+
+Fencing. A holder can outlive its lock (a pause, a slow network); the next holder then
+refreshes and saves, and the first one's save must not put the older pair back. So
+:meth:`RedisTokenStore.load`, called by a thread that holds the account's lock, remembers
+the version it read (per thread and per account, for as long as the lock is held), and
+:meth:`RedisTokenStore.save` writes only if the stored version is still that one — a
+compare-and-set in one Lua script. A lost race raises :class:`~refresher.StaleTokenError`
+and the newer token stays. The check is on the version, not on who owns the lock: a
+holder whose lock lapsed while nobody else wrote still saves its pair, which after a
+refresh is the only live pair of the account.
+
+redis (the Python client) is an optional dependency, imported when a store is made:
+``pip install refresher[redis]``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple, Type, Union
+from urllib.parse import urlsplit
+
+from ..endpoint import DEFAULT_TIMEOUT
+from ..errors import LockTimeout, StaleTokenError, TokenStoreError
+from ..token import Token
+from .base import TokenStore
+
+if TYPE_CHECKING:
+    import redis as redis_py
+
+__all__ = ["RedisTokenStore", "DEFAULT_LOCK_TTL"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds a lock lives unless released: long enough for a refresh (the token endpoint's
+#: own timeout is :data:`refresher.endpoint.DEFAULT_TIMEOUT`, 10 s), short enough that a
+#: dead holder does not stall everyone for long.
+DEFAULT_LOCK_TTL = 30.0
+#: The suffix of lock keys; account names may not end with it.
+LOCK_SUFFIX = ":lock"
+# Waiters poll SET NX; short polls keep queued requests close to the refresh's round trip.
+_LOCK_POLL_INTERVAL = 0.005
+# Defaults for clients made from a URL: fail in seconds, not never, when Redis is gone,
+# and retry twice, quickly, so a connection broken by a Redis restart is replaced.
+_SOCKET_TIMEOUT = 5.0
+_RETRIES = 2
+
+# KEYS[1]: the account's hash. ARGV: expected version ("" = any), token JSON, updated_at.
+# Returns {1, new version} or {0, stored version}. The write goes through when the version
+# is the expected one, when no token is stored (nothing newer to protect), or when the
+# stored token is this very one (a save retried after its reply was lost).
+_COMPARE_AND_SET = """
+local stored = redis.call('HMGET', KEYS[1], 'token', 'version')
+local version = tonumber(stored[2]) or 0
+if ARGV[1] ~= '' and stored[1] and version ~= tonumber(ARGV[1]) then
+  if stored[1] == ARGV[2] then
+    return {1, version}
+  end
+  return {0, version}
+end
+version = version + 1
+redis.call('HSET', KEYS[1], 'token', ARGV[2], 'version', version, 'updated_at', ARGV[3])
+return {1, version}
+"""
+
+
+class _MissingRedis(TokenStoreError, ImportError):
+    """The redis package is not installed (both a TokenStoreError and an ImportError)."""
+
+
+@dataclass
+class _Hold:
+    """A lock this thread holds: the redis-py lock, its depth, and the version loaded."""
+
+    lock: Any
+    depth: int = 1
+    version: Optional[int] = None
+
+
+def _import_redis() -> Any:
+    try:
+        import redis
+    except ImportError:
+        raise _MissingRedis(
+            "RedisTokenStore needs the redis package: pip install refresher[redis]"
+        ) from None
+    return redis
+
+
+class RedisTokenStore(TokenStore):
+    """Tokens in Redis: every process on every host that shares the server shares the token.
+
+    ``client_or_url`` is a ``redis://``, ``rediss://`` or ``unix://`` URL (the store then
+    owns the client; ``redis_options`` go to :meth:`redis.Redis.from_url`), or a
+    :class:`redis.Redis` client of your own. Keys start with ``prefix``. ``lock_ttl`` is
+    how long a refresh lock lives when its holder dies without releasing it; keep it well
+    above the token endpoint's timeout (10 s), as the default (30 s) is.
+
+    Each save is a compare-and-set on a version read by :meth:`load` under the lock: a
+    holder whose lock expired while another process saved a newer pair gets
+    :class:`~refresher.StaleTokenError`, and the newer pair stays. Any Redis failure is a
+    :class:`~refresher.TokenStoreError` naming the server (never its password); waiting
+    longer than ``timeout`` for a lock is :class:`~refresher.LockTimeout`.
+
+    The lock is re-entrant within a thread, for one store object.
+
+    >>> store = RedisTokenStore("redis://127.0.0.1:6379/0")  # doctest: +SKIP
+    >>> session = RefreshingSession("my-client-id", store=store, account="alice")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        client_or_url: Union[str, redis_py.Redis],
+        prefix: str = "refresher:",
+        lock_ttl: float = DEFAULT_LOCK_TTL,
+        **redis_options: Any,
+    ) -> None:
+        redis = _import_redis()
+        if lock_ttl <= 0:
+            raise ValueError("lock_ttl must be a positive number of seconds")
+        if lock_ttl < 2 * DEFAULT_TIMEOUT:
+            log.warning(
+                "lock_ttl=%s s is close to the token endpoint's %s s timeout: a slow refresh "
+                "may outlive its lock (fencing still refuses stale saves)",
+                lock_ttl, DEFAULT_TIMEOUT,
+            )
+        self.prefix = prefix
+        self.lock_ttl = float(lock_ttl)
+        self._redis_error: Type[Exception] = redis.exceptions.RedisError
+        self._lock_not_owned: Type[Exception] = redis.exceptions.LockNotOwnedError
+        self._lock_class: Any = redis.lock.Lock
+        if isinstance(client_or_url, str):
+            self._owns_client = True
+            self._client = _client_from_url(redis, client_or_url, redis_options)
+        else:
+            if redis_options:
+                raise TypeError(
+                    f"options {sorted(redis_options)} apply only when a URL is given, "
+                    "not a client"
+                )
+            self._owns_client = False
+            self._client = client_or_url
+        self.server = _describe_server(self._client)
+        self._password: Optional[str] = self._connection_kwargs().get("password")
+        self._compare_and_set = self._client.register_script(_COMPARE_AND_SET)
+        self._local = threading.local()
+
+    def __repr__(self) -> str:
+        return f"RedisTokenStore({self.server!r}, prefix={self.prefix!r})"
+
+    # -- keys and plumbing ---------------------------------------------------------------
+
+    def _key(self, account: str) -> str:
+        if account.endswith(LOCK_SUFFIX):
+            raise ValueError(
+                f"account names ending in {LOCK_SUFFIX!r} are reserved for lock keys: "
+                f"{account!r}"
+            )
+        return self.prefix + account
+
+    def _lock_key(self, account: str) -> str:
+        return self._key(account) + LOCK_SUFFIX
+
+    def _holds(self) -> Dict[str, _Hold]:
+        holds: Optional[Dict[str, _Hold]] = getattr(self._local, "holds", None)
+        if holds is None:
+            holds = self._local.holds = {}
+        return holds
+
+    def _connection_kwargs(self) -> Dict[str, Any]:
+        try:
+            return dict(self._client.connection_pool.connection_kwargs)
+        except AttributeError:
+            return {}
+
+    def _failure(self, doing: str, exc: BaseException) -> TokenStoreError:
+        """A TokenStoreError for ``exc``, naming the server and never the password."""
+        detail = str(exc) or type(exc).__name__
+        if self._password:
+            detail = detail.replace(self._password, "***")
+        return TokenStoreError(
+            f"Redis token store at {self.server} failed to {doing}: "
+            f"{type(exc).__name__}: {detail}"
+        )
+
+    @contextmanager
+    def _talking(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except self._redis_error as exc:
+            raise self._failure(doing, exc) from None
+
+    def _decode(self, raw: Any) -> Optional[str]:
+        if raw is None:
+            return None
+        return raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+
+    def _json(self, raw: Any, key: str, field: str) -> Any:
+        text = self._decode(raw)
+        if text is None:
+            return None
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise TokenStoreError(
+                f"Redis token store at {self.server}: field {field!r} of key {key!r} is not "
+                "valid JSON; it was left untouched. Delete the key and log in again."
+            ) from None
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _read(self, account: str) -> Tuple[Optional[Token], int]:
+        key = self._key(account)
+        with self._talking(f"read {key!r}"):
+            raw_token, raw_version = self._client.hmget(key, ["token", "version"])
+        token = self._json(raw_token, key, "token")
+        if token is not None and not isinstance(token, dict):
+            raise TokenStoreError(
+                f"Redis token store at {self.server}: key {key!r} holds no token object; "
+                "log in again for that account."
+            )
+        try:
+            version = int(self._decode(raw_version) or 0)
+        except ValueError:
+            raise TokenStoreError(
+                f"Redis token store at {self.server}: key {key!r} has a version that is not "
+                "a number; it was left untouched."
+            ) from None
+        return token, version
+
+    def load(self, account: str) -> Optional[Token]:
+        """The account's token; under the lock, also the version the next save expects."""
+        token, version = self._read(account)
+        hold = self._holds().get(account)
+        if hold is not None:
+            hold.version = version
+        return token
+
+    def version(self, account: str) -> int:
+        """The stored version of the account's token: 0 before the first save."""
+        return self._read(account)[1]
+
+    def accounts(self) -> List[str]:
+        pattern = _glob_escape(self.prefix) + "*"
+        with self._talking("list accounts"):
+            keys = [
+                self._decode(key) or ""
+                for key in self._client.scan_iter(match=pattern, count=500)
+            ]
+            keys = [key for key in keys if not key.endswith(LOCK_SUFFIX)]
+            pipe = self._client.pipeline(transaction=False)
+            for key in keys:
+                pipe.hexists(key, "token")
+            found = pipe.execute(raise_on_error=False)
+        return sorted(
+            key[len(self.prefix):] for key, has in zip(keys, found) if has is True
+        )
+
+    def load_metadata(self, account: str) -> Dict[str, Any]:
+        key = self._key(account)
+        with self._talking(f"read {key!r}"):
+            raw_metadata, raw_updated = self._client.hmget(key, ["metadata", "updated_at"])
+        metadata = self._json(raw_metadata, key, "metadata")
+        result = dict(metadata) if isinstance(metadata, dict) else {}
+        updated = self._decode(raw_updated)
+        if updated is not None:
+            try:
+                result.setdefault("updated_at", float(updated))
+            except ValueError:
+                pass
+        return result
+
+    # -- writing -------------------------------------------------------------------------
+
+    def save(self, account: str, token: Token) -> None:
+        """Store ``token``; a compare-and-set when this thread loaded under the lock.
+
+        Raises :class:`~refresher.StaleTokenError` when another holder saved since that
+        load (this thread's lock had lapsed); the newer token is kept.
+        """
+        key = self._key(account)
+        hold = self._holds().get(account)
+        expected = "" if hold is None or hold.version is None else str(hold.version)
+        data = json.dumps(dict(token), sort_keys=True)
+        with self._talking(f"save {key!r}"):
+            done, version = self._compare_and_set(
+                keys=[key], args=[expected, data, repr(time.time())]
+            )
+        if not int(done):
+            raise StaleTokenError(
+                f"account {account!r} in Redis token store at {self.server}: another holder "
+                f"saved a newer token (version {int(version)}, this save expected {expected}) "
+                f"after this one's lock lapsed (lock_ttl={self.lock_ttl:g} s); the newer "
+                "token is kept. If refreshes take that long, raise lock_ttl."
+            )
+        if hold is not None:
+            hold.version = int(version)
+
+    def save_metadata(self, account: str, metadata: Dict[str, Any]) -> None:
+        key = self._key(account)
+        data = json.dumps(dict(metadata), sort_keys=True)
+        with self._talking(f"save metadata of {key!r}"):
+            self._client.hset(key, "metadata", data)
+
+    def delete(self, account: str) -> None:
+        key = self._key(account)
+        with self._talking(f"delete {key!r}"):
+            self._client.delete(key)
+
+    # -- locking -------------------------------------------------------------------------
+
+    @contextmanager
+    def _held(self, account: str, timeout: Optional[float]) -> Iterator[None]:
+        holds = self._holds()
+        hold = holds.get(account)
+        if hold is not None:  # this thread holds it already
+            hold.depth += 1
+            try:
+                yield
+            finally:
+                hold.depth -= 1
+            return
+        key = self._lock_key(account)
+        lock = self._lock_class(
+            self._client, key, timeout=self.lock_ttl, sleep=_LOCK_POLL_INTERVAL,
+            blocking=True, blocking_timeout=timeout, thread_local=False,
+        )
+        with self._talking(f"lock {key!r}"):
+            acquired = lock.acquire()
+        if not acquired:
+            raise LockTimeout(
+                f"could not lock account {account!r} in Redis token store at {self.server} "
+                f"within {timeout} s (key {key!r}); another process is refreshing it, or "
+                f"died holding it (the lock frees itself after lock_ttl={self.lock_ttl:g} s)"
+            )
+        holds[account] = _Hold(lock)
+        try:
+            yield
+        finally:
+            del holds[account]
+            self._release(lock, account)
+
+    def _release(self, lock: Any, account: str) -> None:
+        try:
+            lock.release()
+        except self._lock_not_owned:
+            log.warning(
+                "account %r: the Redis lock lapsed before it was released (held longer than "
+                "lock_ttl=%g s); saves were fenced by version", account, self.lock_ttl,
+            )
+        except self._redis_error as exc:
+            # Raising here would hide the error that ended the block, if any.
+            log.warning("%s; the lock frees itself within lock_ttl=%g s",
+                        self._failure(f"release the lock of {account!r}", exc), self.lock_ttl)
+
+    def lock(self, account: str, timeout: Optional[float] = None) -> Any:
+        return self._held(account, timeout)
+
+    def close(self) -> None:
+        """Close the connections, when this store made the client. Safe to call twice."""
+        if self._owns_client:
+            try:
+                self._client.close()
+            except self._redis_error:
+                pass
+
+
+def _client_from_url(redis: Any, url: str, options: Dict[str, Any]) -> Any:
+    options = dict(options)
+    options.setdefault("socket_timeout", _SOCKET_TIMEOUT)
+    options.setdefault("socket_connect_timeout", _SOCKET_TIMEOUT)
+    if "retry" not in options:
+        from redis.backoff import ExponentialBackoff
+        from redis.retry import Retry
+
+        options["retry"] = Retry(ExponentialBackoff(cap=0.25, base=0.025), _RETRIES)
+    try:
+        return redis.Redis.from_url(url, **options)
+    except (ValueError, TypeError) as exc:
+        detail = str(exc)
+        password = _url_password(url)
+        if password:
+            detail = detail.replace(password, "***")
+        raise TokenStoreError(f"invalid Redis URL {_scrub_url(url)}: {detail}") from None
+
+
+def _url_password(url: str) -> Optional[str]:
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
+def _scrub_url(url: str) -> str:
+    """``url`` without its user name and password: safe to print.
+
+    >>> _scrub_url("redis://:s3cret@cache.internal:6379/0")
+    'redis://cache.internal:6379/0'
+    """
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc.rpartition("@")[2]
+        return parts._replace(netloc=netloc, query="").geturl()
+    except ValueError:
+        return "<unparseable Redis URL>"
+
+
+def _describe_server(client: Any) -> str:
+    """``redis://host:port/db`` (or ``unix:///path?db=N``) for messages; no credentials."""
+    try:
+        pool = client.connection_pool
+        kwargs = pool.connection_kwargs
+        db = kwargs.get("db", 0)
+        if kwargs.get("path"):
+            return f"unix://{kwargs['path']}?db={db}"
+        scheme = "rediss" if "SSL" in getattr(pool.connection_class, "__name__", "") else "redis"
+        return f"{scheme}://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{db}"
+    except AttributeError:
+        return type(client).__name__
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
