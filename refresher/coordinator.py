@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Optional
 
@@ -36,6 +37,8 @@ NOT_TOKEN_RELATED_403 = (
 )
 # A 403 with a token younger than this fraction of its lifetime is not about expiry.
 _YOUNG_FRACTION = 0.5
+# After a failed refresh ahead of expiry, wait this long (at most) before the next try.
+_EARLY_RETRY = 5.0
 # How many access tokens we remember having handed out (to recognise our own 401s).
 _REMEMBERED_TOKENS = 32
 
@@ -75,6 +78,7 @@ class RefreshCoordinator:
         # access token -> True if it came from a refresh/adoption in this process
         self._issued: OrderedDict[str, bool] = OrderedDict()
         self.refreshes = 0
+        self._next_early_try = 0.0
 
     # -- start-up ------------------------------------------------------------------------
 
@@ -119,8 +123,18 @@ class RefreshCoordinator:
                     f"no token for account {self.account!r} in {self.store!r}; "
                     "log in first (for example with `refresher login`)"
                 )
-        if needs_refresh(token, self.leeway):
-            token = self.refresh(stale=token.get("access_token"))
+        if needs_refresh(token, self.leeway) and time.monotonic() >= self._next_early_try:
+            left = seconds_left(token)
+            try:
+                token = self.refresh(stale=token.get("access_token"))
+            except RefresherError as exc:
+                if left is None or left <= 0:
+                    raise
+                # The token still works: send it, and try the refresh again a little later
+                # instead of on every request (on_refresh_error has seen the failure).
+                self._next_early_try = time.monotonic() + min(_EARLY_RETRY, left / 4)
+                log.warning("account %r: early refresh failed (%s); the token still has "
+                            "%.0f s, retrying later", self.account, type(exc).__name__, left)
         return token
 
     # -- 401/403 -------------------------------------------------------------------------
@@ -165,12 +179,11 @@ class RefreshCoordinator:
                     return current  # another thread of ours refreshed while we waited
                 granted = self._refresh_under_lock(stale)
         except RefresherError as exc:
-            if self.on_refresh_error is not None:
-                self.on_refresh_error(exc)
+            _run_hook(self.on_refresh_error, exc, "on_refresh_error")
             raise
         if granted is not None:
-            if self.on_token_update is not None:
-                self.on_token_update(dict(granted))
+            # The pair is saved: a failing hook is logged, and must not fail the request.
+            _run_hook(self.on_token_update, dict(granted), "on_token_update")
             return granted
         assert self._token is not None
         return self._token
@@ -271,6 +284,15 @@ class RefreshCoordinator:
             "expires_in": left,
             "fingerprint": fingerprint(token.get("access_token")),
         }
+
+
+def _run_hook(hook: Optional[Callable[[Any], Any]], argument: Any, name: str) -> None:
+    if hook is None:
+        return
+    try:
+        hook(argument)
+    except Exception:
+        log.exception("%s hook %r raised; carrying on", name, hook)
 
 
 def _newer(candidate: Optional[Token], stale: Optional[str], leeway: float) -> bool:

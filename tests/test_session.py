@@ -131,9 +131,10 @@ def test_seed_fills_an_empty_account_with_expires_at(x_emulator, make_session) -
 def test_on_token_update_runs_once_per_refresh_after_the_store_write(x_emulator, make_session):
     store = MemoryTokenStore()
     seen: List[Dict[str, Any]] = []
+    stored_when_called: List[Any] = []
 
     def hook(token: Dict[str, Any]) -> None:
-        assert store.load("default") == token  # the store already holds it
+        stored_when_called.append(store.load("default"))
         seen.append(token)
 
     session = make_session(store=store, on_token_update=hook)
@@ -141,7 +142,34 @@ def test_on_token_update_runs_once_per_refresh_after_the_store_write(x_emulator,
     x_emulator.expire_access_token(session.token["access_token"])
     session.get(x_emulator.api_url + "/2/users/me")
     assert len(seen) == 2
+    assert stored_when_called == seen  # the store already held each token
     assert seen[-1] == store.load("default")
+
+
+def test_a_failing_hook_is_logged_and_does_not_fail_the_request(x_emulator, make_session,
+                                                                 caplog):
+    def broken(token: Dict[str, Any]) -> None:
+        raise RuntimeError("database is down")
+
+    session = make_session(on_token_update=broken)
+    x_emulator.expire_access_token(session.token["access_token"])
+    assert session.get(x_emulator.api_url + "/2/users/me").status_code == 200
+    assert "database is down" in caplog.text
+    assert session.store.load("default") == session.token
+
+
+def test_a_failed_early_refresh_sends_the_still_valid_token_and_retries_later(
+        x_emulator, make_session):
+    errors: List[BaseException] = []
+    token = x_emulator.issue_token()
+    token["expires_at"] = time.time() + 30  # inside the leeway, still valid
+    session = make_session(token=token, on_refresh_error=errors.append)
+    x_emulator.fail_token_endpoint(times=3, status=500)
+    for _ in range(5):
+        assert session.get(x_emulator.api_url + "/2/users/me").status_code == 200
+    assert len(errors) == 1  # one try, not one per request
+    assert x_emulator.stats.token_requests == 1
+    assert session.token["access_token"] == token["access_token"]
 
 
 def test_on_token_update_alone_turns_the_machinery_on(x_emulator) -> None:
