@@ -135,6 +135,16 @@ class RefreshingSession(OAuth2Session):
         OAuth2Session.token.fset(self, token)  # type: ignore[attr-defined]
 
     @property
+    def coordinator(self) -> Optional[RefreshCoordinator]:
+        """The :class:`RefreshCoordinator` behind this session (``None`` in plain mode).
+
+        To mount an adapter with your own settings, keep refreshing through it::
+
+            session.mount("https://", RefreshingAdapter(session.coordinator, max_retries=3))
+        """
+        return self._coordinator
+
+    @property
     def refreshing(self) -> bool:
         """True when the refresh machinery is on (a store or an on_token_update hook)."""
         return self._coordinator is not None
@@ -164,6 +174,8 @@ class RefreshingSession(OAuth2Session):
         # Not through OAuth2Session.request: it logs whole tokens at DEBUG.
         require_secure_transport(url)
         if not withhold_token:
+            for hook in self.compliance_hook["protected_request"]:
+                url, headers, data = hook(url, headers, data)
             token = coordinator.token_for_request()
             merged = {k: v for k, v in (headers or {}).items() if k.lower() != "authorization"}
             merged["Authorization"] = f"Bearer {token['access_token']}"

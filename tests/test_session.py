@@ -285,3 +285,19 @@ def test_session_accessors_follow_the_live_token(x_emulator, make_session) -> No
     assert session.access_token == new["access_token"]
     assert session.token == new
     assert session.authorized
+
+
+def test_protected_request_compliance_hooks_still_run(x_emulator, make_session) -> None:
+    session = make_session()
+    session.register_compliance_hook(
+        "protected_request", lambda url, headers, data: (url + "?hooked=1", headers, data))
+    response = session.get(x_emulator.api_url + "/2/emulator/echo")
+    assert response.json()["query"] == "hooked=1"
+
+
+def test_an_adapter_mounted_with_custom_settings_keeps_refreshing(x_emulator, make_session):
+    session = make_session()
+    session.mount("http://", refresher.RefreshingAdapter(session.coordinator, max_retries=2))
+    x_emulator.expire_access_token(session.token["access_token"])
+    assert session.get(x_emulator.api_url + "/2/users/me").status_code == 200
+    assert x_emulator.stats.refreshes == 1
