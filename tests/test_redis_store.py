@@ -287,7 +287,7 @@ with store.lock(sys.argv[3], timeout=10):
 
 def test_a_sigkilled_lock_holder_frees_the_lock_after_lock_ttl(x_emulator, redis_server,  # noqa: F811
                                                                 make_store, raw) -> None:
-    lock_ttl = 1.5
+    lock_ttl = 2.5
     store = make_store(lock_ttl=lock_ttl)
     seed = x_emulator.issue_token()
     session = _session(x_emulator, store, seed, lock_timeout=15)

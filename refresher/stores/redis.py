@@ -19,7 +19,9 @@ the version it read (per thread and per account, for as long as the lock is held
 compare-and-set in one Lua script. A lost race raises :class:`~refresher.StaleTokenError`
 and the newer token stays. The check is on the version, not on who owns the lock: a
 holder whose lock lapsed while nobody else wrote still saves its pair, which after a
-refresh is the only live pair of the account.
+refresh is the only live pair of the account. A save with no load before it under the
+lock (a new login, meant to replace whatever is stored) is a plain write, and so is a
+save onto an account that has no token (there is nothing newer to protect).
 
 redis (the Python client) is an optional dependency, imported when a store is made:
 ``pip install refresher[redis]``.
