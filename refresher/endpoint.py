@@ -17,13 +17,15 @@ from ._transport import require_secure_transport
 from .errors import ReauthorizationRequired, RefreshError
 from .token import Token, normalize_token
 
-__all__ = ["TokenEndpoint", "DEFAULT_TIMEOUT"]
+__all__ = ["TokenEndpoint", "DEFAULT_TIMEOUT", "DEFAULT_DEADLINE"]
 
 log = logging.getLogger(__name__)
 
-#: Seconds to wait for the token endpoint: far below the stores' lock timeouts, so a slow
-#: X cannot make a lock holder outlive its lock.
+#: Seconds to wait for one answer of the token endpoint.
 DEFAULT_TIMEOUT = 10.0
+#: Seconds one grant may take, retries and backoff included: well under the stores' lock
+#: lifetimes (the Redis lock's 30 s), so a slow X cannot make a holder outlive its lock.
+DEFAULT_DEADLINE = 15.0
 #: Answers that mean "X did not take the request": retried, since resending spends nothing.
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
 # How X (and others) say a refresh token is spent, revoked or unknown.
@@ -39,8 +41,9 @@ class TokenEndpoint:
     callers can hand in their own retries, proxies or rate limiting.
 
     Only failures that prove X did not act on the request (no connection made, 429, 502,
-    503, 504) are retried, ``retries`` times with exponential backoff: a refresh token is
-    single-use, and resending one that X already spent would lose the account.
+    503, 504) are retried, ``retries`` times with exponential backoff, all within
+    ``deadline`` seconds: a refresh token is single-use, and resending one that X already
+    spent would lose the account.
 
     >>> endpoint = TokenEndpoint("https://api.x.com/2/oauth2/token", "my-client-id")
     >>> new_pair = endpoint.refresh(old_pair["refresh_token"])  # doctest: +SKIP
@@ -54,6 +57,7 @@ class TokenEndpoint:
         *,
         session: Optional[requests.Session] = None,
         timeout: float = DEFAULT_TIMEOUT,
+        deadline: float = DEFAULT_DEADLINE,
         retries: int = 2,
         backoff: float = 0.25,
     ) -> None:
@@ -63,6 +67,7 @@ class TokenEndpoint:
         self._owns_session = session is None
         self.session = session if session is not None else requests.Session()
         self.timeout = timeout
+        self.deadline = deadline
         self.retries = retries
         self.backoff = backoff
 
@@ -162,19 +167,20 @@ class TokenEndpoint:
         elif self.client_id:
             data["client_id"] = self.client_id
         attempt = 0
+        give_up_at = time.monotonic() + self.deadline
         while True:
+            timeout = max(0.1, min(self.timeout, give_up_at - time.monotonic()))
             try:
                 response = self.session.post(
                     url,
                     data=data,
                     auth=auth,
                     headers={"Accept": "application/json"},
-                    timeout=self.timeout,
+                    timeout=timeout,
                     allow_redirects=False,
                 )
             except requests.ConnectionError as exc:
-                retryable = _never_sent(exc)
-                if retryable and attempt < self.retries:
+                if _never_sent(exc) and self._may_retry(attempt, give_up_at):
                     attempt += 1
                     self._sleep(attempt, f"cannot connect to {url}")
                     continue
@@ -183,18 +189,23 @@ class TokenEndpoint:
                 ) from None
             except requests.Timeout:
                 raise RefreshError(
-                    f"{url} did not answer within {self.timeout} s; the stored token is kept"
+                    f"{url} did not answer within {timeout:.1f} s; the stored token is kept"
                 ) from None
             except requests.RequestException as exc:
                 raise RefreshError(
                     f"request to {url} failed: {_describe(exc, self._secrets(secrets))}"
                 ) from None
-            if response.status_code in _RETRY_STATUSES and attempt < self.retries:
+            if response.status_code in _RETRY_STATUSES and self._may_retry(attempt, give_up_at):
                 attempt += 1
                 self._sleep(attempt, f"{url} answered {response.status_code}")
                 response.close()
                 continue
             return response
+
+    def _may_retry(self, attempt: int, give_up_at: float) -> bool:
+        """Another try is allowed, and its backoff leaves time for an answer."""
+        delay = self.backoff * (2 ** attempt)
+        return attempt < self.retries and time.monotonic() + delay + 0.5 < give_up_at
 
     def _sleep(self, attempt: int, why: str) -> None:
         delay = self.backoff * (2 ** (attempt - 1))

@@ -85,3 +85,19 @@ def test_plain_http_to_a_remote_token_url_is_refused(monkeypatch) -> None:
     monkeypatch.delenv("OAUTHLIB_INSECURE_TRANSPORT", raising=False)
     with pytest.raises(InsecureTransportError):
         TokenEndpoint("http://api.x.com/2/oauth2/token", "cid").refresh("old")
+
+
+@responses.activate
+def test_retries_stop_at_the_deadline() -> None:
+    responses.post(URL, status=503, json={"error": "temporarily_unavailable"})
+    endpoint = TokenEndpoint(URL, "cid", retries=10, backoff=0.2, deadline=1.0)
+    with pytest.raises(RefreshError, match="HTTP 503"):
+        endpoint.refresh("old")
+    assert len(responses.calls) <= 3  # 0.2 + 0.4 s of backoff fit in 1 s; 0.8 more do not
+
+
+def test_the_whole_grant_deadline_is_well_under_the_redis_lock_lifetime() -> None:
+    from refresher.endpoint import DEFAULT_DEADLINE, DEFAULT_TIMEOUT
+    from refresher.stores.redis import DEFAULT_LOCK_TTL
+
+    assert DEFAULT_TIMEOUT <= DEFAULT_DEADLINE <= DEFAULT_LOCK_TTL / 2
