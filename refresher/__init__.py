@@ -26,6 +26,7 @@ from .session import RefreshingSession
 from .stores import JSONTokenStore, MemoryTokenStore, TokenStore, open_store
 
 if TYPE_CHECKING:
+    from .login import AuthorizationLink, LoginFlow
     from .stores.redis import RedisTokenStore
 
 __version__ = "0.1.0"
@@ -50,6 +51,8 @@ __all__ = [
     "LockTimeout",
     "StaleTokenError",
     "LoginError",
+    "LoginFlow",
+    "AuthorizationLink",
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
@@ -61,4 +64,9 @@ def __getattr__(name: str) -> Any:
         from .stores.redis import RedisTokenStore
 
         return RedisTokenStore
+    # The login flow (a callback server, the browser) is imported on first use too.
+    if name in ("LoginFlow", "AuthorizationLink"):
+        from . import login
+
+        return getattr(login, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,203 @@
+"""``refresher demo``: the whole story offline, in about fifteen seconds.
+
+1. start the X emulator on loopback, with access tokens that live ``access_ttl`` seconds;
+2. log in through the real :class:`~refresher.LoginFlow` code (the emulator approves at
+   once and redirects to the local callback server) and save the token in a JSON store;
+3. run ``processes`` worker processes of ``threads`` threads each, all calling
+   ``/2/users/me`` through :class:`~refresher.RefreshingSession` over that one store
+   (the engine is :mod:`refresher._workload`), while the token expires every few seconds;
+4. read the emulator's counters: every request should succeed, about one refresh should
+   happen per token lifetime, and no refresh token should be sent twice.
+
+>>> result = run_demo(processes=2, threads=2, seconds=3, access_ttl=1)  # doctest: +SKIP
+>>> result.ok, result.summary["reused_refresh_tokens"]  # doctest: +SKIP
+(True, 0)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, TextIO
+
+import requests
+
+from ._workload import WorkloadSpec, run_workers, summarize
+from .errors import LoginError
+from .login import LoginFlow, _describe_store
+from .stores import open_store
+from .testing.emulator import DEFAULT_CLIENT_ID, XEmulator
+
+__all__ = ["DemoResult", "run_demo", "format_table", "JSON_KEYS"]
+
+log = logging.getLogger(__name__)
+
+#: The keys of ``refresher demo --json``, in order.
+JSON_KEYS = ("requests", "failed", "refreshes", "windows", "reused_refresh_tokens",
+             "processes", "seconds")
+_ACCOUNT = "demo"
+
+
+@dataclass
+class DemoResult:
+    """What a demo run measured. ``summary`` is :func:`refresher._workload.summarize`'s dict."""
+
+    summary: Dict[str, Any]
+    threads: int
+    access_ttl: float
+    user: Dict[str, Any] = field(default_factory=dict)
+    errors: List[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """No failed request and no refresh token spent twice."""
+        return bool(self.summary["failed"] == 0 and self.summary["reused_refresh_tokens"] == 0)
+
+    def public(self) -> Dict[str, Any]:
+        """The ``--json`` object: exactly :data:`JSON_KEYS`."""
+        return {key: self.summary[key] for key in JSON_KEYS}
+
+
+def run_demo(
+    *,
+    processes: int = 4,
+    threads: int = 3,
+    seconds: float = 10.0,
+    access_ttl: float = 2.0,
+    store: Optional[str] = None,
+    progress: Optional[TextIO] = None,
+) -> DemoResult:
+    """Run the demo; ``progress`` (a stream such as ``sys.stderr``) gets a live status line.
+
+    ``store`` is a token store location (a JSON file or ``redis://`` URL); by default a
+    JSON file in a temporary folder, removed afterwards.
+    """
+    say = _Say(progress)
+    with XEmulator(host="127.0.0.1", port=0, access_ttl=access_ttl) as x, \
+            _location(store) as location:
+        say(f"X emulator on {x.url}; access tokens live {access_ttl:g} s.")
+        flow = LoginFlow(
+            DEFAULT_CLIENT_ID,
+            redirect_uri="http://127.0.0.1:0/callback",  # any free port
+            authorize_url=x.authorize_url,
+            token_url=x.token_url,
+            api_base_url=x.api_url,
+        )
+        # The browser: follows the authorize URL, which the emulator approves with a 302 to
+        # the callback server run_local_server is listening on.
+        token = flow.run_local_server(open_browser=_browse, timeout=30.0)
+        token_store = open_store(location)
+        try:
+            session = flow.session(token, store=token_store, account=_ACCOUNT)
+            user = session.me()
+            session.close()
+            where = _describe_store(token_store)
+        finally:
+            token_store.close()
+        say(f"Logged in as @{user.get('username')} through the emulator's authorize page; "
+            f"token saved in {where}.")
+        x.reset_stats()  # count the run only
+
+        spec = WorkloadSpec(store=location, account=_ACCOUNT, client_id=DEFAULT_CLIENT_ID,
+                            token_url=x.token_url, api_url=x.api_url, threads=threads,
+                            seconds=seconds)
+        say(f"Starting {processes} worker processes x {threads} threads for {seconds:g} s...")
+        line = _ProgressLine(progress, seconds, x)
+        try:
+            reports = run_workers(spec, processes, progress=line)
+        finally:
+            line.finish()
+        summary = summarize(reports, x.stats.as_dict(), processes=processes, seconds=seconds,
+                            access_ttl=access_ttl)
+    errors = [error for report in reports for error in report.errors]
+    return DemoResult(summary, threads, access_ttl, user, errors)
+
+
+def format_table(result: DemoResult) -> str:
+    """The demo's numbers as a small table, and a verdict line."""
+    s = result.summary
+    rows = [
+        ("requests", f"{s['requests']}"),
+        ("failed", f"{s['failed']}"),
+        ("refreshes", f"{s['refreshes']}"),
+        ("expiry windows", f"{s['windows']}"),
+        ("refreshes per window", f"{s['refreshes_per_window']:.2f}"),
+        ("reused refresh tokens", f"{s['reused_refresh_tokens']}"),
+    ]
+    head = (f"refresher demo: {s['processes']} processes x {result.threads} threads, "
+            f"{s['seconds']:g} s, access tokens living {result.access_ttl:g} s, one shared store")
+    width = max(len(value) for _, value in rows)
+    lines = [head] + [f"  {name:<22} {value:>{width}}" for name, value in rows]
+    if result.ok:
+        lines.append("OK: every request succeeded, and no refresh token was spent twice.")
+    else:
+        lines.append("FAILED: some requests failed or a refresh token was spent twice.")
+    return "\n".join(lines)
+
+
+# -- plumbing --------------------------------------------------------------------------------
+
+
+def _browse(url: str) -> None:
+    response = requests.get(url, timeout=30)
+    if not response.history:  # the authorize page refused instead of redirecting back
+        raise LoginError(f"the emulator's authorize page answered {response.status_code}: "
+                         f"{response.text.strip()[:200]}")
+
+
+@contextlib.contextmanager
+def _location(store: Optional[str]) -> Iterator[str]:
+    if store:
+        yield store if "://" in store else os.path.abspath(os.path.expanduser(store))
+        return
+    with tempfile.TemporaryDirectory(prefix="refresher-demo-") as folder:
+        yield os.path.join(folder, "tokens.json")
+
+
+class _Say:
+    def __init__(self, stream: Optional[TextIO]) -> None:
+        self.stream = stream
+
+    def __call__(self, message: str) -> None:
+        if self.stream is not None:
+            self.stream.write(message + "\n")
+            self.stream.flush()
+
+
+class _ProgressLine:
+    """``run_workers``'s progress callback: one line rewritten in place on a terminal,
+    a plain line a second otherwise (logs, pipes)."""
+
+    def __init__(self, stream: Optional[TextIO], seconds: float, emulator: XEmulator) -> None:
+        self.stream = stream
+        self.seconds = seconds
+        self.emulator = emulator
+        self.tty = bool(stream is not None and stream.isatty())
+        self._wrote = False
+        self._last = 0.0
+        self._text = ""
+
+    def __call__(self, done: int, failed: int, elapsed: float) -> None:
+        if self.stream is None:
+            return
+        now = time.monotonic()
+        if not self.tty and now - self._last < 1.0 and elapsed < self.seconds:
+            return
+        stats = self.emulator.stats
+        text = (f"{elapsed:5.1f}/{self.seconds:g} s  {done:7d} requests  {failed} failed  "
+                f"{stats.refreshes} refreshes  {stats.reused_refresh_tokens} reused")
+        if text == self._text:  # the workers are finishing: nothing new to say
+            return
+        self._last, self._text = now, text
+        self.stream.write(f"\r{text}\x1b[K" if self.tty else text + "\n")
+        self.stream.flush()
+        self._wrote = True
+
+    def finish(self) -> None:
+        if self.stream is not None and self.tty and self._wrote:
+            self.stream.write("\n")
+            self.stream.flush()
