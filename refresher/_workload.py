@@ -37,6 +37,7 @@ class WorkloadSpec:
     collect_latencies: bool = False
     path: str = "/2/users/me"
     lock_timeout: float = 30.0
+    pause: float = 0.0              # seconds each thread waits between requests
 
 
 @dataclass
@@ -75,13 +76,25 @@ def _work(spec: WorkloadSpec, seed: Optional[Dict[str, Any]], counters: Any, ind
     refresh_started: Dict[int, float] = {}
 
     def on_update(token: Dict[str, Any]) -> None:
-        spans.append((refresh_started.get(threading.get_ident(), time.time()), time.time()))
+        ended = time.time()
+        spans.append((refresh_started.pop(threading.get_ident(), ended), ended))
 
     session = RefreshingSession(
         spec.client_id, client_secret=spec.client_secret, store=store, account=spec.account,
         token=seed, token_url=spec.token_url, api_base_url=spec.api_url,
         on_token_update=on_update, lock_timeout=spec.lock_timeout,
     )
+    coordinator = session.coordinator
+    if coordinator is not None:
+        # A refresh span starts when the token endpoint is called, and ends when the new
+        # pair is saved and on_token_update runs.
+        endpoint_refresh = coordinator.endpoint.refresh
+
+        def timed_refresh(refresh_token: str) -> Dict[str, Any]:
+            refresh_started[threading.get_ident()] = time.time()
+            return endpoint_refresh(refresh_token)
+
+        coordinator.endpoint.refresh = timed_refresh  # type: ignore[method-assign]
     url = spec.api_url.rstrip("/") + spec.path
     lock = threading.Lock()
     while time.time() < start_at:
@@ -112,6 +125,8 @@ def _work(spec: WorkloadSpec, seed: Optional[Dict[str, Any]], counters: Any, ind
             with counters.get_lock():
                 counters[2 * index] += 1
                 counters[2 * index + 1] += 0 if ok else 1
+            if spec.pause > 0:
+                time.sleep(spec.pause)
         with lock:
             report.requests += requests_made
             report.failed += failed

@@ -1,0 +1,298 @@
+"""Helpers shared by the benchmark scripts: statistics, tables, and local servers.
+
+Run as a script it is the fast HTTP server of ``overhead.py``::
+
+    python benchmarks/_common.py serve-http     # prints the port, serves until stdin closes
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+__all__ = [
+    "median",
+    "percentile",
+    "format_table",
+    "emit",
+    "free_port",
+    "FastHTTPServer",
+    "RedisServer",
+]
+
+# -- statistics -----------------------------------------------------------------------------
+
+
+def median(values: Sequence[float]) -> float:
+    """The median, or NaN for no values."""
+    return statistics.median(values) if values else math.nan
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """The ``pct`` percentile by the nearest-rank method (p99 of 100 values is the 99th)."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(pct / 100.0 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+# -- output ---------------------------------------------------------------------------------
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        return f"{value:.2f}"
+    return str(value)
+
+
+def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain-text table; the first column left-aligned, the others right-aligned."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [len(c) for c in columns]
+    for row in cells:
+        widths = [max(w, len(c)) for w, c in zip(widths, row)]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [values[0].ljust(widths[0])]
+        parts += [v.rjust(w) for v, w in zip(values[1:], widths[1:])]
+        return "  ".join(parts).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(list(columns)), rule] + [line(r) for r in cells])
+
+
+def emit(as_json: bool, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
+         notes: Sequence[str] = (), extra: Optional[Dict[str, Any]] = None) -> None:
+    """Print the result: a titled table with notes, or one JSON document with ``--json``."""
+    if as_json:
+        document: Dict[str, Any] = {
+            "title": title,
+            "columns": list(columns),
+            "rows": [dict(zip(columns, row)) for row in rows],
+            "notes": list(notes),
+        }
+        document.update(extra or {})
+        print(json.dumps(document, indent=2, default=_json_default))
+        return
+    print(title)
+    print()
+    print(format_table(columns, rows))
+    if notes:
+        print()
+        for note in notes:
+            print(note)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return str(value)
+
+
+def progress(message: str) -> None:
+    """A progress line on stderr, so that stdout holds only the result."""
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- servers --------------------------------------------------------------------------------
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago on ``host``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+_BODY = b'{"data":{"id":"1000000001","name":"Emulated User","username":"emulated_user"}}'
+_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\n"
+    b"Content-Type: application/json\r\n"
+    b"Content-Length: " + str(len(_BODY)).encode() + b"\r\n"
+    b"\r\n" + _BODY
+)
+
+
+class _KeepAliveProtocol(asyncio.Protocol):
+    """Answers every HTTP/1.1 request with the same 200, headers and body in one write.
+
+    One write per request (and asyncio's TCP_NODELAY on every connection) keeps Nagle's
+    algorithm and delayed ACKs from adding 40 ms stalls to keep-alive requests.
+    """
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.transport: Optional[asyncio.Transport] = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        answers = 0
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                break
+            length = 0
+            for header in self.buffer[:end].split(b"\r\n")[1:]:
+                name, _, value = header.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value.strip() or 0)
+            if len(self.buffer) < end + 4 + length:
+                break
+            self.buffer = self.buffer[end + 4 + length:]
+            answers += 1
+        if answers and self.transport is not None:
+            self.transport.write(_RESPONSE * answers)
+
+
+async def _serve_http(host: str) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(_KeepAliveProtocol, host, 0, backlog=128)
+    port = server.sockets[0].getsockname()[1]
+    print(port, flush=True)
+    # Serve until the parent closes our stdin (or dies).
+    await loop.run_in_executor(None, sys.stdin.read)
+    server.close()
+
+
+class FastHTTPServer:
+    """A minimal keep-alive HTTP/1.1 server in a child process (asyncio, one write per answer).
+
+    Every request gets ``200`` with a small JSON body shaped like ``/2/users/me``. It runs
+    in its own process so that its work does not share the client's interpreter lock.
+
+    >>> with FastHTTPServer() as server:  # doctest: +SKIP
+    ...     requests.get(server.url + "/2/users/me").json()["data"]["username"]
+    'emulated_user'
+    """
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.process: Optional[subprocess.Popen[str]] = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def __enter__(self) -> FastHTTPServer:
+        self.process = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "serve-http", self.host],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line.strip():
+            self.process.kill()
+            raise RuntimeError("the benchmark HTTP server did not start")
+        self.port = int(line)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        process = self.process
+        if process is None:
+            return
+        assert process.stdin is not None
+        process.stdin.close()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class RedisServer:
+    """A throw-away ``redis-server`` on a free loopback port, without persistence.
+
+    ``RedisServer.unavailable()`` says why one cannot be started (``None`` when it can).
+    """
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port = 0
+        self.process: Optional[subprocess.Popen[bytes]] = None
+
+    @staticmethod
+    def unavailable() -> Optional[str]:
+        if shutil.which("redis-server") is None:
+            return "redis-server is not on PATH"
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            return "the redis Python client is not installed"
+        try:
+            import refresher.stores.redis  # noqa: F401
+        except ImportError as exc:
+            return f"refresher.stores.redis cannot be imported ({exc})"
+        return None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def __enter__(self) -> RedisServer:
+        self.port = free_port(self.host)
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", self.host, "--save", "",
+             "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                pass
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.__exit__()
+        raise RuntimeError(f"redis-server did not start on {self.host}:{self.port}")
+
+    def __exit__(self, *exc_info: object) -> None:
+        process = self.process
+        if process is None:
+            return
+        self.process = None
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _main(argv: List[str]) -> int:
+    if len(argv) >= 1 and argv[0] == "serve-http":
+        asyncio.run(_serve_http(argv[1] if len(argv) > 1 else "127.0.0.1"))
+        return 0
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -1,0 +1,216 @@
+"""What refresher costs per request: keep-alive GETs through four clients, side by side.
+
+The clients, each sending the same bearer token to the same fast local HTTP server:
+
+- ``requests.Session``: a plain session with a fixed ``Authorization`` header (the floor);
+- ``OAuth2Session``: requests-oauthlib with the token (what users would pick instead);
+- ``RefreshingSession+memory``: refresher with a MemoryTokenStore;
+- ``RefreshingSession+json``: refresher with a JSONTokenStore (a file on disk).
+
+Rounds are interleaved (every round runs every client, in a rotating order) so that noise
+from the machine falls on all of them alike; the table shows the median of the rounds.
+
+    python benchmarks/overhead.py                      # 3000 requests per client, 30 rounds
+    python benchmarks/overhead.py --requests 20000 --rounds 100 --json
+    python benchmarks/overhead.py --profile RefreshingSession+json
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import io
+import os
+import pstats
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Dict, List, Tuple
+
+import requests
+from requests_oauthlib import OAuth2Session
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import FastHTTPServer, emit, median, progress  # noqa: E402
+
+from refresher import JSONTokenStore, MemoryTokenStore, RefreshingSession  # noqa: E402
+
+CLIENT_ID = "benchmark-client"
+FLOOR = "requests.Session"
+OAUTH2 = "OAuth2Session"
+MEMORY = "RefreshingSession+memory"
+JSON_STORE = "RefreshingSession+json"
+CLIENTS = (FLOOR, OAUTH2, MEMORY, JSON_STORE)
+
+
+def _token() -> Dict[str, Any]:
+    # Lives two hours, as X's do: no refresh happens during the benchmark.
+    return {
+        "token_type": "bearer",
+        "access_token": "benchmark-access-token-" + "a" * 60,
+        "refresh_token": "benchmark-refresh-token-" + "r" * 60,
+        "expires_in": 7200,
+        "expires_at": time.time() + 7200,
+        "scope": "tweet.read users.read offline.access",
+    }
+
+
+def make_clients(base_url: str, folder: str) -> Dict[str, requests.Session]:
+    """The four sessions, each holding the same two-hour token."""
+    token = _token()
+    floor = requests.Session()
+    floor.headers["Authorization"] = f"Bearer {token['access_token']}"
+    oauth2 = OAuth2Session(CLIENT_ID, token=dict(token))
+    common: Dict[str, Any] = {
+        "token": dict(token), "token_url": base_url + "/2/oauth2/token",
+        "api_base_url": base_url,
+    }
+    memory = RefreshingSession(CLIENT_ID, store=MemoryTokenStore(), **common)
+    json_store = RefreshingSession(
+        CLIENT_ID, store=JSONTokenStore(os.path.join(folder, "tokens.json")), **common
+    )
+    return {FLOOR: floor, OAUTH2: oauth2, MEMORY: memory, JSON_STORE: json_store}
+
+
+class _InsecureTransportAllowed:
+    """OAuth2Session refuses plain http unless OAUTHLIB_INSECURE_TRANSPORT is set.
+
+    It is set only around OAuth2Session's rounds: refresher is measured on its real check
+    (plain http is allowed to loopback addresses only, which costs it a little more than
+    an https URL would).
+    """
+
+    def __enter__(self) -> None:
+        self.before = os.environ.get("OAUTHLIB_INSECURE_TRANSPORT")
+        os.environ["OAUTHLIB_INSECURE_TRANSPORT"] = "1"
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.before is None:
+            os.environ.pop("OAUTHLIB_INSECURE_TRANSPORT", None)
+        else:
+            os.environ["OAUTHLIB_INSECURE_TRANSPORT"] = self.before
+
+
+def run_round(name: str, session: requests.Session, url: str, count: int) -> Tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) for ``count`` GETs through ``session``.
+
+    Raises on any answer other than 200.
+    """
+    gc.collect()
+    if name == OAUTH2:
+        with _InsecureTransportAllowed():
+            return _timed(session.get, url, count)
+    return _timed(session.get, url, count)
+
+
+def _timed(get: Callable[..., requests.Response], url: str, count: int) -> Tuple[float, float]:
+    bad = 0
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(count):
+        if get(url).status_code != 200:
+            bad += 1
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if bad:
+        raise RuntimeError(f"{bad} of {count} requests did not answer 200")
+    return wall, cpu
+
+
+def profile(name: str, session: requests.Session, url: str, count: int, top: int) -> str:
+    """cProfile of ``count`` requests through one client, sorted by cumulative time."""
+    profiler = cProfile.Profile()
+    if name == OAUTH2:
+        with _InsecureTransportAllowed():
+            profiler.runcall(_timed, session.get, url, count)
+    else:
+        profiler.runcall(_timed, session.get, url, count)
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("cumulative").print_stats(top)
+    stats.sort_stats("tottime").print_stats(top)
+    out.write("Time spent in refresher's and requests-oauthlib's own code:\n")
+    stats.sort_stats("tottime").print_stats(r"refresher[/\\]|oauthlib[/\\]")
+    return out.getvalue()
+
+
+def main(argv: List[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Microseconds per keep-alive GET through requests.Session, "
+        "OAuth2Session and RefreshingSession (memory and JSON stores), against a fast "
+        "local HTTP server in another process.",
+    )
+    parser.add_argument("--requests", type=int, default=3000, metavar="N",
+                        help="timed requests per client, split evenly over the rounds "
+                        "(default 3000)")
+    parser.add_argument("--rounds", type=int, default=30,
+                        help="interleaved rounds; the table shows their median (default 30)")
+    parser.add_argument("--warmup", type=int, default=200, metavar="N",
+                        help="untimed requests per client first (default 200)")
+    parser.add_argument("--path", default="/2/users/me", help="path to GET")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--profile", choices=CLIENTS, metavar="CLIENT",
+                        help="instead of the table, profile --requests requests through "
+                        f"CLIENT (one of: {', '.join(CLIENTS)})")
+    parser.add_argument("--top", type=int, default=30, help="rows of --profile output")
+    args = parser.parse_args(argv)
+    if args.requests < 1 or args.rounds < 1:
+        parser.error("--requests and --rounds must be at least 1")
+    per_round = max(1, args.requests // args.rounds)
+
+    with FastHTTPServer() as server, tempfile.TemporaryDirectory() as folder:
+        url = server.url + args.path
+        clients = make_clients(server.url, folder)
+        try:
+            for name, session in clients.items():
+                run_round(name, session, url, max(1, args.warmup))
+            if args.profile:
+                print(profile(args.profile, clients[args.profile], url, args.requests,
+                              args.top))
+                return 0
+            wall: Dict[str, List[float]] = {name: [] for name in CLIENTS}
+            cpu: Dict[str, List[float]] = {name: [] for name in CLIENTS}
+            for index in range(args.rounds):
+                order = CLIENTS[index % 4:] + CLIENTS[:index % 4]
+                for name in order:
+                    seconds, cpu_seconds = run_round(name, clients[name], url, per_round)
+                    wall[name].append(seconds / per_round * 1e6)
+                    cpu[name].append(cpu_seconds / per_round * 1e6)
+                if (index + 1) % 10 == 0 or index + 1 == args.rounds:
+                    progress(f"round {index + 1}/{args.rounds}")
+        finally:
+            for session in clients.values():
+                session.close()
+
+    # Ratios are taken round by round (the four clients of a round ran within moments of
+    # each other, under the same load), then their median: steadier than a ratio of medians.
+    def ratio(samples: Dict[str, List[float]], name: str, base: str) -> float:
+        return median([a / b for a, b in zip(samples[name], samples[base]) if b > 0])
+
+    rows = [
+        [name, median(wall[name]), ratio(wall, name, OAUTH2), ratio(wall, name, FLOOR),
+         median(cpu[name]), ratio(cpu, name, OAUTH2), ratio(cpu, name, FLOOR)]
+        for name in CLIENTS
+    ]
+    columns = ["client", "us/request", "vs OAuth2Session", "vs floor",
+               "CPU us/request", "CPU vs OAuth2Session", "CPU vs floor"]
+    goal = ratio(wall, JSON_STORE, OAUTH2)
+    notes = [
+        f"{args.rounds} interleaved rounds x {per_round} keep-alive GETs per client to "
+        f"{server.url}{args.path} (asyncio HTTP/1.1 server in a child process).",
+        "us/request: wall clock, median of rounds. CPU: this process only (the server's "
+        "work and other processes' are left out).",
+        "Ratios: median over rounds of the ratio within the round.",
+        f"Goal: RefreshingSession+json within 5 % of OAuth2Session: "
+        f"{(goal - 1) * 100:+.1f} % -> {'met' if goal <= 1.05 else 'NOT met'}.",
+    ]
+    emit(args.json, "overhead: microseconds per keep-alive GET (median of rounds)", columns,
+         rows, notes, extra={
+             "requests_per_round": per_round, "rounds": args.rounds,
+             "wall_us_per_round": wall, "cpu_us_per_round": cpu,
+             "python": sys.version.split()[0],
+         })
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

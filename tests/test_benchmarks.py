@@ -1,0 +1,163 @@
+"""Smoke tests of the benchmark scripts: each runs with tiny parameters, exits 0, and prints
+its table. No assertion is about speed; the numbers are checked for shape and for the
+counts that do not depend on the machine (reused refresh tokens, failures)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import _common  # noqa: E402
+import contention  # noqa: E402
+
+
+def _run(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env.pop("OAUTHLIB_INSECURE_TRANSPORT", None)
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        capture_output=True, text=True, timeout=timeout, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _header(output: str, first_column: str) -> List[str]:
+    for line in output.splitlines():
+        if line.startswith(first_column):
+            return line.split("  ")
+    raise AssertionError(f"no table header starting with {first_column!r} in:\n{output}")
+
+
+# -- the scripts ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("script", ["overhead.py", "contention.py", "startup.py"])
+def test_every_script_explains_itself(script: str) -> None:
+    out = _run(script, "--help").stdout
+    assert out.startswith("usage:")
+    assert "--json" in out
+
+
+def test_overhead_prints_four_clients_with_ratios() -> None:
+    out = _run("overhead.py", "--requests", "50", "--rounds", "2", "--warmup", "5").stdout
+    header = " ".join(_header(out, "client"))
+    for column in ("us/request", "vs OAuth2Session", "vs floor", "CPU us/request"):
+        assert column in header
+    for client in ("requests.Session", "OAuth2Session", "RefreshingSession+memory",
+                   "RefreshingSession+json"):
+        assert any(line.startswith(client + " ") for line in out.splitlines()), client
+    assert "Goal: RefreshingSession+json within 5 % of OAuth2Session" in out
+
+
+def test_overhead_json_has_a_ratio_of_one_for_each_baseline_against_itself() -> None:
+    out = _run("overhead.py", "--requests", "40", "--rounds", "2", "--warmup", "5",
+               "--json").stdout
+    document = json.loads(out)
+    rows = {row["client"]: row for row in document["rows"]}
+    assert rows["OAuth2Session"]["vs OAuth2Session"] == 1.0
+    assert rows["requests.Session"]["vs floor"] == 1.0
+    assert len(document["wall_us_per_round"]["RefreshingSession+json"]) == 2
+    assert all(row["us/request"] > 0 for row in rows.values())
+
+
+def test_overhead_profile_names_refresher_on_the_hot_path() -> None:
+    out = _run("overhead.py", "--profile", "RefreshingSession+json", "--requests", "30",
+               "--warmup", "5", "--top", "60").stdout
+    assert "refresher/session.py" in out.replace(os.sep, "/")
+    assert "token_for_request" in out
+
+
+def test_contention_rows_show_what_the_shared_store_buys() -> None:
+    out = _run("contention.py", "-P", "2", "-T", "2", "--ttl", "1", "--seconds", "2",
+               "--json", timeout=180).stdout
+    document = json.loads(out)
+    results: Dict[str, Dict[str, Any]] = {r["store"]: r for r in document["results"]}
+    for column in ("requests", "failed", "refreshes", "windows", "per window", "reused RT",
+                   "p50 ms", "p99 ms", "in-window p50", "in-window p99", "token RTT ms"):
+        assert column in document["columns"]
+
+    shared = ["json file"]
+    if _common.RedisServer.unavailable() is None:
+        shared.append("redis")
+    else:
+        assert any(note.startswith("redis row skipped:") for note in document["notes"])
+    for store in shared:
+        row = results[store]
+        assert row["requests"] > 0
+        assert row["failed"] == 0, row["errors"]
+        assert row["reused_refresh_tokens"] == 0
+        assert row["refreshes"] >= 1
+        assert row["refresh_spans"] == row["refreshes"]  # the probe's are not counted
+
+    baseline = results["memory per process"]
+    assert baseline["reused_refresh_tokens"] > 0
+    assert baseline["failed"] > 0
+
+
+def test_contention_table_in_plain_text() -> None:
+    out = _run("contention.py", "-P", "1", "-T", "1", "--ttl", "1", "--seconds", "1",
+               "--stores", "json", timeout=120).stdout
+    assert out.startswith("contention: processes x threads sharing one token")
+    assert any(line.startswith("json file ") for line in out.splitlines())
+    assert "Goal (json file)" in out
+
+
+def test_startup_compares_the_imports_and_checks_the_lazy_parts() -> None:
+    out = _run("startup.py", "--runs", "2", "--json").stdout
+    document = json.loads(out)
+    statements = [row["statement"] for row in document["rows"]]
+    assert statements == ["python -c pass", "import requests_oauthlib", "import refresher"]
+    assert document["lazy_parts_loaded"] == []
+    assert len(document["samples_ms"]["import refresher"]) == 2
+
+
+def test_startup_explain_lists_modules_refresher_adds() -> None:
+    out = _run("startup.py", "--explain", "--top", "50").stdout
+    assert "refresher.coordinator" in out
+    assert "requests.sessions" not in out  # loaded by both: not refresher's cost
+
+
+# -- the arithmetic behind the tables -------------------------------------------------------
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = list(range(1, 101))
+    assert _common.percentile(values, 50) == 50
+    assert _common.percentile(values, 99) == 99
+    assert _common.percentile([7.0], 99) == 7.0
+
+
+def test_refreshes_less_than_half_a_lifetime_apart_are_one_window() -> None:
+    spans = [(10.0, 10.01), (10.2, 10.21), (11.0, 11.01), (12.0, 12.01), (12.1, 12.1)]
+    assert contention.expiry_windows(spans, ttl=1.0) == 3
+    assert contention.expiry_windows([], ttl=1.0) == 0
+
+
+def test_a_request_is_in_a_refresh_window_when_it_overlaps_one() -> None:
+    merged = contention.merge_spans([(5.0, 6.0), (1.0, 2.0), (1.5, 3.0)])
+    assert merged == [(1.0, 3.0), (5.0, 6.0)]
+    starts = [start for start, _ in merged]
+    assert contention.overlaps(merged, starts, 0.5, 1.0)      # ends as a refresh starts
+    assert contention.overlaps(merged, starts, 2.9, 4.0)      # starts before it ends
+    assert contention.overlaps(merged, starts, 5.2, 5.3)      # inside
+    assert not contention.overlaps(merged, starts, 3.1, 4.9)  # between two
+    assert not contention.overlaps(merged, starts, 0.0, 0.9)  # before all
+    assert not contention.overlaps(merged, starts, 6.1, 7.0)  # after all
+
+
+def test_table_aligns_columns() -> None:
+    table = _common.format_table(["name", "value"], [["a", 1.0], ["longer", None]])
+    lines = table.splitlines()
+    assert lines[0] == "name    value"
+    assert lines[2] == "a        1.00"
+    assert lines[3] == "longer      -"
