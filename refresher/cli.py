@@ -115,7 +115,9 @@ def _configure_logging(debug: bool) -> None:
         "refresher: %(levelname)s: %(name)s: %(message)s" if debug
         else "refresher: %(levelname)s: %(message)s"))
     logger.addHandler(_handler)
-    logger.setLevel(logging.DEBUG if debug else logging.WARNING)
+    # The command prints its own warnings; the library's (retries...) would make more than
+    # the one line an error deserves.
+    logger.setLevel(logging.DEBUG if debug else logging.ERROR)
 
 
 # -- the parser --------------------------------------------------------------------------------
@@ -330,8 +332,11 @@ def _expiry(token: Mapping[str, Any]) -> str:
 
 
 def _revoke_pair(token: Mapping[str, Any], *, client_id: str, client_secret: Optional[str],
-                 token_url: str, revoke_url: str) -> None:
-    """Revoke the refresh token, then the access token; RefreshError if the first fails."""
+                 token_url: str, revoke_url: str) -> str:
+    """Revoke the refresh token, then the access token; RefreshError if the first fails.
+
+    Returns "" or a note saying the access token could not be revoked (it expires soon).
+    """
     endpoint = TokenEndpoint(token_url, client_id, client_secret)
     try:
         if token.get("refresh_token"):
@@ -339,8 +344,9 @@ def _revoke_pair(token: Mapping[str, Any], *, client_id: str, client_secret: Opt
         if token.get("access_token"):
             try:
                 endpoint.revoke(revoke_url, str(token["access_token"]), "access_token")
-            except RefreshError as exc:  # it dies within two hours anyway
-                log.warning("could not revoke the access token: %s", exc)
+            except RefreshError as exc:
+                return f" (the access token could not be revoked: {exc}; it expires by itself)"
+        return ""
     finally:
         endpoint.close()
 
@@ -446,12 +452,12 @@ def _replace_previous(previous: Token, meta: Mapping[str, Any], *, client_id: st
         return ("Replaced the account's previous token (not revoked: it belongs to the "
                 f"confidential client {old_client}).")
     try:
-        _revoke_pair(previous, client_id=old_client, client_secret=old_secret,
-                     token_url=str(meta.get("token_url") or urls["token_url"]),
-                     revoke_url=str(meta.get("revoke_url") or urls["revoke_url"]))
+        note = _revoke_pair(previous, client_id=old_client, client_secret=old_secret,
+                            token_url=str(meta.get("token_url") or urls["token_url"]),
+                            revoke_url=str(meta.get("revoke_url") or urls["revoke_url"]))
     except (RefresherError, OAuth2Error) as exc:
         return f"Replaced the account's previous token (could not revoke it: {exc})."
-    return "Replaced the account's previous token, and revoked it."
+    return f"Replaced the account's previous token, and revoked it{note}."
 
 
 # -- status, refresh, logout -------------------------------------------------------------------
@@ -544,9 +550,9 @@ def _logout(args: argparse.Namespace) -> int:
     with store.lock(account, timeout=_LOCK_TIMEOUT):
         token = store.load(account) or {}
         try:
-            _revoke_pair(token, client_id=client_id, client_secret=secret,
-                         token_url=_setting("token_url", args.token_url, meta) or "",
-                         revoke_url=revoke_url)
+            note = _revoke_pair(token, client_id=client_id, client_secret=secret,
+                                token_url=_setting("token_url", args.token_url, meta) or "",
+                                revoke_url=revoke_url)
         except RefreshError as exc:
             raise _Failure(
                 f"{exc}; account {account!r} is kept in the store. Try again later, or remove "
@@ -555,7 +561,7 @@ def _logout(args: argparse.Namespace) -> int:
         store.delete(account)
     user = f" (@{meta['username']})" if meta.get("username") else ""
     print(f"Logged out account {account!r}{user}: revoked at {revoke_url} and removed "
-          f"from {where}.")
+          f"from {where}{note}.")
     return 0
 
 

@@ -1,0 +1,171 @@
+"""A Flask web app whose users log in with X, and whose tokens refresher keeps alive.
+
+- ``/login`` makes a fresh PKCE link: the ``state`` goes into the user's signed session
+  cookie (it binds the login to this browser), the ``code_verifier`` stays on the server,
+  keyed by the state (it is the PKCE secret: never send it to the browser).
+- ``/callback`` is where X sends the user back: the state is checked, the code exchanged,
+  ``/2/users/me`` says who logged in, and the token pair is saved in the token store
+  under the user's X id. The store then holds the live pair for good: any request (or
+  background job) that opens a session on that account gets a token that works.
+- ``/`` calls X as the logged-in user; ``/logout`` forgets the user in this browser.
+
+Against X (register http://127.0.0.1:5000/callback as the app's callback URL)::
+
+    export X_CLIENT_ID=... X_CLIENT_SECRET=... FLASK_SECRET_KEY=...
+    flask --app examples/flask_app.py run --port 5000
+
+Offline, against the built-in X emulator (open http://127.0.0.1:5000 in a browser)::
+
+    python examples/flask_app.py --emulator
+"""
+
+from __future__ import annotations
+
+import hmac
+import html
+import os
+import secrets
+import sys
+import threading
+import time
+from typing import Dict, Optional, Tuple
+
+import flask
+import requests
+
+import refresher
+
+
+class PendingLogins:
+    """state -> code_verifier for logins under way, kept on the server for ``ttl`` seconds.
+
+    In one process only: with several workers (gunicorn -w 4), keep these where all of
+    them can read it (Redis, your database), as you would any server-side session data.
+    """
+
+    def __init__(self, ttl: float = 600.0) -> None:
+        self.ttl = ttl
+        self._items: Dict[str, Tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def put(self, state: str, code_verifier: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for old in [s for s, (_, born) in self._items.items() if now - born > self.ttl]:
+                del self._items[old]
+            self._items[state] = (code_verifier, now)
+
+    def pop(self, state: str) -> Optional[str]:
+        """The verifier of ``state``, once; ``None`` if unknown, used or too old."""
+        with self._lock:
+            item = self._items.pop(state, None)
+        if item is None or time.monotonic() - item[1] > self.ttl:
+            return None
+        return item[0]
+
+
+def create_app(
+    *,
+    client_id: Optional[str] = None,
+    client_secret: Optional[str] = None,
+    redirect_uri: Optional[str] = None,
+    store: Optional[refresher.TokenStore] = None,
+    authorize_url: str = refresher.X_AUTHORIZE_URL,
+    token_url: str = refresher.X_TOKEN_URL,
+    api_url: str = refresher.X_API_URL,
+    secret_key: Optional[str] = None,
+) -> flask.Flask:
+    """The app. Arguments left out come from X_CLIENT_ID, X_CLIENT_SECRET, X_REDIRECT_URI,
+    REFRESHER_STORE and FLASK_SECRET_KEY (``flask --app examples/flask_app.py run`` calls
+    this with none)."""
+    app = flask.Flask(__name__)
+    # Signs the session cookie. Set FLASK_SECRET_KEY in production: a random key logs
+    # everyone out when the app restarts.
+    app.secret_key = secret_key or os.environ.get("FLASK_SECRET_KEY") or secrets.token_hex(32)
+    if store is None:
+        store = refresher.open_store(os.environ.get("REFRESHER_STORE", "web-tokens.json"))
+    flow = refresher.LoginFlow(
+        client_id or os.environ["X_CLIENT_ID"],
+        client_secret or os.environ.get("X_CLIENT_SECRET"),
+        redirect_uri=redirect_uri or os.environ.get("X_REDIRECT_URI",
+                                                    "http://127.0.0.1:5000/callback"),
+        authorize_url=authorize_url,
+        token_url=token_url,
+        api_base_url=api_url,
+    )
+    pending = PendingLogins()
+    app.extensions["refresher"] = {"flow": flow, "store": store, "pending": pending}
+
+    def page(body: str, status: int = 200) -> Tuple[str, int]:
+        return f"<!doctype html><title>X login demo</title>{body}", status
+
+    @app.get("/login")
+    def login() -> flask.Response:
+        link = flow.authorization_url()
+        pending.put(link.state, link.code_verifier)   # the verifier stays here
+        flask.session["login_state"] = link.state      # the state rides in the cookie
+        return flask.redirect(link.url)
+
+    @app.get("/callback")
+    def callback() -> object:
+        state = flask.request.args.get("state", "")
+        expected = flask.session.pop("login_state", "")
+        verifier = pending.pop(state)
+        if not expected or not hmac.compare_digest(state, expected) or verifier is None:
+            return page("That login has expired or was started in another browser. "
+                        '<a href="/login">Log in again</a>.', 400)
+        try:
+            # Checks the state again, turns error=access_denied into LoginError,
+            # exchanges the code with the verifier.
+            token = flow.exchange(flask.request.url, state=state, code_verifier=verifier)
+            with flow.session(token) as probe:         # in memory, just to ask who it is
+                user = probe.me()
+        except (refresher.LoginError, requests.RequestException) as exc:
+            return page(f"Login failed: {html.escape(str(exc))}. "
+                        '<a href="/login">Try again</a>.', 400)
+        # Saved under the user's X id; a login over an older token of theirs replaces it.
+        flow.session(token, store=store, account=user["id"]).close()
+        store.save_metadata(user["id"], {"username": user["username"], "client_id": flow.client_id})
+        flask.session["user_id"] = user["id"]
+        return flask.redirect("/")
+
+    @app.get("/")
+    def home() -> object:
+        user_id = flask.session.get("user_id")
+        if not user_id:
+            return page('<a href="/login">Log in with X</a>')
+        # A session on the stored pair: refreshed before it expires, or after a 401.
+        with flow.session(store=store, account=user_id) as x:
+            try:
+                me = x.me()
+            except refresher.ReauthorizationRequired:  # revoked at X, or never logged in
+                flask.session.pop("user_id", None)
+                return flask.redirect("/login")
+        return page(f"Hello @{html.escape(me['username'])}! "
+                    '<a href="/logout">Log out</a>')
+
+    @app.get("/logout")
+    def logout() -> flask.Response:
+        flask.session.clear()  # the stored token stays, for the app's background jobs
+        return flask.redirect("/")
+
+    return app
+
+
+def _serve_with_emulator(port: int = 5000) -> None:
+    from refresher.testing import DEFAULT_CLIENT_ID, XEmulator
+
+    with XEmulator(access_ttl=30) as x:
+        app = create_app(client_id=DEFAULT_CLIENT_ID,
+                         redirect_uri=f"http://127.0.0.1:{port}/callback",
+                         store=refresher.MemoryTokenStore(), authorize_url=x.authorize_url,
+                         token_url=x.token_url, api_url=x.api_url)
+        print(f"X emulator on {x.url}; open http://127.0.0.1:{port}/ (tokens live 30 s)")
+        app.run(host="127.0.0.1", port=port)
+
+
+if __name__ == "__main__":
+    if "--emulator" in sys.argv[1:]:
+        _serve_with_emulator()
+    else:
+        create_app().run(host="127.0.0.1", port=5000)

@@ -1,0 +1,482 @@
+"""The `refresher` console script, run as a real process against an emulator served here.
+
+Logins are completed by a stand-in browser ($BROWSER: a script that follows the
+authorize URL, which the emulator approves with a redirect to the CLI's callback server),
+or by pasting the redirected URL on stdin (--no-browser).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pytest
+import requests
+
+from refresher import JSONTokenStore, ReauthorizationRequired
+from refresher.endpoint import TokenEndpoint
+from refresher.testing import (
+    DEFAULT_CLIENT_ID,
+    DEFAULT_CLIENT_SECRET,
+    DEFAULT_CONFIDENTIAL_CLIENT_ID,
+    XEmulator,
+)
+from refresher.token import fingerprint
+
+_SCRIPT = shutil.which("refresher", path=os.path.dirname(sys.executable))
+COMMAND = [_SCRIPT] if _SCRIPT else [sys.executable, "-m", "refresher"]
+JSON_KEYS = ["requests", "failed", "refreshes", "windows", "reused_refresh_tokens",
+             "processes", "seconds"]
+
+
+class CLI:
+    """Runs `refresher ...` with a clean environment: a private HOME, no REFRESHER_* set."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.home = tmp_path / "home"
+        self.home.mkdir()
+        self.store = tmp_path / "tokens.json"
+        browser = tmp_path / "browser"
+        # A browser that follows the authorize URL; exit 0 whatever the page said, so that
+        # the webbrowser module does not go on to try another browser.
+        browser.write_text(textwrap.dedent(f"""\
+            #!{sys.executable}
+            import sys, requests
+            requests.get(sys.argv[1], timeout=10)
+            """))
+        browser.chmod(0o755)
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith(("REFRESHER_", "XDG_", "BROWSER", "DISPLAY"))}
+        self.env.update(HOME=str(self.home), BROWSER=str(browser), PYTHONUNBUFFERED="1")
+
+    def emulated(self, x: XEmulator, **extra: str) -> Dict[str, str]:
+        env = dict(self.env, REFRESHER_CLIENT_ID=DEFAULT_CLIENT_ID,
+                   REFRESHER_AUTHORIZE_URL=x.authorize_url, REFRESHER_TOKEN_URL=x.token_url,
+                   REFRESHER_REVOKE_URL=x.revoke_url, REFRESHER_API_URL=x.api_url,
+                   REFRESHER_STORE=str(self.store))
+        env.update(extra)
+        return env
+
+    def run(self, *args: str, env: Optional[Dict[str, str]] = None, input: str = "",
+            timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run([*COMMAND, *args], env=env or self.env, input=input,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def login(self, x: XEmulator, *args: str, **extra: str) -> subprocess.CompletedProcess:
+        done = self.run("login", "--port", "0", *args, env=self.emulated(x, **extra))
+        assert done.returncode == 0, done.stderr
+        return done
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> CLI:
+    return CLI(tmp_path)
+
+
+def _tokens(store: Path) -> List[str]:
+    """Every token string in a JSON store file."""
+    document = json.loads(store.read_text())
+    return [entry["token"][k] for entry in document["accounts"].values()
+            for k in ("access_token", "refresh_token") if k in entry["token"]]
+
+
+def _no_secret_in(texts: List[str], secrets: List[str]) -> None:
+    joined = "\n".join(texts)
+    assert [s for s in secrets if s and s in joined] == []
+
+
+# -- login -------------------------------------------------------------------------------------
+
+
+def test_login_in_the_browser_saves_the_account_and_never_prints_the_token(cli, x_emulator):
+    done = cli.login(x_emulator)
+    assert "Logged in as @emulated_user (Emulated User, id 1000000001)." in done.stdout
+    assert f"Saved as account 'emulated_user' in {cli.store}." in done.stdout
+    assert re.search(r"expires in (2h 00m|1h 59m);", done.stdout)
+    store = JSONTokenStore(cli.store)
+    assert store.accounts() == ["emulated_user"]
+    token = store.load("emulated_user")
+    assert fingerprint(token["access_token"]) in done.stdout
+    meta = store.load_metadata("emulated_user")
+    assert meta["client_id"] == DEFAULT_CLIENT_ID and meta["confidential"] is False
+    assert meta["token_url"] == x_emulator.token_url and meta["api_url"] == x_emulator.api_url
+    assert meta["revoke_url"] == x_emulator.revoke_url
+    assert meta["authorize_url"] == x_emulator.authorize_url
+    assert meta["scopes"] == ["tweet.read", "users.read", "offline.access"]
+    assert meta["username"] == "emulated_user" and meta["user_id"] == "1000000001"
+    assert stat.S_IMODE(cli.store.stat().st_mode) == 0o600
+    _no_secret_in([done.stdout, done.stderr], _tokens(cli.store))
+
+
+def test_login_without_store_uses_the_config_folder_made_private(cli, x_emulator):
+    env = cli.emulated(x_emulator)
+    del env["REFRESHER_STORE"]
+    done = cli.run("login", "--port", "0", "--account", "me", env=env)
+    assert done.returncode == 0, done.stderr
+    folder = cli.home / ".config" / "refresher"
+    assert JSONTokenStore(folder / "tokens.json").accounts() == ["me"]
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    env["XDG_CONFIG_HOME"] = str(cli.home / "xdg")
+    done = cli.run("status", "--json", env=env)
+    assert json.loads(done.stdout)["accounts"] == []  # a different config folder: empty
+
+
+def test_login_no_browser_takes_the_url_pasted_on_stdin(cli, x_emulator):
+    child = subprocess.Popen(
+        [*COMMAND, "login", "--no-browser", "--port", "0", "--account", "headless"],
+        env=cli.emulated(x_emulator), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stderr is not None and child.stdin is not None
+        url, seen = "", ""
+        while "paste here" not in seen:
+            line = child.stderr.readline()
+            assert line, "the CLI ended before asking for the URL"
+            seen += line
+            url = url or next((w for w in line.split() if "/i/oauth2/authorize?" in w), "")
+        location = requests.get(url, allow_redirects=False, timeout=10).headers["Location"]
+        out, err = child.communicate(location + "\n", timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0, err
+    assert "Saved as account 'headless'" in out
+    assert JSONTokenStore(cli.store).accounts() == ["headless"]
+
+
+def test_login_of_a_confidential_client_reads_the_secret_from_stdin(cli, x_emulator):
+    env = cli.emulated(x_emulator, REFRESHER_CLIENT_ID=DEFAULT_CONFIDENTIAL_CLIENT_ID)
+    done = cli.run("login", "--port", "0", "--client-secret", "-", env=env,
+                   input=DEFAULT_CLIENT_SECRET + "\n")
+    assert done.returncode == 0, done.stderr
+    meta = JSONTokenStore(cli.store).load_metadata("emulated_user")
+    assert meta["client_id"] == DEFAULT_CONFIDENTIAL_CLIENT_ID and meta["confidential"] is True
+    assert DEFAULT_CLIENT_SECRET not in cli.store.read_text()
+    _no_secret_in([done.stdout, done.stderr], [DEFAULT_CLIENT_SECRET])
+
+    env = cli.emulated(x_emulator)
+    del env["REFRESHER_CLIENT_ID"]  # recorded in the store: not needed again
+    refused = cli.run("refresh", env=env)
+    assert refused.returncode == 2
+    assert "confidential client" in refused.stderr and "Traceback" not in refused.stderr
+    env["REFRESHER_CLIENT_SECRET"] = DEFAULT_CLIENT_SECRET
+    done = cli.run("refresh", env=env)
+    assert done.returncode == 0, done.stderr
+    assert x_emulator.stats.refreshes == 1
+
+
+def test_a_secret_on_the_command_line_works_but_is_warned_about(cli, x_emulator):
+    done = cli.run("login", "--port", "0", "--client-secret", DEFAULT_CLIENT_SECRET,
+                   env=cli.emulated(x_emulator,
+                                    REFRESHER_CLIENT_ID=DEFAULT_CONFIDENTIAL_CLIENT_ID))
+    assert done.returncode == 0, done.stderr
+    assert "visible to `ps`" in done.stderr
+    _no_secret_in([done.stdout, done.stderr], [DEFAULT_CLIENT_SECRET])
+
+
+def test_logging_in_again_replaces_the_account_and_revokes_the_old_pair(cli, x_emulator):
+    cli.login(x_emulator)
+    old = JSONTokenStore(cli.store).load("emulated_user")
+    again = cli.login(x_emulator)
+    assert "Replaced the account's previous token, and revoked it." in again.stdout
+    new = JSONTokenStore(cli.store).load("emulated_user")
+    assert new["refresh_token"] != old["refresh_token"]
+    endpoint = TokenEndpoint(x_emulator.token_url, DEFAULT_CLIENT_ID)
+    with pytest.raises(ReauthorizationRequired):
+        endpoint.refresh(old["refresh_token"])
+    me = requests.get(x_emulator.api_url + "/2/users/me", timeout=5,
+                      headers={"Authorization": f"Bearer {old['access_token']}"})
+    assert me.status_code == 401
+    endpoint.refresh(new["refresh_token"])  # the new pair lives
+
+
+# -- status, refresh, logout -------------------------------------------------------------------
+
+
+def test_status_lists_accounts_as_a_table_and_as_json(cli, x_emulator):
+    cli.login(x_emulator)
+    cli.login(x_emulator, "--account", "work", "--scope", "tweet.read users.read",
+              "--scope", "tweet.write", "--scope", "offline.access")
+    env = cli.emulated(x_emulator)
+    table = cli.run("status", env=env)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0] == f"Store: {cli.store}"
+    assert lines[1].split() == ["ACCOUNT", "USER", "SCOPES", "EXPIRES", "LAST", "REFRESH",
+                                "FINGERPRINT"]
+    store = JSONTokenStore(cli.store)
+    work = next(line for line in lines if line.startswith("work "))
+    assert "@emulated_user" in work and "tweet.write" in work
+    assert re.search(r" in (2h 00m|1h 59m) ", work)
+    assert fingerprint(store.load("work")["access_token"]) in work
+    assert "s ago" in work
+
+    as_json = cli.run("status", "--json", env=env)
+    document = json.loads(as_json.stdout)
+    assert document["store"] == str(cli.store)
+    rows = {row["account"]: row for row in document["accounts"]}
+    assert set(rows) == {"emulated_user", "work"}
+    assert rows["work"]["scopes"] == ["tweet.read", "users.read", "tweet.write",
+                                      "offline.access"]
+    assert 7000 < rows["work"]["expires_in"] <= 7200
+    assert rows["work"]["user"] == "emulated_user" and rows["work"]["refreshable"] is True
+    assert rows["work"]["fingerprint"] == fingerprint(store.load("work")["access_token"])
+    _no_secret_in([table.stdout, as_json.stdout], _tokens(cli.store))
+
+    one = cli.run("status", "--json", "--account", "work", env=env)
+    assert [row["account"] for row in json.loads(one.stdout)["accounts"]] == ["work"]
+
+
+def test_status_of_an_empty_store_says_how_to_log_in(cli):
+    done = cli.run("status", "--store", str(cli.store))
+    assert done.returncode == 0
+    assert "No accounts in" in done.stdout and "refresher login" in done.stdout
+    assert not cli.store.exists()
+
+
+def test_refresh_rotates_the_pair_now_with_nothing_but_the_store(cli, x_emulator):
+    cli.login(x_emulator)
+    before = JSONTokenStore(cli.store).load("emulated_user")
+    # Only the store is named: client id and URLs come from what login recorded.
+    done = cli.run("refresh", "--store", str(cli.store))
+    assert done.returncode == 0, done.stderr
+    after = JSONTokenStore(cli.store).load("emulated_user")
+    assert after["refresh_token"] != before["refresh_token"]
+    assert f"Refreshed account 'emulated_user' (@emulated_user): access token " \
+           f"{fingerprint(after['access_token'])} expires in" in done.stdout
+    assert x_emulator.stats.refreshes == 1 and x_emulator.stats.reused_refresh_tokens == 0
+    _no_secret_in([done.stdout, done.stderr], [*_tokens(cli.store), before["refresh_token"]])
+
+
+def test_logout_revokes_at_x_and_removes_the_account(cli, x_emulator):
+    cli.login(x_emulator)
+    cli.login(x_emulator, "--account", "other")
+    token = JSONTokenStore(cli.store).load("other")
+    done = cli.run("logout", "--account", "other", "--store", str(cli.store))
+    assert done.returncode == 0, done.stderr
+    assert "Logged out account 'other' (@emulated_user): revoked at" in done.stdout
+    assert JSONTokenStore(cli.store).accounts() == ["emulated_user"]
+    with pytest.raises(ReauthorizationRequired):
+        TokenEndpoint(x_emulator.token_url, DEFAULT_CLIENT_ID).refresh(token["refresh_token"])
+
+
+def test_logout_keeps_the_account_when_x_cannot_be_reached(cli, x_emulator):
+    cli.login(x_emulator)
+    dead = f"http://127.0.0.1:{_closed_port()}/2/oauth2/revoke"
+    done = cli.run("logout", "--store", str(cli.store), "--revoke-url", dead)
+    assert done.returncode == 1
+    assert "cannot reach" in done.stderr and "--forget-only" in done.stderr
+    assert JSONTokenStore(cli.store).accounts() == ["emulated_user"]
+    done = cli.run("logout", "--store", str(cli.store), "--forget-only")
+    assert done.returncode == 0 and "not revoked" in done.stdout
+    assert JSONTokenStore(cli.store).accounts() == []
+
+
+# -- bad input: one line, the right status, no traceback unless --debug --------------------------
+
+
+def _one_clear_line(done: subprocess.CompletedProcess, status: int, text: str) -> None:
+    assert done.returncode == status, (done.stdout, done.stderr)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("refresher: error: ") and text in lines[0]
+
+
+def test_an_unknown_account_is_a_usage_error(cli, x_emulator):
+    cli.login(x_emulator)
+    for command in ("status", "refresh", "logout"):
+        done = cli.run(command, "--account", "nobody", "--store", str(cli.store))
+        _one_clear_line(done, 2, "no account 'nobody'")
+
+
+def test_several_accounts_need_one_chosen(cli, x_emulator):
+    cli.login(x_emulator, "--account", "a")
+    cli.login(x_emulator, "--account", "b")
+    done = cli.run("refresh", "--store", str(cli.store))
+    _one_clear_line(done, 2, "several accounts (a, b)")
+
+
+def test_a_missing_client_id_is_a_usage_error(cli):
+    done = cli.run("login", "--store", str(cli.store))
+    _one_clear_line(done, 2, "missing client id: pass --client-id or set REFRESHER_CLIENT_ID")
+
+
+def test_a_corrupt_store_is_named_and_left_alone(cli):
+    cli.store.write_text("{not json")
+    for command in ("status", "refresh"):
+        done = cli.run(command, "--store", str(cli.store))
+        _one_clear_line(done, 1, f"token store {cli.store} is not valid JSON")
+    assert cli.store.read_text() == "{not json"
+
+
+def test_a_port_in_use_fails_clearly(cli, x_emulator):
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = str(busy.getsockname()[1])
+        done = cli.run("login", "--port", port, env=cli.emulated(x_emulator))
+        _one_clear_line(done, 1, f"cannot listen for the login callback on 127.0.0.1:{port}")
+        done = cli.run("emulator", "--port", port)
+        _one_clear_line(done, 1, f"cannot serve the emulator on 127.0.0.1:{port}")
+
+
+def test_an_unreachable_token_url_fails_clearly_and_debug_shows_the_traceback(cli, x_emulator):
+    cli.login(x_emulator)
+    dead = f"http://127.0.0.1:{_closed_port()}/2/oauth2/token"
+    done = cli.run("refresh", "--store", str(cli.store), "--token-url", dead)
+    _one_clear_line(done, 1, f"cannot reach {dead}")
+    debug = cli.run("refresh", "--debug", "--store", str(cli.store), "--token-url", dead)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+    assert JSONTokenStore(cli.store).accounts() == ["emulated_user"]  # the pair is kept
+    _no_secret_in([done.stderr, debug.stderr], _tokens(cli.store))
+
+
+def test_argparse_errors_exit_2(cli):
+    assert cli.run("demo", "--processes", "0").returncode == 2
+    assert cli.run("no-such-command").returncode == 2
+    assert cli.run().returncode == 2
+    assert cli.run("--help").returncode == 0
+
+
+# -- emulator and demo -------------------------------------------------------------------------
+
+
+def test_emulator_serves_until_interrupted_and_prints_the_urls(cli):
+    child = subprocess.Popen([*COMMAND, "emulator", "--port", "0", "--access-ttl", "5"],
+                             env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout is not None
+        settings: Dict[str, str] = {}
+        while "REFRESHER_API_URL" not in settings:
+            line = child.stdout.readline()
+            assert line, "the emulator ended before printing its URLs"
+            if line.strip().startswith("export "):
+                name, _, value = line.strip()[len("export "):].partition("=")
+                settings[name] = value
+        assert settings["REFRESHER_CLIENT_ID"] == DEFAULT_CLIENT_ID
+        api = settings["REFRESHER_API_URL"]
+        assert requests.get(api + "/emulator/stats", timeout=5).json()["api_requests"] == 0
+        assert requests.get(api + "/2/users/me", timeout=5).status_code == 401
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0, err
+    assert "stopped" in err and "Traceback" not in err
+    with pytest.raises(requests.ConnectionError):
+        requests.get(api + "/emulator/stats", timeout=2)
+
+
+def test_demo_with_the_defaults_and_no_environment(cli, tmp_path):
+    """What a new user runs first: no variable set, a table, exit 0."""
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(cli.home)}
+    started = time.monotonic()
+    done = subprocess.run([*COMMAND, "demo"], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    print(done.stdout, done.stderr, f"{time.monotonic() - started:.1f} s")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.splitlines()
+    assert out[0] == ("refresher demo: 4 processes x 3 threads, 10 s, access tokens living "
+                      "2 s, one shared store")
+    numbers = {line[:24].strip(): line[24:].strip() for line in out[1:-1]}
+    assert list(numbers) == ["requests", "failed", "refreshes", "expiry windows",
+                             "refreshes per window", "reused refresh tokens"]
+    assert int(numbers["requests"]) > 100 and numbers["failed"] == "0"
+    assert numbers["reused refresh tokens"] == "0" and numbers["expiry windows"] == "5"
+    assert 0.8 <= float(numbers["refreshes per window"]) <= 1.6
+    assert out[-1].startswith("OK:")
+    progress = [line for line in done.stderr.splitlines() if " requests " in line]
+    assert len(progress) >= 3 and "\r" not in done.stderr  # plain lines when not a terminal
+    assert "Logged in as @emulated_user" in done.stderr
+    assert not list(cli.home.iterdir())  # nothing left in the user's home
+
+
+def test_demo_json_via_python_m_refresher(cli, tmp_path):
+    store = tmp_path / "demo-tokens.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "refresher", "demo", "--processes", "2", "--threads", "2",
+         "--seconds", "3", "--access-ttl", "1", "--json", "--store", str(store)],
+        env=cli.env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)  # the only thing on stdout: one JSON object
+    assert list(result) == JSON_KEYS
+    assert result["processes"] == 2 and result["seconds"] == 3 and result["windows"] == 3
+    assert result["failed"] == 0 and result["reused_refresh_tokens"] == 0
+    assert result["requests"] > 50 and 2 <= result["refreshes"] <= 6
+    assert JSONTokenStore(store).accounts() == ["demo"]  # --store: the login went there
+
+
+# -- the README recipes: a sync script, and a cron job whose runs overlap ------------------------
+
+
+SYNC_SCRIPT = '''\
+from refresher.login import open_session
+
+session = open_session("alice")   # the store, client id and URLs `refresher login` saved
+me = session.me()
+posted = session.post(f"{session.api_base_url}/2/tweets", json={"text": "synced!"})
+print(f"@{me['username']} posted tweet {posted.json()['data']['id']}")
+'''
+
+CRON_SCRIPT = '''\
+import time
+from refresher.login import open_session
+
+with open_session("alice") as x:   # every run shares one store file, and its lock
+    for _ in range(30):            # a job long enough to outlive an access token
+        x.me()
+        time.sleep(0.1)
+'''
+
+
+def test_sync_script_recipe(cli, x_emulator, tmp_path):
+    cli.login(x_emulator, "--account", "alice", "--scope",
+              "tweet.read tweet.write users.read offline.access")
+    script = tmp_path / "sync.py"
+    script.write_text(SYNC_SCRIPT)
+    env = dict(cli.env, REFRESHER_STORE=str(cli.store))  # as `refresher login` left it
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("@emulated_user posted tweet ")
+
+
+def test_cron_recipe_overlapping_runs_share_one_store(cli, x_emulator_factory, tmp_path):
+    x = x_emulator_factory(access_ttl=1.0)
+    cli.login(x, "--account", "alice")
+    script = tmp_path / "cron_job.py"
+    script.write_text(CRON_SCRIPT)
+    env = dict(cli.env, REFRESHER_STORE=str(cli.store))
+    runs = []
+    started = time.monotonic()
+    for _ in range(5):  # cron starts a run while the previous ones are still going
+        runs.append(subprocess.Popen([sys.executable, str(script)], env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        time.sleep(0.4)
+    results = [(run.wait(timeout=60), run.stderr.read() if run.stderr else "") for run in runs]
+    span = time.monotonic() - started
+    for run in runs:
+        for stream in (run.stdout, run.stderr):
+            if stream:
+                stream.close()
+    assert [status for status, _ in results] == [0] * 5, results
+    stats = x.stats
+    assert stats.api_requests >= 150 and stats.unauthorized == 0
+    assert stats.reused_refresh_tokens == 0
+    assert 1 <= stats.refreshes <= span / 1.0 + 2  # about one per token lifetime, not per run
+
+
+def _closed_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        return int(probe.getsockname()[1])

@@ -1,0 +1,128 @@
+"""examples/flask_app.py, the web-app recipe, through Flask's test client with the emulator as X."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+from types import ModuleType
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+
+from refresher import JSONTokenStore
+from refresher.testing import DEFAULT_CLIENT_ID, XEmulator
+
+pytest.importorskip("flask")
+
+REDIRECT_URI = "http://127.0.0.1:5000/callback"
+
+
+def _example() -> ModuleType:
+    path = Path(__file__).resolve().parent.parent / "examples" / "flask_app.py"
+    spec = importlib.util.spec_from_file_location("flask_app_example", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def make_app(tmp_path):
+    example = _example()
+
+    def make(x: XEmulator):
+        store = JSONTokenStore(tmp_path / "web-tokens.json")
+        app = example.create_app(client_id=DEFAULT_CLIENT_ID, redirect_uri=REDIRECT_URI,
+                                 store=store, authorize_url=x.authorize_url,
+                                 token_url=x.token_url, api_url=x.api_url,
+                                 secret_key="test-only")
+        return app, store
+
+    return make
+
+
+def _to_x_and_back(client) -> str:
+    """/login, then X's authorize page (the emulator) sends the browser back: its URL."""
+    login = client.get("/login")
+    assert login.status_code == 302
+    authorize = login.headers["Location"]
+    back = requests.get(authorize, allow_redirects=False, timeout=10)
+    assert back.status_code == 302
+    location = back.headers["Location"]
+    assert location.startswith(REDIRECT_URI + "?")
+    return location
+
+
+def _path(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.path}?{parts.query}"
+
+
+def test_a_user_logs_in_and_the_app_keeps_their_token_alive(make_app, x_emulator_factory):
+    x = x_emulator_factory(access_ttl=1.0)
+    app, store = make_app(x)
+    client = app.test_client()
+    assert "Log in with X" in client.get("/").get_data(as_text=True)
+
+    location = _to_x_and_back(client)
+    with client.session_transaction() as cookie:  # the verifier never rides in the cookie
+        assert set(cookie) == {"login_state"}
+    done = client.get(_path(location))
+    assert done.status_code == 302 and done.headers["Location"] == "/"
+
+    assert store.accounts() == ["1000000001"]            # saved under the user's X id
+    assert store.load_metadata("1000000001")["username"] == "emulated_user"
+    first = store.load("1000000001")
+    assert "Hello @emulated_user" in client.get("/").get_data(as_text=True)
+
+    time.sleep(1.1)                                       # the access token expires
+    assert "Hello @emulated_user" in client.get("/").get_data(as_text=True)
+    assert store.load("1000000001")["refresh_token"] != first["refresh_token"]
+    stats = x.stats
+    assert stats.exchanges == 1 and stats.refreshes == 1
+    assert stats.reused_refresh_tokens == 0
+
+    client.get("/logout")
+    assert "Log in with X" in client.get("/").get_data(as_text=True)
+    assert store.accounts() == ["1000000001"]  # kept for the app's background jobs
+
+
+def test_a_callback_from_another_browser_or_replayed_is_refused(make_app, x_emulator):
+    app, store = make_app(x_emulator)
+    mine = app.test_client()
+    location = _to_x_and_back(mine)
+
+    theirs = app.test_client()                    # no login_state cookie: login CSRF
+    refused = theirs.get(_path(location))
+    assert refused.status_code == 400 and "another browser" in refused.get_data(as_text=True)
+
+    again = app.test_client()
+    location = _to_x_and_back(again)
+    assert again.get(_path(location)).status_code == 302
+    replay = again.get(_path(location))           # the state was spent
+    assert replay.status_code == 400
+    assert x_emulator.stats.exchanges == 1 and store.accounts() == ["1000000001"]
+
+
+def test_a_refusal_at_x_shows_a_login_failed_page(make_app, x_emulator_factory):
+    x = x_emulator_factory(auto_approve=False)
+    app, store = make_app(x)
+    client = app.test_client()
+    location = _to_x_and_back(client)
+    assert "error=access_denied" in location
+    page = client.get(_path(location))
+    assert page.status_code == 400
+    assert "Login failed" in page.get_data(as_text=True)
+    assert "access_denied" in page.get_data(as_text=True)
+    assert store.accounts() == []
+
+
+def test_a_user_whose_token_was_revoked_is_sent_to_log_in_again(make_app, x_emulator):
+    app, store = make_app(x_emulator)
+    client = app.test_client()
+    client.get(_path(_to_x_and_back(client)))
+    x_emulator.revoke_all()
+    answer = client.get("/")
+    assert answer.status_code == 302 and answer.headers["Location"] == "/login"

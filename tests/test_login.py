@@ -1,0 +1,393 @@
+"""LoginFlow over real loopback HTTP: the emulator is X, a requests call is the browser."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any, Callable, Dict, List
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import pytest
+import requests
+
+import refresher
+from refresher import JSONTokenStore, LoginError, LoginFlow, MemoryTokenStore
+from refresher.login import AuthorizationLink, default_store_location, open_session
+from refresher.testing import (
+    DEFAULT_CLIENT_ID,
+    DEFAULT_CLIENT_SECRET,
+    DEFAULT_CONFIDENTIAL_CLIENT_ID,
+    XEmulator,
+)
+
+
+def _flow(x: XEmulator, client_id: str = DEFAULT_CLIENT_ID, **kw: Any) -> LoginFlow:
+    kw.setdefault("redirect_uri", "http://127.0.0.1:0/callback")
+    return LoginFlow(client_id, authorize_url=x.authorize_url, token_url=x.token_url,
+                     api_base_url=x.api_url, **kw)
+
+
+class Browser:
+    """Follows the authorize URL like a browser would; keeps the pages it was shown."""
+
+    def __init__(self, tamper: Callable[[str], str] | None = None) -> None:
+        self.tamper = tamper
+        self.pages: List[requests.Response] = []
+        self.urls: List[str] = []
+
+    def __call__(self, url: str) -> None:
+        self.urls.append(url)
+        if self.tamper is None:
+            self.pages.append(requests.get(url, timeout=10))  # the emulator 302s to the callback
+            return
+        back = requests.get(url, allow_redirects=False, timeout=10)
+        self.pages.append(requests.get(self.tamper(back.headers["Location"]), timeout=10))
+
+
+def _query(url: str) -> Dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+
+
+def _redirect_back(link: AuthorizationLink) -> str:
+    """Where the emulator sends the browser after approving ``link``."""
+    answer = requests.get(link.url, allow_redirects=False, timeout=10)
+    assert answer.status_code == 302, answer.text
+    return answer.headers["Location"]
+
+
+# -- the link ------------------------------------------------------------------------------
+
+
+def test_authorization_url_uses_pkce_s256_and_fresh_state_each_time(x_emulator):
+    flow = _flow(x_emulator, redirect_uri="http://127.0.0.1:8765/callback")
+    first, second = flow.authorization_url(), flow.authorization_url()
+    params = _query(first.url)
+    assert first.url.startswith(x_emulator.authorize_url + "?")
+    assert params["response_type"] == "code"
+    assert params["client_id"] == DEFAULT_CLIENT_ID
+    assert params["redirect_uri"] == "http://127.0.0.1:8765/callback"
+    assert params["scope"] == "tweet.read users.read offline.access"
+    assert params["state"] == first.state
+    assert params["code_challenge_method"] == "S256"
+    digest = hashlib.sha256(first.code_verifier.encode()).digest()
+    assert params["code_challenge"] == base64.urlsafe_b64encode(digest).decode().rstrip("=")
+    assert 43 <= len(first.code_verifier) <= 128
+    assert first.code_verifier not in first.url
+    assert first.state != second.state and first.code_verifier != second.code_verifier
+    assert first.code_verifier not in repr(first)
+
+
+def test_defaults_are_x_and_the_package_re_exports_the_flow():
+    link = refresher.LoginFlow("my-client-id").authorization_url()
+    assert link.url.startswith("https://x.com/i/oauth2/authorize?")
+    assert _query(link.url)["redirect_uri"] == "http://127.0.0.1:8765/callback"
+    assert refresher.AuthorizationLink is AuthorizationLink
+
+
+# -- run_local_server ----------------------------------------------------------------------
+
+
+def test_run_local_server_logs_in_and_the_token_works(x_emulator):
+    flow, browser = _flow(x_emulator), Browser()
+    token = flow.run_local_server(port=0, open_browser=browser, timeout=10)
+    assert token["access_token"] and token["refresh_token"]
+    assert token["expires_at"] == pytest.approx(time.time() + 7200, abs=60)
+    assert x_emulator.stats.exchanges == 1
+    page = browser.pages[0]
+    assert page.status_code == 200 and "Logged in" in page.text
+    assert token["access_token"] not in page.text
+    # the callback came to a port the flow picked, and the link named it
+    assert _query(browser.urls[0])["redirect_uri"] == page.url.split("?")[0]
+    assert flow.session(token).me()["username"] == "emulated_user"
+
+
+def test_the_callback_server_is_gone_afterwards(x_emulator):
+    port = _free_port()
+    _flow(x_emulator).run_local_server(port=port, open_browser=Browser(), timeout=10)
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{port}/callback", timeout=2)
+
+
+def test_a_state_mismatch_is_refused_without_exchanging(x_emulator):
+    def forge(location: str) -> str:
+        params = _query(location)
+        params["state"] = "someone-elses-state"
+        return location.split("?")[0] + "?" + urlencode(params)
+
+    browser = Browser(tamper=forge)
+    with pytest.raises(LoginError, match="state does not match"):
+        _flow(x_emulator).run_local_server(port=0, open_browser=browser, timeout=10)
+    assert browser.pages[0].status_code == 400
+    assert "Login failed" in browser.pages[0].text
+    assert x_emulator.stats.exchanges == 0
+
+
+def test_access_denied_is_a_login_error(x_emulator_factory):
+    x = x_emulator_factory(auto_approve=False)
+    browser = Browser()
+    with pytest.raises(LoginError, match="access_denied"):
+        _flow(x).run_local_server(port=0, open_browser=browser, timeout=10)
+    assert browser.pages[0].status_code == 400
+    assert "refused" in browser.pages[0].text
+
+
+def test_nobody_coming_back_times_out_and_frees_the_port(x_emulator):
+    port = _free_port()
+    started = time.monotonic()
+    with pytest.raises(LoginError, match=r"no login within 0.3 s"):
+        _flow(x_emulator).run_local_server(port=port, open_browser=lambda url: None,
+                                          timeout=0.3)
+    assert time.monotonic() - started < 5
+    with socket.create_server(("127.0.0.1", port)):
+        pass  # listening again works: the flow closed its server
+
+
+def test_a_port_in_use_is_a_clear_login_error(x_emulator):
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        with pytest.raises(LoginError, match=f"cannot listen .*127.0.0.1:{port}"):
+            _flow(x_emulator).run_local_server(port=port, open_browser=Browser(), timeout=5)
+
+
+def test_requests_that_are_not_the_callback_do_not_end_the_login(x_emulator):
+    seen = []
+
+    def browser(url: str) -> None:
+        base = _query(url)["redirect_uri"].rsplit("/", 1)[0]
+        seen.append(requests.get(base + "/favicon.ico", timeout=5).status_code)
+        seen.append(requests.get(base + "/callback", timeout=5).status_code)  # no query
+        requests.get(url, timeout=10)
+
+    token = _flow(x_emulator).run_local_server(port=0, open_browser=browser, timeout=10)
+    assert seen == [404, 400] and token["access_token"]
+
+
+def test_a_non_loopback_redirect_uri_cannot_be_served_locally(x_emulator):
+    flow = _flow(x_emulator, redirect_uri="https://app.example.com/callback")
+    with pytest.raises(ValueError, match="loopback"):
+        flow.run_local_server(open_browser=Browser(), timeout=1)
+
+
+def test_a_confidential_client_logs_in_with_its_secret(x_emulator):
+    flow = _flow(x_emulator, DEFAULT_CONFIDENTIAL_CLIENT_ID, client_secret=DEFAULT_CLIENT_SECRET)
+    token = flow.run_local_server(port=0, open_browser=Browser(), timeout=10)
+    session = flow.session(token)
+    assert session.me()["id"] == "1000000001"
+    session.refresh()  # the secret carried over to the session
+    assert x_emulator.stats.refreshes == 1
+    assert DEFAULT_CLIENT_SECRET not in repr(flow) and "confidential" in repr(flow)
+
+
+def test_a_confidential_client_without_its_secret_is_told_so(x_emulator):
+    flow = _flow(x_emulator, DEFAULT_CONFIDENTIAL_CLIENT_ID)
+    with pytest.raises(LoginError, match="client_secret"):
+        flow.run_local_server(port=0, open_browser=Browser(), timeout=10)
+
+
+def test_no_browser_accepts_the_redirected_url_pasted_on_a_stream(x_emulator):
+    """The headless path: the URL is printed, the user pastes where the browser went."""
+    read_fd, write_fd = os.pipe()
+    pasted_in = os.fdopen(read_fd, "r")
+    paste = os.fdopen(write_fd, "w")
+    out = io.StringIO()
+
+    def user() -> None:
+        deadline = time.time() + 10
+        while "/i/oauth2/authorize?" not in out.getvalue() and time.time() < deadline:
+            time.sleep(0.02)
+        url = next(w for w in out.getvalue().split() if "/i/oauth2/authorize?" in w)
+        location = requests.get(url, allow_redirects=False, timeout=10).headers["Location"]
+        paste.write("not a url\n")
+        paste.write(location + "\n")
+        paste.flush()
+
+    helper = threading.Thread(target=user)
+    helper.start()
+    try:
+        token = _flow(x_emulator).run_local_server(
+            port=0, open_browser=False, timeout=15, out=out, paste_from=pasted_in)
+    finally:
+        helper.join()
+        paste.close()
+        pasted_in.close()
+    assert token["refresh_token"]
+    assert "paste here" in out.getvalue() and "not the address" in out.getvalue()
+    assert x_emulator.stats.exchanges == 1
+
+
+# -- exchange, for web apps --------------------------------------------------------------------
+
+
+def test_exchange_checks_state_and_spends_the_code_once(x_emulator):
+    flow = _flow(x_emulator, redirect_uri="http://127.0.0.1:5000/callback")
+    link = flow.authorization_url()
+    back = _redirect_back(link)
+    with pytest.raises(LoginError, match="state"):
+        flow.exchange(back, state=flow.authorization_url().state,
+                      code_verifier=link.code_verifier)
+    token = flow.exchange(back, state=link.state, code_verifier=link.code_verifier)
+    assert token["access_token"]
+    with pytest.raises(LoginError, match="30 seconds and serves once"):
+        flow.exchange(back, state=link.state, code_verifier=link.code_verifier)
+
+
+def test_exchange_with_the_wrong_verifier_fails(x_emulator):
+    flow = _flow(x_emulator, redirect_uri="http://127.0.0.1:5000/callback")
+    link, other = flow.authorization_url(), flow.authorization_url()
+    with pytest.raises(LoginError, match="authorization code was invalid"):
+        flow.exchange(_redirect_back(link), state=link.state,
+                      code_verifier=other.code_verifier)
+    assert x_emulator.stats.exchanges == 0
+
+
+def test_a_login_without_offline_access_warns(x_emulator, caplog):
+    flow = _flow(x_emulator, scopes="tweet.read users.read")
+    token = flow.run_local_server(port=0, open_browser=Browser(), timeout=10)
+    assert "refresh_token" not in token
+    assert any("offline.access" in r.getMessage() and r.levelno == logging.WARNING
+               for r in caplog.records)
+
+
+# -- session -----------------------------------------------------------------------------------
+
+
+def test_session_saves_a_new_login_over_the_accounts_old_token(x_emulator, tmp_path):
+    store = JSONTokenStore(tmp_path / "tokens.json")
+    flow = _flow(x_emulator)
+    old = flow.run_local_server(port=0, open_browser=Browser(), timeout=10)
+    flow.session(old, store=store, account="alice").close()
+    new = flow.run_local_server(port=0, open_browser=Browser(), timeout=10)
+    session = flow.session(new, store=store, account="alice")
+    assert store.load("alice")["access_token"] == new["access_token"]
+    assert session.token["access_token"] == new["access_token"]
+
+
+def test_session_with_a_spent_dict_keeps_the_stores_newer_pair(x_emulator):
+    """Re-running a notebook cell must not put a spent refresh token back in the store."""
+    store = MemoryTokenStore()
+    flow = _flow(x_emulator)
+    token = flow.run_local_server(port=0, open_browser=Browser(), timeout=10)
+    flow.session(token, store=store, account="me").refresh()  # `token` is now spent
+    again = flow.session(token, store=store, account="me")
+    assert again.token["refresh_token"] != token["refresh_token"]
+    again.refresh()
+    assert again.me()["username"] == "emulated_user"
+    assert x_emulator.stats.reused_refresh_tokens == 0
+
+
+def test_a_whole_login_logs_and_shows_no_secret(x_emulator_factory, all_logs):
+    logging.getLogger("urllib3").setLevel(logging.INFO)  # urllib3 DEBUG prints request lines
+    x = x_emulator_factory(access_ttl=1)
+    flow = _flow(x, DEFAULT_CONFIDENTIAL_CLIENT_ID, client_secret=DEFAULT_CLIENT_SECRET)
+    links: List[str] = []
+    original = flow.authorization_url
+
+    def spy(**kw: Any) -> AuthorizationLink:
+        link = original(**kw)
+        links.append(link.code_verifier)
+        return link
+
+    flow.authorization_url = spy  # type: ignore[method-assign]
+    out = io.StringIO()
+    browser = Browser()
+    token = flow.run_local_server(port=0, open_browser=browser, timeout=10, out=out)
+    session = flow.session(token, store=MemoryTokenStore(), account="me")
+    time.sleep(1.1)
+    session.me()  # refreshed on the way
+    secrets = [token["access_token"], token["refresh_token"], DEFAULT_CLIENT_SECRET, *links,
+               session.token["access_token"], session.token["refresh_token"]]
+    seen = "\n".join([all_logs.text, out.getvalue(), repr(flow), repr(session),
+                      browser.pages[0].text])
+    assert [s for s in secrets if s in seen] == []
+
+
+# -- open_session and the default store ----------------------------------------------------------
+
+
+def test_default_store_location(monkeypatch, tmp_path):
+    monkeypatch.delenv("REFRESHER_STORE", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    assert default_store_location() == str(tmp_path / "cfg" / "refresher" / "tokens.json")
+    monkeypatch.delenv("XDG_CONFIG_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_store_location() == str(tmp_path / "home" / ".config" / "refresher"
+                                           / "tokens.json")
+    monkeypatch.setenv("REFRESHER_STORE", "redis://127.0.0.1:6379/0")
+    assert default_store_location() == "redis://127.0.0.1:6379/0"
+
+
+def _logged_in_store(x: XEmulator, path, client_id=DEFAULT_CLIENT_ID, secret=None,
+                     account="alice") -> JSONTokenStore:
+    """A store as `refresher login` leaves it: the token, and the client and URLs beside it."""
+    store = JSONTokenStore(path)
+    flow = _flow(x, client_id, client_secret=secret)
+    token = flow.run_local_server(port=0, open_browser=Browser(), timeout=10)
+    flow.session(token, store=store, account=account).close()
+    store.save_metadata(account, {"client_id": client_id, "confidential": secret is not None,
+                                  "token_url": x.token_url, "api_url": x.api_url})
+    return store
+
+
+def test_open_session_needs_only_the_store(x_emulator, tmp_path, monkeypatch):
+    for name in ("REFRESHER_ACCOUNT", "REFRESHER_CLIENT_ID", "REFRESHER_TOKEN_URL",
+                 "REFRESHER_API_URL"):
+        monkeypatch.delenv(name, raising=False)
+    _logged_in_store(x_emulator, tmp_path / "tokens.json")
+    monkeypatch.setenv("REFRESHER_STORE", str(tmp_path / "tokens.json"))
+    session = open_session()  # the only account, its client id and URLs from the store
+    assert session.account == "alice"
+    assert session.me()["username"] == "emulated_user"
+    session.refresh()
+    assert x_emulator.stats.refreshes == 1
+    with pytest.raises(ValueError, match="no account 'bob'"):
+        open_session("bob")
+
+
+def test_open_session_of_a_confidential_client_wants_its_secret(x_emulator, tmp_path,
+                                                                  monkeypatch):
+    monkeypatch.delenv("REFRESHER_CLIENT_SECRET", raising=False)
+    store = _logged_in_store(x_emulator, tmp_path / "t.json", DEFAULT_CONFIDENTIAL_CLIENT_ID,
+                             DEFAULT_CLIENT_SECRET)
+    with pytest.raises(ValueError, match="REFRESHER_CLIENT_SECRET"):
+        open_session("alice", store=store)
+    monkeypatch.setenv("REFRESHER_CLIENT_SECRET", DEFAULT_CLIENT_SECRET)
+    open_session("alice", store=store).refresh()
+    assert x_emulator.stats.refreshes == 1
+
+
+# -- the notebook recipe (README) ------------------------------------------------------------------
+
+
+def test_notebook_recipe(x_emulator_factory, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    x = x_emulator_factory(access_ttl=1)
+    # In [1]: (the README's cell, pointed at the emulator and its auto-approving "browser")
+    import refresher
+
+    flow = refresher.LoginFlow(DEFAULT_CLIENT_ID, authorize_url=x.authorize_url,
+                               token_url=x.token_url, api_base_url=x.api_url)
+    token = flow.run_local_server(port=0, open_browser=Browser())
+    session = flow.session(token, store=refresher.JSONTokenStore("tokens.json"), account="me")
+    shown = repr(session)  # what the cell displays
+    assert "account='me'" in shown and "expires in" in shown
+    assert token["access_token"] not in shown and token["refresh_token"] not in shown
+    # In [2]: ... and later cells, long after the first token expired
+    assert session.me()["username"] == "emulated_user"
+    time.sleep(1.1)
+    assert session.me()["username"] == "emulated_user"
+    # In [1] again (re-run): the dict `token` is spent, the store's pair wins
+    session = flow.session(token, store=refresher.JSONTokenStore("tokens.json"), account="me")
+    assert session.me()["username"] == "emulated_user"
+    assert x.stats.refreshes >= 1 and x.stats.reused_refresh_tokens == 0
+    assert x.stats.unauthorized == 0
+
+
+def _free_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        return int(probe.getsockname()[1])
