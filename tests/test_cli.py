@@ -7,6 +7,7 @@ or by pasting the redirected URL on stdin (--no-browser).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -415,6 +416,36 @@ def test_demo_json_via_python_m_refresher(cli, tmp_path):
     assert result["failed"] == 0 and result["reused_refresh_tokens"] == 0
     assert result["requests"] > 50 and 2 <= result["refreshes"] <= 6
     assert JSONTokenStore(store).accounts() == ["demo"]  # --store: the login went there
+
+
+def test_demo_progress_rewrites_one_line_on_a_terminal(x_emulator):
+    from refresher.demo import _ProgressLine
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    line = _ProgressLine(terminal, 10, x_emulator)
+    line(5, 0, 0.5)
+    line(10, 1, 1.0)
+    line.finish()
+    text = terminal.getvalue()
+    assert text.count("\r") == 2 and text.endswith("\x1b[K\n")
+    assert "10 requests  1 failed  0 refreshes  0 reused" in text
+
+
+def test_a_demo_with_failures_or_reused_tokens_is_not_ok():
+    from refresher.demo import DemoResult, format_table
+
+    good = {"requests": 10, "failed": 0, "refreshes": 2, "windows": 2,
+            "refreshes_per_window": 1.0, "reused_refresh_tokens": 0, "processes": 1,
+            "seconds": 2}
+    assert DemoResult(good, 1, 1.0).ok
+    for bad in ({"failed": 1}, {"reused_refresh_tokens": 1}):
+        result = DemoResult(dict(good, **bad), 1, 1.0)
+        assert not result.ok and "FAILED" in format_table(result)
+        assert list(result.public()) == JSON_KEYS
 
 
 # -- the README recipes: a sync script, and a cron job whose runs overlap ------------------------
