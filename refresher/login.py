@@ -269,6 +269,7 @@ class LoginFlow:
                 "is another login running? Free that port or choose another one (the "
                 "callback URL registered with your X app must name the same port)"
             ) from None
+        thread: Optional[threading.Thread] = None
         try:
             actual = server.server_address[1]
             netloc = f"[{host}]:{actual}" if ":" in host else f"{host}:{actual}"
@@ -289,7 +290,8 @@ class LoginFlow:
                     "run the login again and approve it in the browser"
                 )
         finally:
-            server.shutdown_when_serving()
+            if thread is not None:
+                server.shutdown()  # returns once serve_forever has run and stopped
             server.server_close()
         return pending.result()
 
@@ -589,16 +591,7 @@ class _CallbackServer(http.server.ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         self.callback_path = callback_path
         self.pending: Optional[_PendingLogin] = None
-        self._serving = False
         super().__init__(address, _CallbackHandler)
-
-    def serve_forever(self, poll_interval: float = 0.5) -> None:
-        self._serving = True
-        super().serve_forever(poll_interval)
-
-    def shutdown_when_serving(self) -> None:
-        if self._serving:
-            self.shutdown()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("login callback: connection from %s ended abruptly", client_address)
