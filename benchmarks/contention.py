@@ -1,8 +1,8 @@
 """One refresh per expiry? P processes x T threads sharing one token, against the emulator.
 
-Every worker thread calls ``GET /2/users/me`` back to back through a RefreshingSession
-(the engine is :mod:`refresher._workload`), with access tokens that live ``--ttl``
-seconds, for ``--seconds``. One row per store:
+Every worker thread calls ``GET /2/users/me`` through a RefreshingSession, pausing
+``--pause`` seconds between calls (the engine is :mod:`refresher._workload`), with access
+tokens that live ``--ttl`` seconds, for ``--seconds``. One row per store:
 
 - ``json``: one JSONTokenStore file shared by all processes;
 - ``redis``: one RedisTokenStore on a throw-away ``redis-server`` (skipped, with the
@@ -18,8 +18,8 @@ token endpoint to the save of the new pair. A probe thread refreshes a token of 
 every 100 ms during the load to measure one token-endpoint round trip under that load
 (its refreshes are not counted).
 
-    python benchmarks/contention.py                    # 4 x 4, 2-second tokens, 12 s a row
-    python benchmarks/contention.py -P 8 -T 2 --ttl 1 --seconds 20 --json
+    python benchmarks/contention.py                    # 4 x 4, 1-second tokens, 15 s a row
+    python benchmarks/contention.py -P 8 -T 2 --ttl 2 --seconds 30 --json
 """
 
 from __future__ import annotations
@@ -225,12 +225,12 @@ def main(argv: List[str] | None = None) -> int:
                         help="worker processes (default 4)")
     parser.add_argument("-T", "--threads", type=int, default=4,
                         help="threads per process (default 4)")
-    parser.add_argument("-L", "--ttl", type=float, default=2.0,
-                        help="seconds an access token lives (default 2)")
-    parser.add_argument("-S", "--seconds", type=float, default=12.0,
-                        help="seconds of load per row (default 12)")
-    parser.add_argument("--pause", type=float, default=0.02,
-                        help="seconds each thread waits between requests (default 0.02; "
+    parser.add_argument("-L", "--ttl", type=float, default=1.0,
+                        help="seconds an access token lives (default 1)")
+    parser.add_argument("-S", "--seconds", type=float, default=15.0,
+                        help="seconds of load per row (default 15)")
+    parser.add_argument("--pause", type=float, default=0.01,
+                        help="seconds each thread waits between requests (default 0.01; "
                         "0 sends back to back, which saturates a small machine)")
     parser.add_argument("--stores", default="json,redis,memory",
                         help="rows to run, comma-separated: json, redis, memory "
