@@ -26,7 +26,7 @@ from .session import RefreshingSession
 from .stores import JSONTokenStore, MemoryTokenStore, TokenStore, open_store
 
 if TYPE_CHECKING:
-    from .login import AuthorizationLink, LoginFlow
+    from .login import AuthorizationLink, LoginFlow, open_session
     from .stores.redis import RedisTokenStore
 
 __version__ = "0.1.0"
@@ -52,6 +52,7 @@ __all__ = [
     "StaleTokenError",
     "LoginError",
     "LoginFlow",
+    "open_session",
     "AuthorizationLink",
 ]
 
@@ -65,7 +66,7 @@ def __getattr__(name: str) -> Any:
 
         return RedisTokenStore
     # The login flow (a callback server, the browser) is imported on first use too.
-    if name in ("LoginFlow", "AuthorizationLink"):
+    if name in ("LoginFlow", "AuthorizationLink", "open_session"):
         from . import login
 
         return getattr(login, name)

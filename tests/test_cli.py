@@ -512,3 +512,13 @@ def test_cron_recipe_overlapping_runs_share_one_store(cli, x_emulator_factory, t
 def _closed_port() -> int:
     with socket.create_server(("127.0.0.1", 0)) as probe:
         return int(probe.getsockname()[1])
+
+
+def test_the_readme_shows_exactly_the_recipes_these_tests_run():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.rst").read_text()
+    for script in (SYNC_SCRIPT, CRON_SCRIPT):
+        block = "".join(f"    {line}" if line.strip() else "\n"
+                        for line in script.splitlines(keepends=True))
+        assert block in readme
