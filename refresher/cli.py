@@ -134,6 +134,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true",
                         help="show tracebacks and refresher's debug log (never a token)")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"refresher {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     commands.required = True
 

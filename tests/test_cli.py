@@ -522,3 +522,11 @@ def test_the_readme_shows_exactly_the_recipes_these_tests_run():
         block = "".join(f"    {line}" if line.strip() else "\n"
                         for line in script.splitlines(keepends=True))
         assert block in readme
+
+
+def test_version_flag():
+    done = subprocess.run([sys.executable, "-m", "refresher", "--version"],
+                          capture_output=True, text=True, timeout=60)
+    import refresher
+
+    assert done.returncode == 0 and done.stdout.strip() == f"refresher {refresher.__version__}"
