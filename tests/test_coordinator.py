@@ -18,23 +18,28 @@ def me(x):
     return x.api_url + "/2/users/me"
 
 
-def test_16_threads_hitting_an_expired_token_cause_exactly_one_refresh(x_emulator,
-                                                                        make_session):
-    session = make_session()
-    x_emulator.expire_access_token(session.token["access_token"])
-    barrier = threading.Barrier(16)
+def _get_together(session, url: str, threads: int = 16) -> List[int]:
+    """``threads`` threads GET ``url`` through ``session`` at the same instant."""
+    barrier = threading.Barrier(threads)
     statuses: List[int] = []
 
     def call() -> None:
         barrier.wait()
-        statuses.append(session.get(me(x_emulator)).status_code)
+        statuses.append(session.get(url).status_code)
 
-    threads = [threading.Thread(target=call) for _ in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert statuses == [200] * 16
+    workers = [threading.Thread(target=call) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return statuses
+
+
+def test_16_threads_hitting_an_expired_token_cause_exactly_one_refresh(x_emulator,
+                                                                        make_session):
+    session = make_session()
+    x_emulator.expire_access_token(session.token["access_token"])
+    assert _get_together(session, me(x_emulator)) == [200] * 16
     stats = x_emulator.stats
     assert stats.token_requests == 1 and stats.refreshes == 1
     assert stats.reused_refresh_tokens == 0
@@ -45,19 +50,7 @@ def test_16_threads_with_an_expiring_token_refresh_once_before_sending(x_emulato
     token = x_emulator.issue_token()
     token["expires_at"] = time.time() + 5  # inside the 60 s leeway
     session = make_session(token=token)
-    barrier = threading.Barrier(16)
-    statuses: List[int] = []
-
-    def call() -> None:
-        barrier.wait()
-        statuses.append(session.get(me(x_emulator)).status_code)
-
-    threads = [threading.Thread(target=call) for _ in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert statuses == [200] * 16
+    assert _get_together(session, me(x_emulator)) == [200] * 16
     assert x_emulator.stats.token_requests == 1
 
 
