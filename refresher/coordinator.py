@@ -13,6 +13,7 @@ A failed refresh changes nothing in the store; ``on_refresh_error`` sees it firs
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -22,9 +23,16 @@ from typing import Any, Callable, Dict, Optional
 import requests
 
 from .endpoint import TokenEndpoint
-from .errors import ReauthorizationRequired, RefresherError, TokenStoreError
+from .errors import LockTimeout, ReauthorizationRequired, RefresherError, TokenStoreError
 from .stores.base import TokenStore
-from .token import Token, fingerprint, needs_refresh, normalize_token, seconds_left
+from .token import (
+    Token,
+    effective_leeway,
+    fingerprint,
+    needs_refresh,
+    normalize_token,
+    seconds_left,
+)
 
 __all__ = ["RefreshCoordinator", "NOT_TOKEN_RELATED_403"]
 
@@ -126,7 +134,12 @@ class RefreshCoordinator:
         if needs_refresh(token, self.leeway) and time.monotonic() >= self._next_early_try:
             left = seconds_left(token)
             try:
-                token = self.refresh(stale=token.get("access_token"))
+                # While the token still has a good margin, a refresh already under way in
+                # another thread or process is not waited for: this request goes out with
+                # the current token (as google-auth does), instead of stalling behind it.
+                margin = effective_leeway(token, self.leeway) / 2
+                token = self.refresh(stale=token.get("access_token"),
+                                     wait=left is None or left <= margin)
             except RefresherError as exc:
                 if left is None or left <= 0:
                     raise
@@ -164,7 +177,7 @@ class RefreshCoordinator:
 
     # -- the refresh ---------------------------------------------------------------------
 
-    def refresh(self, stale: Optional[str] = None) -> Token:
+    def refresh(self, stale: Optional[str] = None, *, wait: bool = True) -> Token:
         """A coordinated refresh; returns the token to use from now on.
 
         ``stale`` is the access token that failed or is expiring. When the store (or another
@@ -172,12 +185,17 @@ class RefreshCoordinator:
         refresh token is spent. ``stale=None`` refreshes unconditionally.
         """
         try:
-            with self._thread_lock:
+            if not self._thread_lock.acquire(blocking=wait):
+                assert self._token is not None
+                return self._token  # another thread of ours is refreshing
+            try:
                 current = self._token
                 if _newer(current, stale, self.leeway):
                     assert current is not None
                     return current  # another thread of ours refreshed while we waited
-                granted = self._refresh_under_lock(stale)
+                granted = self._refresh_under_lock(stale, wait)
+            finally:
+                self._thread_lock.release()
         except RefresherError as exc:
             _run_hook(self.on_refresh_error, exc, "on_refresh_error")
             raise
@@ -188,9 +206,16 @@ class RefreshCoordinator:
         assert self._token is not None
         return self._token
 
-    def _refresh_under_lock(self, stale: Optional[str]) -> Optional[Token]:
+    def _refresh_under_lock(self, stale: Optional[str], wait: bool = True) -> Optional[Token]:
         """Returns the granted pair, or ``None`` when a sibling's token was adopted."""
-        with self.store.lock(self.account, timeout=self.lock_timeout):
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(
+                    self.store.lock(self.account, timeout=self.lock_timeout if wait else 0))
+            except LockTimeout:
+                if wait:
+                    raise
+                return None  # a sibling is refreshing; the current token still works
             if self._unsaved is not None:
                 self._write_back_locked()
             stored = self.store.load(self.account)

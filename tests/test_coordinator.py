@@ -254,3 +254,35 @@ def test_lock_timeout_is_reported_through_on_refresh_error(x_emulator, make_sess
         release.set()
         holder.join()
     assert len(errors) == 1 and isinstance(errors[0], refresher.LockTimeout)
+
+
+def test_while_one_thread_refreshes_early_the_others_send_the_still_valid_token(
+        x_emulator, make_session):
+    token = x_emulator.issue_token()
+    token["expires_at"] = time.time() + 50  # inside the 60 s leeway, with a good margin
+    session = make_session(token=token)
+    x_emulator.token_delay = 1.0  # a slow X
+    refresher_thread = threading.Thread(target=lambda: session.get(me(x_emulator)))
+    refresher_thread.start()
+    while x_emulator.stats.token_requests == 0:  # the refresh is under way...
+        time.sleep(0.01)
+    response = session.get(me(x_emulator))  # ...and this request does not wait for it
+    refreshes_when_answered = x_emulator.stats.refreshes
+    refresher_thread.join()
+    assert response.status_code == 200
+    assert response.request.headers["Authorization"] == f"Bearer {token['access_token']}"
+    assert refreshes_when_answered == 0
+    assert x_emulator.stats.refreshes == 1
+
+
+@pytest.mark.parametrize("left", [-1, 20])
+def test_a_token_at_the_end_of_its_life_waits_for_the_refresh_under_way(x_emulator,
+                                                                        make_session, left):
+    token = x_emulator.issue_token()
+    token["expires_at"] = time.time() + left  # dead, or under half the leeway left
+    session = make_session(token=token)
+    x_emulator.expire_access_token(token["access_token"])  # a thread that did not wait: 401
+    x_emulator.token_delay = 0.5
+    statuses = _get_together(session, me(x_emulator), threads=4)
+    assert statuses == [200] * 4
+    assert x_emulator.stats.refreshes == 1 and x_emulator.stats.unauthorized == 0
