@@ -279,7 +279,9 @@ def main(argv: List[str] | None = None) -> int:
         notes.append(
             f"Goal ({result['store']}): 1.00 per window, 0 reused, in-window p99 "
             f"{result['in_window_p99_ms']:.1f} ms < token RTT "
-            f"{result['token_rtt_loaded_ms']:.1f} ms + 10 ms -> {verdict}."
+            f"{result['token_rtt_loaded_ms']:.1f} ms + 10 ms -> {verdict} "
+            f"(round trip p99 under the same load {result['token_rtt_loaded_p99_ms']:.1f} ms; "
+            f"refresh span p50 {result['refresh_span_p50_ms']:.1f} ms)."
         )
         for error in result["errors"]:
             notes.append(f"  {result['store']} error: {error.strip().splitlines()[-1][:160]}")

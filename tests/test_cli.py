@@ -24,6 +24,7 @@ from typing import Dict, List, Optional
 
 import pytest
 import requests
+from redis_server import redis_binary, redis_server, redis_server_factory  # noqa: F401, E402
 
 from refresher import JSONTokenStore, ReauthorizationRequired
 from refresher.endpoint import TokenEndpoint
@@ -530,3 +531,14 @@ def test_version_flag():
     import refresher
 
     assert done.returncode == 0 and done.stdout.strip() == f"refresher {refresher.__version__}"
+
+
+def test_commands_take_a_redis_url_as_the_store(cli, x_emulator, redis_server):  # noqa: F811
+    url = redis_server.url
+    cli.login(x_emulator, "--account", "alice", REFRESHER_STORE=url)
+    status = cli.run("status", "--json", "--store", url, env=cli.emulated(x_emulator))
+    assert status.returncode == 0, status.stderr
+    assert [a["account"] for a in json.loads(status.stdout)["accounts"]] == ["alice"]
+    done = cli.run("refresh", "--store", url, env=cli.emulated(x_emulator))
+    assert done.returncode == 0, done.stderr
+    assert x_emulator.stats.refreshes == 1
