@@ -574,7 +574,6 @@ def _logout(args: argparse.Namespace) -> int:
 def _emulator(args: argparse.Namespace) -> int:
     from .testing.emulator import (
         DEFAULT_CLIENT_ID,
-        DEFAULT_CLIENT_SECRET,
         DEFAULT_CONFIDENTIAL_CLIENT_ID,
         DEFAULT_USER,
         XEmulator,
@@ -606,7 +605,8 @@ def _emulator(args: argparse.Namespace) -> int:
             "    refresher login --no-browser --store /tmp/emulated-tokens.json",
             "",
             f"Public client: {DEFAULT_CLIENT_ID}. Confidential client: "
-            f"{DEFAULT_CONFIDENTIAL_CLIENT_ID}, test secret {DEFAULT_CLIENT_SECRET}.",
+            f"{DEFAULT_CONFIDENTIAL_CLIENT_ID} (its test secret is "
+            "refresher.testing.DEFAULT_CLIENT_SECRET; no secret is ever printed).",
             f"Counters: {emulator.url}/emulator/stats. Stop with Ctrl-C.",
         ]
         print("\n".join(lines), flush=True)

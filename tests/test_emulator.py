@@ -712,8 +712,9 @@ def test_command_line_server_prints_its_endpoints_and_serves() -> None:
         assert info["authorize_url"] == info["url"] + "/i/oauth2/authorize"
         assert info["revoke_url"] == info["url"] + "/2/oauth2/revoke"
         assert info["api_url"] == info["url"]
-        assert (info["client_id"], info["confidential_client_id"], info["client_secret"]) == (
-            DEFAULT_CLIENT_ID, DEFAULT_CONFIDENTIAL_CLIENT_ID, DEFAULT_CLIENT_SECRET)
+        assert (info["client_id"], info["confidential_client_id"]) == (
+            DEFAULT_CLIENT_ID, DEFAULT_CONFIDENTIAL_CLIENT_ID)
+        assert DEFAULT_CLIENT_SECRET not in json.dumps(info)  # no secret in any output
 
         verifier, challenge = pkce()
         location = requests.get(info["authorize_url"], allow_redirects=False, params={

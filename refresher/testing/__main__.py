@@ -17,7 +17,6 @@ from typing import Optional, Sequence
 
 from refresher.testing.emulator import (
     DEFAULT_CLIENT_ID,
-    DEFAULT_CLIENT_SECRET,
     DEFAULT_CONFIDENTIAL_CLIENT_ID,
     XEmulator,
 )
@@ -69,7 +68,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "api_url": emulator.api_url,
             "client_id": DEFAULT_CLIENT_ID,
             "confidential_client_id": DEFAULT_CONFIDENTIAL_CLIENT_ID,
-            "client_secret": DEFAULT_CLIENT_SECRET,
         }
         sys.stdout.write(json.dumps(endpoints) + "\n")
         sys.stdout.flush()
