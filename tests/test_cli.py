@@ -376,6 +376,9 @@ def test_emulator_serves_until_interrupted_and_prints_the_urls(cli):
             child.kill()
     assert child.returncode == 0, err
     assert "stopped" in err and "Traceback" not in err
+    from refresher.testing import DEFAULT_CLIENT_SECRET
+
+    assert DEFAULT_CLIENT_SECRET not in out + err  # not even the emulator's test secret
     with pytest.raises(requests.ConnectionError):
         requests.get(api + "/emulator/stats", timeout=2)
 
