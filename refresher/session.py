@@ -120,7 +120,7 @@ class RefreshingSession(OAuth2Session):
     def token(self) -> Any:
         coordinator = self.__dict__.get("_coordinator")
         if coordinator is not None:
-            return coordinator.token or {}
+            return dict(coordinator.token or {})  # a copy: the live pair is the store's
         return OAuth2Session.token.fget(self)  # type: ignore[attr-defined]
 
     @token.setter

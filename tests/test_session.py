@@ -301,3 +301,12 @@ def test_an_adapter_mounted_with_custom_settings_keeps_refreshing(x_emulator, ma
     x_emulator.expire_access_token(session.token["access_token"])
     assert session.get(x_emulator.api_url + "/2/users/me").status_code == 200
     assert x_emulator.stats.refreshes == 1
+
+
+def test_changing_the_returned_token_dict_changes_nothing(x_emulator, make_session) -> None:
+    session = make_session()
+    live = session.token["access_token"]
+    session.token["access_token"] = "mangled"
+    response = session.get(x_emulator.api_url + "/2/users/me")
+    assert response.status_code == 200
+    assert response.request.headers["Authorization"] == f"Bearer {live}"
