@@ -164,16 +164,16 @@ class RefreshCoordinator:
         if problem and problem.endswith(NOT_TOKEN_RELATED_403):
             log.debug("403 %s is not about the token; no refresh", problem)
             return False
-        # A 403 to a token just granted or adopted is about the request, not the token:
-        # refreshing again would rotate the pair on every call to a forbidden endpoint.
-        if self._issued.get(access_token):
-            return False
+        # A 403 to a young token (in the first half of its life, as every token just
+        # granted or adopted is) is about the request, not the token: refreshing would
+        # rotate the pair on every call to a forbidden endpoint.
         token = self._token
         if token is not None and token.get("access_token") == access_token:
             left, lifetime = seconds_left(token), token.get("expires_in")
             if left is not None and lifetime:
                 return left < float(lifetime) * _YOUNG_FRACTION
-        return True
+        # No expiry to judge by: refresh only a token that did not come from a refresh here.
+        return not self._issued.get(access_token)
 
     # -- the refresh ---------------------------------------------------------------------
 

@@ -185,3 +185,24 @@ def test_withhold_token_sends_none(x_emulator, make_session) -> None:
     assert response.status_code == 401
     assert "Authorization" not in response.request.headers
     assert x_emulator.stats.refreshes == 0
+
+
+def test_403_without_expiry_information_refreshes_at_most_once(x_emulator, make_session):
+    token = x_emulator.issue_token()
+    del token["expires_at"], token["expires_in"]  # nothing to judge the token's age by
+    session = make_session(token=token)
+    for _ in range(5):
+        assert session.get(x_emulator.api_url + "/2/emulator/forbidden/plain").status_code == 403
+    assert x_emulator.stats.refreshes == 1
+
+
+def test_a_403_late_in_a_refreshed_tokens_life_may_refresh_it_again(x_emulator, make_session):
+    session = make_session(token=_old_token(x_emulator))
+    forbidden = x_emulator.api_url + "/2/emulator/forbidden/plain"
+    session.get(forbidden)
+    assert x_emulator.stats.refreshes == 1
+    # ...an hour and a half later, the refreshed token is old in its turn:
+    session.coordinator._token["expires_at"] = time.time() + 1800
+    session.get(forbidden)
+    session.get(forbidden)
+    assert x_emulator.stats.refreshes == 2
