@@ -15,3 +15,9 @@ DEFAULT_LEEWAY = 60.0
 #: ...but never earlier than this fraction of the token's lifetime before expiry, so that
 #: short-lived tokens (the emulator's 1-second ones) do not refresh on every request.
 LEEWAY_MAX_FRACTION = 0.1
+
+#: Seconds to wait for one answer of the token endpoint.
+DEFAULT_TIMEOUT = 10.0
+#: Seconds one grant may take, retries and backoff included: well under the stores' lock
+#: lifetimes (the Redis lock's 30 s), so a slow X cannot make a holder outlive its lock.
+DEFAULT_DEADLINE = 15.0

@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 import requests
 
+from ._constants import DEFAULT_DEADLINE, DEFAULT_TIMEOUT
 from ._transport import require_secure_transport
 from .errors import ReauthorizationRequired, RefreshError
 from .token import Token, normalize_token
@@ -21,11 +22,6 @@ __all__ = ["TokenEndpoint", "DEFAULT_TIMEOUT", "DEFAULT_DEADLINE"]
 
 log = logging.getLogger(__name__)
 
-#: Seconds to wait for one answer of the token endpoint.
-DEFAULT_TIMEOUT = 10.0
-#: Seconds one grant may take, retries and backoff included: well under the stores' lock
-#: lifetimes (the Redis lock's 30 s), so a slow X cannot make a holder outlive its lock.
-DEFAULT_DEADLINE = 15.0
 #: Answers that mean "X did not take the request": retried, since resending spends nothing.
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
 # How X (and others) say a refresh token is spent, revoked or unknown.

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple, Type, Union
 from urllib.parse import urlsplit
 
-from ..endpoint import DEFAULT_TIMEOUT
+from .._constants import DEFAULT_TIMEOUT
 from ..errors import LockTimeout, StaleTokenError, TokenStoreError
 from ..token import Token
 from .base import TokenStore
