@@ -16,7 +16,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import time
 from typing import Any, Dict, List, Optional, Sequence
 
 __all__ = [
@@ -24,9 +23,8 @@ __all__ = [
     "percentile",
     "format_table",
     "emit",
-    "free_port",
     "FastHTTPServer",
-    "RedisServer",
+    "redis_unavailable",
 ]
 
 # -- statistics -----------------------------------------------------------------------------
@@ -109,14 +107,6 @@ def progress(message: str) -> None:
 
 
 # -- servers --------------------------------------------------------------------------------
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago on ``host``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 _BODY = b'{"data":{"id":"1000000001","name":"Emulated User","username":"emulated_user"}}'
@@ -222,68 +212,19 @@ class FastHTTPServer:
             process.wait()
 
 
-class RedisServer:
-    """A throw-away ``redis-server`` on a free loopback port, without persistence.
-
-    ``RedisServer.unavailable()`` says why one cannot be started (``None`` when it can).
-    """
-
-    def __init__(self, host: str = "127.0.0.1") -> None:
-        self.host = host
-        self.port = 0
-        self.process: Optional[subprocess.Popen[bytes]] = None
-
-    @staticmethod
-    def unavailable() -> Optional[str]:
-        if shutil.which("redis-server") is None:
-            return "redis-server is not on PATH"
-        try:
-            import redis  # noqa: F401
-        except ImportError:
-            return "the redis Python client is not installed"
-        try:
-            import refresher.stores.redis  # noqa: F401
-        except ImportError as exc:
-            return f"refresher.stores.redis cannot be imported ({exc})"
-        return None
-
-    @property
-    def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
-
-    def __enter__(self) -> RedisServer:
-        self.port = free_port(self.host)
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", self.host, "--save", "",
-             "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                pass
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.__exit__()
-        raise RuntimeError(f"redis-server did not start on {self.host}:{self.port}")
-
-    def __exit__(self, *exc_info: object) -> None:
-        process = self.process
-        if process is None:
-            return
-        self.process = None
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def redis_unavailable() -> Optional[str]:
+    """Why the Redis row cannot run (``None`` when it can)."""
+    if shutil.which("redis-server") is None:
+        return "redis-server is not on PATH"
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        return "the redis Python client is not installed"
+    try:
+        import refresher.stores.redis  # noqa: F401
+    except ImportError as exc:
+        return f"refresher.stores.redis cannot be imported ({exc})"
+    return None
 
 
 def _main(argv: List[str]) -> int:

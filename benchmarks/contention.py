@@ -34,11 +34,12 @@ import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import RedisServer, emit, median, percentile, progress  # noqa: E402
+from _common import emit, median, percentile, progress, redis_unavailable  # noqa: E402
 
 from refresher._workload import WorkerReport, WorkloadSpec, run_workers, summarize  # noqa: E402
 from refresher.endpoint import TokenEndpoint  # noqa: E402
 from refresher.testing import DEFAULT_CLIENT_ID, XEmulator  # noqa: E402
+from refresher.testing.redis_server import RedisServer  # noqa: E402
 
 Span = Tuple[float, float]
 
@@ -252,7 +253,7 @@ def main(argv: List[str] | None = None) -> int:
                 results.append(run_row("json file", os.path.join(folder, "tokens.json"),
                                        True, args))
             elif name == "redis":
-                why = RedisServer.unavailable()
+                why = redis_unavailable()
                 if why is not None:
                     notes.append(f"redis row skipped: {why}.")
                     progress(notes[-1])

@@ -1,4 +1,5 @@
-"""A real ``redis-server`` for the tests: loopback only, a free port, no persistence.
+"""Fixtures around :class:`refresher.testing.redis_server.RedisServer` (loopback, a free port,
+no persistence).
 
 Fixtures (import them into a test module to use them):
 
@@ -15,118 +16,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import time
-from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Sequence
+from typing import Callable, Iterator, List
 
 import pytest
 
-_START_TIMEOUT = 10.0
+from refresher.testing.redis_server import RedisServer, free_port
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+__all__ = ["RedisServer", "free_port", "redis_binary", "redis_server", "redis_server_factory"]
 
 
 def _in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
-
-
-class RedisServer:
-    """One ``redis-server`` process on 127.0.0.1, without RDB snapshots or an AOF.
-
-    ``stop()``/``kill()`` end it; ``start()`` starts it again on the same port (empty,
-    since nothing was persisted), which is how the tests restart Redis.
-    """
-
-    def __init__(self, binary: str, workdir: Path, extra_args: Sequence[str] = ()) -> None:
-        self.binary = binary
-        self.workdir = workdir
-        self.extra_args = list(extra_args)
-        self.port = 0
-        self.process: Optional[subprocess.Popen[bytes]] = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def url_for(self, db: int = 0, password: Optional[str] = None) -> str:
-        auth = f":{password}@" if password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
-
-    def _command(self) -> List[str]:
-        return [
-            self.binary, "--save", "", "--appendonly", "no",
-            "--port", str(self.port), "--bind", "127.0.0.1",
-            "--dir", str(self.workdir), "--logfile", "", "--daemonize", "no",
-            *self.extra_args,
-        ]
-
-    def start(self) -> RedisServer:
-        """Start (on a new free port the first time, on the same port after that)."""
-        fresh_port = self.port == 0
-        for _ in range(5):
-            if fresh_port:
-                self.port = _free_port()
-            with open(self.workdir / f"redis-{self.port}.log", "ab") as log:
-                self.process = subprocess.Popen(self._command(), stdout=log,
-                                                stderr=subprocess.STDOUT)
-            if self._wait_ready():
-                return self
-            self._end(signal.SIGKILL)
-            if not fresh_port:
-                break
-        text = (self.workdir / f"redis-{self.port}.log").read_text(errors="replace")
-        raise RuntimeError(f"redis-server did not start on port {self.port}:\n{text[-2000:]}")
-
-    def _wait_ready(self) -> bool:
-        assert self.process is not None
-        deadline = time.monotonic() + _START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                return False
-            if self.ping():
-                return True
-            time.sleep(0.02)
-        return False
-
-    def ping(self) -> bool:
-        """True when something on the port answers PING (with PONG or an auth error)."""
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
-                conn.sendall(b"PING\r\n")
-                answer = conn.recv(64)
-        except OSError:
-            return False
-        return answer.startswith((b"+PONG", b"-NOAUTH"))
-
-    def _end(self, sig: int) -> None:
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(sig)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-    def stop(self) -> None:
-        """End it (SIGTERM); with no persistence configured, its data is gone."""
-        self._end(signal.SIGTERM)
-
-    def kill(self) -> None:
-        """End it as a crash would (SIGKILL)."""
-        self._end(signal.SIGKILL)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
 
 
 @pytest.fixture(scope="session")

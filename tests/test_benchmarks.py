@@ -87,7 +87,7 @@ def test_contention_rows_show_what_the_shared_store_buys() -> None:
         assert column in document["columns"]
 
     shared = ["json file"]
-    if _common.RedisServer.unavailable() is None:
+    if _common.redis_unavailable() is None:
         shared.append("redis")
     else:
         assert any(note.startswith("redis row skipped:") for note in document["notes"])

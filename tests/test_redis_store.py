@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
 import redis
-from redis_server import RedisServer, _free_port, redis_binary, redis_server, redis_server_factory  # noqa: F401
+from redis_server import RedisServer, free_port, redis_binary, redis_server, redis_server_factory  # noqa: F401
 
 from refresher import (
     LockTimeout,
@@ -418,7 +418,7 @@ def test_a_login_during_a_lapsed_refresh_wins_and_the_slow_holder_adopts_it(
 
 def test_unreachable_redis_is_a_TokenStoreError_naming_the_server_not_the_password(
         make_store, caplog) -> None:
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     store = make_store(f"redis://:s3cret-pw@127.0.0.1:{port}/2")
     assert "s3cret-pw" not in repr(store)
     calls: Dict[str, Callable[[], Any]] = {
