@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from oauthlib.oauth2 import InsecureTransportError
 
-__all__ = ["is_allowed_transport", "require_secure_transport"]
+__all__ = ["is_allowed_transport", "is_loopback_host", "require_secure_transport"]
 
 
 def is_allowed_transport(url: str) -> bool:
@@ -27,7 +27,12 @@ def is_allowed_transport(url: str) -> bool:
     if scheme != "http":
         return False
     host = (parts.hostname or "").lower()
-    if host == "localhost" or host.endswith(".localhost"):
+    return is_loopback_host(host) or host.endswith(".localhost")
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` or a loopback IP address (127.0.0.0/8, ::1)."""
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback

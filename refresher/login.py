@@ -20,7 +20,6 @@ import hashlib
 import hmac
 import html
 import http.server
-import ipaddress
 import logging
 import os
 import secrets
@@ -35,7 +34,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 import requests
 
 from ._constants import DEFAULT_SCOPES, X_API_URL, X_AUTHORIZE_URL, X_REVOKE_URL, X_TOKEN_URL
-from ._transport import require_secure_transport
+from ._transport import is_loopback_host, require_secure_transport
 from .endpoint import TokenEndpoint
 from .errors import LoginError, ReauthorizationRequired, RefreshError
 from .session import RefreshingSession
@@ -252,7 +251,7 @@ class LoginFlow:
         stream = out if out is not None else sys.stdout
         parts = urlsplit(self.redirect_uri)
         host = parts.hostname or ""
-        if parts.scheme != "http" or not _is_loopback(host):
+        if parts.scheme != "http" or not is_loopback_host(host):
             raise ValueError(
                 "run_local_server needs a loopback http redirect URI such as "
                 f"{DEFAULT_REDIRECT_URI} (registered with your X app); got {self.redirect_uri!r}"
@@ -479,15 +478,6 @@ def _callback_params(callback_url: str) -> Dict[str, str]:
     text = callback_url.strip().split("#", 1)[0]
     query = text.split("?", 1)[1] if "?" in text else text
     return {k: v[0] for k, v in parse_qs(query, keep_blank_values=True).items()}
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _issued_at(token: Mapping[str, Any]) -> Optional[float]:
