@@ -138,7 +138,6 @@ def _work(spec: WorkloadSpec, seed: Optional[Dict[str, Any]], counters: Any, ind
         thread.start()
     for thread in threads:
         thread.join()
-    coordinator = session._coordinator
     report.refreshes = coordinator.refreshes if coordinator is not None else 0
     report.refresh_spans = spans
     session.close()
