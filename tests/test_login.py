@@ -139,11 +139,9 @@ def test_access_denied_is_a_login_error(x_emulator_factory):
 
 def test_nobody_coming_back_times_out_and_frees_the_port(x_emulator):
     port = _free_port()
-    started = time.monotonic()
-    with pytest.raises(LoginError, match=r"no login within 0.3 s"):
+    with pytest.raises(LoginError, match=r"no login within 0.3 s"):  # not the 300 s default
         _flow(x_emulator).run_local_server(port=port, open_browser=lambda url: None,
                                           timeout=0.3)
-    assert time.monotonic() - started < 5
     with socket.create_server(("127.0.0.1", port)):
         pass  # listening again works: the flow closed its server
 
