@@ -181,7 +181,8 @@ class TokenEndpoint:
                     self._sleep(attempt, f"cannot connect to {url}")
                     continue
                 raise RefreshError(
-                    f"cannot reach {url}: {_describe(exc, self._secrets(secrets))}"
+                    f"cannot reach {url}: {_describe(exc, self._secrets(secrets))} — check the "
+                    "URL and the network; the stored token is kept"
                 ) from None
             except requests.Timeout:
                 raise RefreshError(
@@ -234,6 +235,8 @@ class TokenEndpoint:
             parts.append("— check the client id and client secret")
         elif response.status_code == 401:
             parts.append("— this client may be confidential: pass client_secret")
+        elif response.status_code >= 500 or response.status_code == 429:
+            parts.append("— a failure at the endpoint; the stored token is kept, try again later")
         return RefreshError(" ".join(parts), error=error, response=response)
 
 
