@@ -14,6 +14,10 @@ from typing import TYPE_CHECKING, Any
 from ._constants import DEFAULT_SCOPES, X_API_URL, X_AUTHORIZE_URL, X_REVOKE_URL, X_TOKEN_URL
 from .adapter import RefreshingAdapter
 from .errors import (
+    ConfigurationError,
+    InsecureTransport,
+    InvalidTokenError,
+    LockLost,
     LockTimeout,
     LoginError,
     ReauthorizationRequired,
@@ -51,6 +55,10 @@ __all__ = [
     "LockTimeout",
     "StaleTokenError",
     "LoginError",
+    "LockLost",
+    "ConfigurationError",
+    "InvalidTokenError",
+    "InsecureTransport",
     "LoginFlow",
     "open_session",
     "AuthorizationLink",

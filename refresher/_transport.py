@@ -6,7 +6,7 @@ import ipaddress
 import os
 from urllib.parse import urlsplit
 
-from oauthlib.oauth2 import InsecureTransportError
+from .errors import InsecureTransport
 
 __all__ = ["is_allowed_transport", "is_loopback_host", "require_secure_transport"]
 
@@ -41,10 +41,12 @@ def is_loopback_host(host: str) -> bool:
 
 
 def require_secure_transport(url: str) -> None:
-    """Raise oauthlib's :class:`InsecureTransportError` for a URL that may not carry a token."""
+    """Raise :class:`~refresher.InsecureTransport` (an oauthlib ``InsecureTransportError``)
+    for a URL that may not carry a token."""
     if not is_allowed_transport(url):
-        raise InsecureTransportError(
-            description=f"OAuth 2 requires https (plain http only to loopback): {_origin(url)}"
+        raise InsecureTransport(
+            f"OAuth 2 requires https (plain http only to this machine): {_origin(url)}; "
+            "use an https URL, or a loopback address (127.0.0.1, localhost) for a local server"
         )
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional
 
+from oauthlib.oauth2 import InsecureTransportError
+
 if TYPE_CHECKING:
     import requests
 
@@ -19,6 +21,10 @@ __all__ = [
     "LockTimeout",
     "StaleTokenError",
     "LoginError",
+    "ConfigurationError",
+    "InvalidTokenError",
+    "InsecureTransport",
+    "LockLost",
 ]
 
 
@@ -63,6 +69,14 @@ class TokenStoreError(RefresherError):
     """
 
 
+class LockLost(TokenStoreError):
+    """The store's lock for an account lapsed while it was held (longer than its lifetime).
+
+    Raised *before* the refresh token is spent: a holder that lost its lock never sends the
+    refresh token, since the next holder may be sending the same one.
+    """
+
+
 class LockTimeout(TokenStoreError):
     """The store's lock for an account was not had within ``lock_timeout`` seconds."""
 
@@ -77,3 +91,33 @@ class StaleTokenError(TokenStoreError):
 
 class LoginError(RefresherError):
     """The OAuth 2.0 login (authorize, callback, code exchange) failed or was refused."""
+
+
+class ConfigurationError(RefresherError, ValueError):
+    """An argument, setting or name refresher cannot use; the message says what to do.
+
+    Also a :class:`ValueError`, so code that caught ``ValueError`` keeps working.
+    """
+
+
+class InvalidTokenError(ConfigurationError):
+    """A token handed to refresher (a ``token=`` seed, a login) it cannot use.
+
+    Refused before anything is saved: ``access_token`` must be a string, ``expires_in`` a
+    number of seconds and ``expires_at`` a number of epoch seconds, when present.
+    """
+
+
+class InsecureTransport(RefresherError, InsecureTransportError):
+    """A token would go over plain http to a host that is not this machine.
+
+    Also oauthlib's :class:`~oauthlib.oauth2.InsecureTransportError`, which
+    requests-oauthlib raises for the same reason.
+    """
+
+    def __init__(self, message: str) -> None:
+        InsecureTransportError.__init__(self, description=message)
+        self.args = (message,)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
