@@ -5,13 +5,19 @@ from __future__ import annotations
 import abc
 import copy
 import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional
 
 from ..errors import LockTimeout
-from ..token import Token
+from ..token import Token, fingerprint
 
-__all__ = ["TokenStore", "MemoryTokenStore"]
+__all__ = ["TokenStore", "MemoryTokenStore", "NEEDS_LOGIN"]
+
+#: Metadata key recording that X refused an account's refresh token as spent: its value is
+#: ``{"refresh_token": fingerprint, "since": epoch seconds}``. It names the refresh token it
+#: is about, so a new login (a new refresh token) clears it without anyone deleting it.
+NEEDS_LOGIN = "needs_login"
 
 
 class TokenStore(abc.ABC):
@@ -61,6 +67,43 @@ class TokenStore(abc.ABC):
     def save_metadata(self, account: str, metadata: Dict[str, Any]) -> None:
         """Record ``metadata`` beside the account's token. Never put a secret in it."""
         raise NotImplementedError(f"{type(self).__name__} does not keep metadata")
+
+    def verify_lock(self, account: str) -> None:
+        """Raise :class:`~refresher.LockLost` if this thread no longer holds ``lock(account)``.
+
+        Called right before a refresh token is spent, so a holder whose lock lapsed (a Redis
+        lock past its lifetime, a lock file deleted by a cleaner) never sends it. Stores whose
+        locks cannot lapse keep this default, which checks nothing.
+        """
+
+    def mark_needs_login(self, account: str, refresh_token: str) -> None:
+        """Record that X refused ``refresh_token`` as spent; call under ``lock(account)``.
+
+        Siblings then stop resending it (see :meth:`needs_login`). Kept in the metadata;
+        a store without metadata records nothing.
+        """
+        try:
+            metadata = dict(self.load_metadata(account))
+            metadata.pop("updated_at", None)
+            metadata[NEEDS_LOGIN] = {"refresh_token": fingerprint(refresh_token),
+                                     "since": time.time()}
+            self.save_metadata(account, metadata)
+        except NotImplementedError:
+            pass
+
+    def needs_login(self, account: str, token: Optional[Token] = None) -> bool:
+        """True when X refused the account's current refresh token: a person must log in.
+
+        ``token`` is the account's stored token, when the caller has just loaded it.
+        """
+        marker = self.load_metadata(account).get(NEEDS_LOGIN)
+        if not isinstance(marker, dict):
+            return False
+        if token is None:
+            token = self.load(account)
+        refresh_token = (token or {}).get("refresh_token")
+        return bool(refresh_token) and marker.get("refresh_token") == fingerprint(
+            str(refresh_token))
 
     def close(self) -> None:
         """Release connections or file handles the store holds. Safe to call twice."""
