@@ -441,6 +441,16 @@ class XEmulator:
             for refresh in self._refresh.values():
                 refresh.revoked = True
 
+    def refresh_token_state(self, refresh_token: str) -> str:
+        """``"live"``, ``"spent"``, ``"revoked"`` or ``"unknown"``: what this refresh token is now."""
+        with self._lock:
+            record = self._refresh.get(refresh_token)
+            if record is None:
+                return "unknown"
+            if record.revoked:
+                return "revoked"
+            return "spent" if record.spent else "live"
+
     def fail_token_endpoint(
         self,
         times: int = 1,
