@@ -442,7 +442,7 @@ class XEmulator:
                 refresh.revoked = True
 
     def refresh_token_state(self, refresh_token: str) -> str:
-        """``"live"``, ``"spent"``, ``"revoked"`` or ``"unknown"``: what this refresh token is now."""
+        """What ``refresh_token`` is now: ``"live"``, ``"spent"``, ``"revoked"`` or ``"unknown"``."""
         with self._lock:
             record = self._refresh.get(refresh_token)
             if record is None:
