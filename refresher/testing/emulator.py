@@ -442,7 +442,7 @@ class XEmulator:
                 refresh.revoked = True
 
     def refresh_token_state(self, refresh_token: str) -> str:
-        """What ``refresh_token`` is now: ``"live"``, ``"spent"``, ``"revoked"`` or ``"unknown"``."""
+        """What a refresh token is now: ``"live"``, ``"spent"``, ``"revoked"`` or ``"unknown"``."""
         with self._lock:
             record = self._refresh.get(refresh_token)
             if record is None:
