@@ -158,3 +158,18 @@ def test_concurrent_writers_of_different_accounts_lose_nothing(tmp_path) -> None
     for writer in writers:
         assert writer.wait(60) == 0
     assert len(JSONTokenStore(path).accounts()) == 120
+
+
+@pytest.mark.parametrize("content", ["", "   \n\t\n"])
+def test_an_empty_file_is_reported_as_empty_and_left_untouched(tmp_path, content) -> None:
+    path = tmp_path / "tokens.json"
+    path.write_text(content)
+    store = JSONTokenStore(path)
+    for attempt in (lambda: store.load("alice"), lambda: store.save("alice", TOKEN)):
+        with pytest.raises(TokenStoreError) as raised:
+            attempt()
+        message = str(raised.value)
+        assert f"token store {path} is empty" in message
+        assert "not valid JSON" not in message
+        assert "Delete it" in message and "backup" in message and "log in" in message
+    assert path.read_text() == content

@@ -59,6 +59,11 @@ class JSONTokenStore(TokenStore):
             return {"format": _FORMAT, "accounts": {}}
         except OSError as exc:
             raise TokenStoreError(f"cannot read token store {self.path}: {exc.strerror}") from None
+        if not text.strip():
+            raise TokenStoreError(
+                f"token store {self.path} is empty; it was left untouched. Delete it, or "
+                "restore it from a backup, then log in again."
+            )
         try:
             document = json.loads(text)
         except ValueError:
