@@ -36,39 +36,58 @@ class JSONTokenStore(TokenStore):
     The lock is :mod:`filelock`'s OS lock: a process that dies holding it releases it. It
     covers the whole file, so refreshes of different accounts in one file take turns.
 
+    A ``path`` that is a symlink stays one: the store works on the link's target (resolved
+    once, when the store is made), writes its temporary files beside the target and locks
+    ``target + ".lock"``, so a program using the link and one using the real path share
+    the file and the lock. Messages name the path as given.
+
     >>> store = JSONTokenStore("~/.config/refresher/tokens.json")  # doctest: +SKIP
     >>> session = RefreshingSession("my-client-id", store=store, account="alice")  # doctest: +SKIP
     """
 
     def __init__(self, path: Union[str, os.PathLike[str]]) -> None:
+        #: The path as the user gave it (absolute): what messages and ``repr`` name.
         self.path = Path(os.path.expanduser(os.fspath(path))).absolute()
-        self.lock_path = Path(str(self.path) + ".lock")
+        #: Where the file really is, symlinks resolved (a dangling link resolves to where its
+        #: target will be). Reads, writes, temp files and the lock all use this path, so a
+        #: program using the link and one using the real path share one file and one lock.
+        self.real_path = Path(os.path.realpath(self.path))
+        self.lock_path = Path(str(self.real_path) + ".lock")
         self._file_lock: Optional[filelock.FileLock] = None
 
     def __repr__(self) -> str:
         return f"JSONTokenStore({str(self.path)!r})"
+
+    @property
+    def _where(self) -> str:
+        """The store's path for messages: as given, plus where it really is when that differs."""
+        if self.real_path == self.path:
+            return str(self.path)
+        return f"{self.path} (really {self.real_path})"
 
     # -- reading -------------------------------------------------------------------------
 
     def _read(self) -> Dict[str, Any]:
         """The whole document; an empty one when the file does not exist yet."""
         try:
-            with open(self.path, encoding="utf-8") as handle:
+            with open(self.real_path, encoding="utf-8") as handle:
                 text = handle.read()
         except FileNotFoundError:
             return {"format": _FORMAT, "accounts": {}}
         except OSError as exc:
-            raise TokenStoreError(f"cannot read token store {self.path}: {exc.strerror}") from None
+            raise TokenStoreError(
+                f"cannot read token store {self._where}: {exc.strerror}"
+            ) from None
         if not text.strip():
             raise TokenStoreError(
-                f"token store {self.path} is empty; it was left untouched. Delete it, or "
+                f"token store {self._where} is empty; it was left untouched. Delete it, or "
                 "restore it from a backup, then log in again."
             )
         try:
             document = json.loads(text)
         except ValueError:
             raise TokenStoreError(
-                f"token store {self.path} is not valid JSON; it was left untouched. "
+                f"token store {self._where} is not valid JSON; it was left untouched. "
                 "Move it aside and log in again, or restore it from a backup."
             ) from None
         accounts = document.get("accounts") if isinstance(document, dict) else None
@@ -76,7 +95,7 @@ class JSONTokenStore(TokenStore):
             isinstance(entry, dict) for entry in accounts.values()
         ):
             raise TokenStoreError(
-                f"token store {self.path} is JSON but not a refresher token store "
+                f"token store {self._where} is JSON but not a refresher token store "
                 '(expected {"accounts": {...}}); it was left untouched.'
             )
         return dict(document)
@@ -88,7 +107,7 @@ class JSONTokenStore(TokenStore):
         token = entry.get("token")
         if not isinstance(token, dict):
             raise TokenStoreError(
-                f"token store {self.path}: account {account!r} has no token object; "
+                f"token store {self._where}: account {account!r} has no token object; "
                 "log in again for that account."
             )
         return token
@@ -131,39 +150,39 @@ class JSONTokenStore(TokenStore):
     def _write(self, document: Dict[str, Any]) -> None:
         document["format"] = _FORMAT
         data = json.dumps(document, indent=2, sort_keys=True).encode("utf-8")
-        folder = self.path.parent
+        folder = self.real_path.parent
         try:
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{self.path.name}.", suffix=".tmp")
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{self.real_path.name}.", suffix=".tmp")
         except OSError as exc:
             raise TokenStoreError(
-                f"cannot write token store {self.path}: {exc.strerror}"
+                f"cannot write token store {self._where}: {exc.strerror}"
             ) from None
         try:
             with os.fdopen(fd, "wb") as handle:  # mkstemp made it mode 0600
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
+            os.replace(tmp, self.real_path)
         except OSError as exc:
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
             raise TokenStoreError(
-                f"cannot write token store {self.path}: {exc.strerror}; the old file is intact"
+                f"cannot write token store {self._where}: {exc.strerror}; the old file is intact"
             ) from None
         _fsync_folder(folder)
 
     # -- locking -------------------------------------------------------------------------
 
     def _ensure_folder(self) -> None:
-        folder = self.path.parent
+        folder = self.real_path.parent
         if not folder.exists():
             try:
                 folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             except OSError as exc:
                 raise TokenStoreError(
-                    f"cannot create the folder of token store {self.path}: {exc.strerror}"
+                    f"cannot create the folder of token store {self._where}: {exc.strerror}"
                 ) from None
 
     def _lock_object(self) -> filelock.FileLock:
@@ -184,12 +203,12 @@ class JSONTokenStore(TokenStore):
             lock.acquire(timeout=-1 if timeout is None else timeout)
         except filelock.Timeout:
             raise LockTimeout(
-                f"could not lock token store {self.path} within {timeout} s "
+                f"could not lock token store {self._where} within {timeout} s "
                 f"(lock file {self.lock_path}); another process is holding it"
             ) from None
         except OSError as exc:
             raise TokenStoreError(
-                f"cannot lock token store {self.path} (lock file {self.lock_path}): "
+                f"cannot lock token store {self._where} (lock file {self.lock_path}): "
                 f"{exc.strerror}"
             ) from None
         try:
