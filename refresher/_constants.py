@@ -21,3 +21,6 @@ DEFAULT_TIMEOUT = 10.0
 #: Seconds one grant may take, retries and backoff included: well under the stores' lock
 #: lifetimes (the Redis lock's 30 s), so a slow X cannot make a holder outlive its lock.
 DEFAULT_DEADLINE = 15.0
+#: A store lock that lapses by itself (Redis' lock_ttl) must outlive a grant's deadline by
+#: this many seconds, for the store read before the grant and the save after it.
+LOCK_TTL_MARGIN = 5.0

@@ -2,37 +2,51 @@
 
 The whole rule, top to bottom, is :meth:`RefreshCoordinator.refresh`:
 
-1. take the thread lock (one refresh per process at a time);
+1. take the thread lock (one refresh per process at a time), within ``lock_timeout``;
 2. take the store's lock for the account (one per machine, or per Redis);
-3. re-read the store: if a sibling already replaced the token that failed, use theirs;
-4. otherwise spend the *stored* refresh token at the token endpoint;
-5. save the new pair, release the locks, run ``on_token_update``.
+3. re-read the store: if a sibling already replaced the token that failed, use theirs; if
+   X already refused the stored refresh token, say a login is needed without resending it;
+4. check the store's lock is still held, then spend the *stored* refresh token;
+5. save the new pair before anything else, release the locks, run ``on_token_update``.
 
-A failed refresh changes nothing in the store; ``on_refresh_error`` sees it first.
+A failed refresh changes nothing in the store; ``on_refresh_error`` sees it first. A pair
+that X granted but the store could not take (whatever the store raised) is kept in memory,
+used, and written back before the next request.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple, TypeVar
 
 import requests
 
+from ._constants import LOCK_TTL_MARGIN
 from .endpoint import TokenEndpoint
-from .errors import LockTimeout, ReauthorizationRequired, RefresherError, TokenStoreError
+from .errors import (
+    ConfigurationError,
+    LockTimeout,
+    ReauthorizationRequired,
+    RefresherError,
+    RefreshError,
+    TokenStoreError,
+)
 from .stores.base import TokenStore
 from .token import (
     Token,
     effective_leeway,
     fingerprint,
     needs_refresh,
-    normalize_token,
     seconds_left,
+    validate_token,
 )
+
+_T = TypeVar("_T")
 
 __all__ = ["RefreshCoordinator", "NOT_TOKEN_RELATED_403"]
 
@@ -49,6 +63,8 @@ _YOUNG_FRACTION = 0.5
 _EARLY_RETRY = 5.0
 # How many access tokens we remember having handed out (to recognise our own 401s).
 _REMEMBERED_TOKENS = 32
+# How many (access token, endpoint) pairs we remember as answering 401 even after a refresh.
+_REMEMBERED_REFUSALS = 64
 
 
 class RefreshCoordinator:
@@ -78,6 +94,7 @@ class RefreshCoordinator:
         self.on_token_update = on_token_update
         self.on_refresh_error = on_refresh_error
         self._on_new_token = on_new_token
+        _check_lock_ttl(store, endpoint)
         self._thread_lock = threading.Lock()
         self._token: Optional[Token] = None
         # A pair we were granted but could not save (store down): written back first thing.
@@ -85,30 +102,37 @@ class RefreshCoordinator:
         self._unsaved_parent: Optional[str] = None
         # access token -> True if it came from a refresh/adoption in this process
         self._issued: OrderedDict[str, bool] = OrderedDict()
+        # (access token, endpoint) pairs that answered 401 again after a refresh-and-replay
+        self._refused: OrderedDict[Tuple[str, str], None] = OrderedDict()
         self.refreshes = 0
         self._next_early_try = 0.0
 
     # -- start-up ------------------------------------------------------------------------
 
     def load(self, seed: Optional[Token] = None) -> Optional[Token]:
-        """Read the account's token; store ``seed`` first when the account has none."""
+        """Read the account's token; store ``seed`` first when the account has none.
+
+        A ``seed`` refresher cannot use raises :class:`~refresher.InvalidTokenError` before
+        anything is saved.
+        """
         if seed:
-            with self.store.lock(self.account, timeout=self.lock_timeout):
-                stored = self.store.load(self.account)
+            checked = validate_token(seed)
+            with self._store_lock():
+                stored = self._store("read", self.store.load, self.account)
                 if stored is None:
-                    stored = normalize_token(seed)
-                    self.store.save(self.account, stored)
+                    stored = checked
+                    self._store("save", self.store.save, self.account, stored)
         else:
-            stored = self.store.load(self.account)
+            stored = self._store("read", self.store.load, self.account)
         if stored is not None:
             self._set(stored, fresh=False)
         return stored
 
     def replace(self, token: Token) -> None:
         """Make ``token`` the account's token (a new login): save it, then use it."""
-        token = normalize_token(token)
-        with self._thread_lock, self.store.lock(self.account, timeout=self.lock_timeout):
-            self.store.save(self.account, token)
+        token = validate_token(token)
+        with self._thread_held(), self._store_lock():
+            self._store("save", self.store.save, self.account, token)
             self._unsaved = None
             self._set(token, fresh=True)
 
@@ -131,6 +155,8 @@ class RefreshCoordinator:
                     f"no token for account {self.account!r} in {self.store!r}; "
                     "log in first (for example with `refresher login`)"
                 )
+        if not token.get("access_token"):
+            return self.refresh(stale=None)  # a pair whose access token X never gave us
         if needs_refresh(token, self.leeway) and time.monotonic() >= self._next_early_try:
             left = seconds_left(token)
             try:
@@ -156,9 +182,29 @@ class RefreshCoordinator:
         """Whether ``access_token`` is one this coordinator handed out."""
         return access_token in self._issued
 
-    def should_refresh_after(self, response: requests.Response, access_token: str) -> bool:
+    def refused_after_refresh(self, access_token: str, endpoint: str) -> None:
+        """``endpoint`` answered 401 to ``access_token`` even right after a refresh.
+
+        That 401 is not about the token (X has been seen answering 401 to valid tokens):
+        further 401s from that endpoint to that token are returned as they come instead of
+        rotating the pair again. Other endpoints, and the next token, are not affected.
+        """
+        key = (access_token, endpoint)
+        self._refused[key] = None
+        self._refused.move_to_end(key)
+        while len(self._refused) > _REMEMBERED_REFUSALS:
+            self._refused.popitem(last=False)
+        log.warning("account %r: %s still answered 401 after a refresh; not refreshing again "
+                    "for its 401s while this token lives", self.account, endpoint)
+
+    def should_refresh_after(self, response: requests.Response, access_token: str,
+                             endpoint: Optional[str] = None) -> bool:
         """Whether a 401/403 answered to ``access_token`` may be cured by a refresh."""
         if response.status_code != 403:
+            if endpoint is not None and (access_token, endpoint) in self._refused:
+                log.debug("401 from %s to a token it refused after a refresh; no refresh",
+                          endpoint)
+                return False
             return True
         problem = _problem_type(response)
         if problem and problem.endswith(NOT_TOKEN_RELATED_403):
@@ -185,7 +231,7 @@ class RefreshCoordinator:
         refresh token is spent. ``stale=None`` refreshes unconditionally.
         """
         try:
-            if not self._thread_lock.acquire(blocking=wait):
+            if not self._acquire_thread_lock(wait):
                 assert self._token is not None
                 return self._token  # another thread of ours is refreshing
             try:
@@ -210,15 +256,14 @@ class RefreshCoordinator:
         """Returns the granted pair, or ``None`` when a sibling's token was adopted."""
         with contextlib.ExitStack() as held:
             try:
-                held.enter_context(
-                    self.store.lock(self.account, timeout=self.lock_timeout if wait else 0))
+                held.enter_context(self._store_lock(wait=wait))
             except LockTimeout:
                 if wait:
                     raise
                 return None  # a sibling is refreshing; the current token still works
             if self._unsaved is not None:
                 self._write_back_locked()
-            stored = self.store.load(self.account)
+            stored = self._store("read", self.store.load, self.account)
             if _newer(stored, stale, self.leeway):
                 assert stored is not None
                 log.info(
@@ -234,32 +279,60 @@ class RefreshCoordinator:
                     f"account {self.account!r} has no refresh token in {self.store!r} "
                     "(was offline.access in the scopes?); log in again"
                 )
+            if stored is not None and self._store("read", self.store.needs_login,
+                                                  self.account, stored):
+                raise ReauthorizationRequired(
+                    f"account {self.account!r}: X already refused its stored refresh token as "
+                    f"spent or revoked (recorded in {self.store!r}); it is not sent again. "
+                    "Log in again (for example with `refresher login`)"
+                )
+            # A holder whose lock lapsed must not spend the token: the next holder may be.
+            self._store("check the lock of", self.store.verify_lock, self.account)
             try:
                 granted = self.endpoint.refresh(refresh_token)
             except ReauthorizationRequired:
-                # A sibling whose lock lapsed may have saved the new pair meanwhile.
-                again = self.store.load(self.account)
-                if again is not None and again.get("refresh_token") != refresh_token:
-                    log.info("account %r: refresh token was spent by a sibling; adopting its pair",
-                             self.account)
-                    self._set(again, fresh=True)
+                if self._adopted_after_refusal(refresh_token):
                     return None
                 raise
+            # X has rotated the pair: saving it comes before anything else that can fail.
             self.refreshes += 1
-            self._set(granted, fresh=True)
+            self._save_or_keep(granted, parent=refresh_token)
             log.info(
                 "account %r: refreshed, access token %s, expires in %.0f s",
                 self.account, fingerprint(granted.get("access_token")),
                 seconds_left(granted) or 0.0,
             )
-            self._save_or_keep(granted, parent=refresh_token)
+            if not granted.get("access_token"):
+                raise RefreshError(
+                    f"{self.endpoint.token_url} answered 200 with a new refresh token but no "
+                    "usable access token; the new refresh token is saved, and the next request "
+                    "refreshes again"
+                )
             return granted
+
+    def _adopted_after_refusal(self, refresh_token: str) -> bool:
+        """X refused ``refresh_token`` as spent: adopt a sibling's pair, or record the loss."""
+        # A sibling whose lock lapsed may have saved the new pair meanwhile.
+        again = self._store("read", self.store.load, self.account)
+        if again is not None and again.get("refresh_token") != refresh_token:
+            log.info("account %r: refresh token was spent by a sibling; adopting its pair",
+                     self.account)
+            self._set(again, fresh=True)
+            return True
+        # Nobody holds a newer pair: record it, so siblings stop resending the dead token.
+        try:
+            self._store("record the refusal in", self.store.mark_needs_login,
+                        self.account, refresh_token)
+        except TokenStoreError as exc:
+            log.error("account %r: could not record that a login is needed: %s",
+                      self.account, exc)
+        return False
 
     # -- saving, and writing back what could not be saved --------------------------------
 
     def _save_or_keep(self, granted: Token, *, parent: str) -> None:
         try:
-            self.store.save(self.account, granted)
+            self._store("save", self.store.save, self.account, granted)
         except TokenStoreError:
             # The old refresh token is spent: this pair is now the only way into the
             # account. Keep it and write it back as soon as the store answers again.
@@ -267,25 +340,77 @@ class RefreshCoordinator:
             log.error("account %r: could not save the new token; keeping it in memory "
                       "and retrying the save before the next request", self.account)
             raise
+        finally:
+            self._set(granted, fresh=True)
 
     def _write_back(self) -> None:
-        with self._thread_lock:
+        with self._thread_held():
             if self._unsaved is None:
                 return
-            with self.store.lock(self.account, timeout=self.lock_timeout):
+            with self._store_lock():
                 self._write_back_locked()
 
     def _write_back_locked(self) -> None:
         unsaved = self._unsaved
         assert unsaved is not None
-        stored = self.store.load(self.account)
+        stored = self._store("read", self.store.load, self.account)
         if stored is None or stored.get("refresh_token") == self._unsaved_parent:
-            self.store.save(self.account, unsaved)
+            self._store("save", self.store.save, self.account, unsaved)
             log.info("account %r: saved the token kept in memory while the store was down",
                      self.account)
         else:
             self._set(stored, fresh=True)  # someone logged in again meanwhile: theirs wins
         self._unsaved = self._unsaved_parent = None
+
+    # -- locks, and a store that may raise anything ---------------------------------------
+
+    def _acquire_thread_lock(self, wait: bool) -> bool:
+        if not wait:
+            return self._thread_lock.acquire(blocking=False)
+        timeout = -1 if self.lock_timeout is None else self.lock_timeout
+        if self._thread_lock.acquire(timeout=timeout):
+            return True
+        raise LockTimeout(
+            f"account {self.account!r}: another thread of this process has been refreshing "
+            f"for more than lock_timeout={self.lock_timeout:g} s (a slow token endpoint?); "
+            "the stored token is kept, try again later"
+        )
+
+    @contextlib.contextmanager
+    def _thread_held(self) -> Iterator[None]:
+        self._acquire_thread_lock(wait=True)
+        try:
+            yield
+        finally:
+            self._thread_lock.release()
+
+    @contextlib.contextmanager
+    def _store_lock(self, wait: bool = True) -> Iterator[None]:
+        """The store's lock for the account; whatever the store raises, a TokenStoreError."""
+        timeout = self.lock_timeout if wait else 0
+        manager = self._store("lock", self.store.lock, self.account, timeout=timeout)
+        self._store("lock", manager.__enter__)
+        try:
+            yield
+        except BaseException:
+            try:
+                manager.__exit__(*sys.exc_info())
+            except Exception:  # the error that ended the block is the one to report
+                log.exception("account %r: releasing the store's lock failed", self.account)
+            raise
+        self._store("unlock", manager.__exit__, None, None, None)
+
+    def _store(self, doing: str, call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """``call(*args)``; whatever a store raises reaches callers as a TokenStoreError."""
+        try:
+            return call(*args, **kwargs)
+        except RefresherError:
+            raise
+        except Exception as exc:
+            raise TokenStoreError(
+                f"token store {self.store!r} failed to {doing} account {self.account!r}: "
+                f"{type(exc).__name__}"
+            ) from exc
 
     # -- bookkeeping ---------------------------------------------------------------------
 
@@ -298,7 +423,11 @@ class RefreshCoordinator:
             while len(self._issued) > _REMEMBERED_TOKENS:
                 self._issued.popitem(last=False)
         if self._on_new_token is not None:
-            self._on_new_token(token)
+            try:
+                self._on_new_token(token)
+            except Exception:
+                log.exception("account %r: updating the session's copy of the token failed",
+                              self.account)
 
     def describe(self) -> Dict[str, Any]:
         """Safe facts for a repr or a status line: account, expiry, fingerprint."""
@@ -337,3 +466,17 @@ def _problem_type(response: requests.Response) -> Optional[str]:
     if isinstance(body, dict) and isinstance(body.get("type"), str):
         return str(body["type"])
     return None
+
+
+def _check_lock_ttl(store: TokenStore, endpoint: TokenEndpoint) -> None:
+    """A store lock that lapses (``lock_ttl``) must outlive a whole grant, with a margin."""
+    ttl = getattr(store, "lock_ttl", None)
+    if not isinstance(ttl, (int, float)) or isinstance(ttl, bool):
+        return
+    needed = endpoint.deadline + LOCK_TTL_MARGIN
+    if ttl < needed:
+        raise ConfigurationError(
+            f"{store!r} has lock_ttl={ttl:g} s, but a refresh may take up to the token "
+            f"endpoint's deadline of {endpoint.deadline:g} s, and the lock must outlive it by "
+            f"{LOCK_TTL_MARGIN:g} s: use lock_ttl >= {needed:g}, or a shorter deadline"
+        )

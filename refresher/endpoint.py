@@ -7,6 +7,7 @@ and description (with any secret scrubbed out), never the form that was sent.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any, Dict, Iterable, Mapping, Optional
 from urllib.parse import quote
@@ -16,14 +17,22 @@ import requests
 from ._constants import DEFAULT_DEADLINE, DEFAULT_TIMEOUT
 from ._transport import require_secure_transport
 from .errors import ReauthorizationRequired, RefreshError
-from .token import Token, normalize_token
+from .token import Token, parse_grant
 
 __all__ = ["TokenEndpoint", "DEFAULT_TIMEOUT", "DEFAULT_DEADLINE"]
 
 log = logging.getLogger(__name__)
 
-#: Answers that mean "X did not take the request": retried, since resending spends nothing.
+#: Answers retried within the deadline. 429 and 503 say X did not take the request. A 502 or
+#: 504 comes from a gateway and proves less: X may have rotated the pair behind it. Then that
+#: pair is lost whether or not we retry, and the retry is refused as a spent token; when X did
+#: not act, the retry saves the account.
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# The shortest per-read timeout an attempt gets, and the time a retry must leave for its answer.
+_MIN_TIMEOUT = 0.1
+_RETRY_HEADROOM = 0.5
+# An answer larger than this is not a token: reading stops (a misconfigured URL, a hostile server).
+_MAX_ANSWER_BYTES = 1 << 20
 # How X (and others) say a refresh token is spent, revoked or unknown.
 _SPENT_DESCRIPTIONS = ("value passed for the token was invalid",)
 
@@ -36,10 +45,11 @@ class TokenEndpoint:
     in the form. ``session`` is the :class:`requests.Session` every POST goes through, so
     callers can hand in their own retries, proxies or rate limiting.
 
-    Only failures that prove X did not act on the request (no connection made, 429, 502,
-    503, 504) are retried, ``retries`` times with exponential backoff, all within
-    ``deadline`` seconds: a refresh token is single-use, and resending one that X already
-    spent would lose the account.
+    Only a connection that was never made, and the answers 429, 502, 503 and 504, are
+    retried, ``retries`` times with exponential backoff. A timeout or a connection broken
+    after the request went out is never retried: a refresh token is single-use, and X may
+    have spent it. The whole grant (connect, send, the full answer, retries and backoff) ends
+    within ``deadline`` seconds of wall-clock time, whatever the server does.
 
     >>> endpoint = TokenEndpoint("https://api.x.com/2/oauth2/token", "my-client-id")
     >>> new_pair = endpoint.refresh(old_pair["refresh_token"])  # doctest: +SKIP
@@ -127,18 +137,7 @@ class TokenEndpoint:
         grant = form["grant_type"]
         response = self._post(self.token_url, form, secrets=secrets)
         if response.status_code == 200:
-            try:
-                answer = response.json()
-            except ValueError:
-                answer = None
-            if not isinstance(answer, dict) or not answer.get("access_token"):
-                raise RefreshError(
-                    f"token endpoint {self.token_url} answered 200 without a token "
-                    f"({_content_type(response)}); is the token URL right?",
-                    response=response,
-                )
-            log.debug("token endpoint granted %s", grant)
-            return normalize_token(answer)
+            return self._granted(response, grant)
         what = {"refresh_token": "refresh", "authorization_code": "code exchange"}[grant]
         error = self._error_for(response, what, secrets=secrets)
         if spent_means_reauthorize and _means_spent(error.error, response):
@@ -150,9 +149,42 @@ class TokenEndpoint:
             )
         raise error
 
+    def _granted(self, response: requests.Response, grant: str) -> Token:
+        """The pair in a 200 answer. Never raises once the answer holds a refresh token.
+
+        X has rotated the pair by now: what cannot be read is repaired (an unreadable expiry
+        counts as expiring) and logged, so the caller can save the new refresh token before
+        it judges the rest (a missing access token is the caller's to refuse, after saving).
+        """
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict) or not (
+            answer.get("access_token") or answer.get("refresh_token")
+        ):
+            raise RefreshError(
+                f"token endpoint {self.token_url} answered 200 without a token "
+                f"({_content_type(response)}); is the token URL right?",
+                response=response,
+            )
+        token, problems = parse_grant(answer)
+        for problem in problems:
+            log.warning("token endpoint %s granted %s with a flaw: %s; kept what could be "
+                        "read (an unreadable expiry counts as expiring)",
+                        self.token_url, grant, problem)
+        log.debug("token endpoint granted %s", grant)
+        return token
+
     def _post(
         self, url: str, form: Mapping[str, str], *, secrets: Iterable[str]
     ) -> requests.Response:
+        """POST ``form``; the answer with its body read, all within ``deadline`` seconds.
+
+        Each attempt runs in a worker thread and is waited for only until the deadline, so
+        a server that trickles its headers or body cannot hold the caller (and the locks it
+        holds) longer than that. The worker stops reading a trickled body at the deadline.
+        """
         require_secure_transport(url)
         data = dict(form)
         auth: Optional[requests.auth.HTTPBasicAuth] = None
@@ -163,26 +195,39 @@ class TokenEndpoint:
         elif self.client_id:
             data["client_id"] = self.client_id
         attempt = 0
-        give_up_at = time.monotonic() + self.deadline
+        started = time.monotonic()
+        give_up_at = started + self.deadline
+        secret_list = self._secrets(secrets)
         while True:
-            timeout = max(0.1, min(self.timeout, give_up_at - time.monotonic()))
+            timeout = max(_MIN_TIMEOUT, min(self.timeout, give_up_at - time.monotonic()))
             try:
-                response = self.session.post(
-                    url,
-                    data=data,
-                    auth=auth,
-                    headers={"Accept": "application/json"},
-                    timeout=timeout,
-                    allow_redirects=False,
-                )
+                response = _Attempt(self.session, url, data, auth, timeout, give_up_at).run()
+            except _DeadlinePassed:
+                raise RefreshError(
+                    f"{url} gave no complete answer within the {self.deadline:g} s deadline "
+                    f"(attempt {attempt + 1}); the stored token is kept. If X received the "
+                    "request it may have rotated the pair; the next refresh will tell"
+                ) from None
+            except _BodyCutOff as exc:
+                raise RefreshError(
+                    f"the answer from {url} broke off before its end ({exc}); X may already "
+                    "have acted on the request. The stored token is kept; the next refresh "
+                    "will tell whether it is still valid"
+                ) from None
             except requests.ConnectionError as exc:
                 if _never_sent(exc) and self._may_retry(attempt, give_up_at):
                     attempt += 1
-                    self._sleep(attempt, f"cannot connect to {url}")
+                    self._sleep(attempt, f"cannot connect to {url}", give_up_at)
                     continue
+                if _never_sent(exc):
+                    raise RefreshError(
+                        f"cannot reach {url}: {_describe(exc, secret_list)} — check the URL "
+                        "and the network; the stored token is kept"
+                    ) from None
                 raise RefreshError(
-                    f"cannot reach {url}: {_describe(exc, self._secrets(secrets))} — check the "
-                    "URL and the network; the stored token is kept"
+                    f"the connection to {url} failed after the request was sent: "
+                    f"{_describe(exc, secret_list)}; X may already have acted on it. The "
+                    "stored token is kept; the next refresh will tell whether it is still valid"
                 ) from None
             except requests.Timeout:
                 raise RefreshError(
@@ -190,22 +235,23 @@ class TokenEndpoint:
                 ) from None
             except requests.RequestException as exc:
                 raise RefreshError(
-                    f"request to {url} failed: {_describe(exc, self._secrets(secrets))}"
+                    f"request to {url} failed: {_describe(exc, secret_list)}"
                 ) from None
             if response.status_code in _RETRY_STATUSES and self._may_retry(attempt, give_up_at):
                 attempt += 1
-                self._sleep(attempt, f"{url} answered {response.status_code}")
-                response.close()
+                self._sleep(attempt, f"{url} answered {response.status_code}", give_up_at)
                 continue
             return response
 
     def _may_retry(self, attempt: int, give_up_at: float) -> bool:
         """Another try is allowed, and its backoff leaves time for an answer."""
         delay = self.backoff * (2 ** attempt)
-        return attempt < self.retries and time.monotonic() + delay + 0.5 < give_up_at
+        return (attempt < self.retries
+                and time.monotonic() + delay + _RETRY_HEADROOM < give_up_at)
 
-    def _sleep(self, attempt: int, why: str) -> None:
+    def _sleep(self, attempt: int, why: str, give_up_at: float) -> None:
         delay = self.backoff * (2 ** (attempt - 1))
+        delay = max(0.0, min(delay, give_up_at - time.monotonic() - _RETRY_HEADROOM))
         log.warning("%s; retrying in %.2f s (attempt %d of %d)", why, delay, attempt, self.retries)
         time.sleep(delay)
 
@@ -272,3 +318,74 @@ def _scrub(text: str, secrets: Iterable[str]) -> str:
 
 def _describe(exc: BaseException, secrets: Iterable[str]) -> str:
     return _scrub(f"{type(exc).__name__}: {exc}", secrets)
+
+
+class _DeadlinePassed(Exception):
+    """The attempt had no complete answer at the grant's deadline."""
+
+
+class _BodyCutOff(Exception):
+    """The answer's headers came, and its body stopped or broke before its end."""
+
+
+class _Attempt:
+    """One POST, run in a daemon thread and waited for until ``give_up_at`` (monotonic).
+
+    The thread streams the body in chunks and stops at the deadline, so a server that
+    trickles its body is dropped then. One that trickles its *headers* keeps the thread
+    (never the caller) until the per-read ``timeout`` ends it: requests reads headers in
+    one call that nothing outside can interrupt.
+    """
+
+    def __init__(self, session: requests.Session, url: str, data: Dict[str, str],
+                 auth: Optional[requests.auth.HTTPBasicAuth], timeout: float,
+                 give_up_at: float) -> None:
+        self._session, self._url, self._data, self._auth = session, url, data, auth
+        self._timeout, self._give_up_at = timeout, give_up_at
+        self._done = threading.Event()
+        self._abandoned = threading.Event()
+        self._response: Optional[requests.Response] = None
+        self._error: Optional[BaseException] = None
+
+    def run(self) -> requests.Response:
+        worker = threading.Thread(target=self._work, name="refresher-token-request",
+                                  daemon=True)
+        worker.start()
+        if not self._done.wait(max(0.0, self._give_up_at - time.monotonic())):
+            self._abandoned.set()
+            raise _DeadlinePassed()
+        if self._error is not None:
+            raise self._error
+        assert self._response is not None
+        return self._response
+
+    def _work(self) -> None:
+        try:
+            response = self._session.post(
+                self._url, data=self._data, auth=self._auth,
+                headers={"Accept": "application/json"}, timeout=self._timeout,
+                allow_redirects=False, stream=True,
+            )
+            try:
+                self._read_body(response)
+            finally:
+                response.close()
+            self._response = response
+        except BaseException as exc:  # handed to the waiting thread
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def _read_body(self, response: requests.Response) -> None:
+        body = bytearray()
+        try:
+            for chunk in response.iter_content(chunk_size=8192):
+                body += chunk
+                if self._abandoned.is_set() or time.monotonic() > self._give_up_at:
+                    raise _BodyCutOff("the deadline passed while the body was arriving")
+                if len(body) > _MAX_ANSWER_BYTES:
+                    raise _BodyCutOff(f"more than {_MAX_ANSWER_BYTES} bytes: not a token answer")
+        except requests.RequestException as exc:
+            raise _BodyCutOff(type(exc).__name__) from None
+        response._content = bytes(body)
+        setattr(response, "_content_consumed", True)  # noqa: B010 — not in requests' stubs

@@ -3,50 +3,162 @@
 A token is a plain ``dict`` (``access_token``, ``refresh_token``, ``token_type``,
 ``expires_in``, ``expires_at`` in epoch seconds, ``scope``) so that it stays
 interchangeable with requests-oauthlib, tweepy and whatever database a user syncs it to.
+
+Two ways in, with two different rules:
+
+- :func:`validate_token` for a token a *person* hands over (a ``token=`` seed): anything
+  refresher could not use is refused with :class:`~refresher.InvalidTokenError` before
+  it is saved anywhere;
+- :func:`parse_grant` for what the token endpoint answered with a 200: X has already
+  rotated the pair, so nothing may be refused before the new refresh token is saved. What
+  cannot be read is repaired (an unreadable expiry counts as expiring now) and reported.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import time
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ._constants import LEEWAY_MAX_FRACTION
+from .errors import InvalidTokenError
 
 Token = Dict[str, Any]
 
-__all__ = ["Token", "normalize_token", "fingerprint", "seconds_left", "needs_refresh"]
+__all__ = [
+    "Token",
+    "normalize_token",
+    "validate_token",
+    "parse_grant",
+    "fingerprint",
+    "seconds_left",
+    "needs_refresh",
+]
+
+
+def _number(value: Any) -> Optional[float]:
+    """``value`` as a finite float (numbers and numeric strings), or ``None``."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def normalize_token(raw: Mapping[str, Any], *, now: Optional[float] = None) -> Token:
     """Return a copy of a token-endpoint answer with ``expires_at`` computed on receipt.
 
     ``scope`` is kept as X sends it (a space-separated string); a list is joined.
+    Raises :class:`~refresher.InvalidTokenError` for a token refresher cannot use (see
+    :func:`validate_token`).
     """
+    return validate_token(raw, now=now)
+
+
+def validate_token(raw: Mapping[str, Any], *, now: Optional[float] = None) -> Token:
+    """A checked copy of a token someone handed over, with ``expires_at`` filled in.
+
+    Refused with :class:`~refresher.InvalidTokenError` (the message names the field, never
+    a token): not a mapping; ``access_token`` or ``refresh_token`` present but not a
+    non-empty string; neither of them; ``expires_in`` or ``expires_at`` present but not a
+    number of seconds (numeric strings are converted).
+    """
+    if not isinstance(raw, Mapping):
+        raise InvalidTokenError(
+            f"a token must be a dict like the token endpoint's answer, not {type(raw).__name__}"
+        )
+    token, problems = _repair(raw, now)
+    if problems:
+        raise InvalidTokenError(
+            "this token cannot be used: " + "; ".join(problems)
+            + ". Pass the token endpoint's answer as it came (or log in again)."
+        )
+    if not token.get("access_token") and not token.get("refresh_token"):
+        raise InvalidTokenError(
+            "this token has neither an access_token nor a refresh_token; log in again"
+        )
+    return token
+
+
+def parse_grant(raw: Mapping[str, Any], *, now: Optional[float] = None) -> Tuple[Token, List[str]]:
+    """The token to save from a 200 answer, and what was wrong with it (empty when nothing).
+
+    Never raises: X has already rotated the pair, so whatever can be kept is kept. An expiry
+    that cannot be read becomes ``expires_at = now`` (treated as expiring); a field of the
+    wrong type is dropped. The caller saves the token first and judges the problems after.
+    """
+    return _repair(raw, now)
+
+
+def _repair(raw: Mapping[str, Any], now: Optional[float]) -> Tuple[Token, List[str]]:
     token: Token = dict(raw)
+    problems: List[str] = []
     received = time.time() if now is None else now
-    expires_in = token.get("expires_in")
-    if expires_in is not None and "expires_at" not in token:
-        token["expires_at"] = received + float(expires_in)
+    for field in ("access_token", "refresh_token"):
+        value = token.get(field)
+        if value is not None and (not isinstance(value, str) or not value):
+            problems.append(f"{field} is not a non-empty string ({_kind(value)})")
+            del token[field]
+    lifetime: Optional[float] = None
+    if token.get("expires_in") is not None:
+        lifetime = _number(token["expires_in"])
+        if lifetime is None:
+            problems.append(f"expires_in is not a number of seconds ({_kind(token['expires_in'])})")
+            del token["expires_in"]
+        else:
+            token["expires_in"] = int(lifetime) if lifetime.is_integer() else lifetime
+    if token.get("expires_at") is not None:
+        expires_at = _number(token["expires_at"])
+        if expires_at is None:
+            problems.append(
+                f"expires_at is not a number of epoch seconds ({_kind(token['expires_at'])}; "
+                "an ISO date? pass datetime.timestamp())")
+            # Unknown expiry: from expires_in when it can be read, else expiring now.
+            token["expires_at"] = received + lifetime if lifetime is not None else received
+        else:
+            token["expires_at"] = expires_at
+    elif lifetime is not None:
+        token["expires_at"] = received + lifetime
+    elif "expires_in" in raw and raw["expires_in"] is not None:
+        token["expires_at"] = received  # an expires_in that cannot be read: expiring now
     scope = token.get("scope")
     if isinstance(scope, (list, tuple)):
-        token["scope"] = " ".join(scope)
-    return token
+        token["scope"] = " ".join(str(s) for s in scope)
+    return token, problems
+
+
+def _kind(value: Any) -> str:
+    """What a bad field held, by type only: the value itself is never echoed."""
+    return "empty text" if value == "" else f"got {type(value).__name__}"
 
 
 def fingerprint(secret: Optional[str]) -> str:
     """A short, non-reversible name for a token, safe to log: ``"sha256:1a2b3c4d"``."""
     if not secret:
         return "none"
-    return "sha256:" + hashlib.sha256(secret.encode("utf-8")).hexdigest()[:8]
+    return "sha256:" + hashlib.sha256(str(secret).encode("utf-8")).hexdigest()[:8]
 
 
 def seconds_left(token: Mapping[str, Any], *, now: Optional[float] = None) -> Optional[float]:
-    """Seconds until the access token expires, or ``None`` when the token does not say."""
-    expires_at = token.get("expires_at")
-    if expires_at is None:
+    """Seconds until the access token expires, or ``None`` when the token does not say.
+
+    An ``expires_at`` that is not a number (a hand-edited store) counts as expired: 0.
+    """
+    raw = token.get("expires_at")
+    if raw is None:
         return None
-    return float(expires_at) - (time.time() if now is None else now)
+    expires_at = _number(raw)
+    if expires_at is None:
+        return 0.0
+    return expires_at - (time.time() if now is None else now)
 
 
 def effective_leeway(token: Mapping[str, Any], leeway: float) -> float:
@@ -55,10 +167,10 @@ def effective_leeway(token: Mapping[str, Any], leeway: float) -> float:
     With X's 2-hour tokens a 60-second leeway is used as is; with a 5-second emulator
     token it shrinks to half a second, so not every request triggers a refresh.
     """
-    lifetime = token.get("expires_in")
+    lifetime = _number(token.get("expires_in"))
     if lifetime is None:
         return leeway
-    return min(leeway, float(lifetime) * LEEWAY_MAX_FRACTION)
+    return min(leeway, max(lifetime, 0.0) * LEEWAY_MAX_FRACTION)
 
 
 def needs_refresh(token: Mapping[str, Any], leeway: float, *, now: Optional[float] = None) -> bool:

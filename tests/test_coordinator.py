@@ -174,7 +174,9 @@ def test_spent_refresh_token_raises_reauthorization_required(x_emulator, make_se
 
 def test_spent_refresh_token_rereads_the_store_before_giving_up(x_emulator, tmp_path) -> None:
     """A sibling saved the new pair while we were already talking to the token endpoint."""
-    store = JSONTokenStore(tmp_path / "tokens.json")
+    # A store whose save takes no lock, as a sibling whose lock lapsed would write (the POST
+    # runs in a worker thread, which could not take a JSON store's lock held by this one).
+    store = MemoryTokenStore()
     seed = x_emulator.issue_token()
     session = RefreshingSession(DEFAULT_CLIENT_ID, store=store, token=seed,
                                 token_url=x_emulator.token_url)
