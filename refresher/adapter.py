@@ -33,9 +33,12 @@ class RefreshingAdapter(HTTPAdapter):
       redirect, a token of someone else's): return it;
     - the coordinator says a refresh cannot help (a 403 about the app, not the token):
       return it;
+    - the endpoint answered 401 to this very token right after a refresh (the 401 brake):
+      return it, since that 401 is not about the token;
     - otherwise refresh (coordinated: a sibling's newer token is adopted instead), and
       replay the request once with the new token, unless its body cannot be replayed (a
       generator), in which case the 401/403 is returned and the next call uses the new token.
+      A replay answered 401 puts the endpoint and the new token on the brake.
 
     The replay's answer is returned as it comes, whatever its status: never a loop.
     Extra keyword arguments go to :class:`HTTPAdapter` (``max_retries``, pool sizes).
@@ -60,7 +63,8 @@ class RefreshingAdapter(HTTPAdapter):
         sent = _bearer(request)
         if sent is None or not self.coordinator.sent_by_us(sent):
             return response
-        if not self.coordinator.should_refresh_after(response, sent):
+        endpoint = f"{request.method} {_path(request)}"
+        if not self.coordinator.should_refresh_after(response, sent, endpoint):
             return response
 
         replayable = _rewind(request)
@@ -77,7 +81,11 @@ class RefreshingAdapter(HTTPAdapter):
         response.close()
         replay = request.copy()
         replay.headers["Authorization"] = f"Bearer {fresh['access_token']}"
-        return super().send(replay, **kwargs)
+        answer = super().send(replay, **kwargs)
+        if answer.status_code == 401:
+            # Refused again with a token just refreshed: this 401 is not about the token.
+            self.coordinator.refused_after_refresh(fresh["access_token"], endpoint)
+        return answer
 
 
 def _bearer(request: requests.PreparedRequest) -> Optional[str]:

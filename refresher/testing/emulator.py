@@ -160,6 +160,7 @@ class _Response:
     body: bytes = b""
     content_type: str = _JSON
     headers: Dict[str, str] = field(default_factory=dict)
+    trickle: float = 0.0  # seconds between body bytes (a slow, hostile server)
 
 
 _Handler = Callable[["XEmulator", _Request], _Response]
@@ -271,8 +272,12 @@ class XEmulator:
 
     ``clients`` maps client ids to secrets (``None`` for a public client). ``redirect_uris``
     of ``None`` accepts any loopback ``http`` redirect URI; a list demands an exact match, as
-    X does. ``access_ttl``, ``token_delay``, ``auto_approve`` and
-    ``invalidate_access_on_refresh`` may be changed while the emulator runs.
+    X does. ``token_delay`` holds each token answer back that many seconds;
+    ``token_trickle`` sends its headers at once and then its body one byte every that many
+    seconds (a server that never quite answers). ``access_ttl``, ``token_delay``,
+    ``token_trickle``, ``auto_approve`` and ``invalidate_access_on_refresh`` may be changed
+    while the emulator runs. ``/2/emulator/unauthorized`` answers 401 to every token, as X
+    has been seen to do to valid ones.
     """
 
     def __init__(
@@ -288,12 +293,14 @@ class XEmulator:
         invalidate_access_on_refresh: bool = False,
         token_delay: float = 0.0,
         redirect_uris: list[str] | None = None,
+        token_trickle: float = 0.0,
     ) -> None:
         self.access_ttl = access_ttl
         self.code_ttl = code_ttl
         self.auto_approve = auto_approve
         self.invalidate_access_on_refresh = invalidate_access_on_refresh
         self.token_delay = token_delay
+        self.token_trickle = token_trickle
         self._host = host
         self._port = port
         self._clients: dict[str, Optional[str]] = (
@@ -584,6 +591,11 @@ class XEmulator:
         return _redirect(_with_query(redirect_uri, state=state, code=code))
 
     def _token(self, request: _Request) -> _Response:
+        response = self._token_answer(request)
+        response.trickle = self.token_trickle
+        return response
+
+    def _token_answer(self, request: _Request) -> _Response:
         self._count("token_requests")
         delay = self.token_delay
         if delay > 0:
@@ -779,6 +791,10 @@ class XEmulator:
             return _json(403, _UNSUPPORTED_AUTHENTICATION, _PROBLEM)
         return _problem(404, "Not Found", f"No such forbidden kind: {kind}")
 
+    def _always_unauthorized(self, request: _Request) -> _Response:
+        """401 to every token, valid or not: X's intermittent 401s on valid credentials."""
+        return _unauthorized()
+
     @_with_bearer
     def _redirect_to(self, request: _Request, access: _Access) -> _Response:
         target = request.params().get("to")
@@ -806,6 +822,7 @@ _ROUTES: dict[str, _Route] = {
     "/2/emulator/echo": _Route(XEmulator._echo, None),
     _FORBIDDEN_PREFIX: _Route(XEmulator._forbidden_kind, _GET),
     "/2/emulator/redirect": _Route(XEmulator._redirect_to, _GET),
+    "/2/emulator/unauthorized": _Route(XEmulator._always_unauthorized, None),
     "/emulator/stats": _Route(XEmulator._stats, _GET),
     "/emulator/reset": _Route(XEmulator._reset, _POST),
 }
@@ -960,8 +977,20 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        if self.command != "HEAD":
+        if self.command == "HEAD":
+            return
+        if response.trickle <= 0:
             self.wfile.write(response.body)
+            return
+        self.wfile.flush()
+        for index in range(len(response.body)):
+            time.sleep(response.trickle)
+            try:
+                self.wfile.write(response.body[index:index + 1])
+                self.wfile.flush()
+            except OSError:  # the client gave up, or the emulator stopped
+                self.close_connection = True
+                return
 
     # Request lines are logged without their query: it may carry codes or tokens.
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
