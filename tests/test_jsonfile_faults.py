@@ -11,6 +11,7 @@ import textwrap
 
 import pytest
 
+import refresher
 from refresher import JSONTokenStore, LockTimeout
 
 OLD = {"access_token": "old-access", "refresh_token": "old-refresh", "expires_at": 1.0e10}
@@ -127,3 +128,151 @@ def test_the_link_and_the_real_path_share_one_lock(tmp_path) -> None:
             with JSONTokenStore(link).lock("a", timeout=0.2):
                 pass
     assert str(link) in str(raised.value)  # named by the path the user gave
+
+
+# -- 2. temp files left by a writer killed mid-write ---------------------------------------
+
+# A child process that saves NEW for account "a" and is killed (SIGKILL, by itself) at the
+# moment its temp file is complete and fsynced, just before the rename.
+_KILLED_BEFORE_RENAME = textwrap.dedent("""
+    import os, signal, sys
+    from refresher import JSONTokenStore
+    store = JSONTokenStore(sys.argv[1])
+    os.replace = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
+    with store.lock("a"):
+        store.save("a", {"access_token": "new-access", "refresh_token": "new-refresh",
+                         "expires_at": 1.0e10})
+""")
+
+
+def _temps(folder) -> list:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+def _leftover(path, accounts, suffix="k1ll3d_x") -> os.PathLike:
+    """A temp file as a writer that died would leave it: a whole document, mode 0600."""
+    temp = path.parent / f".{path.name}.{suffix}.tmp"
+    temp.write_text(json.dumps({"format": "refresher/1", "accounts": accounts}))
+    temp.chmod(0o600)
+    return temp
+
+
+def test_a_newer_pair_left_by_a_writer_killed_before_its_rename_is_adopted(tmp_path, caplog):
+    path = tmp_path / "tokens.json"
+    store = JSONTokenStore(path)
+    store.save("a", OLD)
+    store.save("b", OLD)
+    store.save_metadata("a", {"client_id": "cid"})
+    killed = subprocess.run([sys.executable, "-c", _KILLED_BEFORE_RENAME, str(path)],
+                            timeout=60)
+    assert killed.returncode == -9
+    [temp] = _temps(tmp_path)  # the dead writer's complete temp file...
+    assert _document(path)["accounts"]["a"]["token"] == OLD  # ...never renamed over the store
+
+    with caplog.at_level("WARNING", logger="refresher.stores.jsonfile"):
+        with store.lock("a"):
+            assert store.load("a") == NEW
+    assert _temps(tmp_path) == []
+    assert store.load("b") == OLD
+    assert store.load_metadata("a")["client_id"] == "cid"
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(temp in message and "'a'" in message for message in warnings)
+    secrets = [OLD["access_token"], OLD["refresh_token"], NEW["access_token"],
+               NEW["refresh_token"]]
+    assert not any(secret in message for secret in secrets for message in warnings)
+
+
+def test_an_account_only_a_leftover_holds_is_adopted(tmp_path) -> None:
+    path = tmp_path / "tokens.json"
+    store = JSONTokenStore(path)
+    store.save("b", OLD)
+    _leftover(path, {"a": {"token": NEW, "updated_at": 1.0}, "b": _document(path)["accounts"]["b"]})
+    with store.lock("b"):
+        assert store.accounts() == ["a", "b"] and store.load("a") == NEW
+    assert _temps(tmp_path) == []
+
+
+@pytest.mark.parametrize("kind", ["older", "same age", "truncated", "not a store",
+                                  "no refresh token", "empty", "binary"])
+def test_older_or_broken_leftovers_are_removed_and_ignored(tmp_path, kind) -> None:
+    path = tmp_path / "tokens.json"
+    store = JSONTokenStore(path)
+    store.save("a", OLD)
+    stored_at = _document(path)["accounts"]["a"]["updated_at"]
+    whole = {"format": "refresher/1",
+             "accounts": {"a": {"token": NEW, "updated_at": stored_at - 10}}}
+    temp = tmp_path / ".tokens.json.abc_1234.tmp"
+    if kind == "older":
+        temp.write_text(json.dumps(whole))
+    elif kind == "same age":
+        whole["accounts"]["a"]["updated_at"] = stored_at
+        temp.write_text(json.dumps(whole))
+    elif kind == "truncated":
+        whole["accounts"]["a"]["updated_at"] = stored_at + 10
+        text = json.dumps(whole)
+        temp.write_text(text[: len(text) // 2])
+    elif kind == "not a store":
+        temp.write_text(json.dumps({"accounts": {"a": {"token": NEW, "updated_at": 1e12}}}))
+    elif kind == "no refresh token":
+        whole["accounts"]["a"] = {"token": {"access_token": "x"}, "updated_at": 1e12}
+        temp.write_text(json.dumps(whole))
+    elif kind == "empty":
+        temp.write_text("")
+    else:
+        temp.write_bytes(b"\xff\xfe\x00garbage")
+    before = path.read_bytes()
+    with store.lock("a"):
+        assert store.load("a") == OLD
+    assert path.read_bytes() == before  # not rewritten
+    assert _temps(tmp_path) == []
+
+
+def test_leftovers_are_kept_when_the_store_itself_is_corrupt(tmp_path) -> None:
+    path = tmp_path / "tokens.json"
+    path.write_text("{not json")
+    temp = _leftover(path, {"a": {"token": NEW, "updated_at": 1.0}})
+    store = JSONTokenStore(path)
+    with store.lock("a"):  # the lock itself works...
+        with pytest.raises(refresher.TokenStoreError, match="not valid JSON"):
+            store.load("a")  # ...the store is still reported...
+    assert path.read_text() == "{not json"  # ...and never replaced
+    assert temp.exists()  # the leftover may be what a person restores from
+
+
+def test_temp_files_of_other_stores_in_the_folder_are_not_touched(tmp_path) -> None:
+    path = tmp_path / "tokens.json"
+    store = JSONTokenStore(path)
+    store.save("a", OLD)
+    others = [tmp_path / ".tokens.json.bak.abcdefgh.tmp",  # store "tokens.json.bak"
+              tmp_path / ".other.json.abcdefgh.tmp",
+              tmp_path / "tokens.json.abcdefgh.tmp"]
+    for other in others:
+        other.write_text(json.dumps({"format": "refresher/1",
+                                     "accounts": {"a": {"token": NEW, "updated_at": 1e12}}}))
+    with store.lock("a"):
+        assert store.load("a") == OLD
+    assert all(other.exists() for other in others)
+
+
+def test_the_leftover_scan_is_one_listdir_per_outermost_acquisition(tmp_path, monkeypatch):
+    path = tmp_path / "tokens.json"
+    store = JSONTokenStore(path)
+    store.save("a", OLD)
+    listed = []
+    real_listdir = os.listdir
+
+    def counting_listdir(folder=".") -> list:
+        if os.fspath(folder) == str(tmp_path):
+            listed.append(folder)
+        return real_listdir(folder)
+
+    monkeypatch.setattr(os, "listdir", counting_listdir)
+    with store.lock("a"):
+        with JSONTokenStore(path).lock("b"):  # re-entrant: shares the held lock
+            store.save("a", NEW)
+            store.save_metadata("a", {"client_id": "cid"})
+        assert store.load("a") == NEW
+    assert len(listed) == 1
+    store.save("a", OLD)  # a save outside a lock is an outermost acquisition of its own
+    assert len(listed) == 2

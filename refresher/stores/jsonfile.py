@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import stat
 import tempfile
 import time
 from contextlib import contextmanager
@@ -18,7 +21,13 @@ from .base import TokenStore
 
 __all__ = ["JSONTokenStore"]
 
+log = logging.getLogger(__name__)
+
 _FORMAT = "refresher/1"
+# Temporary files are named ``.{name}.{8 random characters}.tmp`` (tempfile.mkstemp).
+_TEMP_SUFFIX = ".tmp"
+# Leftovers larger than this are not read (only removed): a store is a few KiB per account.
+_MAX_LEFTOVER_BYTES = 64 * 1024 * 1024
 # The lock is polled; short polls keep the wait of the processes queued behind a refresh
 # close to the refresh's own round trip.
 _LOCK_POLL_INTERVAL = 0.002
@@ -35,6 +44,15 @@ class JSONTokenStore(TokenStore):
 
     The lock is :mod:`filelock`'s OS lock: a process that dies holding it releases it. It
     covers the whole file, so refreshes of different accounts in one file take turns.
+
+    A writer killed mid-write (``kill -9``, power loss) can leave its temporary file,
+    ``.{name}.*.tmp``, beside the store. Since writers only write under the lock, whoever
+    next takes the lock (outermost acquisition) treats every such file as a leftover: one
+    that is a complete refresher document holding, for an account, an entry newer than the
+    stored one (by ``updated_at``) or an account the store lacks, with a refresh token, is
+    adopted (that entry is written into the store, with a warning naming the file), since it
+    may be the only copy of a pair the dead writer had already been granted; then every
+    leftover is removed. When the store itself is corrupt, leftovers are kept for a person.
 
     A ``path`` that is a symlink stays one: the store works on the link's target (resolved
     once, when the store is made), writes its temporary files beside the target and locks
@@ -152,7 +170,7 @@ class JSONTokenStore(TokenStore):
         data = json.dumps(document, indent=2, sort_keys=True).encode("utf-8")
         folder = self.real_path.parent
         try:
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{self.real_path.name}.", suffix=".tmp")
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=self._temp_prefix, suffix=_TEMP_SUFFIX)
         except OSError as exc:
             raise TokenStoreError(
                 f"cannot write token store {self._where}: {exc.strerror}"
@@ -172,6 +190,75 @@ class JSONTokenStore(TokenStore):
                 f"cannot write token store {self._where}: {exc.strerror}; the old file is intact"
             ) from None
         _fsync_folder(folder)
+
+    # -- leftovers of writers that died ---------------------------------------------------
+
+    @property
+    def _temp_prefix(self) -> str:
+        return f".{self.real_path.name}."
+
+    def _leftovers(self) -> List[Path]:
+        """This store's temporary files in its folder: one listdir. Call under the lock."""
+        folder = self.real_path.parent
+        try:
+            names = os.listdir(folder)
+        except OSError as exc:
+            log.debug("cannot list %s for leftover temporary files: %s", folder, exc.strerror)
+            return []
+        # mkstemp's random part has no dot, which keeps a store named "tokens.json.bak"
+        # (temp files ".tokens.json.bak.*.tmp") from matching "tokens.json"'s pattern.
+        pattern = re.compile(
+            re.escape(self._temp_prefix) + r"[A-Za-z0-9_]+" + re.escape(_TEMP_SUFFIX) + r"\Z")
+        return [folder / name for name in sorted(names) if pattern.match(name)]
+
+    def _recover_leftovers(self) -> None:
+        """Adopt what leftover temporary files hold that is newer, then remove them all.
+
+        Called under the lock, on its outermost acquisition: no live writer has a temporary
+        file then, so each one found was left by a writer that died before its rename.
+        """
+        leftovers = self._leftovers()
+        if not leftovers:
+            return
+        try:
+            document = self._read()
+        except TokenStoreError:
+            log.warning(
+                "token store %s is unreadable, so %d temporary file(s) left by writers that "
+                "died (%s) were kept for a person to look at; one may hold the latest tokens",
+                self._where, len(leftovers), ", ".join(str(path) for path in leftovers))
+            return
+        stored = document["accounts"]
+        adopted: Dict[str, Path] = {}
+        for leftover in leftovers:
+            for account, entry in _leftover_accounts(leftover).items():
+                if _is_newer_entry(entry, stored.get(account)):
+                    stored[account] = entry
+                    adopted[account] = leftover
+        if adopted:
+            try:
+                self._write(document)
+            except TokenStoreError as exc:
+                # The caller must not go on with the older pair the store holds.
+                raise TokenStoreError(
+                    f"{exc}. It was adopting the newer token of account(s) "
+                    f"{', '.join(repr(name) for name in sorted(adopted))} from temporary "
+                    f"file(s) left by a writer that died ({', '.join(map(str, leftovers))}); "
+                    "they were kept, and nothing was refreshed."
+                ) from None
+            for account, leftover in sorted(adopted.items()):
+                log.warning(
+                    "token store %s: adopted the newer token of account %r from %s, left by a "
+                    "writer that died before it could finish saving it",
+                    self._where, account, leftover)
+        for leftover in leftovers:
+            try:
+                os.unlink(leftover)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("token store %s: cannot remove leftover temporary file %s: %s",
+                            self._where, leftover, exc.strerror)
 
     # -- locking -------------------------------------------------------------------------
 
@@ -199,6 +286,17 @@ class JSONTokenStore(TokenStore):
     @contextmanager
     def _held(self, timeout: Optional[float] = None) -> Iterator[None]:
         lock = self._lock_object()
+        outermost = not lock.is_locked  # per thread: filelock's holds are thread-local
+        self._acquire(lock, timeout)
+        try:
+            if outermost:
+                self._recover_leftovers()
+            yield
+        finally:
+            lock.release()
+
+    def _acquire(self, lock: filelock.FileLock, timeout: Optional[float]) -> None:
+        """``lock.acquire``, its failures turned into refresher's errors."""
         try:
             lock.acquire(timeout=-1 if timeout is None else timeout)
         except filelock.Timeout:
@@ -211,13 +309,60 @@ class JSONTokenStore(TokenStore):
                 f"cannot lock token store {self._where} (lock file {self.lock_path}): "
                 f"{exc.strerror}"
             ) from None
-        try:
-            yield
-        finally:
-            lock.release()
 
     def lock(self, account: str, timeout: Optional[float] = None) -> Any:
         return self._held(timeout)
+
+
+def _leftover_accounts(leftover: Path) -> Dict[str, Any]:
+    """The accounts of a leftover temporary file; ``{}`` unless it is a whole store document."""
+    try:
+        fd = os.open(leftover, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return {}
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > _MAX_LEFTOVER_BYTES:
+            return {}
+        with os.fdopen(fd, "rb") as handle:
+            fd = -1
+            document = json.loads(handle.read().decode("utf-8"))
+    except (OSError, ValueError):  # unreadable, truncated (a write cut short), not UTF-8
+        return {}
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    if not isinstance(document, dict) or document.get("format") != _FORMAT:
+        return {}
+    accounts = document.get("accounts")
+    return dict(accounts) if isinstance(accounts, dict) else {}
+
+
+def _is_newer_entry(entry: Any, stored: Any) -> bool:
+    """Whether a leftover's account entry should replace the stored one (``None``: absent).
+
+    It must hold a token with a refresh token, and be newer by ``updated_at`` than a stored
+    entry that has a token.
+    """
+    if not isinstance(entry, dict):
+        return False
+    token = entry.get("token")
+    if not isinstance(token, dict) or not isinstance(token.get("refresh_token"), str):
+        return False
+    if not isinstance(stored, dict) or not isinstance(stored.get("token"), dict):
+        return True  # the store lacks the account, or has only its metadata
+    updated_at, stored_at = _timestamp(entry), _timestamp(stored)
+    if updated_at is None:
+        return False
+    return stored_at is None or updated_at > stored_at
+
+
+def _timestamp(entry: Dict[str, Any]) -> Optional[float]:
+    """An entry's ``updated_at``, or ``None`` when it has no number there."""
+    value = entry.get("updated_at")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
 
 
 def _fsync_folder(folder: Path) -> None:
