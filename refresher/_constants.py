@@ -18,6 +18,8 @@ LEEWAY_MAX_FRACTION = 0.1
 
 #: Seconds to wait for one answer of the token endpoint.
 DEFAULT_TIMEOUT = 10.0
+#: Seconds to wait for an API answer in the calls refresher makes itself (``me()``).
+DEFAULT_API_TIMEOUT = 30.0
 #: Seconds one grant may take, retries and backoff included: well under the stores' lock
 #: lifetimes (the Redis lock's 30 s), so a slow X cannot make a holder outlive its lock.
 DEFAULT_DEADLINE = 15.0

@@ -30,6 +30,7 @@ from ._constants import LOCK_TTL_MARGIN
 from .endpoint import TokenEndpoint
 from .errors import (
     ConfigurationError,
+    LockLost,
     LockTimeout,
     ReauthorizationRequired,
     RefresherError,
@@ -239,7 +240,12 @@ class RefreshCoordinator:
                 if _newer(current, stale, self.leeway):
                     assert current is not None
                     return current  # another thread of ours refreshed while we waited
-                granted = self._refresh_under_lock(stale, wait)
+                try:
+                    granted = self._refresh_under_lock(stale, wait)
+                except LockLost as lost:
+                    # Nothing was spent; whoever holds the lock now may have refreshed.
+                    log.warning("account %r: %s; taking the lock again", self.account, lost)
+                    granted = self._refresh_under_lock(stale, wait)
             finally:
                 self._thread_lock.release()
         except RefresherError as exc:

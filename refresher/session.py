@@ -9,16 +9,19 @@ when X refuses the token anyway. Both defer to one
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Callable, Collection, Dict, Mapping, Optional
+from urllib.parse import urlsplit
 
 import requests
 from requests_oauthlib import OAuth2Session
 
-from ._constants import DEFAULT_LEEWAY, X_API_URL, X_TOKEN_URL
+from ._constants import DEFAULT_API_TIMEOUT, DEFAULT_LEEWAY, X_API_URL, X_TOKEN_URL
 from ._transport import require_secure_transport
 from .adapter import RefreshingAdapter
 from .coordinator import RefreshCoordinator
 from .endpoint import TokenEndpoint
+from .errors import InsecureTransport
 from .stores.base import MemoryTokenStore, TokenStore
 from .token import Token
 
@@ -166,6 +169,12 @@ class RefreshingSession(OAuth2Session):
         """Send a request with the current bearer token, refreshed first if it is expiring."""
         coordinator = self._coordinator
         if coordinator is None:
+            if urlsplit(url).scheme.lower() != "https":
+                self._check_plain_http(url, sends_token=bool(self.token) and not withhold_token)
+                if not self.token or withhold_token:  # to this machine, and nothing to add
+                    bare: requests.Response = requests.Session.request(
+                        self, method, url, data=data, headers=headers, files=files, **kwargs)
+                    return bare
             plain: requests.Response = super().request(
                 method, url, data=data, headers=headers, withhold_token=withhold_token,
                 client_id=client_id, client_secret=client_secret, files=files, **kwargs,
@@ -190,12 +199,14 @@ class RefreshingSession(OAuth2Session):
         coordinator = self._require_coordinator("refresh")
         return dict(coordinator.refresh(stale=None))
 
-    def me(self) -> Dict[str, Any]:
+    def me(self, *, timeout: Optional[float] = DEFAULT_API_TIMEOUT) -> Dict[str, Any]:
         """``GET {api_base_url}/2/users/me``: the ``data`` object (id, name, username).
 
-        Raises :class:`requests.HTTPError` when X refuses.
+        Raises :class:`requests.HTTPError` when X refuses, and :class:`requests.Timeout`
+        when no answer came within ``timeout`` seconds (per socket read, as requests
+        counts it).
         """
-        response = self.get(f"{self.api_base_url}/2/users/me")
+        response = self.get(f"{self.api_base_url}/2/users/me", timeout=timeout)
         response.raise_for_status()
         data = response.json().get("data")
         if not isinstance(data, dict):
@@ -218,6 +229,17 @@ class RefreshingSession(OAuth2Session):
             f"expires in {left:.0f} s" if left > 0 else "expired")
         return (f"<RefreshingSession account={self.account!r} store={self.store!r} "
                 f"token {facts['fingerprint']} {expiry}>")
+
+    @staticmethod
+    def _check_plain_http(url: str, *, sends_token: bool) -> None:
+        """Plain mode, an http URL: refresher's rule (only to this machine), in its words."""
+        require_secure_transport(url)  # raises InsecureTransport for any other host
+        if sends_token and not os.environ.get("OAUTHLIB_INSECURE_TRANSPORT"):
+            raise InsecureTransport(
+                "requests-oauthlib refuses to send a token over plain http, even to this "
+                "machine: pass store= (or on_token_update=) so refresher sends it, or set "
+                "OAUTHLIB_INSECURE_TRANSPORT=1 for a local test server"
+            )
 
     def _require_coordinator(self, what: str) -> RefreshCoordinator:
         if self._coordinator is None:

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple, Type, Union
 from urllib.parse import urlsplit
 
-from .._constants import DEFAULT_TIMEOUT
-from ..errors import LockTimeout, StaleTokenError, TokenStoreError
+from .._constants import DEFAULT_DEADLINE, LOCK_TTL_MARGIN
+from ..errors import ConfigurationError, LockLost, LockTimeout, StaleTokenError, TokenStoreError
 from ..token import Token
 from .base import TokenStore
 
@@ -50,9 +50,9 @@ __all__ = ["RedisTokenStore", "DEFAULT_LOCK_TTL"]
 
 log = logging.getLogger(__name__)
 
-#: Seconds a lock lives unless released: long enough for a refresh (the token endpoint's
-#: own timeout is :data:`refresher.endpoint.DEFAULT_TIMEOUT`, 10 s), short enough that a
-#: dead holder does not stall everyone for long.
+#: Seconds a lock lives unless released: longer than a whole grant (the token endpoint's
+#: deadline, 15 s, plus a margin of 5 s), short enough that a dead holder does not stall
+#: everyone for long. A session refuses a store whose lock_ttl is shorter than that.
 DEFAULT_LOCK_TTL = 30.0
 #: The suffix of lock keys; account names may not end with it.
 LOCK_SUFFIX = ":lock"
@@ -134,13 +134,13 @@ class RedisTokenStore(TokenStore):
         **redis_options: Any,
     ) -> None:
         redis = _import_redis()
-        if lock_ttl <= 0:
-            raise ValueError("lock_ttl must be a positive number of seconds")
-        if lock_ttl < 2 * DEFAULT_TIMEOUT:
+        if not isinstance(lock_ttl, (int, float)) or lock_ttl <= 0:
+            raise ConfigurationError("lock_ttl must be a positive number of seconds")
+        if lock_ttl < DEFAULT_DEADLINE + LOCK_TTL_MARGIN:
             log.warning(
-                "lock_ttl=%s s is close to the token endpoint's %s s timeout: a slow refresh "
-                "may outlive its lock (fencing still refuses stale saves)",
-                lock_ttl, DEFAULT_TIMEOUT,
+                "lock_ttl=%s s is shorter than a refresh may take (the token endpoint's %s s "
+                "deadline plus %s s): sessions with the default deadline will refuse this store",
+                lock_ttl, DEFAULT_DEADLINE, LOCK_TTL_MARGIN,
             )
         self.prefix = prefix
         self.lock_ttl = float(lock_ttl)
@@ -170,9 +170,9 @@ class RedisTokenStore(TokenStore):
 
     def _key(self, account: str) -> str:
         if account.endswith(LOCK_SUFFIX):
-            raise ValueError(
-                f"account names ending in {LOCK_SUFFIX!r} are reserved for lock keys: "
-                f"{account!r}"
+            raise ConfigurationError(
+                f"account name {account!r} ends in {LOCK_SUFFIX!r}, which the Redis store "
+                "keeps for its lock keys: choose another account name"
             )
         return self.prefix + account
 
@@ -373,6 +373,27 @@ class RedisTokenStore(TokenStore):
 
     def lock(self, account: str, timeout: Optional[float] = None) -> Any:
         return self._held(account, timeout)
+
+    def verify_lock(self, account: str) -> None:
+        """Check this thread still owns the account's lock, and give it a full ``lock_ttl``.
+
+        One atomic step (redis-py's ``reacquire``: the TTL is reset only if the lock's
+        value is still this holder's). Raises :class:`~refresher.LockLost` when the lock
+        lapsed: another holder may be spending the same refresh token right now.
+        """
+        hold = self._holds().get(account)
+        if hold is None:
+            raise LockLost(f"account {account!r}: this thread does not hold its Redis lock")
+        try:
+            hold.lock.reacquire()
+        except self._lock_not_owned:
+            raise LockLost(
+                f"account {account!r} in Redis token store at {self.server}: the lock lapsed "
+                f"(held longer than lock_ttl={self.lock_ttl:g} s: a paused process?) before "
+                "the refresh token was sent; it was not sent. Raise lock_ttl if this repeats"
+            ) from None
+        except self._redis_error as exc:
+            raise self._failure(f"renew the lock of {account!r}", exc) from None
 
     def close(self) -> None:
         """Close the connections, when this store made the client. Safe to call twice."""
