@@ -9,10 +9,11 @@ import subprocess
 import sys
 import textwrap
 
+import filelock
 import pytest
 
 import refresher
-from refresher import JSONTokenStore, LockTimeout
+from refresher import JSONTokenStore, LockLost, LockTimeout
 
 OLD = {"access_token": "old-access", "refresh_token": "old-refresh", "expires_at": 1.0e10}
 NEW = {"access_token": "new-access", "refresh_token": "new-refresh", "expires_at": 1.0e10}
@@ -276,3 +277,139 @@ def test_the_leftover_scan_is_one_listdir_per_outermost_acquisition(tmp_path, mo
     assert len(listed) == 1
     store.save("a", OLD)  # a save outside a lock is an outermost acquisition of its own
     assert len(listed) == 2
+
+
+# -- 3. the lock file deleted or replaced while held ---------------------------------------
+
+
+def _clean_up(lock_path, how) -> None:
+    """What a tmp cleaner (or a careless script) does to a lock file."""
+    if how == "deleted":
+        os.unlink(lock_path)
+    elif how == "moved aside":
+        os.rename(lock_path, str(lock_path) + ".old")
+    else:  # replaced by a new file of the same name
+        fresh = str(lock_path) + ".new"
+        with open(fresh, "w"):
+            pass
+        os.replace(fresh, lock_path)
+
+
+def test_verify_lock_passes_while_the_lock_file_is_in_place(tmp_path) -> None:
+    store = JSONTokenStore(tmp_path / "tokens.json")
+    with store.lock("a"):
+        store.verify_lock("a")
+        with store.lock("a"):  # re-entrant
+            store.verify_lock("a")
+        store.verify_lock("a")
+
+
+def test_verify_lock_raises_when_the_lock_is_not_held(tmp_path) -> None:
+    store = JSONTokenStore(tmp_path / "tokens.json")
+    with pytest.raises(LockLost, match="nothing was spent"):
+        store.verify_lock("a")
+
+
+@pytest.mark.parametrize("how", ["deleted", "moved aside", "replaced"])
+def test_verify_lock_raises_when_the_lock_file_goes_while_held(tmp_path, how) -> None:
+    path = tmp_path / "tokens.json"
+    store = JSONTokenStore(path)
+    with store.lock("a"):
+        store.save("a", OLD)
+        _clean_up(store.lock_path, how)
+        # the hazard: another process now locks a new file at the path, while we hold ours
+        assert _other_process_tries_the_lock(path) == "acquired"
+        with pytest.raises(LockLost) as raised:
+            store.verify_lock("a")
+    message = str(raised.value)
+    assert str(store.lock_path) in message and "removed" in message
+    assert "nothing was spent" in message and "tmp cleaners" in message
+    with store.lock("a"):  # taken again: on the file now at the path, which keeps others out
+        store.verify_lock("a")
+        assert _other_process_tries_the_lock(path) == "timed out"
+
+
+# A child process that holds the lock, and on each line read from stdin calls verify_lock and
+# prints "ok" or the LockLost it raised.
+_HOLD_AND_VERIFY = textwrap.dedent("""
+    import sys
+    from refresher import JSONTokenStore, LockLost
+    store = JSONTokenStore(sys.argv[1])
+    with store.lock("a", timeout=30):
+        print("locked", flush=True)
+        for line in sys.stdin:
+            try:
+                store.verify_lock("a")
+                print("ok", flush=True)
+            except LockLost as lost:
+                print("LockLost: " + str(lost), flush=True)
+""")
+
+
+def test_a_holder_whose_lock_file_was_deleted_learns_it_before_spending(tmp_path) -> None:
+    path = tmp_path / "tokens.json"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_AND_VERIFY, str(path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        holder.stdin.write("check\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "ok"
+        store = JSONTokenStore(path)
+        os.unlink(store.lock_path)  # a tmp cleaner
+        with store.lock("a", timeout=5):  # we get a lock too, on a new file...
+            store.verify_lock("a")  # ...which is the current one: ours is good
+            holder.stdin.write("check\n")
+            holder.stdin.flush()
+            answer = holder.stdout.readline().strip()
+        assert answer.startswith("LockLost: ") and "removed" in answer  # theirs is not
+        holder.stdin.close()
+        assert holder.wait(30) == 0
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.parametrize("how", ["deleted", "moved aside", "replaced"])
+def test_a_lock_won_on_an_orphaned_lock_file_is_taken_again_on_the_current_one(
+        tmp_path, monkeypatch, caplog, how) -> None:
+    """A waiter can win the flock of a file it opened just before a cleaner removed it; the
+    cleaner is run right after filelock's own acquisition, where that race would put it."""
+    path = tmp_path / "tokens.json"
+    store = JSONTokenStore(path)
+    store.save("a", OLD)
+    real_acquire = filelock.FileLock._acquire
+    orphaned = []
+
+    def acquire_then_the_cleaner_runs(lock) -> None:
+        real_acquire(lock)
+        if lock.is_locked and not orphaned and lock.lock_file == str(store.lock_path):
+            orphaned.append(how)
+            _clean_up(store.lock_path, how)
+
+    monkeypatch.setattr(filelock.FileLock, "_acquire", acquire_then_the_cleaner_runs)
+    with caplog.at_level("WARNING", logger="refresher.stores.jsonfile"):
+        with store.lock("a", timeout=5):
+            assert orphaned == [how]
+            store.verify_lock("a")  # the lock is on the file now at the path...
+            assert _other_process_tries_the_lock(path) == "timed out"  # ...so others wait
+            store.save("a", NEW)
+    assert store.load("a") == NEW
+    assert any(str(store.lock_path) in r.getMessage() and "removed or replaced" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_a_lock_file_removed_at_every_acquisition_ends_in_lock_timeout(tmp_path, monkeypatch):
+    store = JSONTokenStore(tmp_path / "tokens.json")
+    real_acquire = filelock.FileLock._acquire
+
+    def acquire_then_the_cleaner_runs(lock) -> None:
+        real_acquire(lock)
+        if lock.is_locked and lock.lock_file == str(store.lock_path):
+            os.unlink(store.lock_path)
+
+    monkeypatch.setattr(filelock.FileLock, "_acquire", acquire_then_the_cleaner_runs)
+    with pytest.raises(LockTimeout, match="kept being removed"):
+        with store.lock("a", timeout=0.3):
+            pass
+    assert not store._lock_object().is_locked  # released, not leaked

@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterator, List, Optional, Union
 
 import filelock
 
-from ..errors import LockTimeout, TokenStoreError
+from ..errors import LockLost, LockTimeout, TokenStoreError
 from ..token import Token
 from .base import TokenStore
 
@@ -34,7 +34,8 @@ _LOCK_POLL_INTERVAL = 0.002
 
 
 class JSONTokenStore(TokenStore):
-    """One JSON file holding many accounts, guarded by an OS file lock at ``path + ".lock"``.
+    """One JSON file holding many accounts, guarded by an OS file lock at ``path + ".lock"``
+    (``path`` with symlinks resolved).
 
     Writes are atomic: a temporary file in the same folder is written, fsynced and moved
     over the old one with :func:`os.replace`, so a process killed at any moment leaves the
@@ -53,6 +54,18 @@ class JSONTokenStore(TokenStore):
     adopted (that entry is written into the store, with a warning naming the file), since it
     may be the only copy of a pair the dead writer had already been granted; then every
     leftover is removed. When the store itself is corrupt, leftovers are kept for a person.
+
+    The lock file must stay where it is while held: :mod:`filelock` locks an inode, so if a
+    tmp cleaner deletes (or something replaces) the lock file, a newcomer creates a new one
+    and locks that, and two processes "hold" the lock. Two checks narrow this: on each
+    outermost acquisition the store checks that the lock path still names the inode it
+    locked (if not, it releases and locks the current file, within the same timeout); and
+    :meth:`verify_lock`, which the coordinator calls right before it spends a refresh token,
+    raises :class:`~refresher.LockLost` (nothing spent) when the lock file was removed or
+    replaced while held. What remains unprotected: from the moment the file is removed until
+    the holder's next check, the holder and a newcomer each hold a lock on a different
+    inode, so writes of theirs that need no refresh token (saves, metadata) can interleave.
+    Keep the store out of folders that tmp cleaners sweep (``/tmp``, ``/var/tmp``).
 
     A ``path`` that is a symlink stays one: the store works on the link's target (resolved
     once, when the store is made), writes its temporary files beside the target and locks
@@ -287,7 +300,10 @@ class JSONTokenStore(TokenStore):
     def _held(self, timeout: Optional[float] = None) -> Iterator[None]:
         lock = self._lock_object()
         outermost = not lock.is_locked  # per thread: filelock's holds are thread-local
-        self._acquire(lock, timeout)
+        if outermost:
+            self._acquire_current_lock_file(lock, timeout)
+        else:
+            self._acquire(lock, timeout)  # re-entrant: only counts
         try:
             if outermost:
                 self._recover_leftovers()
@@ -295,13 +311,97 @@ class JSONTokenStore(TokenStore):
         finally:
             lock.release()
 
-    def _acquire(self, lock: filelock.FileLock, timeout: Optional[float]) -> None:
-        """``lock.acquire``, its failures turned into refresher's errors."""
+    def _acquire_current_lock_file(self, lock: filelock.FileLock,
+                                   timeout: Optional[float]) -> None:
+        """Acquire ``lock`` on the inode ``lock_path`` names *now*, within ``timeout`` seconds.
+
+        A waiter can win the flock of a lock file that was deleted or replaced since it
+        opened it (an orphan nobody else will ever open again): then it releases and locks
+        the file now at the path.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            self._acquire(lock, remaining, timeout)
+            try:
+                current = self._holds_current_lock_file(lock) is not False
+            except BaseException:
+                lock.release()
+                raise
+            if current:
+                return
+            lock.release()
+            log.warning(
+                "token store %s: the lock file %s was removed or replaced just as it was "
+                "locked; locking the file now at that path instead", self._where, self.lock_path)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise LockTimeout(
+                    f"could not lock token store {self._where} within {timeout} s: its lock "
+                    f"file {self.lock_path} kept being removed or replaced; keep the store out "
+                    "of folders that tmp cleaners sweep"
+                )
+
+    def _holds_current_lock_file(self, lock: filelock.FileLock) -> Optional[bool]:
+        """Whether ``lock_path`` still names the inode ``lock`` holds (this thread's hold).
+
+        ``False`` when it was deleted or names another file; ``None`` when it cannot be told
+        (not held, or a :mod:`filelock` that does not expose its descriptor).
+        """
+        # filelock keeps the held descriptor in its (per-thread) context: _context.lock_file_fd
+        # in filelock 3.x and 4.x. Looked up defensively, since it is not public API.
+        fd = getattr(getattr(lock, "_context", None), "lock_file_fd", None)
+        if not isinstance(fd, int):
+            return None
+        try:
+            held = os.fstat(fd)
+        except OSError:
+            return None
+        try:
+            now = os.lstat(self.lock_path)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError:
+            return None
+        return os.path.samestat(held, now)
+
+    def verify_lock(self, account: str) -> None:
+        """Raise :class:`~refresher.LockLost` unless this thread holds the lock on the lock
+        file that ``lock_path`` names now.
+
+        A lock file deleted (by a tmp cleaner) or replaced while held no longer keeps others
+        out: the next process creates a new one and locks it. The refresh token must not be
+        spent then, since that process may be spending it too.
+        """
+        lock = self._lock_object()
+        if not lock.is_locked:
+            raise LockLost(
+                f"token store {self._where}: this thread does not hold the lock (lock file "
+                f"{self.lock_path}) that a refresh of account {account!r} needs; nothing was "
+                "spent."
+            )
+        if self._holds_current_lock_file(lock) is False:
+            raise LockLost(
+                f"token store {self._where}: its lock file {self.lock_path} was removed (or "
+                "replaced) while this process held it, so another process may hold the lock "
+                f"too; nothing was spent (account {account!r}'s refresh token was not sent). "
+                "Keep the token store out of folders that tmp cleaners sweep (system temp "
+                "folders)."
+            )
+
+    def _acquire(self, lock: filelock.FileLock, timeout: Optional[float],
+                 requested: Optional[float] = None) -> None:
+        """``lock.acquire``, its failures turned into refresher's errors.
+
+        ``requested`` is the timeout the caller asked for, for the message, when ``timeout``
+        is what is left of it.
+        """
+        if requested is None:
+            requested = timeout
         try:
             lock.acquire(timeout=-1 if timeout is None else timeout)
         except filelock.Timeout:
             raise LockTimeout(
-                f"could not lock token store {self._where} within {timeout} s "
+                f"could not lock token store {self._where} within {requested} s "
                 f"(lock file {self.lock_path}); another process is holding it"
             ) from None
         except OSError as exc:
