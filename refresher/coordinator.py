@@ -237,9 +237,12 @@ class RefreshCoordinator:
                 return self._token  # another thread of ours is refreshing
             try:
                 current = self._token
-                if _newer(current, stale, self.leeway):
+                if _replaced(current, stale):
+                    # Another thread of ours refreshed while we waited: use its token even
+                    # if it is already "expiring" (a grant with expires_in 0), instead of
+                    # every waiting thread rotating the pair again in turn.
                     assert current is not None
-                    return current  # another thread of ours refreshed while we waited
+                    return current
                 try:
                     granted = self._refresh_under_lock(stale, wait)
                 except LockLost as lost:
@@ -462,6 +465,13 @@ def _newer(candidate: Optional[Token], stale: Optional[str], leeway: float) -> b
     if candidate.get("access_token") in (None, stale):
         return False
     return not needs_refresh(candidate, leeway)
+
+
+def _replaced(current: Optional[Token], stale: Optional[str]) -> bool:
+    """True when ``current`` carries an access token other than the ``stale`` one."""
+    if current is None or stale is None:
+        return False
+    return current.get("access_token") not in (None, stale)
 
 
 def _problem_type(response: requests.Response) -> Optional[str]:

@@ -23,7 +23,7 @@ from .coordinator import RefreshCoordinator
 from .endpoint import TokenEndpoint
 from .errors import InsecureTransport
 from .stores.base import MemoryTokenStore, TokenStore
-from .token import Token
+from .token import Token, validate_token
 
 __all__ = ["RefreshingSession"]
 
@@ -76,6 +76,9 @@ class RefreshingSession(OAuth2Session):
         **kwargs: Any,
     ) -> None:
         self._coordinator: Optional[RefreshCoordinator] = None
+        manages_tokens = store is not None or on_token_update is not None
+        if token and manages_tokens:
+            token = validate_token(token)  # refused before oauthlib or a store sees it
         super().__init__(
             client_id=client_id,
             client=client,
@@ -93,7 +96,7 @@ class RefreshingSession(OAuth2Session):
         self.token_url = token_url
         self.api_base_url = api_base_url.rstrip("/")
         self.refresh_status_codes = tuple(refresh_status_codes)
-        if store is None and on_token_update is None:
+        if not manages_tokens:
             return  # plain OAuth2Session
 
         self.store = store if store is not None else MemoryTokenStore()
