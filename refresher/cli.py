@@ -7,8 +7,10 @@ X emulator; ``demo`` runs the whole story against it. Every setting can also com
 ``REFRESHER_*`` environment variable.
 
 Exit status: 0 done, 1 failed (X refused, store corrupt, port in use...), 2 bad usage
-(unknown account, missing client id...), 130 interrupted. One line on stderr says what
-to do; ``--debug`` adds the traceback and refresher's debug log.
+or configuration (unknown account, missing client id, a name or URL refresher cannot use:
+a :class:`~refresher.ConfigurationError` or another ``ValueError``), 130 interrupted. One
+line on stderr says what to do, whatever went wrong; ``--debug`` adds the traceback and
+refresher's debug log.
 """
 
 from __future__ import annotations
@@ -17,20 +19,22 @@ import argparse
 import getpass
 import json
 import logging
+import math
 import os
 import signal
 import sys
 import threading
 import time
 import traceback
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import requests
 from oauthlib.oauth2 import OAuth2Error
 
-from ._constants import DEFAULT_SCOPES
+from ._constants import DEFAULT_DEADLINE, DEFAULT_SCOPES, DEFAULT_TIMEOUT
+from ._transport import require_secure_transport
 from .endpoint import TokenEndpoint
-from .errors import RefresherError, RefreshError
+from .errors import ConfigurationError, RefresherError, RefreshError
 from .login import (
     LoginFlow,
     _choose_account,
@@ -40,7 +44,7 @@ from .login import (
 )
 from .session import RefreshingSession
 from .stores import TokenStore, open_store
-from .token import Token, fingerprint, seconds_left
+from .token import Token, fingerprint
 
 __all__ = ["main"]
 
@@ -48,6 +52,9 @@ log = logging.getLogger(__name__)
 
 _PROMPT = object()  # --client-secret given without a value: ask for it
 _LOCK_TIMEOUT = 30.0
+# The longest the login's /2/users/me probe waits for its answer (less when the login's
+# --timeout has less left).
+_PROBE_TIMEOUT = 30.0
 
 
 class _UsageError(Exception):
@@ -84,20 +91,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     except _UsageError as exc:
         return _report(exc, debug, 2)
+    except (ConfigurationError, ValueError) as exc:  # a name, setting or token refused
+        return _report(exc, debug, 2)
     except (RefresherError, _Failure, OAuth2Error, OSError) as exc:
         return _report(exc, debug, 1)
+    except Exception as exc:  # a bug: still one line, and the traceback with --debug
+        return _report(exc, debug, 1, unexpected=True)
 
 
-def _report(exc: BaseException, debug: bool, status: int) -> int:
+def _report(exc: BaseException, debug: bool, status: int, *, unexpected: bool = False) -> int:
     if debug:
         traceback.print_exc()
-    if isinstance(exc, OSError) and not isinstance(exc, RefresherError):
+    if unexpected:
+        # Not one of refresher's own messages, which are written never to hold a token:
+        # only the exception's type is shown.
+        message = (f"unexpected {type(exc).__name__}; run the command again with --debug "
+                   "for the traceback, and report it")
+    elif isinstance(exc, OSError) and not isinstance(exc, RefresherError):
         where = f" ({exc.filename})" if exc.filename else ""
         message = f"{exc.strerror or exc}{where}"
     elif isinstance(exc, OAuth2Error):
         message = exc.description or str(exc)
     else:
-        message = str(exc)
+        message = str(exc) or type(exc).__name__
+    # One line, whatever the message holds.
+    message = " ".join(message.split())
     print(f"refresher: error: {message}", file=sys.stderr)
     return status
 
@@ -148,7 +166,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="token store: a JSON file or a redis:// URL (default: "
                             "$REFRESHER_STORE, else ~/.config/refresher/tokens.json)")
     account = argparse.ArgumentParser(add_help=False)
-    account.add_argument("--account", metavar="NAME",
+    account.add_argument("--account", metavar="NAME", type=_account_name,
                          help="account in the store ($REFRESHER_ACCOUNT; default: the only "
                               "one, or for login the X username)")
     client = argparse.ArgumentParser(add_help=False)
@@ -167,7 +185,11 @@ def _parser() -> argparse.ArgumentParser:
         help="log in to X in the browser and save the token",
         description="Log in with OAuth 2.0 (PKCE) in the browser, ask X who logged in, and "
                     "save the token under --account (default: the X username). Logging in "
-                    "again over an account replaces its token (the old one is revoked).")
+                    "again over an account replaces its token, and does not revoke the old "
+                    "one: X's revoke may end every login of the same user in the same app, "
+                    "the one just saved included (see --revoke-previous). --timeout bounds "
+                    "the whole login: the browser, the code exchange and the /2/users/me "
+                    "question.")
     login.add_argument("--scope", action="append", metavar="SCOPE",
                        help=f"a scope to ask for, repeatable (default: {' '.join(DEFAULT_SCOPES)})")
     login.add_argument("--port", type=int, metavar="PORT",
@@ -180,7 +202,14 @@ def _parser() -> argparse.ArgumentParser:
                        help="do not open a browser: print the URL, and accept the redirected "
                             "URL pasted on stdin (for SSH sessions and containers)")
     login.add_argument("--timeout", type=_positive_float, default=300.0, metavar="SECONDS",
-                       help="give up after this long (default 300)")
+                       help="give up when the whole login (browser, code exchange, "
+                            "/2/users/me) has taken this long (default 300)")
+    login.add_argument("--revoke-previous", action="store_true",
+                       help="after saving the new token, revoke the account's previous one, "
+                            "but only when it belongs to another X user or another client id. "
+                            "One of the same user and client is never revoked: X may end "
+                            "every login of that user in that app on a revoke, the new one "
+                            "included")
     for name, what in (("authorize-url", "X's authorize page"), ("token-url", "token endpoint"),
                        ("api-url", "API base URL"), ("revoke-url", "revoke endpoint")):
         url(login, name, what)
@@ -255,6 +284,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _account_name(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "must not be empty: name an account, or leave --account out to use "
+            "$REFRESHER_ACCOUNT or the store's only account"
+        )
+    return text
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -327,24 +365,46 @@ def _duration(seconds: float) -> str:
     return f"{whole // 86400}d {whole % 86400 // 3600}h"
 
 
+def _seconds_left(token: Mapping[str, Any], now: Optional[float] = None) -> Tuple[
+        Optional[float], bool]:
+    """Seconds until the access token expires (``None``: unknown), and whether the stored
+    ``expires_at`` is there but not a number (an ISO date written by hand, say)."""
+    raw = token.get("expires_at")
+    if raw is None:
+        return None, False
+    try:
+        expires_at = float(raw) if not isinstance(raw, bool) else math.nan
+    except (TypeError, ValueError):
+        expires_at = math.nan
+    if not math.isfinite(expires_at):
+        return None, True
+    return expires_at - (time.time() if now is None else now), False
+
+
 def _expiry(token: Mapping[str, Any]) -> str:
-    left = seconds_left(token)
+    left, invalid = _seconds_left(token)
     if left is None:
-        return "unknown"
+        return "at an invalid time (expires_at is not a number)" if invalid else "unknown"
     return f"in {_duration(left)}" if left > 0 else f"expired {_duration(left)} ago"
 
 
 def _revoke_pair(token: Mapping[str, Any], *, client_id: str, client_secret: Optional[str],
-                 token_url: str, revoke_url: str) -> str:
+                 token_url: str, revoke_url: str, timeout: Optional[float] = None) -> str:
     """Revoke the refresh token, then the access token; RefreshError if the first fails.
 
-    Returns "" or a note saying the access token could not be revoked (it expires soon).
+    ``timeout`` bounds both revokes together (default: the endpoint's own bounds). Returns
+    "" or a note saying the access token could not be revoked (it expires soon).
     """
-    endpoint = TokenEndpoint(token_url, client_id, client_secret)
+    budget = DEFAULT_DEADLINE if timeout is None else min(timeout, DEFAULT_DEADLINE)
+    give_up_at = time.monotonic() + budget
+    endpoint = TokenEndpoint(token_url, client_id, client_secret,
+                             timeout=min(DEFAULT_TIMEOUT, budget), deadline=budget)
     try:
         if token.get("refresh_token"):
             endpoint.revoke(revoke_url, str(token["refresh_token"]), "refresh_token")
         if token.get("access_token"):
+            endpoint.deadline = max(0.1, give_up_at - time.monotonic())
+            endpoint.timeout = min(endpoint.timeout, endpoint.deadline)
             try:
                 endpoint.revoke(revoke_url, str(token["access_token"]), "access_token")
             except RefreshError as exc:
@@ -360,7 +420,10 @@ def _revoke_pair(token: Mapping[str, Any], *, client_id: str, client_secret: Opt
 def _login(args: argparse.Namespace) -> int:
     store = _open_store(args)
     where = _describe_store(store)
-    wanted = args.account or os.environ.get("REFRESHER_ACCOUNT") or None
+    # An empty REFRESHER_ACCOUNT counts as unset (`VAR= refresher login` clears it for one
+    # command); an empty --account is refused by the parser.
+    from_env = os.environ.get("REFRESHER_ACCOUNT") or ""
+    wanted = args.account or (from_env if from_env.strip() else None)
     recorded = store.load_metadata(wanted) if wanted else {}
     client_id = _client_id(args, recorded)
     same_client = recorded.get("client_id") == client_id
@@ -377,11 +440,15 @@ def _login(args: argparse.Namespace) -> int:
     flow = LoginFlow(client_id, secret, redirect_uri=urls["redirect_uri"], scopes=scopes,
                      authorize_url=urls["authorize_url"], token_url=urls["token_url"],
                      api_base_url=urls["api_url"])
+    # --timeout bounds the whole login from here (the secret prompt is behind us): the
+    # browser and the code exchange, then the /2/users/me probe and any revoke, each given
+    # only what is left.
+    clock = _Deadline(args.timeout)
     token = flow.run_local_server(
         port=args.port, open_browser=not args.no_browser, timeout=args.timeout,
         out=sys.stderr, paste_from=sys.stdin if args.no_browser else None,
     )
-    user = _who(flow, token, named=bool(wanted))
+    user = _who(flow, token, named=bool(wanted), clock=clock)
     account = wanted or user["username"]
 
     previous = store.load(account)
@@ -412,9 +479,21 @@ def _login(args: argparse.Namespace) -> int:
     print(f"Access token {fingerprint(token.get('access_token'))} expires "
           f"{_expiry(token)}; {refreshable}.")
     if previous and previous.get("refresh_token") != token.get("refresh_token"):
-        print(_replace_previous(previous, previous_meta, client_id=client_id, secret=secret,
-                                urls=urls))
+        print(_replace_previous(previous, previous_meta, user, client_id=client_id,
+                                secret=secret, urls=urls, revoke=args.revoke_previous,
+                                clock=clock))
     return 0
+
+
+class _Deadline:
+    """The login's --timeout, as the time left of it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self._end - time.monotonic()
 
 
 def _scopes(values: Optional[List[str]]) -> List[str]:
@@ -426,41 +505,91 @@ def _scopes(values: Optional[List[str]]) -> List[str]:
     return scopes
 
 
-def _who(flow: LoginFlow, token: Token, *, named: bool) -> Dict[str, Any]:
-    """GET /2/users/me with the new token; without --account, the answer names the account."""
-    probe = flow.session(token)
+def _who(flow: LoginFlow, token: Token, *, named: bool, clock: _Deadline) -> Dict[str, Any]:
+    """GET /2/users/me with the new token; without --account, the answer names the account.
+
+    A plain request with the new access token, bounded by what is left of --timeout: no
+    refresh here (one would spend the refresh token about to be saved).
+    """
+    url = f"{flow.api_base_url.rstrip('/')}/2/users/me"
+    left = clock.left()
     try:
-        return probe.me()
-    except (requests.RequestException, ValueError) as exc:
+        if left <= 0:
+            raise requests.Timeout()
+        require_secure_transport(url)
+        with requests.Session() as http:
+            response = http.get(
+                url, timeout=min(_PROBE_TIMEOUT, left), allow_redirects=False,
+                headers={"Authorization": f"Bearer {token.get('access_token')}",
+                         "Accept": "application/json"})
+            response.raise_for_status()
+            data = response.json().get("data")
+        if not isinstance(data, dict):
+            raise ValueError("no data object")
+        return data
+    except (requests.RequestException, ValueError, AttributeError) as exc:
         status = getattr(getattr(exc, "response", None), "status_code", None)
-        why = f"HTTP {status}" if status else type(exc).__name__
+        if isinstance(exc, requests.Timeout):
+            why = (f"no answer within {max(0.0, min(_PROBE_TIMEOUT, left)):.1f} s, what was "
+                   f"left of the login's --timeout of {clock.seconds:g} s")
+            fix = "run the login again with a longer --timeout, or"
+        else:
+            why = f"HTTP {status}" if status else type(exc).__name__
+            fix = "check the scopes include tweet.read and users.read, or"
         if named:
-            log.warning("logged in, but %s/2/users/me failed (%s): saving without a username",
-                        flow.api_base_url, why)
+            print(f"refresher: warning: logged in, but {url} failed ({why}): saving the "
+                  "account without its X username", file=sys.stderr)
             return {}
         raise _Failure(
-            f"logged in, but {flow.api_base_url}/2/users/me failed ({why}), so the account "
-            "cannot be named: pass --account NAME, and check the scopes include tweet.read "
-            "and users.read"
+            f"logged in, but {url} failed ({why}), so the account cannot be named and "
+            f"nothing was saved: {fix} pass --account NAME"
         ) from None
-    finally:
-        probe.close()
 
 
-def _replace_previous(previous: Token, meta: Mapping[str, Any], *, client_id: str,
-                      secret: Optional[str], urls: Mapping[str, str]) -> str:
+def _replace_previous(previous: Token, meta: Mapping[str, Any], user: Mapping[str, Any], *,
+                      client_id: str, secret: Optional[str], urls: Mapping[str, str],
+                      revoke: bool, clock: _Deadline) -> str:
+    """Say what became of the account's previous pair; revoke it only when that is safe.
+
+    X's revoke may end every grant of the same user in the same app (client id), not just
+    the token sent: revoking the previous pair of that user and client would kill the pair
+    just saved. So it is revoked only with --revoke-previous, and only when it belongs to
+    another client id, or to another user of the same client.
+    """
+    replaced = "Replaced the account's previous token"
     old_client = str(meta.get("client_id") or client_id)
+    old_user, new_user = meta.get("user_id"), user.get("id")
+    if not revoke:
+        return (f"{replaced} (not revoked: revoking it may also end this login, when it "
+                "belongs to the same X user and client; --revoke-previous revokes it when "
+                "it belongs to another user or client).")
+    if old_client == client_id:
+        if not old_user or not new_user:
+            return (f"{replaced} (not revoked, despite --revoke-previous: it is not known "
+                    "whether it belongs to the same X user, and if it does, revoking it may "
+                    "also end this login).")
+        if str(old_user) == str(new_user):
+            return (f"{replaced} (not revoked, despite --revoke-previous: it belongs to the "
+                    f"same X user (id {new_user}) and client ({client_id}), and X may end "
+                    "this login too when it is revoked. It stays valid at X until it expires "
+                    "unused).")
     old_secret = secret if old_client == client_id else None
     if meta.get("confidential") and old_secret is None:
-        return ("Replaced the account's previous token (not revoked: it belongs to the "
-                f"confidential client {old_client}).")
+        return (f"{replaced} (not revoked: it belongs to the confidential client "
+                f"{old_client}, whose secret was not given).")
+    left = clock.left()
+    if left <= 0:
+        return (f"{replaced} (not revoked: the login's --timeout of {clock.seconds:g} s ran "
+                "out first).")
     try:
         note = _revoke_pair(previous, client_id=old_client, client_secret=old_secret,
                             token_url=str(meta.get("token_url") or urls["token_url"]),
-                            revoke_url=str(meta.get("revoke_url") or urls["revoke_url"]))
+                            revoke_url=str(meta.get("revoke_url") or urls["revoke_url"]),
+                            timeout=left)
     except (RefresherError, OAuth2Error) as exc:
-        return f"Replaced the account's previous token (could not revoke it: {exc})."
-    return f"Replaced the account's previous token, and revoked it{note}."
+        return f"{replaced} (could not revoke it: {exc})."
+    whose = "another client" if old_client != client_id else "another X user"
+    return f"{replaced}, and revoked it (it belonged to {whose}){note}."
 
 
 # -- status, refresh, logout -------------------------------------------------------------------
@@ -475,19 +604,26 @@ def _status(args: argparse.Namespace) -> int:
     for name in names:
         token = store.load(name) or {}
         meta = store.load_metadata(name)
-        left = seconds_left(token, now=now)
+        # A hand-edited token (an ISO date for expires_at...) shows as such: one row, not
+        # the end of the listing.
+        left, invalid = _seconds_left(token, now)
         updated = meta.get("updated_at")
+        access = token.get("access_token")
+        scope = token.get("scope")
         rows.append({
             "account": name,
             "user": meta.get("username"),
             "user_id": meta.get("user_id"),
             "client_id": meta.get("client_id"),
-            "scopes": str(token.get("scope") or "").split(),
+            "scopes": (" ".join(map(str, scope)) if isinstance(scope, (list, tuple))
+                       else str(scope or "")).split(),
             "expires_in": None if left is None else round(left, 1),
-            "expires_at": token.get("expires_at"),
+            "expires_at": None if invalid else token.get("expires_at"),
+            "expiry_invalid": invalid,
             "refreshable": bool(token.get("refresh_token")),
-            "last_refresh": updated if isinstance(updated, (int, float)) else None,
-            "fingerprint": fingerprint(token.get("access_token")),
+            "needs_login": bool(store.needs_login(name, token)),
+            "last_refresh": updated if _is_number(updated) else None,
+            "fingerprint": fingerprint(str(access) if access else None),
         })
     if args.json:
         print(json.dumps({"store": where, "accounts": rows}, indent=2))
@@ -500,19 +636,38 @@ def _status(args: argparse.Namespace) -> int:
         ("ACCOUNT", "USER", "SCOPES", "EXPIRES", "LAST REFRESH", "FINGERPRINT")]
     for row in rows:
         left = row["expires_in"]
+        if row["needs_login"]:
+            expires = "needs login"
+        elif row["expiry_invalid"]:
+            expires = "invalid"
+        elif left is None:
+            expires = "unknown"
+        else:
+            expires = f"in {_duration(left)}" if left > 0 else f"expired {_duration(left)} ago"
         table.append((
             row["account"],
             f"@{row['user']}" if row["user"] else "-",
             " ".join(row["scopes"]) or "-",
-            "unknown" if left is None else (
-                f"in {_duration(left)}" if left > 0 else f"expired {_duration(left)} ago"),
+            expires,
             "-" if row["last_refresh"] is None else f"{_duration(now - row['last_refresh'])} ago",
             row["fingerprint"] + ("" if row["refreshable"] else " (no refresh token)"),
         ))
     widths = [max(len(str(line[i])) for line in table) for i in range(len(table[0]))]
     for line in table:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip())
+    for row in rows:
+        if row["needs_login"]:
+            print(f"Account {row['account']!r}: X refused its refresh token (spent or "
+                  f"revoked); log in again: refresher login --account {row['account']}")
+        elif row["expiry_invalid"]:
+            print(f"Account {row['account']!r}: its expires_at is not a number of epoch "
+                  "seconds (edited by hand?); the expiry is unknown")
     return 0
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
 
 
 def _refresh(args: argparse.Namespace) -> int:

@@ -26,6 +26,7 @@ import secrets
 import socket
 import sys
 import threading
+import time
 import webbrowser
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, TextIO, Tuple, Union
@@ -33,10 +34,18 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import requests
 
-from ._constants import DEFAULT_SCOPES, X_API_URL, X_AUTHORIZE_URL, X_REVOKE_URL, X_TOKEN_URL
+from ._constants import (
+    DEFAULT_DEADLINE,
+    DEFAULT_SCOPES,
+    DEFAULT_TIMEOUT,
+    X_API_URL,
+    X_AUTHORIZE_URL,
+    X_REVOKE_URL,
+    X_TOKEN_URL,
+)
 from ._transport import is_loopback_host, require_secure_transport
 from .endpoint import TokenEndpoint
-from .errors import LoginError, ReauthorizationRequired, RefreshError
+from .errors import ConfigurationError, LoginError, ReauthorizationRequired, RefreshError
 from .session import RefreshingSession
 from .stores import MemoryTokenStore, TokenStore, open_store
 from .token import Token, normalize_token
@@ -108,7 +117,10 @@ class LoginFlow:
         http_session: Optional[requests.Session] = None,
     ) -> None:
         if not client_id:
-            raise ValueError("client_id is required: the OAuth 2.0 Client ID of your X app")
+            raise ConfigurationError(
+                "client_id is required: the OAuth 2.0 Client ID of your X app (on its Keys "
+                "and tokens page in the X developer portal)"
+            )
         self.client_id = client_id
         self._client_secret = client_secret or None
         self.redirect_uri = redirect_uri
@@ -116,7 +128,10 @@ class LoginFlow:
             scopes.split() if isinstance(scopes, str) else scopes
         )
         if not self.scopes:
-            raise ValueError("scopes must not be empty (offline.access yields a refresh token)")
+            raise ConfigurationError(
+                "scopes must not be empty: ask for at least tweet.read users.read "
+                "offline.access (offline.access yields a refresh token)"
+            )
         self.authorize_url = authorize_url
         self.token_url = token_url
         self.api_base_url = api_base_url
@@ -168,6 +183,7 @@ class LoginFlow:
         state: str,
         code_verifier: str,
         redirect_uri: Optional[str] = None,
+        timeout: Optional[float] = None,
     ) -> Token:
         """Check the URL the browser came back to, and trade its code for the first token.
 
@@ -176,6 +192,10 @@ class LoginFlow:
         stale tab or a forged request); ``error=access_denied`` (the user refused) and a
         code the token endpoint rejects raise :class:`~refresher.LoginError` too. Returns
         the token dict, with ``expires_at``.
+
+        ``timeout`` bounds the whole exchange in seconds, retries included (default: the
+        token endpoint's own bounds, 10 s an answer and 15 s in all); a
+        :class:`~refresher.LoginError` says when it ran out.
 
         >>> token = flow.exchange(request.url, state=link.state,  # doctest: +SKIP
         ...                       code_verifier=link.code_verifier)
@@ -200,13 +220,27 @@ class LoginFlow:
         code = params.get("code")
         if not code:
             raise LoginError("the callback has no code; start the login again")
+        budget = DEFAULT_DEADLINE if timeout is None else min(timeout, DEFAULT_DEADLINE)
+        if budget <= 0:
+            raise LoginError(
+                "the login's timeout ran out before the code could be exchanged; start the "
+                "login again, and allow it more time"
+            )
         endpoint = TokenEndpoint(self.token_url, self.client_id, self._client_secret,
-                                 session=self.http_session)
+                                 session=self.http_session, timeout=min(DEFAULT_TIMEOUT, budget),
+                                 deadline=budget)
+        started = time.monotonic()
         try:
             token = endpoint.exchange(
                 code, redirect_uri=redirect_uri or self.redirect_uri, code_verifier=code_verifier
             )
         except RefreshError as exc:
+            if exc.response is None and time.monotonic() - started >= budget - 0.25:
+                raise LoginError(
+                    f"the code exchange at {self.token_url} did not finish within its "
+                    f"{budget:.1f} s timeout; a code serves once: start the login again, "
+                    "and allow it more time if X is slow"
+                ) from None
             hint = (" (a code lives 30 seconds and serves once: start the login again)"
                     if exc.error == "invalid_request" else "")
             raise LoginError(f"{exc}{hint}") from None
@@ -236,23 +270,30 @@ class LoginFlow:
         ``localhost``) only, at ``port`` (default: the redirect URI's, 8765; 0 picks a free
         one, and the link then names it). ``open_browser`` is ``True`` (open the system
         browser and print the URL), ``False`` (only print the URL), or a callable that is
-        given the URL. The browser gets a short page saying how it went.
+        given the URL (called in this thread: it should not block). The browser gets a short
+        page saying how it went.
+
+        ``timeout`` bounds the whole login in seconds: waiting for the browser, and the code
+        exchange, which gets only the time left when the browser comes back.
 
         ``out`` is where the URL and instructions go (default ``sys.stdout``). With
         ``paste_from`` (a text stream such as ``sys.stdin``), the redirected URL may also be
         pasted there: the way in for machines the browser cannot reach (SSH, containers).
 
         Raises :class:`~refresher.LoginError` on a timeout, a refusal, a state mismatch,
-        a failed exchange, or a port that cannot be listened on. Returns the token dict.
+        a failed exchange, or a port that cannot be listened on, and
+        :class:`~refresher.ConfigurationError` for a redirect URI it cannot serve. Returns the
+        token dict.
 
         >>> token = LoginFlow("my-client-id").run_local_server()  # doctest: +SKIP
         Opening https://x.com/i/oauth2/authorize?... in your browser.
         """
+        deadline = time.monotonic() + timeout
         stream = out if out is not None else sys.stdout
         parts = urlsplit(self.redirect_uri)
         host = parts.hostname or ""
         if parts.scheme != "http" or not is_loopback_host(host):
-            raise ValueError(
+            raise ConfigurationError(
                 "run_local_server needs a loopback http redirect URI such as "
                 f"{DEFAULT_REDIRECT_URI} (registered with your X app); got {self.redirect_uri!r}"
             )
@@ -274,7 +315,7 @@ class LoginFlow:
             netloc = f"[{host}]:{actual}" if ":" in host else f"{host}:{actual}"
             redirect_uri = urlunsplit(parts._replace(netloc=netloc))
             link = self.authorization_url(redirect_uri=redirect_uri)
-            pending = _PendingLogin(self, link)
+            pending = _PendingLogin(self, link, deadline)
             server.pending = pending
             thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                                       name=f"refresher-login:{actual}", daemon=True)
@@ -283,7 +324,14 @@ class LoginFlow:
                 threading.Thread(target=_read_pasted, args=(paste_from, pending, stream),
                                  name="refresher-login-paste", daemon=True).start()
             _send_user(link.url, open_browser, stream, redirect_uri, pasting=paste_from is not None)
-            if not pending.done.wait(timeout):
+            if not pending.done.wait(max(0.0, deadline - time.monotonic())):
+                exchanging = pending.abandon()
+                if exchanging:
+                    raise LoginError(
+                        f"the browser came back, but the code exchange at {self.token_url} "
+                        f"did not finish within the login's {timeout:g} s timeout; start the "
+                        "login again, and allow it more time if X is slow"
+                    )
                 raise LoginError(
                     f"no login within {timeout:g} s: nobody came back to {redirect_uri}; "
                     "run the login again and approve it in the browser"
@@ -392,28 +440,38 @@ def _setting(name: str, explicit: Optional[str], metadata: Mapping[str, Any]) ->
 def _choose_account(store: TokenStore, wanted: Optional[str] = None) -> str:
     """The account to use: ``wanted``, else ``$REFRESHER_ACCOUNT``, else the store's only one.
 
-    Raises :class:`ValueError` for an unknown account or a store with several (choose one),
-    and :class:`~refresher.ReauthorizationRequired` for an empty store (log in first).
+    Raises :class:`~refresher.ConfigurationError` (a :class:`ValueError`) for an unknown
+    account or a store with several (choose one), and
+    :class:`~refresher.ReauthorizationRequired` for an empty store (log in first).
     """
-    name = wanted or os.environ.get(_ENVIRONMENT["account"])
+    # An empty (or blank) REFRESHER_ACCOUNT counts as unset, as shells make `VAR= command`
+    # the usual way to clear a variable for one command. The command line refuses an empty
+    # --account outright; an empty ``wanted`` from Python also means "not chosen".
+    from_env = os.environ.get(_ENVIRONMENT["account"]) or ""
+    name = wanted or (from_env if from_env.strip() else None)
     accounts = store.accounts()
+    where = _describe_store(store)
     if name:
         if name not in accounts:
-            known = ", ".join(accounts) if accounts else "none"
-            raise ValueError(
-                f"no account {name!r} in {_describe_store(store)} (accounts there: {known}); "
-                f"log it in with: refresher login --account {name}"
+            if accounts:
+                choice = (f"the accounts there are {', '.join(accounts)}: pick one of them "
+                          "(--account NAME, or REFRESHER_ACCOUNT), or log")
+            else:
+                choice = "it holds no account yet: log"
+            raise ConfigurationError(
+                f"no account {name!r} in {where}; {choice} {name!r} in with: "
+                f"refresher login --account {name}"
             )
         return name
     if not accounts:
         raise ReauthorizationRequired(
-            f"no accounts in {_describe_store(store)}; log in first: "
+            f"no accounts in {where}; log in first: "
             "refresher login --client-id YOUR_CLIENT_ID"
         )
     if len(accounts) > 1:
-        raise ValueError(
-            f"{_describe_store(store)} holds several accounts ({', '.join(accounts)}); "
-            "choose one (--account, or REFRESHER_ACCOUNT)"
+        raise ConfigurationError(
+            f"{where} holds several accounts ({', '.join(accounts)}); "
+            "choose one (--account NAME, or REFRESHER_ACCOUNT)"
         )
     return accounts[0]
 
@@ -441,6 +499,10 @@ def open_session(
     secret of a confidential client from ``client_secret`` or ``$REFRESHER_CLIENT_SECRET``
     (the store never holds it). Other keywords go to :class:`~refresher.RefreshingSession`.
 
+    Raises :class:`~refresher.ConfigurationError` (also a :class:`ValueError`) for an
+    unknown account, a store with several accounts and none chosen, or a missing client id
+    or secret: the message names the store and its accounts (never a token) and what to do.
+
     >>> session = open_session("alice")  # doctest: +SKIP
     >>> session.me()["username"]  # doctest: +SKIP
     'alice'
@@ -451,13 +513,13 @@ def open_session(
     metadata = store.load_metadata(name)
     client = _setting("client_id", client_id, metadata)
     if not client:
-        raise ValueError(
+        raise ConfigurationError(
             f"no client id for account {name!r}: pass client_id, set REFRESHER_CLIENT_ID, "
             "or log the account in with `refresher login`"
         )
     secret = _setting("client_secret", client_secret, metadata)
     if metadata.get("confidential") and not secret:
-        raise ValueError(
+        raise ConfigurationError(
             f"account {name!r} belongs to the confidential client {client!r}: pass "
             "client_secret or set REFRESHER_CLIENT_SECRET"
         )
@@ -503,8 +565,10 @@ def _send_user(url: str, open_browser: OpenBrowser, out: TextIO, redirect_uri: s
         return
     if open_browser:
         print(f"Opening X's authorize page in your browser:\n\n    {url}\n", file=out)
-        if not webbrowser.open(url):
-            print("No browser could be opened: open the address above yourself.", file=out)
+        # In a thread: webbrowser.open waits for a $BROWSER command (a text browser, a
+        # script) to end, and the login's timeout must bound that wait too.
+        threading.Thread(target=_open_browser, args=(url, out), name="refresher-login-browser",
+                         daemon=True).start()
     else:
         print(f"Open this address in a browser and approve the app:\n\n    {url}\n", file=out)
     if pasting:
@@ -514,6 +578,16 @@ def _send_user(url: str, open_browser: OpenBrowser, out: TextIO, redirect_uri: s
     else:
         print(f"Waiting for the browser to come back to {redirect_uri} ...", file=out)
     out.flush()
+
+
+def _open_browser(url: str, out: TextIO) -> None:
+    try:
+        opened = webbrowser.open(url)
+    except webbrowser.Error:
+        opened = False
+    if not opened:
+        print("No browser could be opened: open the address above yourself.", file=out)
+        out.flush()
 
 
 def _read_pasted(stream: TextIO, pending: _PendingLogin, out: TextIO) -> None:
@@ -538,30 +612,49 @@ def _read_pasted(stream: TextIO, pending: _PendingLogin, out: TextIO) -> None:
 
 
 class _PendingLogin:
-    """One login waiting for its callback, from the browser or pasted: the first one wins."""
+    """One login waiting for its callback, from the browser or pasted: the first one wins.
 
-    def __init__(self, flow: LoginFlow, link: AuthorizationLink) -> None:
+    The code exchange gets only the time left until ``deadline`` (``time.monotonic()``).
+    """
+
+    def __init__(self, flow: LoginFlow, link: AuthorizationLink, deadline: float) -> None:
         self._flow = flow
         self._link = link
+        self._deadline = deadline
         self._lock = threading.Lock()
         self.done = threading.Event()
+        self._exchanging = False
+        self._abandoned = False
         self._token: Optional[Token] = None
         self._error: Optional[LoginError] = None
+
+    def abandon(self) -> bool:
+        """The login gave up waiting; whether a code exchange was under way.
+
+        A callback (or an exchange) that finishes later is told the login timed out.
+        """
+        self._abandoned = True
+        return self._exchanging
 
     def complete(self, callback_url: str) -> Tuple[bool, str]:
         """Exchange the callback's code (once); whether it worked, and a line for the user."""
         with self._lock:
-            if not self.done.is_set():
+            if not self.done.is_set() and not self._abandoned:
+                self._exchanging = True
                 try:
                     self._token = self._flow.exchange(
                         callback_url, state=self._link.state,
                         code_verifier=self._link.code_verifier,
                         redirect_uri=self._link.redirect_uri,
+                        timeout=self._deadline - time.monotonic(),
                     )
                 except LoginError as exc:
                     self._error = exc
                 finally:
                     self.done.set()
+            if self._abandoned:
+                return False, ("Login failed: it timed out before it could finish. Start it "
+                               "again in the terminal.")
             if self._error is not None:
                 return False, f"Login failed: {self._error}"
             return True, "Logged in. You can close this window and go back to the terminal."

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -18,9 +19,10 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import pytest
 import requests
@@ -34,6 +36,7 @@ from refresher.testing import (
     DEFAULT_CONFIDENTIAL_CLIENT_ID,
     XEmulator,
 )
+from refresher.testing.emulator import DEFAULT_USER
 from refresher.token import fingerprint
 
 _SCRIPT = shutil.which("refresher", path=os.path.dirname(sys.executable))
@@ -187,20 +190,124 @@ def test_a_secret_on_the_command_line_works_but_is_warned_about(cli, x_emulator)
     _no_secret_in([done.stdout, done.stderr], [DEFAULT_CLIENT_SECRET])
 
 
-def test_logging_in_again_replaces_the_account_and_revokes_the_old_pair(cli, x_emulator):
+class SlowUsersMe(XEmulator):
+    """An emulator whose /2/users/me takes the request and does not answer until stopped."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.released = threading.Event()
+
+    def _handle(self, request: Any) -> Any:
+        if request.path == "/2/users/me":
+            self.released.wait(120)
+        return super()._handle(request)
+
+    def stop(self) -> None:
+        self.released.set()
+        super().stop()
+
+
+def test_the_login_timeout_bounds_the_users_me_question(cli):
+    with SlowUsersMe(host="127.0.0.1", port=0) as x:
+        started = time.monotonic()
+        done = cli.run("login", "--port", "0", "--timeout", "2", env=cli.emulated(x),
+                       timeout=30)
+        took = time.monotonic() - started
+        _ends_with_one_clear_line(done, 1, "/2/users/me failed (no answer within")
+        assert "the login's --timeout of 2 s" in done.stderr and took < 15
+        assert not cli.store.exists() or JSONTokenStore(cli.store).accounts() == []
+
+        # Named by --account, the login is saved without the username, in time all the same.
+        started = time.monotonic()
+        done = cli.run("login", "--port", "0", "--timeout", "2", "--account", "me",
+                       env=cli.emulated(x), timeout=30)
+        took = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    assert "warning: logged in, but" in done.stderr and "--timeout of 2 s" in done.stderr
+    assert took < 15 and JSONTokenStore(cli.store).accounts() == ["me"]
+    assert "Logged in as an unnamed user" in done.stdout
+
+
+def test_the_login_timeout_bounds_a_slow_code_exchange(cli, x_emulator_factory):
+    x = x_emulator_factory(token_delay=20)
+    started = time.monotonic()
+    done = cli.run("login", "--port", "0", "--timeout", "2", env=cli.emulated(x), timeout=30)
+    assert time.monotonic() - started < 15
+    _ends_with_one_clear_line(done, 1, "code exchange at")
+    assert "did not finish within" in done.stderr and "timeout" in done.stderr
+
+
+def _refreshable(x: XEmulator, refresh_token: str) -> bool:
+    try:
+        TokenEndpoint(x.token_url, DEFAULT_CLIENT_ID).refresh(refresh_token)
+    except ReauthorizationRequired:
+        return False
+    return True
+
+
+def test_logging_in_again_replaces_the_account_and_revokes_nothing(cli, x_emulator):
     cli.login(x_emulator)
     old = JSONTokenStore(cli.store).load("emulated_user")
     again = cli.login(x_emulator)
-    assert "Replaced the account's previous token, and revoked it." in again.stdout
+    assert "Replaced the account's previous token (not revoked:" in again.stdout
+    assert "--revoke-previous" in again.stdout
+    assert x_emulator.stats.revocations == 0  # no revoke request was sent at all
     new = JSONTokenStore(cli.store).load("emulated_user")
     assert new["refresh_token"] != old["refresh_token"]
-    endpoint = TokenEndpoint(x_emulator.token_url, DEFAULT_CLIENT_ID)
-    with pytest.raises(ReauthorizationRequired):
-        endpoint.refresh(old["refresh_token"])
     me = requests.get(x_emulator.api_url + "/2/users/me", timeout=5,
-                      headers={"Authorization": f"Bearer {old['access_token']}"})
-    assert me.status_code == 401
-    endpoint.refresh(new["refresh_token"])  # the new pair lives
+                      headers={"Authorization": f"Bearer {new['access_token']}"})
+    assert me.status_code == 200
+    assert _refreshable(x_emulator, new["refresh_token"])  # the new pair lives
+
+
+def test_revoke_previous_spares_a_pair_of_the_same_user_and_client(cli, x_emulator):
+    cli.login(x_emulator)
+    again = cli.login(x_emulator, "--revoke-previous")
+    assert ("not revoked, despite --revoke-previous: it belongs to the same X user (id "
+            f"{DEFAULT_USER['id']}) and client ({DEFAULT_CLIENT_ID})") in again.stdout
+    assert x_emulator.stats.revocations == 0
+    assert _refreshable(x_emulator, JSONTokenStore(cli.store).load("emulated_user")
+                        ["refresh_token"])
+
+
+def test_revoke_previous_revokes_the_pair_of_another_client(cli, x_emulator):
+    cli.login(x_emulator, "--account", "alice")
+    old = JSONTokenStore(cli.store).load("alice")
+    env = cli.emulated(x_emulator, REFRESHER_CLIENT_ID=DEFAULT_CONFIDENTIAL_CLIENT_ID)
+    again = cli.run("login", "--port", "0", "--account", "alice", "--revoke-previous",
+                    "--client-secret", "-", env=env, input=DEFAULT_CLIENT_SECRET + "\n")
+    assert again.returncode == 0, again.stderr
+    assert ("Replaced the account's previous token, and revoked it (it belonged to another "
+            "client).") in again.stdout
+    assert x_emulator.stats.revocations == 2  # its refresh token, then its access token
+    assert not _refreshable(x_emulator, old["refresh_token"])
+    new = JSONTokenStore(cli.store).load("alice")
+    TokenEndpoint(x_emulator.token_url, DEFAULT_CONFIDENTIAL_CLIENT_ID,
+                  DEFAULT_CLIENT_SECRET).refresh(new["refresh_token"])  # the new pair lives
+
+
+def test_revoke_previous_revokes_the_pair_of_another_user(cli, x_emulator, x_emulator_factory):
+    cli.login(x_emulator, "--account", "shared")
+    old = JSONTokenStore(cli.store).load("shared")
+    other = x_emulator_factory(users=[{"id": "2000000002", "name": "Other",
+                                       "username": "other_user"}])
+    again = cli.login(other, "--account", "shared", "--revoke-previous")
+    assert "Logged in as @other_user" in again.stdout
+    assert "and revoked it (it belonged to another X user)." in again.stdout
+    # Revoked where it was issued: the URLs the first login recorded.
+    assert x_emulator.stats.revocations == 2 and other.stats.revocations == 0
+    assert not _refreshable(x_emulator, old["refresh_token"])
+    assert _refreshable(other, JSONTokenStore(cli.store).load("shared")["refresh_token"])
+
+
+def test_login_help_explains_why_the_previous_pair_is_not_revoked(cli):
+    done = cli.run("login", "--help", env=dict(cli.env, COLUMNS="200"))
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    assert "does not revoke the old one: X's revoke may end every login of the same user" \
+        in text
+    assert "--revoke-previous" in text and "another X user or another client id" in text
+    assert "--timeout bounds the whole login" in text
 
 
 # -- status, refresh, logout -------------------------------------------------------------------
@@ -295,11 +402,152 @@ def _one_clear_line(done: subprocess.CompletedProcess, status: int, text: str) -
     assert lines[0].startswith("refresher: error: ") and text in lines[0]
 
 
+def _ends_with_one_clear_line(done: subprocess.CompletedProcess, status: int, text: str) -> None:
+    """After the login's instructions (on stderr too), one error line and no traceback."""
+    assert done.returncode == status, (done.stdout, done.stderr)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("refresher: error: ")]
+    assert errors == lines[-1:] and text in errors[0], done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_an_unknown_account_is_a_usage_error(cli, x_emulator):
     cli.login(x_emulator)
     for command in ("status", "refresh", "logout"):
         done = cli.run(command, "--account", "nobody", "--store", str(cli.store))
-        _one_clear_line(done, 2, "no account 'nobody'")
+        _one_clear_line(done, 2, f"no account 'nobody' in {cli.store}; the accounts there are "
+                                 "emulated_user: pick one of them (--account NAME, or "
+                                 "REFRESHER_ACCOUNT), or log 'nobody' in with: refresher "
+                                 "login --account nobody")
+        _no_secret_in([done.stderr], _tokens(cli.store))
+
+
+def test_a_configuration_error_from_the_library_is_one_line_and_exit_2(cli, x_emulator):
+    """LoginFlow refuses a redirect URI it cannot serve: ConfigurationError, not a traceback."""
+    env = cli.emulated(x_emulator)
+    done = cli.run("login", "--redirect-uri", "https://app.example.com/callback", env=env)
+    _one_clear_line(done, 2, "run_local_server needs a loopback http redirect URI")
+    debug = cli.run("login", "--debug", "--redirect-uri", "https://app.example.com/callback",
+                    env=env)
+    assert debug.returncode == 2 and "Traceback" in debug.stderr
+    assert "ConfigurationError" in debug.stderr
+
+
+def test_an_empty_account_is_refused_but_an_empty_variable_means_unset(cli, x_emulator):
+    cli.login(x_emulator)
+    env = cli.emulated(x_emulator)
+    for command in ("login", "status", "refresh", "logout"):
+        for empty in ("", "  "):
+            done = cli.run(command, "--account", empty, env=env)
+            assert done.returncode == 2, (command, done.stdout, done.stderr)
+            assert "argument --account: must not be empty" in done.stderr
+            assert "Traceback" not in done.stderr
+    assert JSONTokenStore(cli.store).accounts() == ["emulated_user"]  # nothing was done
+    unset = dict(env, REFRESHER_ACCOUNT="")
+    done = cli.run("refresh", env=unset)  # the store's only account
+    assert done.returncode == 0, done.stderr
+    assert "Refreshed account 'emulated_user'" in done.stdout
+
+
+def _edit_token(store: Path, account: str, **changes: Any) -> None:
+    """Change a stored token behind refresher's back, as a person editing the file would."""
+    document = json.loads(store.read_text())
+    document["accounts"][account]["token"].update(changes)
+    store.write_text(json.dumps(document))
+
+
+def test_status_shows_an_invalid_expiry_and_goes_on(cli, x_emulator):
+    cli.login(x_emulator, "--account", "a")
+    cli.login(x_emulator, "--account", "b")
+    _edit_token(cli.store, "a", expires_at="2030-01-01T00:00:00Z")
+    env = cli.emulated(x_emulator)
+    table = cli.run("status", env=env)
+    assert table.returncode == 0, table.stderr
+    assert "Traceback" not in table.stderr
+    row = next(line for line in table.stdout.splitlines() if line.startswith("a "))
+    assert " invalid " in row
+    other = next(line for line in table.stdout.splitlines() if line.startswith("b "))
+    assert re.search(r" in (2h 00m|1h 59m) ", other)
+    assert "Account 'a': its expires_at is not a number" in table.stdout
+    as_json = cli.run("status", "--json", env=env)
+    assert as_json.returncode == 0, as_json.stderr
+    rows = {row["account"]: row for row in json.loads(as_json.stdout)["accounts"]}
+    assert rows["a"]["expiry_invalid"] is True and rows["a"]["expires_in"] is None
+    assert rows["a"]["expires_at"] is None
+    assert rows["b"]["expiry_invalid"] is False and rows["b"]["expires_in"] > 7000
+
+
+def test_status_shows_an_account_that_needs_login(cli, x_emulator):
+    cli.login(x_emulator, "--account", "a")
+    cli.login(x_emulator, "--account", "b")
+    store = JSONTokenStore(cli.store)
+    with store.lock("a"):  # what a refresher does when X refuses the refresh token as spent
+        store.mark_needs_login("a", store.load("a")["refresh_token"])
+    env = cli.emulated(x_emulator)
+    table = cli.run("status", env=env)
+    assert table.returncode == 0, table.stderr
+    row = next(line for line in table.stdout.splitlines() if line.startswith("a "))
+    assert " needs login " in row
+    assert "log in again: refresher login --account a" in table.stdout
+    rows = {row["account"]: row for row in
+            json.loads(cli.run("status", "--json", env=env).stdout)["accounts"]}
+    assert rows["a"]["needs_login"] is True and rows["b"]["needs_login"] is False
+    cli.login(x_emulator, "--account", "a")  # a new login: a new refresh token, marker moot
+    rows = {row["account"]: row for row in
+            json.loads(cli.run("status", "--json", env=env).stdout)["accounts"]}
+    assert rows["a"]["needs_login"] is False
+
+
+@pytest.fixture
+def cli_in_process() -> Any:
+    """refresher.cli, run in this process; its logging set-up undone afterwards."""
+    from refresher import cli as cli_module
+
+    logger = logging.getLogger("refresher")
+    level, handlers = logger.level, list(logger.handlers)
+    yield cli_module
+    logger.setLevel(level)
+    for handler in list(logger.handlers):
+        if handler not in handlers:
+            logger.removeHandler(handler)
+
+
+def test_any_refresher_error_or_bug_is_one_line(cli_in_process, monkeypatch, capsys):
+    """The top-level handler: ConfigurationError (as Redis refuses an account named
+    'x:lock') exits 2, another RefresherError 1, a bug 1 and never its message."""
+    from refresher import ConfigurationError, TokenStoreError
+
+    cli_module = cli_in_process
+
+    def refuse(location: str) -> None:
+        raise ConfigurationError("account name 'x:lock' ends in ':lock', which the Redis "
+                                 "store keeps for its locks: choose another name")
+
+    monkeypatch.setattr(cli_module, "open_store", refuse)
+    assert cli_module.main(["status", "--store", "redis://127.0.0.1:1/0"]) == 2
+    out, err = capsys.readouterr()
+    assert err.splitlines() == ["refresher: error: account name 'x:lock' ends in ':lock', "
+                                "which the Redis store keeps for its locks: choose another "
+                                "name"]
+
+    def unreachable(location: str) -> None:
+        raise TokenStoreError("cannot reach Redis at 127.0.0.1:1\n(connection refused)")
+
+    monkeypatch.setattr(cli_module, "open_store", unreachable)
+    assert cli_module.main(["status"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "refresher: error: cannot reach Redis at 127.0.0.1:1 (connection refused)"]
+
+    def bug(location: str) -> None:
+        raise KeyError("at-secret-looking-value")
+
+    monkeypatch.setattr(cli_module, "open_store", bug)
+    assert cli_module.main(["status"]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["refresher: error: unexpected KeyError; run the command again "
+                                "with --debug for the traceback, and report it"]
+    assert cli_module.main(["status", "--debug"]) == 1
+    assert "Traceback" in capsys.readouterr().err
 
 
 def test_several_accounts_need_one_chosen(cli, x_emulator):

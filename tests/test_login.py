@@ -17,7 +17,7 @@ import pytest
 import requests
 
 import refresher
-from refresher import JSONTokenStore, LoginError, LoginFlow, MemoryTokenStore
+from refresher import ConfigurationError, JSONTokenStore, LoginError, LoginFlow, MemoryTokenStore
 from refresher.login import AuthorizationLink, default_store_location, open_session
 from refresher.testing import (
     DEFAULT_CLIENT_ID,
@@ -146,6 +146,47 @@ def test_nobody_coming_back_times_out_and_frees_the_port(x_emulator):
         pass  # listening again works: the flow closed its server
 
 
+def _in_the_background(url: str) -> None:
+    """A browser that comes back on its own time, as a real one does."""
+    threading.Thread(target=lambda: requests.get(url, timeout=30), daemon=True).start()
+
+
+def test_the_timeout_bounds_a_slow_code_exchange_too(x_emulator_factory):
+    x = x_emulator_factory(token_delay=5)  # the token endpoint answers after 5 s
+    started = time.monotonic()
+    with pytest.raises(LoginError, match=r"code exchange at .* did not finish within the "
+                                         r"login's 1 s timeout"):
+        _flow(x).run_local_server(port=0, open_browser=_in_the_background, timeout=1)
+    assert time.monotonic() - started < 3
+
+
+def test_exchange_takes_a_timeout(x_emulator_factory):
+    x = x_emulator_factory(token_delay=5)
+    flow = _flow(x, redirect_uri="http://127.0.0.1:5000/callback")
+    link = flow.authorization_url()
+    back = _redirect_back(link)
+    started = time.monotonic()
+    with pytest.raises(LoginError, match=r"did not finish within its 0.5 s timeout"):
+        flow.exchange(back, state=link.state, code_verifier=link.code_verifier, timeout=0.5)
+    assert time.monotonic() - started < 3
+    with pytest.raises(LoginError, match="timeout ran out"):
+        flow.exchange(back, state=link.state, code_verifier=link.code_verifier, timeout=0)
+
+
+def test_a_browser_command_that_never_returns_does_not_hold_the_login(x_emulator, monkeypatch):
+    """webbrowser.open waits for a $BROWSER command (a text browser) to end."""
+    stuck = threading.Event()
+    monkeypatch.setattr("webbrowser.open", lambda url, *a, **k: stuck.wait(30))
+    started = time.monotonic()
+    try:
+        with pytest.raises(LoginError, match=r"no login within 0.5 s"):
+            _flow(x_emulator).run_local_server(port=0, open_browser=True, timeout=0.5,
+                                              out=io.StringIO())
+    finally:
+        stuck.set()
+    assert time.monotonic() - started < 3
+
+
 def test_a_port_in_use_is_a_clear_login_error(x_emulator):
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
@@ -168,8 +209,15 @@ def test_requests_that_are_not_the_callback_do_not_end_the_login(x_emulator):
 
 def test_a_non_loopback_redirect_uri_cannot_be_served_locally(x_emulator):
     flow = _flow(x_emulator, redirect_uri="https://app.example.com/callback")
-    with pytest.raises(ValueError, match="loopback"):
+    with pytest.raises(ConfigurationError, match="loopback"):
         flow.run_local_server(open_browser=Browser(), timeout=1)
+
+
+def test_a_flow_without_client_id_or_scopes_is_a_configuration_error():
+    with pytest.raises(ConfigurationError, match="client_id is required"):
+        LoginFlow("")
+    with pytest.raises(ConfigurationError, match="scopes must not be empty"):
+        LoginFlow("my-client-id", scopes="")
 
 
 def test_a_confidential_client_logs_in_with_its_secret(x_emulator):
@@ -343,8 +391,32 @@ def test_open_session_needs_only_the_store(x_emulator, tmp_path, monkeypatch):
     assert session.me()["username"] == "emulated_user"
     session.refresh()
     assert x_emulator.stats.refreshes == 1
-    with pytest.raises(ValueError, match="no account 'bob'"):
+    with pytest.raises(ValueError, match="no account 'bob'"):  # still a ValueError
         open_session("bob")
+
+
+def test_an_unknown_account_names_the_store_and_its_accounts(x_emulator, tmp_path,
+                                                            monkeypatch):
+    monkeypatch.delenv("REFRESHER_ACCOUNT", raising=False)
+    path = tmp_path / "tokens.json"
+    store = _logged_in_store(x_emulator, path)
+    _logged_in_store(x_emulator, path, account="carol")
+    with pytest.raises(ConfigurationError) as caught:
+        open_session("bob", store=path)
+    message = str(caught.value)
+    assert f"no account 'bob' in {path}" in message
+    assert "alice, carol" in message and "pick one" in message
+    assert "refresher login --account bob" in message
+    tokens = [store.load(a)[k] for a in ("alice", "carol") for k in ("access_token",
+                                                                     "refresh_token")]
+    assert [t for t in tokens if t in message] == []
+    with pytest.raises(ConfigurationError, match=r"several accounts \(alice, carol\); choose"):
+        open_session(store=path)
+    monkeypatch.setenv("REFRESHER_ACCOUNT", "")  # empty: as if unset
+    with pytest.raises(ConfigurationError, match="several accounts"):
+        open_session(store=path)
+    monkeypatch.setenv("REFRESHER_ACCOUNT", "carol")
+    assert open_session(store=path).account == "carol"
 
 
 def test_open_session_of_a_confidential_client_wants_its_secret(x_emulator, tmp_path,
