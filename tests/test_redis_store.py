@@ -14,10 +14,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
 import redis
-
-import refresher
 from redis_server import RedisServer, free_port, redis_binary, redis_server, redis_server_factory  # noqa: F401
 
+import refresher
 from refresher import (
     LockTimeout,
     RedisTokenStore,
