@@ -157,7 +157,9 @@ class RefreshCoordinator:
                     "log in first (for example with `refresher login`)"
                 )
         if not token.get("access_token"):
-            return self.refresh(stale=None)  # a pair whose access token X never gave us
+            # A pair whose access token X never gave us: "" is stale, so threads queued
+            # behind the first take the token it gets instead of refreshing again.
+            return self.refresh(stale="")
         if needs_refresh(token, self.leeway) and time.monotonic() >= self._next_early_try:
             left = seconds_left(token)
             try:
