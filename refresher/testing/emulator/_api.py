@@ -1,0 +1,170 @@
+"""The API v2 side of the emulator: ``/2/users/me`` and ``/2/tweets`` as X answers them, and
+diagnostic routes under ``/2/emulator/`` that X does not have but clients need tested:
+an echo, X's kinds of 403, a redirect, and a 401 to every token.
+
+Every route here wants a live bearer token first (see :func:`with_bearer`), but the
+always-401 one.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import time
+from typing import Callable, Optional
+
+from refresher.testing.emulator._messages import (
+    PROBLEM,
+    Request,
+    Response,
+    forbidden,
+    json_answer,
+    problem,
+    redirect,
+    unauthorized,
+)
+from refresher.testing.emulator._state import AccessRecord, EmulatorState
+
+#: ``/2/emulator/forbidden/<kind>`` answers the 403 of that kind.
+FORBIDDEN_PREFIX = "/2/emulator/forbidden/"
+
+_DUPLICATE_TWEET = "You are not allowed to create a Tweet with duplicate content."
+_USERS_ME_SCOPES = frozenset({"tweet.read", "users.read"})
+# X's reference lists all three for POST /2/tweets, not only tweet.write.
+_CREATE_TWEET_SCOPES = frozenset({"tweet.read", "tweet.write", "users.read"})
+_RATE_LIMIT = 75
+_RATE_WINDOW = 15 * 60.0
+_ECHO_TEXT_LIMIT = 64 * 1024
+
+_Handler = Callable[["ApiEndpoints", Request], Response]
+_BearerHandler = Callable[["ApiEndpoints", Request, AccessRecord], Response]
+
+
+def with_bearer(handler: _BearerHandler) -> _Handler:
+    """Answer 401 unless the request carries a live access token, else call ``handler``."""
+
+    @functools.wraps(handler)
+    def guarded(endpoints: ApiEndpoints, request: Request) -> Response:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        access = endpoints._live_access(token.strip()) if scheme.lower() == "bearer" else None
+        if access is None:
+            return unauthorized()
+        return handler(endpoints, request, access)
+
+    return guarded
+
+
+class ApiEndpoints(EmulatorState):
+    """``/2/users/me``, ``/2/tweets`` and the ``/2/emulator/`` diagnostic routes."""
+
+    @with_bearer
+    def _users_me(self, request: Request, access: AccessRecord) -> Response:
+        if not _USERS_ME_SCOPES <= set(access.scopes):
+            return forbidden()
+        with self._lock:
+            user = dict(self._users[access.user_id])
+            now = time.time()
+            window_start, used = self._rate_windows.get(access.user_id, (now, 0))
+            if now >= window_start + _RATE_WINDOW:
+                window_start, used = now, 0
+            used += 1
+            self._rate_windows[access.user_id] = (window_start, used)
+        response = json_answer(200, {"data": user})
+        response.headers.update({
+            "x-rate-limit-limit": str(_RATE_LIMIT),
+            "x-rate-limit-remaining": str(max(0, _RATE_LIMIT - used)),
+            "x-rate-limit-reset": str(int(window_start + _RATE_WINDOW)),
+        })
+        return response
+
+    @with_bearer
+    def _create_tweet(self, request: Request, access: AccessRecord) -> Response:
+        if not _CREATE_TWEET_SCOPES <= set(access.scopes):
+            return forbidden()
+        try:
+            text = json.loads(request.body).get("text")
+        except (ValueError, AttributeError):
+            text = None
+        if not isinstance(text, str) or not text:
+            return json_answer(400, {
+                "errors": [{"message": "Tweet text must be a non-empty string."}],
+                "title": "Invalid Request",
+                "detail": "One or more parameters to your request was invalid.",
+                "type": "https://api.twitter.com/2/problems/invalid-request",
+            }, PROBLEM)
+        with self._lock:
+            posted = self._tweets.setdefault(access.user_id, set())
+            if text in posted:
+                return forbidden(_DUPLICATE_TWEET)
+            posted.add(text)
+            self._next_tweet_id += 1
+            tweet_id = str(self._next_tweet_id)
+        return json_answer(201, {"data": {"id": tweet_id, "text": text}})
+
+    # -- diagnostic routes -------------------------------------------------------------
+
+    @with_bearer
+    def _echo(self, request: Request, access: AccessRecord) -> Response:
+        text: Optional[str] = None
+        if len(request.body) < _ECHO_TEXT_LIMIT:
+            try:
+                text = request.body.decode("utf-8")
+            except UnicodeDecodeError:
+                text = None
+        return json_answer(200, {
+            "method": request.method,
+            "path": request.path,
+            "query": request.query,
+            "content_type": request.headers.get("content-type"),
+            "body_length": len(request.body),
+            "body_sha256": hashlib.sha256(request.body).hexdigest(),
+            "body": text,
+        })
+
+    @with_bearer
+    def _forbidden_kind(self, request: Request, access: AccessRecord) -> Response:
+        kind = request.path[len(FORBIDDEN_PREFIX):]
+        if kind == "plain":
+            return forbidden()
+        if kind == "duplicate":
+            return forbidden(_DUPLICATE_TWEET)
+        if kind == "client-forbidden":
+            return json_answer(403, _client_forbidden(access.client_id), PROBLEM)
+        if kind == "unsupported-authentication":
+            return json_answer(403, _UNSUPPORTED_AUTHENTICATION, PROBLEM)
+        return problem(404, "Not Found", f"No such forbidden kind: {kind}")
+
+    def _always_unauthorized(self, request: Request) -> Response:
+        """401 to every token, valid or not: X's intermittent 401s on valid credentials."""
+        return unauthorized()
+
+    @with_bearer
+    def _redirect_to(self, request: Request, access: AccessRecord) -> Response:
+        target = request.params().get("to")
+        if not target:
+            return problem(400, "Invalid Request", "Missing required parameter [to].")
+        return redirect(target)
+
+
+_UNSUPPORTED_AUTHENTICATION = {
+    "title": "Unsupported Authentication",
+    "detail": "Authenticating with OAuth 2.0 Application-Only is forbidden for this endpoint. "
+    " Supported authentication types are [OAuth 1.0a User Context, OAuth 2.0 User Context].",
+    "type": "https://api.twitter.com/2/problems/unsupported-authentication",
+    "status": 403,
+}
+
+
+def _client_forbidden(client_id: str) -> dict[str, str]:
+    return {
+        "client_id": client_id,
+        "detail": "When authenticating requests to the Twitter API v2 endpoints, you must use"
+        " keys and tokens from a Twitter developer App that is attached to a Project. You can"
+        " create a project via the developer portal.",
+        "registration_url": "https://developer.twitter.com/en/docs/projects/overview",
+        "title": "Client Forbidden",
+        "required_enrollment": "Appropriate Level of API Access",
+        "reason": "client-not-enrolled",
+        "type": "https://api.twitter.com/2/problems/client-forbidden",
+    }
