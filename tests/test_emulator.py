@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Optional
 import pytest
 import requests
 
+from refresher.clock import SYSTEM_CLOCK
 from refresher.testing import (
     DEFAULT_CLIENT_ID,
     DEFAULT_CLIENT_SECRET,
@@ -28,6 +29,7 @@ from refresher.testing import (
     XEmulator,
     pytest_plugin,
 )
+from refresher.testing.clock import FakeClock
 
 # Run from a checkout, the plugin is not installed: bring its fixtures in by hand.
 x_emulator = pytest_plugin.x_emulator
@@ -634,6 +636,72 @@ def test_stats_endpoint_and_reset(x: XEmulator) -> None:
     me(x, token["access_token"])
     x.reset_stats()
     assert x.stats.api_requests == 0
+
+
+# -- the clock ---------------------------------------------------------------------------
+# Lifetimes here are X's real ones (two hours, 30 seconds): only a moved clock can end them.
+
+
+def test_the_system_clock_is_the_default(x: XEmulator) -> None:
+    assert x.clock is SYSTEM_CLOCK
+
+
+def test_an_access_token_expires_when_a_fake_clock_reaches_access_ttl() -> None:
+    clock = FakeClock()
+    with XEmulator(clock=clock, access_ttl=7200) as x:
+        token = x.issue_token()
+        assert token["expires_at"] == clock.time() + 7200
+        assert me(x, token["access_token"]).status_code == 200
+
+        clock.advance(7199)
+        assert me(x, token["access_token"]).status_code == 200
+        clock.advance(1)
+        response = me(x, token["access_token"])
+
+        assert (response.status_code, response.json()) == (401, UNAUTHORIZED)
+        renewed = refresh(x, token["refresh_token"]).json()  # the refresh token outlives it
+        assert me(x, renewed["access_token"]).status_code == 200
+        assert (x.stats.api_requests, x.stats.unauthorized) == (4, 1)
+
+
+def test_a_code_expires_when_a_fake_clock_reaches_code_ttl() -> None:
+    clock = FakeClock()
+    with XEmulator(clock=clock, code_ttl=30) as x:
+        first, first_verifier = login_code(x)
+        second, second_verifier = login_code(x)
+
+        clock.advance(29)
+        assert exchange(x, first, first_verifier).status_code == 200
+        clock.advance(1)
+        response = exchange(x, second, second_verifier)
+
+        assert (response.status_code, response.json()) == (400, CODE_INVALID)
+        assert x.stats.exchanges == 1
+
+
+def test_expire_access_token_and_new_tokens_follow_a_fake_clock() -> None:
+    clock = FakeClock()
+    with XEmulator(clock=clock, access_ttl=60) as x:
+        clock.advance(1000)
+        token = x.issue_token()
+        assert token["expires_at"] == clock.time() + 60
+        x.expire_access_token(token["access_token"])
+        assert me(x, token["access_token"]).status_code == 401
+
+
+def test_rate_limit_windows_follow_a_fake_clock() -> None:
+    clock = FakeClock(start=1_800_000_000)
+    with XEmulator(clock=clock) as x:
+        token = x.issue_token()["access_token"]
+        first, second = me(x, token), me(x, token)
+        assert first.headers["x-rate-limit-reset"] == str(1_800_000_000 + 15 * 60)
+        assert second.headers["x-rate-limit-remaining"] == "73"
+
+        clock.advance(15 * 60)
+        third = me(x, token)
+
+        assert third.headers["x-rate-limit-remaining"] == "74"
+        assert third.headers["x-rate-limit-reset"] == str(1_800_000_000 + 2 * 15 * 60)
 
 
 # -- the server --------------------------------------------------------------------------

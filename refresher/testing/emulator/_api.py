@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import time
 from typing import Callable, Optional
 
 from refresher.testing.emulator._messages import (
@@ -64,7 +63,7 @@ class ApiEndpoints(EmulatorState):
             return forbidden()
         with self._lock:
             user = dict(self._users[access.user_id])
-            now = time.time()
+            now = self._clock.time()
             window_start, used = self._rate_windows.get(access.user_id, (now, 0))
             if now >= window_start + _RATE_WINDOW:
                 window_start, used = now, 0

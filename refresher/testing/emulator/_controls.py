@@ -36,8 +36,8 @@ class EmulatorControls(EmulatorState):
     ) -> dict[str, Any]:
         """Mint a token pair without a login, as the token endpoint would answer it.
 
-        The dict also holds ``expires_at`` (epoch seconds). A refresh token comes only with
-        ``offline.access`` in ``scope``.
+        The dict also holds ``expires_at`` (epoch seconds on the emulator's clock). A refresh
+        token comes only with ``offline.access`` in ``scope``.
         """
         if client_id not in self._clients:
             raise ValueError(f"unknown client_id {client_id!r}")
@@ -59,7 +59,7 @@ class EmulatorControls(EmulatorState):
             record = self._access.get(access_token)
             if record is None:
                 raise KeyError("unknown access token")
-            record.expires_at = min(record.expires_at, time.time())
+            record.expires_at = min(record.expires_at, self._clock.time())
 
     def revoke_all(self) -> None:
         """Kill every access and refresh token issued so far."""
@@ -110,6 +110,7 @@ class EmulatorControls(EmulatorState):
         self._counts.add("token_requests")
         delay = self.token_delay
         if delay > 0:
+            # Real time, whatever the emulator's clock: it is the client's socket that waits.
             time.sleep(delay)
         with self._lock:
             fault = self._faults.pop(0) if self._faults else None

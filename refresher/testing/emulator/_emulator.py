@@ -8,6 +8,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from refresher.clock import SYSTEM_CLOCK, Clock
 from refresher.testing.emulator._api import FORBIDDEN_PREFIX, ApiEndpoints
 from refresher.testing.emulator._controls import EmulatorControls
 from refresher.testing.emulator._messages import Request, Response, json_answer, problem
@@ -40,6 +41,19 @@ class XEmulator(EmulatorControls, OAuthEndpoints, ApiEndpoints):
     ``token_trickle``, ``auto_approve`` and ``invalidate_access_on_refresh`` may be changed
     while the emulator runs. ``/2/emulator/unauthorized`` answers 401 to every token, as X
     has been seen to do to valid ones.
+
+    ``clock`` (a :class:`refresher.clock.Clock`, the system clock by default) is what the
+    emulator reads the time from: token and code expiry, issue times, rate-limit windows.
+    Share a :class:`~refresher.testing.clock.FakeClock` with a session and move time on
+    instead of sleeping::
+
+        clock = FakeClock()
+        x = XEmulator(clock=clock).start()
+        token = x.issue_token()
+        clock.advance(x.access_ttl)  # X now answers 401 to token["access_token"]
+
+    ``token_delay`` and ``token_trickle`` stay real waits: they are there for the client's
+    socket timeouts, which no clock of ours moves.
     """
 
     def __init__(
@@ -56,8 +70,10 @@ class XEmulator(EmulatorControls, OAuthEndpoints, ApiEndpoints):
         token_delay: float = 0.0,
         redirect_uris: list[str] | None = None,
         token_trickle: float = 0.0,
+        clock: Clock | None = None,
     ) -> None:
-        super().__init__(clients=clients, users=users)
+        super().__init__(clients=clients, users=users,
+                         clock=SYSTEM_CLOCK if clock is None else clock)
         self.access_ttl = access_ttl
         self.code_ttl = code_ttl
         self.auto_approve = auto_approve
@@ -146,7 +162,12 @@ class XEmulator(EmulatorControls, OAuthEndpoints, ApiEndpoints):
         """``POST`` here to revoke a token."""
         return self.url + "/2/oauth2/revoke"
 
-    # -- stats -------------------------------------------------------------------------
+    # -- clock and stats ---------------------------------------------------------------
+
+    @property
+    def clock(self) -> Clock:
+        """The clock the emulator reads the time from (see the class docstring)."""
+        return self._clock
 
     @property
     def stats(self) -> EmulatorStats:

@@ -1,8 +1,9 @@
 """The OAuth 2.0 side of the emulator: the authorize page, the token endpoint (code exchange
 with PKCE, refresh with rotation, client authentication) and revocation, as X runs them.
 
-PKCE codes live ``code_ttl`` seconds and serve once; refresh tokens rotate and die when
-spent; confidential clients authenticate with Basic, public ones name themselves in the body.
+PKCE codes live ``code_ttl`` seconds of the emulator's clock and serve once; refresh tokens
+rotate and die when spent; confidential clients authenticate with Basic, public ones name
+themselves in the body.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import hashlib
 import hmac
 import logging
 import re
-import time
 import urllib.parse
 from typing import Any, Mapping, Optional, Tuple
 
@@ -81,7 +81,7 @@ class OAuthEndpoints(EmulatorState):
             return redirect(with_query(redirect_uri, error="access_denied", state=state))
         code = self._new_token("ac")
         with self._lock:
-            now = time.time()
+            now = self._clock.time()
             for stale in [c for c, r in self._codes.items() if r.expires_at <= now]:
                 del self._codes[stale]
             self._codes[code] = CodeRecord(
@@ -152,7 +152,7 @@ class OAuthEndpoints(EmulatorState):
             if (
                 record is None
                 or record.used
-                or time.time() >= record.expires_at
+                or self._clock.time() >= record.expires_at
                 or record.client_id != client_id
                 or record.redirect_uri != form["redirect_uri"]
                 or not _PKCE_VALUE.fullmatch(verifier)

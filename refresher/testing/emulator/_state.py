@@ -2,7 +2,8 @@
 tweets posted, the rate-limit windows and the faults queued for the token endpoint.
 
 :class:`EmulatorState` is the base of every side of :class:`XEmulator` (OAuth, API, test
-controls): they all read and write these records under its one lock.
+controls): they all read and write these records under its one lock, and read the time
+from its one clock.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from __future__ import annotations
 import base64
 import secrets
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any, List, Mapping, Optional, Tuple
 
+from refresher.clock import Clock
 from refresher.testing.emulator._messages import Response
 from refresher.testing.emulator._stats import Counters
 
@@ -76,7 +77,8 @@ class RefreshRecord:
 
 
 class EmulatorState:
-    """The records behind an :class:`XEmulator`, the lock that guards them and its counts."""
+    """The records behind an :class:`XEmulator`, the lock that guards them, its counts, and
+    the clock that every expiry, issue time and rate-limit window is read from."""
 
     #: Seconds an access token lives, read at each issue (set by :class:`XEmulator`).
     access_ttl: float
@@ -86,7 +88,9 @@ class EmulatorState:
         *,
         clients: dict[str, str | None] | None,
         users: list[dict[str, str]] | None,
+        clock: Clock,
     ) -> None:
+        self._clock = clock
         self._clients: dict[str, Optional[str]] = (
             dict(clients)
             if clients is not None
@@ -111,14 +115,15 @@ class EmulatorState:
 
     def _new_token(self, kind: str) -> str:
         # Shaped like X's tokens: base64 of "random:millis:1:0:kind:1".
-        raw = f"{secrets.token_urlsafe(30)}:{int(time.time() * 1000)}:1:0:{kind}:1"
+        raw = f"{secrets.token_urlsafe(30)}:{int(self._clock.time() * 1000)}:1:0:{kind}:1"
         return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
     def _mint(self, client_id: str, user_id: str, scopes: Tuple[str, ...]) -> dict[str, Any]:
         """Issue a token pair, answered as the token endpoint does; the caller holds the lock."""
         access_token = self._new_token("at")
         ttl = self.access_ttl
-        self._access[access_token] = AccessRecord(client_id, user_id, scopes, time.time() + ttl)
+        expires_at = self._clock.time() + ttl
+        self._access[access_token] = AccessRecord(client_id, user_id, scopes, expires_at)
         payload: dict[str, Any] = {
             "token_type": "bearer",
             "expires_in": _seconds(ttl),
@@ -135,7 +140,7 @@ class EmulatorState:
         """The record of ``token`` if it is a known, unrevoked, unexpired access token."""
         with self._lock:
             record = self._access.get(token)
-            if record is None or record.revoked or time.time() >= record.expires_at:
+            if record is None or record.revoked or self._clock.time() >= record.expires_at:
                 return None
             return record
 
