@@ -35,14 +35,15 @@ from ._constants import DEFAULT_DEADLINE, DEFAULT_SCOPES, DEFAULT_TIMEOUT
 from ._transport import require_secure_transport
 from .endpoint import TokenEndpoint
 from .errors import ConfigurationError, RefresherError, RefreshError
-from .login import (
-    LoginFlow,
-    _choose_account,
-    _describe_store,
-    _setting,
-    default_store_location,
-)
+from .login import LoginFlow
 from .session import RefreshingSession
+from .settings import (
+    choose_account,
+    default_store_location,
+    describe_store,
+    resolve_setting,
+    wanted_account,
+)
 from .stores import TokenStore, open_store
 from .token import Token, fingerprint
 
@@ -312,13 +313,13 @@ def _open_store(args: argparse.Namespace) -> TokenStore:
 
 def _pick_account(store: TokenStore, args: argparse.Namespace) -> str:
     try:
-        return _choose_account(store, args.account)
+        return choose_account(store, args.account)
     except ValueError as exc:
         raise _UsageError(str(exc)) from None
 
 
 def _client_id(args: argparse.Namespace, metadata: Mapping[str, Any]) -> str:
-    client_id = _setting("client_id", args.client_id, metadata)
+    client_id = resolve_setting("client_id", args.client_id, metadata)
     if not client_id:
         raise _UsageError(
             "missing client id: pass --client-id or set REFRESHER_CLIENT_ID (the OAuth 2.0 "
@@ -419,11 +420,9 @@ def _revoke_pair(token: Mapping[str, Any], *, client_id: str, client_secret: Opt
 
 def _login(args: argparse.Namespace) -> int:
     store = _open_store(args)
-    where = _describe_store(store)
-    # An empty REFRESHER_ACCOUNT counts as unset (`VAR= refresher login` clears it for one
-    # command); an empty --account is refused by the parser.
-    from_env = os.environ.get("REFRESHER_ACCOUNT") or ""
-    wanted = args.account or (from_env if from_env.strip() else None)
+    where = describe_store(store)
+    # An empty --account is refused by the parser; an empty REFRESHER_ACCOUNT is unset.
+    wanted = wanted_account(args.account)
     recorded = store.load_metadata(wanted) if wanted else {}
     client_id = _client_id(args, recorded)
     same_client = recorded.get("client_id") == client_id
@@ -431,7 +430,7 @@ def _login(args: argparse.Namespace) -> int:
                             client_id=client_id)
     scopes = _scopes(args.scope) or (recorded.get("scopes") if same_client else None) \
         or list(DEFAULT_SCOPES)
-    urls = {name: _setting(name, getattr(args, name, None), recorded) or ""
+    urls = {name: resolve_setting(name, getattr(args, name, None), recorded) or ""
             for name in ("authorize_url", "token_url", "api_url", "revoke_url", "redirect_uri")}
     if "offline.access" not in scopes:
         print("refresher: warning: without the offline.access scope X gives no refresh token: "
@@ -597,7 +596,7 @@ def _replace_previous(previous: Token, meta: Mapping[str, Any], user: Mapping[st
 
 def _status(args: argparse.Namespace) -> int:
     store = _open_store(args)
-    where = _describe_store(store)
+    where = describe_store(store)
     names = [_pick_account(store, args)] if args.account else store.accounts()
     rows: List[Dict[str, Any]] = []
     now = time.time()
@@ -678,8 +677,8 @@ def _refresh(args: argparse.Namespace) -> int:
     secret = _client_secret(args, needed=bool(meta.get("confidential")), client_id=client_id)
     session = RefreshingSession(
         client_id, client_secret=secret, store=store, account=account,
-        token_url=_setting("token_url", args.token_url, meta) or "",
-        api_base_url=_setting("api_url", args.api_url, meta) or "",
+        token_url=resolve_setting("token_url", args.token_url, meta) or "",
+        api_base_url=resolve_setting("api_url", args.api_url, meta) or "",
         lock_timeout=_LOCK_TIMEOUT,
     )
     try:
@@ -694,7 +693,7 @@ def _refresh(args: argparse.Namespace) -> int:
 
 def _logout(args: argparse.Namespace) -> int:
     store = _open_store(args)
-    where = _describe_store(store)
+    where = describe_store(store)
     account = _pick_account(store, args)
     meta = store.load_metadata(account)
     if args.forget_only:
@@ -703,13 +702,13 @@ def _logout(args: argparse.Namespace) -> int:
         return 0
     client_id = _client_id(args, meta)
     secret = _client_secret(args, needed=bool(meta.get("confidential")), client_id=client_id)
-    revoke_url = _setting("revoke_url", args.revoke_url, meta) or ""
+    revoke_url = resolve_setting("revoke_url", args.revoke_url, meta) or ""
     # Under the account's lock, so no sibling refreshes it between the revoke and the delete.
     with store.lock(account, timeout=_LOCK_TIMEOUT):
         token = store.load(account) or {}
         try:
             note = _revoke_pair(token, client_id=client_id, client_secret=secret,
-                                token_url=_setting("token_url", args.token_url, meta) or "",
+                                token_url=resolve_setting("token_url", args.token_url, meta) or "",
                                 revoke_url=revoke_url)
         except RefreshError as exc:
             raise _Failure(

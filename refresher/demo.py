@@ -28,7 +28,8 @@ import requests
 
 from ._workload import WorkloadSpec, run_workers, summarize
 from .errors import LoginError
-from .login import LoginFlow, _describe_store
+from .login import LoginFlow
+from .settings import describe_store
 from .stores import open_store
 from .testing.emulator import DEFAULT_CLIENT_ID, XEmulator
 
@@ -95,7 +96,7 @@ def run_demo(
             session = flow.session(token, store=token_store, account=_ACCOUNT)
             user = session.me()
             session.close()
-            where = _describe_store(token_store)
+            where = describe_store(token_store)
         finally:
             token_store.close()
         say(f"Logged in as @{user.get('username')} through the emulator's authorize page; "

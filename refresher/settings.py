@@ -1,0 +1,205 @@
+"""Settings for scripts, cron jobs and the command line, and :func:`open_session`.
+
+A setting comes from an explicit value, else its ``REFRESHER_*`` environment variable
+(:data:`ENVIRONMENT`), else what ``refresher login`` recorded in the store beside the
+token (client id, endpoints: never the secret), else X's default. The store itself is
+found at :func:`default_store_location`, and the account chosen by :func:`choose_account`.
+
+:func:`open_session` puts them together: a :class:`~refresher.RefreshingSession` for an
+account that ``refresher login`` saved, with nothing repeated.
+"""
+
+from __future__ import annotations
+
+import os
+from types import MappingProxyType
+from typing import Any, Mapping, Optional, Union
+
+from ._constants import X_API_URL, X_AUTHORIZE_URL, X_REVOKE_URL, X_TOKEN_URL
+from .errors import ConfigurationError, ReauthorizationRequired
+from .loopback import DEFAULT_REDIRECT_URI
+from .session import RefreshingSession
+from .stores import TokenStore, open_store
+
+__all__ = [
+    "ENVIRONMENT",
+    "choose_account",
+    "default_store_location",
+    "describe_store",
+    "open_session",
+    "resolve_setting",
+    "wanted_account",
+]
+
+#: The environment variable of each setting the command line and :func:`open_session` read.
+ENVIRONMENT: Mapping[str, str] = MappingProxyType({
+    "store": "REFRESHER_STORE",
+    "account": "REFRESHER_ACCOUNT",
+    "client_id": "REFRESHER_CLIENT_ID",
+    "client_secret": "REFRESHER_CLIENT_SECRET",
+    "token_url": "REFRESHER_TOKEN_URL",
+    "api_url": "REFRESHER_API_URL",
+    "authorize_url": "REFRESHER_AUTHORIZE_URL",
+    "revoke_url": "REFRESHER_REVOKE_URL",
+    "redirect_uri": "REFRESHER_REDIRECT_URI",
+})
+
+_DEFAULTS: Mapping[str, str] = MappingProxyType({
+    "token_url": X_TOKEN_URL,
+    "api_url": X_API_URL,
+    "authorize_url": X_AUTHORIZE_URL,
+    "revoke_url": X_REVOKE_URL,
+    "redirect_uri": DEFAULT_REDIRECT_URI,
+})
+
+
+def default_store_location() -> str:
+    """``$REFRESHER_STORE``, else ``tokens.json`` in the user's config folder.
+
+    The config folder is ``$XDG_CONFIG_HOME/refresher``, else ``~/.config/refresher``
+    (``%APPDATA%\\refresher`` on Windows). The JSON store creates it mode 0700.
+
+    >>> default_store_location()  # doctest: +SKIP
+    '/home/me/.config/refresher/tokens.json'
+    """
+    configured = os.environ.get(ENVIRONMENT["store"])
+    if configured:
+        return configured
+    base = os.environ.get("XDG_CONFIG_HOME") or (
+        os.environ.get("APPDATA") if os.name == "nt" else None
+    ) or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "refresher", "tokens.json")
+
+
+def resolve_setting(name: str, explicit: Optional[str],
+                    metadata: Mapping[str, Any]) -> Optional[str]:
+    """One setting (a key of :data:`ENVIRONMENT`): ``explicit``, else its ``REFRESHER_*``
+    variable, else the store's record (``metadata``), else X's default (``None`` if none).
+
+    The client secret is never taken from the store's record.
+
+    >>> resolve_setting("token_url", "http://127.0.0.1:8000/2/oauth2/token", {})
+    'http://127.0.0.1:8000/2/oauth2/token'
+    """
+    if explicit:
+        return explicit
+    from_env = os.environ.get(ENVIRONMENT[name])
+    if from_env:
+        return from_env
+    recorded = metadata.get(name) if name != "client_secret" else None
+    if isinstance(recorded, str) and recorded:
+        return recorded
+    return _DEFAULTS.get(name)
+
+
+def wanted_account(explicit: Optional[str] = None) -> Optional[str]:
+    """The account asked for: ``explicit``, else ``$REFRESHER_ACCOUNT``, else ``None``.
+
+    An empty (or blank) ``REFRESHER_ACCOUNT`` counts as unset, as shells make
+    ``VAR= command`` the usual way to clear a variable for one command; an empty
+    ``explicit`` means "not chosen" too.
+
+    >>> wanted_account("alice")
+    'alice'
+    """
+    from_env = os.environ.get(ENVIRONMENT["account"]) or ""
+    return explicit or (from_env if from_env.strip() else None)
+
+
+def choose_account(store: TokenStore, wanted: Optional[str] = None) -> str:
+    """The account to use: :func:`wanted_account`, else the store's only one.
+
+    Raises :class:`~refresher.ConfigurationError` (a :class:`ValueError`) for an unknown
+    account or a store with several (choose one), and
+    :class:`~refresher.ReauthorizationRequired` for an empty store (log in first).
+
+    >>> from refresher import MemoryTokenStore
+    >>> store = MemoryTokenStore()
+    >>> with store.lock("alice"):
+    ...     store.save("alice", {"access_token": "a", "refresh_token": "r"})
+    >>> choose_account(store, "alice")
+    'alice'
+    """
+    name = wanted_account(wanted)
+    accounts = store.accounts()
+    where = describe_store(store)
+    if name:
+        if name not in accounts:
+            if accounts:
+                choice = (f"the accounts there are {', '.join(accounts)}: pick one of them "
+                          "(--account NAME, or REFRESHER_ACCOUNT), or log")
+            else:
+                choice = "it holds no account yet: log"
+            raise ConfigurationError(
+                f"no account {name!r} in {where}; {choice} {name!r} in with: "
+                f"refresher login --account {name}"
+            )
+        return name
+    if not accounts:
+        raise ReauthorizationRequired(
+            f"no accounts in {where}; log in first: "
+            "refresher login --client-id YOUR_CLIENT_ID"
+        )
+    if len(accounts) > 1:
+        raise ConfigurationError(
+            f"{where} holds several accounts ({', '.join(accounts)}); "
+            "choose one (--account NAME, or REFRESHER_ACCOUNT)"
+        )
+    return accounts[0]
+
+
+def describe_store(store: TokenStore) -> str:
+    """A store's name for a message: the file of a JSON store, else its (password-free) repr.
+
+    >>> from refresher import MemoryTokenStore
+    >>> describe_store(MemoryTokenStore())
+    'MemoryTokenStore(accounts=[])'
+    """
+    path = getattr(store, "path", None)
+    return str(path) if path is not None else repr(store)
+
+
+def open_session(
+    account: Optional[str] = None,
+    *,
+    store: Union[TokenStore, str, os.PathLike[str], None] = None,
+    client_id: Optional[str] = None,
+    client_secret: Optional[str] = None,
+    **kwargs: Any,
+) -> RefreshingSession:
+    """A :class:`~refresher.RefreshingSession` for an account ``refresher login`` saved.
+
+    ``store`` is a store or a location (default :func:`default_store_location`);
+    ``account`` defaults to ``$REFRESHER_ACCOUNT``, else the store's only account. The
+    client id and the token and API URLs come from the arguments, else the
+    ``REFRESHER_*`` environment variables, else what the login recorded in the store; the
+    secret of a confidential client from ``client_secret`` or ``$REFRESHER_CLIENT_SECRET``
+    (the store never holds it). Other keywords go to :class:`~refresher.RefreshingSession`.
+
+    Raises :class:`~refresher.ConfigurationError` (also a :class:`ValueError`) for an
+    unknown account, a store with several accounts and none chosen, or a missing client id
+    or secret: the message names the store and its accounts (never a token) and what to do.
+
+    >>> session = open_session("alice")  # doctest: +SKIP
+    >>> session.me()["username"]  # doctest: +SKIP
+    'alice'
+    """
+    if store is None or isinstance(store, (str, os.PathLike)):
+        store = open_store(store if store is not None else default_store_location())
+    name = choose_account(store, account)
+    metadata = store.load_metadata(name)
+    client = resolve_setting("client_id", client_id, metadata)
+    if not client:
+        raise ConfigurationError(
+            f"no client id for account {name!r}: pass client_id, set REFRESHER_CLIENT_ID, "
+            "or log the account in with `refresher login`"
+        )
+    secret = resolve_setting("client_secret", client_secret, metadata)
+    if metadata.get("confidential") and not secret:
+        raise ConfigurationError(
+            f"account {name!r} belongs to the confidential client {client!r}: pass "
+            "client_secret or set REFRESHER_CLIENT_SECRET"
+        )
+    kwargs.setdefault("token_url", resolve_setting("token_url", None, metadata))
+    kwargs.setdefault("api_base_url", resolve_setting("api_url", None, metadata))
+    return RefreshingSession(client, client_secret=secret, store=store, account=name, **kwargs)
