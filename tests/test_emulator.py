@@ -26,10 +26,10 @@ from refresher.testing import (
     DEFAULT_CLIENT_SECRET,
     DEFAULT_CONFIDENTIAL_CLIENT_ID,
     EmulatorStats,
+    FakeClock,
     XEmulator,
     pytest_plugin,
 )
-from refresher.testing.clock import FakeClock
 
 # Run from a checkout, the plugin is not installed: bring its fixtures in by hand.
 x_emulator = pytest_plugin.x_emulator

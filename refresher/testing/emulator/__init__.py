@@ -4,7 +4,9 @@ It follows the rules in X's documentation and the behaviour observed in the wild
 that live 30 seconds and serve once, refresh tokens that rotate and die when spent, Basic
 authentication for confidential clients, problem+json 401/403 answers. On top of that it
 counts what clients do (see :class:`EmulatorStats`) and lets tests misbehave on purpose:
-expire or revoke tokens, fail or slow down the token endpoint.
+expire or revoke tokens, fail or slow down the token endpoint. It reads the time from a
+:class:`refresher.clock.Clock` (``clock=``), so a test can share a
+:class:`~refresher.testing.clock.FakeClock` with a session and move time on instead of sleeping.
 
 :class:`XEmulator` is the one public class; it is put together from one module per job:
 
