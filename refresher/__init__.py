@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from ._constants import DEFAULT_SCOPES, X_API_URL, X_AUTHORIZE_URL, X_REVOKE_URL, X_TOKEN_URL
 from .adapter import RefreshingAdapter
+from .clock import Clock
+from .coordinator import RefreshCoordinator
 from .errors import (
     ConfigurationError,
     InsecureTransport,
@@ -26,8 +28,10 @@ from .errors import (
     StaleTokenError,
     TokenStoreError,
 )
+from .policy import RefreshPolicy, TokenState
 from .session import RefreshingSession
-from .stores import JSONTokenStore, MemoryTokenStore, TokenStore, open_store
+from .stores import JSONTokenStore, MemoryTokenStore, TokenStore, Versioned, open_store
+from .token import Token
 
 if TYPE_CHECKING:
     from .login import AuthorizationLink, LoginFlow, open_session
@@ -43,7 +47,13 @@ __all__ = [
     "DEFAULT_SCOPES",
     "RefreshingSession",
     "RefreshingAdapter",
+    "RefreshCoordinator",
+    "RefreshPolicy",
+    "TokenState",
+    "Token",
+    "Clock",
     "TokenStore",
+    "Versioned",
     "MemoryTokenStore",
     "JSONTokenStore",
     "RedisTokenStore",

@@ -1,8 +1,11 @@
-"""RefreshingAdapter: on a 401/403 to a request that carried our token, refresh once, replay once.
+"""RefreshingAdapter: the one request path. It puts the bearer on, and cures a refused token.
 
-The session puts the token on requests; this adapter only decides what to do when the
-answer says the token was refused. Everything it needs to know about tokens it asks the
-session's :class:`~refresher.coordinator.RefreshCoordinator`.
+Everything refresher does to a request happens in :meth:`RefreshingAdapter.send`, on one
+screen (as httpx's ``Auth.auth_flow`` reads): take the token (refreshed first when it is
+expiring), send, and on a 401/403 that a refresh may cure, refresh once, rewind the body
+and replay once. What counts as curable is the
+:class:`~refresher.coordinator.RefreshCoordinator`'s to say; this module knows HTTP, the
+coordinator knows tokens.
 """
 
 from __future__ import annotations
@@ -15,72 +18,90 @@ from requests.adapters import HTTPAdapter
 from requests.utils import rewind_body
 
 from .coordinator import RefreshCoordinator
+from .token import Token
 
-__all__ = ["RefreshingAdapter"]
+__all__ = ["RefreshingAdapter", "BearerFromAdapter"]
 
 log = logging.getLogger(__name__)
 
 _BEARER = "bearer "
+_MARK = "_refresher_sends_bearer"
+
+
+class BearerFromAdapter(requests.auth.AuthBase):
+    """A requests ``auth`` that marks a request as one the adapter puts the bearer on.
+
+    :class:`~refresher.RefreshingSession` passes it for every request that does not
+    withhold the token. The mark lives on the prepared request only: a redirect (a new
+    prepared request) is not marked, so a token never follows a redirect to another host.
+    """
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        setattr(request, _MARK, True)
+        return request
 
 
 class RefreshingAdapter(HTTPAdapter):
-    """An :class:`~requests.adapters.HTTPAdapter` that cures expired tokens.
+    """An :class:`~requests.adapters.HTTPAdapter` that keeps the bearer token alive.
 
-    The rule, in full:
+    The rule, in full (:meth:`send`):
 
-    - the answer's status is not in ``refresh_status_codes``: return it;
-    - the request did not carry a token this session sent (no bearer, another host after a
-      redirect, a token of someone else's): return it;
-    - the coordinator says a refresh cannot help (a 403 about the app, not the token):
-      return it;
-    - the endpoint answered 401 to this very token right after a refresh (the 401 brake):
-      return it, since that 401 is not about the token;
-    - otherwise refresh (coordinated: a sibling's newer token is adopted instead), and
-      replay the request once with the new token, unless its body cannot be replayed (a
-      generator), in which case the 401/403 is returned and the next call uses the new token.
-      A replay answered 401 puts the endpoint and the new token on the brake.
+    1. a request the session marked gets ``Authorization: Bearer <token>``, the token
+       refreshed first when it is expiring;
+    2. the answer is returned as it is unless the coordinator says a refresh may cure it: a
+       status in ``refresh_status_codes``, to a token this session sent (not someone else's,
+       not none: a redirect to another host carries none), not a 403 about the request
+       rather than the token, not a 401 on the brake;
+    3. otherwise refresh (coordinated: a sibling's newer token is adopted instead), rewind
+       the body and replay the request once with the new token. A body that cannot be
+       replayed (a generator) is not resent: the 401/403 is returned and the next call uses
+       the new token. A replay answered 401 puts that endpoint and token on the brake.
 
     The replay's answer is returned as it comes, whatever its status: never a loop.
-    Extra keyword arguments go to :class:`HTTPAdapter` (``max_retries``, pool sizes).
+    ``refresh_status_codes`` narrows the coordinator's policy for this adapter; extra
+    keyword arguments go to :class:`HTTPAdapter` (``max_retries``, pool sizes).
     """
 
     def __init__(
         self,
         coordinator: RefreshCoordinator,
-        refresh_status_codes: Collection[int] = (401, 403),
+        refresh_status_codes: Optional[Collection[int]] = None,
         **adapter_kwargs: Any,
     ) -> None:
         super().__init__(**adapter_kwargs)
         self.coordinator = coordinator
-        self.refresh_status_codes = frozenset(refresh_status_codes)
+        self.refresh_status_codes = frozenset(
+            coordinator.policy.refresh_status_codes if refresh_status_codes is None
+            else refresh_status_codes
+        )
 
     def send(  # type: ignore[override]
         self, request: requests.PreparedRequest, **kwargs: Any
     ) -> requests.Response:
+        if getattr(request, _MARK, False):
+            _put_bearer(request, self.coordinator.token_for_request())
         response = super().send(request, **kwargs)
-        if response.status_code not in self.refresh_status_codes:
-            return response
+
         sent = _bearer(request)
-        if sent is None or not self.coordinator.sent_by_us(sent):
-            return response
         endpoint = f"{request.method} {_path(request)}"
-        if not self.coordinator.should_refresh_after(response, sent, endpoint):
+        if (sent is None or response.status_code not in self.refresh_status_codes
+                or not self.coordinator.may_cure(response.status_code, sent, endpoint,
+                                                 _problem_type(response))):
             return response
 
         replayable = _rewind(request)
-        log.info("%s %s answered %d; refreshing the token", request.method,
-                 _path(request), response.status_code)
-        fresh = self.coordinator.refresh(stale=sent)
+        log.info("%s answered %d; refreshing the token", endpoint, response.status_code)
+        fresh = self.coordinator.refresh(replacing=sent)
         if not replayable:
-            log.warning("%s %s has a body that cannot be replayed (a generator?); returning "
-                        "the %d, the next request uses the new token", request.method,
-                        _path(request), response.status_code)
+            log.warning("%s has a body that cannot be replayed (a generator?); returning the "
+                        "%d, the next request uses the new token", endpoint,
+                        response.status_code)
             return response
 
         response.content  # noqa: B018 — read it, so the connection goes back to the pool
         response.close()
         replay = request.copy()
-        replay.headers["Authorization"] = f"Bearer {fresh['access_token']}"
+        _put_bearer(replay, fresh)
         answer = super().send(replay, **kwargs)
         if answer.status_code == 401:
             # Refused again with a token just refreshed: this 401 is not about the token.
@@ -88,11 +109,27 @@ class RefreshingAdapter(HTTPAdapter):
         return answer
 
 
+def _put_bearer(request: requests.PreparedRequest, token: Token) -> None:
+    request.headers["Authorization"] = f"Bearer {token['access_token']}"
+
+
 def _bearer(request: requests.PreparedRequest) -> Optional[str]:
     value = request.headers.get("Authorization")
     if not value or not value.lower().startswith(_BEARER):
         return None
     return value[len(_BEARER):]
+
+
+def _problem_type(response: requests.Response) -> Optional[str]:
+    """The problem+json ``type`` of a 403 (what X says the refusal is about), if any."""
+    if response.status_code != 403:
+        return None
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    kind = body.get("type") if isinstance(body, dict) else None
+    return kind if isinstance(kind, str) else None
 
 
 def _rewind(request: requests.PreparedRequest) -> bool:

@@ -1,13 +1,17 @@
 """RefreshCoordinator: one refresh at a time, and never the same refresh token twice.
 
-The whole rule, top to bottom, is :meth:`RefreshCoordinator.refresh`:
+It knows tokens, stores and the token endpoint; it knows nothing of HTTP requests (the
+:class:`~refresher.adapter.RefreshingAdapter` asks it questions in plain values). The whole
+rule, top to bottom, is :meth:`RefreshCoordinator.refresh`:
 
 1. take the thread lock (one refresh per process at a time), within ``lock_timeout``;
 2. take the store's lock for the account (one per machine, or per Redis);
-3. re-read the store: if a sibling already replaced the token that failed, use theirs; if
-   X already refused the stored refresh token, say a login is needed without resending it;
+3. read the store with its version: if a sibling already replaced the token that failed,
+   use theirs; if X already refused the stored refresh token, say a login is needed
+   without resending it;
 4. check the store's lock is still held, then spend the *stored* refresh token;
-5. save the new pair before anything else, release the locks, run ``on_token_update``.
+5. save the new pair before anything else (a compare-and-set on the version read in 3),
+   release the locks, run ``on_token_update``.
 
 A failed refresh changes nothing in the store; ``on_refresh_error`` sees it first. A pair
 that X granted but the store could not take (whatever the store raised) is kept in memory,
@@ -20,13 +24,10 @@ import contextlib
 import logging
 import sys
 import threading
-import time
 from collections import OrderedDict
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple, TypeVar
 
-import requests
-
-from ._constants import LOCK_TTL_MARGIN
+from .clock import SYSTEM_CLOCK, Clock
 from .endpoint import TokenEndpoint
 from .errors import (
     ConfigurationError,
@@ -37,42 +38,28 @@ from .errors import (
     RefreshError,
     TokenStoreError,
 )
+from .policy import DEFAULT_POLICY, RefreshPolicy, TokenState
 from .stores.base import TokenStore
-from .token import (
-    Token,
-    effective_leeway,
-    fingerprint,
-    needs_refresh,
-    seconds_left,
-    validate_token,
-)
+from .token import Token, fingerprint, seconds_left, validate_token
 
-_T = TypeVar("_T")
-
-__all__ = ["RefreshCoordinator", "NOT_TOKEN_RELATED_403"]
+__all__ = ["RefreshCoordinator"]
 
 log = logging.getLogger(__name__)
 
-#: 403 problem types X documents as having nothing to do with the token: no refresh.
-NOT_TOKEN_RELATED_403 = (
-    "/2/problems/client-forbidden",
-    "/2/problems/unsupported-authentication",
-)
-# A 403 with a token younger than this fraction of its lifetime is not about expiry.
-_YOUNG_FRACTION = 0.5
-# After a failed refresh ahead of expiry, wait this long (at most) before the next try.
-_EARLY_RETRY = 5.0
-# How many access tokens we remember having handed out (to recognise our own 401s).
-_REMEMBERED_TOKENS = 32
-# How many (access token, endpoint) pairs we remember as answering 401 even after a refresh.
-_REMEMBERED_REFUSALS = 64
+_T = TypeVar("_T")
+_UNSET: Any = object()
 
 
 class RefreshCoordinator:
     """Owns the live token of one account of one store, and every refresh of it.
 
-    ``RefreshingSession`` asks it for a token before each request and tells it about each
-    401/403; it decides whether to refresh, adopt a sibling's newer token, or do nothing.
+    ``policy`` holds the numbers (leeway, lock timeout, the 401/403 rule); ``clock`` is the
+    time it reads (a :class:`~refresher.testing.FakeClock` in tests). ``leeway`` and
+    ``lock_timeout``, when given, override the policy's.
+
+    The adapter asks it three things: :meth:`token_for_request` (the token to send, refreshed
+    first when expiring), :meth:`may_cure` (may a refresh cure this 401/403?) and
+    :meth:`refresh`; and tells it one: :meth:`refused_after_refresh`.
     """
 
     def __init__(
@@ -81,21 +68,26 @@ class RefreshCoordinator:
         account: str,
         endpoint: TokenEndpoint,
         *,
-        leeway: float,
-        lock_timeout: Optional[float],
+        policy: Optional[RefreshPolicy] = None,
+        clock: Optional[Clock] = None,
+        leeway: Optional[float] = None,
+        lock_timeout: Any = _UNSET,
         on_token_update: Optional[Callable[[Token], Any]] = None,
         on_refresh_error: Optional[Callable[[BaseException], Any]] = None,
-        on_new_token: Optional[Callable[[Token], Any]] = None,
     ) -> None:
+        policy = policy if policy is not None else DEFAULT_POLICY
+        if leeway is not None:
+            policy = policy.replace(leeway=leeway)
+        if lock_timeout is not _UNSET:
+            policy = policy.replace(lock_timeout=lock_timeout)
+        self.policy = policy
+        self.clock = clock if clock is not None else SYSTEM_CLOCK
         self.store = store
         self.account = account
         self.endpoint = endpoint
-        self.leeway = leeway
-        self.lock_timeout = lock_timeout
         self.on_token_update = on_token_update
         self.on_refresh_error = on_refresh_error
-        self._on_new_token = on_new_token
-        _check_lock_ttl(store, endpoint)
+        _check_lock_ttl(store, endpoint, policy)
         self._thread_lock = threading.Lock()
         self._token: Optional[Token] = None
         # A pair we were granted but could not save (store down): written back first thing.
@@ -108,6 +100,16 @@ class RefreshCoordinator:
         self.refreshes = 0
         self._next_early_try = 0.0
 
+    @property
+    def leeway(self) -> float:
+        """The policy's leeway (seconds before expiry a token is refreshed)."""
+        return self.policy.leeway
+
+    @property
+    def lock_timeout(self) -> Optional[float]:
+        """The policy's lock timeout (``None``: no limit)."""
+        return self.policy.lock_timeout
+
     # -- start-up ------------------------------------------------------------------------
 
     def load(self, seed: Optional[Token] = None) -> Optional[Token]:
@@ -117,12 +119,12 @@ class RefreshCoordinator:
         anything is saved.
         """
         if seed:
-            checked = validate_token(seed)
+            checked = validate_token(seed, now=self.clock.time())
             with self._store_lock():
-                stored = self._store("read", self.store.load, self.account)
+                stored = self._store("read", self.store.load_versioned, self.account).token
                 if stored is None:
                     stored = checked
-                    self._store("save", self.store.save, self.account, stored)
+                    self._store("save", self.store.save_versioned, self.account, stored, None)
         else:
             stored = self._store("read", self.store.load, self.account)
         if stored is not None:
@@ -131,9 +133,9 @@ class RefreshCoordinator:
 
     def replace(self, token: Token) -> None:
         """Make ``token`` the account's token (a new login): save it, then use it."""
-        token = validate_token(token)
+        token = validate_token(token, now=self.clock.time())
         with self._thread_held(), self._store_lock():
-            self._store("save", self.store.save, self.account, token)
+            self._store("save", self.store.save_versioned, self.account, token, None)
             self._unsaved = None
             self._set(token, fresh=True)
 
@@ -145,7 +147,7 @@ class RefreshCoordinator:
         return self._token
 
     def token_for_request(self) -> Token:
-        """The token to send now, refreshed first when it expires within the leeway."""
+        """The token to send now, refreshed first when it is expiring."""
         if self._unsaved is not None:
             self._write_back()
         token = self._token
@@ -157,33 +159,58 @@ class RefreshCoordinator:
                     "log in first (for example with `refresher login`)"
                 )
         if not token.get("access_token"):
-            # A pair whose access token X never gave us: "" is stale, so threads queued
-            # behind the first take the token it gets instead of refreshing again.
-            return self.refresh(stale="")
-        if needs_refresh(token, self.leeway) and time.monotonic() >= self._next_early_try:
-            left = seconds_left(token)
-            try:
-                # While the token still has a good margin, a refresh already under way in
-                # another thread or process is not waited for: this request goes out with
-                # the current token (as google-auth does), instead of stalling behind it.
-                margin = effective_leeway(token, self.leeway) / 2
-                token = self.refresh(stale=token.get("access_token"),
-                                     wait=left is None or left <= margin)
-            except RefresherError as exc:
-                if left is None or left <= 0:
-                    raise
-                # The token still works: send it, and try the refresh again a little later
-                # instead of on every request (on_refresh_error has seen the failure).
-                self._next_early_try = time.monotonic() + min(_EARLY_RETRY, left / 4)
-                log.warning("account %r: early refresh failed (%s); the token still has "
-                            "%.0f s, retrying later", self.account, type(exc).__name__, left)
-        return token
+            # A pair whose access token X never gave us: "" is what it replaces, so threads
+            # queued behind the first take the token it gets instead of refreshing again.
+            return self.refresh(replacing="")
+        now = self.clock.time()
+        state = self.policy.state(token, now)
+        if state is TokenState.FRESH or self.clock.monotonic() < self._next_early_try:
+            return token
+        try:
+            # While the token still has a good margin, a refresh already under way in another
+            # thread or process is not waited for: this request goes out with the current
+            # token (as google-auth does), instead of stalling behind it.
+            return self.refresh(replacing=token["access_token"],
+                                wait=self.policy.waits_for_refresh(token, now))
+        except RefresherError as exc:
+            if state is TokenState.EXPIRED:
+                raise
+            # The token still works: send it, and try the refresh again a little later
+            # instead of on every request (on_refresh_error has seen the failure).
+            left = seconds_left(token, now=now) or 0.0
+            self._next_early_try = self.clock.monotonic() + self.policy.early_retry_delay(left)
+            log.warning("account %r: early refresh failed (%s); the token still has "
+                        "%.0f s, retrying later", self.account, type(exc).__name__, left)
+            return token
 
     # -- 401/403 -------------------------------------------------------------------------
 
-    def sent_by_us(self, access_token: str) -> bool:
-        """Whether ``access_token`` is one this coordinator handed out."""
-        return access_token in self._issued
+    def may_cure(self, status: int, access_token: str, endpoint: str,
+                 problem_type: Optional[str] = None) -> bool:
+        """Whether a refresh may cure ``status``, answered by ``endpoint`` (a method and URL
+        without query) to a request that carried ``access_token``.
+
+        No for a token this coordinator did not hand out (someone else's, or none), for a
+        status outside the policy's ``refresh_status_codes``, for a 401 on the brake (see
+        :meth:`refused_after_refresh`), and for a 403 the policy says is not about the token
+        (``problem_type`` is the problem+json ``type`` of the answer, if any).
+        """
+        if status not in self.policy.refresh_status_codes or access_token not in self._issued:
+            return False
+        if status == 403:
+            token = self._token
+            current = token if token and token.get("access_token") == access_token else None
+            cure = self.policy.may_cure_403(problem_type, current, self.clock.time(),
+                                            refreshed_here=self._issued[access_token])
+            if not cure:
+                log.debug("403 (%s) from %s is not about the token; no refresh",
+                          problem_type or "no problem type", endpoint)
+            return cure
+        if self.policy.brake_401 and (access_token, endpoint) in self._refused:
+            log.debug("%d from %s to a token it refused after a refresh; no refresh",
+                      status, endpoint)
+            return False
+        return True
 
     def refused_after_refresh(self, access_token: str, endpoint: str) -> None:
         """``endpoint`` answered 401 to ``access_token`` even right after a refresh.
@@ -195,62 +222,43 @@ class RefreshCoordinator:
         key = (access_token, endpoint)
         self._refused[key] = None
         self._refused.move_to_end(key)
-        while len(self._refused) > _REMEMBERED_REFUSALS:
+        while len(self._refused) > self.policy.remembered_refusals:
             self._refused.popitem(last=False)
         log.warning("account %r: %s still answered 401 after a refresh; not refreshing again "
                     "for its 401s while this token lives", self.account, endpoint)
 
-    def should_refresh_after(self, response: requests.Response, access_token: str,
-                             endpoint: Optional[str] = None) -> bool:
-        """Whether a 401/403 answered to ``access_token`` may be cured by a refresh."""
-        if response.status_code != 403:
-            if endpoint is not None and (access_token, endpoint) in self._refused:
-                log.debug("401 from %s to a token it refused after a refresh; no refresh",
-                          endpoint)
-                return False
-            return True
-        problem = _problem_type(response)
-        if problem and problem.endswith(NOT_TOKEN_RELATED_403):
-            log.debug("403 %s is not about the token; no refresh", problem)
-            return False
-        # A 403 to a young token (in the first half of its life, as every token just
-        # granted or adopted is) is about the request, not the token: refreshing would
-        # rotate the pair on every call to a forbidden endpoint.
-        token = self._token
-        if token is not None and token.get("access_token") == access_token:
-            left, lifetime = seconds_left(token), token.get("expires_in")
-            if left is not None and lifetime:
-                return left < float(lifetime) * _YOUNG_FRACTION
-        # No expiry to judge by: refresh only a token that did not come from a refresh here.
-        return not self._issued.get(access_token)
-
     # -- the refresh ---------------------------------------------------------------------
 
-    def refresh(self, stale: Optional[str] = None, *, wait: bool = True) -> Token:
+    def refresh(self, replacing: Optional[str] = None, *, wait: bool = True,
+                stale: Optional[str] = None) -> Token:
         """A coordinated refresh; returns the token to use from now on.
 
-        ``stale`` is the access token that failed or is expiring. When the store (or another
-        thread) already holds a different, unexpired token, that one is adopted and no
-        refresh token is spent. ``stale=None`` refreshes unconditionally.
+        ``replacing`` is the access token that failed or is expiring: when another thread,
+        or the store, already holds a different usable token, that one is adopted and no
+        refresh token is spent. ``None`` refreshes whatever is stored. With ``wait=False``, a
+        refresh already under way elsewhere is not waited for: the current token is returned.
+        ``stale`` is the earlier name of ``replacing``.
         """
+        if replacing is None:
+            replacing = stale
         try:
             if not self._acquire_thread_lock(wait):
                 assert self._token is not None
                 return self._token  # another thread of ours is refreshing
             try:
                 current = self._token
-                if _replaced(current, stale):
+                if _replaced(current, replacing):
                     # Another thread of ours refreshed while we waited: use its token even
                     # if it is already "expiring" (a grant with expires_in 0), instead of
                     # every waiting thread rotating the pair again in turn.
                     assert current is not None
                     return current
                 try:
-                    granted = self._refresh_under_lock(stale, wait)
+                    granted = self._refresh_under_lock(replacing, wait)
                 except LockLost as lost:
                     # Nothing was spent; whoever holds the lock now may have refreshed.
                     log.warning("account %r: %s; taking the lock again", self.account, lost)
-                    granted = self._refresh_under_lock(stale, wait)
+                    granted = self._refresh_under_lock(replacing, wait)
             finally:
                 self._thread_lock.release()
         except RefresherError as exc:
@@ -263,7 +271,7 @@ class RefreshCoordinator:
         assert self._token is not None
         return self._token
 
-    def _refresh_under_lock(self, stale: Optional[str], wait: bool = True) -> Optional[Token]:
+    def _refresh_under_lock(self, replacing: Optional[str], wait: bool) -> Optional[Token]:
         """Returns the granted pair, or ``None`` when a sibling's token was adopted."""
         with contextlib.ExitStack() as held:
             try:
@@ -274,24 +282,21 @@ class RefreshCoordinator:
                 return None  # a sibling is refreshing; the current token still works
             if self._unsaved is not None:
                 self._write_back_locked()
-            stored = self._store("read", self.store.load, self.account)
-            if _newer(stored, stale, self.leeway):
-                assert stored is not None
-                log.info(
-                    "account %r: adopting token %s refreshed by a sibling",
-                    self.account, fingerprint(stored.get("access_token")),
-                )
-                self._set(stored, fresh=True)
+            stored = self._store("read", self.store.load_versioned, self.account)
+            if self._usable_replacement(stored.token, replacing):
+                assert stored.token is not None
+                log.info("account %r: adopting token %s refreshed by a sibling",
+                         self.account, fingerprint(stored.token.get("access_token")))
+                self._set(stored.token, fresh=True)
                 return None
-            base = stored if stored is not None else self._token
-            refresh_token = (base or {}).get("refresh_token")
+            refresh_token = (stored.token or self._token or {}).get("refresh_token")
             if not refresh_token:
                 raise ReauthorizationRequired(
                     f"account {self.account!r} has no refresh token in {self.store!r} "
                     "(was offline.access in the scopes?); log in again"
                 )
-            if stored is not None and self._store("read", self.store.needs_login,
-                                                  self.account, stored):
+            if stored.token is not None and self._store(
+                    "read", self.store.needs_login, self.account, stored.token):
                 raise ReauthorizationRequired(
                     f"account {self.account!r}: X already refused its stored refresh token as "
                     f"spent or revoked (recorded in {self.store!r}); it is not sent again. "
@@ -307,12 +312,10 @@ class RefreshCoordinator:
                 raise
             # X has rotated the pair: saving it comes before anything else that can fail.
             self.refreshes += 1
-            self._save_or_keep(granted, parent=refresh_token)
-            log.info(
-                "account %r: refreshed, access token %s, expires in %.0f s",
-                self.account, fingerprint(granted.get("access_token")),
-                seconds_left(granted) or 0.0,
-            )
+            self._save_or_keep(granted, parent=refresh_token, expected=stored.version)
+            log.info("account %r: refreshed, access token %s, expires in %.0f s",
+                     self.account, fingerprint(granted.get("access_token")),
+                     seconds_left(granted, now=self.clock.time()) or 0.0)
             if not granted.get("access_token"):
                 raise RefreshError(
                     f"{self.endpoint.token_url} answered 200 with a new refresh token but no "
@@ -320,6 +323,13 @@ class RefreshCoordinator:
                     "refreshes again"
                 )
             return granted
+
+    def _usable_replacement(self, candidate: Optional[Token], replacing: Optional[str]) -> bool:
+        """``candidate`` is a token other than the one being replaced, and not expiring."""
+        if not _replaced(candidate, replacing):
+            return False
+        assert candidate is not None
+        return self.policy.state(candidate, self.clock.time()) is TokenState.FRESH
 
     def _adopted_after_refusal(self, refresh_token: str) -> bool:
         """X refused ``refresh_token`` as spent: adopt a sibling's pair, or record the loss."""
@@ -341,9 +351,9 @@ class RefreshCoordinator:
 
     # -- saving, and writing back what could not be saved --------------------------------
 
-    def _save_or_keep(self, granted: Token, *, parent: str) -> None:
+    def _save_or_keep(self, granted: Token, *, parent: str, expected: Optional[str]) -> None:
         try:
-            self._store("save", self.store.save, self.account, granted)
+            self._store("save", self.store.save_versioned, self.account, granted, expected)
         except TokenStoreError:
             # The old refresh token is spent: this pair is now the only way into the
             # account. Keep it and write it back as soon as the store answers again.
@@ -364,13 +374,14 @@ class RefreshCoordinator:
     def _write_back_locked(self) -> None:
         unsaved = self._unsaved
         assert unsaved is not None
-        stored = self._store("read", self.store.load, self.account)
-        if stored is None or stored.get("refresh_token") == self._unsaved_parent:
-            self._store("save", self.store.save, self.account, unsaved)
+        stored = self._store("read", self.store.load_versioned, self.account)
+        if stored.token is None or stored.token.get("refresh_token") == self._unsaved_parent:
+            self._store("save", self.store.save_versioned, self.account, unsaved,
+                        stored.version)
             log.info("account %r: saved the token kept in memory while the store was down",
                      self.account)
         else:
-            self._set(stored, fresh=True)  # someone logged in again meanwhile: theirs wins
+            self._set(stored.token, fresh=True)  # someone logged in again meanwhile: theirs wins
         self._unsaved = self._unsaved_parent = None
 
     # -- locks, and a store that may raise anything ---------------------------------------
@@ -378,12 +389,12 @@ class RefreshCoordinator:
     def _acquire_thread_lock(self, wait: bool) -> bool:
         if not wait:
             return self._thread_lock.acquire(blocking=False)
-        timeout = -1 if self.lock_timeout is None else self.lock_timeout
-        if self._thread_lock.acquire(timeout=timeout):
+        timeout = self.policy.lock_timeout
+        if self._thread_lock.acquire(timeout=-1 if timeout is None else timeout):
             return True
         raise LockTimeout(
             f"account {self.account!r}: another thread of this process has been refreshing "
-            f"for more than lock_timeout={self.lock_timeout:g} s (a slow token endpoint?); "
+            f"for more than lock_timeout={timeout:g} s (a slow token endpoint?); "
             "the stored token is kept, try again later"
         )
 
@@ -398,7 +409,7 @@ class RefreshCoordinator:
     @contextlib.contextmanager
     def _store_lock(self, wait: bool = True) -> Iterator[None]:
         """The store's lock for the account; whatever the store raises, a TokenStoreError."""
-        timeout = self.lock_timeout if wait else 0
+        timeout = self.policy.lock_timeout if wait else 0
         manager = self._store("lock", self.store.lock, self.account, timeout=timeout)
         self._store("lock", manager.__enter__)
         try:
@@ -431,22 +442,15 @@ class RefreshCoordinator:
         if access:
             self._issued[access] = fresh or self._issued.get(access, False)
             self._issued.move_to_end(access)
-            while len(self._issued) > _REMEMBERED_TOKENS:
+            while len(self._issued) > self.policy.remembered_tokens:
                 self._issued.popitem(last=False)
-        if self._on_new_token is not None:
-            try:
-                self._on_new_token(token)
-            except Exception:
-                log.exception("account %r: updating the session's copy of the token failed",
-                              self.account)
 
     def describe(self) -> Dict[str, Any]:
         """Safe facts for a repr or a status line: account, expiry, fingerprint."""
         token = self._token or {}
-        left = seconds_left(token)
         return {
             "account": self.account,
-            "expires_in": left,
+            "expires_in": seconds_left(token, now=self.clock.time()),
             "fingerprint": fingerprint(token.get("access_token")),
         }
 
@@ -460,41 +464,22 @@ def _run_hook(hook: Optional[Callable[[Any], Any]], argument: Any, name: str) ->
         log.exception("%s hook %r raised; carrying on", name, hook)
 
 
-def _newer(candidate: Optional[Token], stale: Optional[str], leeway: float) -> bool:
-    """True when ``candidate`` is a usable token other than the one known to be stale."""
-    if candidate is None or stale is None:
+def _replaced(current: Optional[Token], replacing: Optional[str]) -> bool:
+    """True when ``current`` carries an access token other than the one being replaced."""
+    if current is None or replacing is None:
         return False
-    if candidate.get("access_token") in (None, stale):
-        return False
-    return not needs_refresh(candidate, leeway)
+    return current.get("access_token") not in (None, replacing)
 
 
-def _replaced(current: Optional[Token], stale: Optional[str]) -> bool:
-    """True when ``current`` carries an access token other than the ``stale`` one."""
-    if current is None or stale is None:
-        return False
-    return current.get("access_token") not in (None, stale)
-
-
-def _problem_type(response: requests.Response) -> Optional[str]:
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    if isinstance(body, dict) and isinstance(body.get("type"), str):
-        return str(body["type"])
-    return None
-
-
-def _check_lock_ttl(store: TokenStore, endpoint: TokenEndpoint) -> None:
+def _check_lock_ttl(store: TokenStore, endpoint: TokenEndpoint, policy: RefreshPolicy) -> None:
     """A store lock that lapses (``lock_ttl``) must outlive a whole grant, with a margin."""
     ttl = getattr(store, "lock_ttl", None)
     if not isinstance(ttl, (int, float)) or isinstance(ttl, bool):
         return
-    needed = endpoint.deadline + LOCK_TTL_MARGIN
+    needed = endpoint.deadline + policy.lock_ttl_margin
     if ttl < needed:
         raise ConfigurationError(
             f"{store!r} has lock_ttl={ttl:g} s, but a refresh may take up to the token "
             f"endpoint's deadline of {endpoint.deadline:g} s, and the lock must outlive it by "
-            f"{LOCK_TTL_MARGIN:g} s: use lock_ttl >= {needed:g}, or a shorter deadline"
+            f"{policy.lock_ttl_margin:g} s: use lock_ttl >= {needed:g}, or a shorter deadline"
         )

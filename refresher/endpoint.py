@@ -16,7 +16,9 @@ import requests
 
 from ._constants import DEFAULT_DEADLINE, DEFAULT_TIMEOUT
 from ._transport import require_secure_transport
+from .clock import SYSTEM_CLOCK, Clock
 from .errors import ReauthorizationRequired, RefreshError
+from .policy import DEFAULT_POLICY, RefreshPolicy
 from .token import Token, parse_grant
 
 __all__ = ["TokenEndpoint", "DEFAULT_TIMEOUT", "DEFAULT_DEADLINE"]
@@ -62,20 +64,24 @@ class TokenEndpoint:
         client_secret: Optional[str] = None,
         *,
         session: Optional[requests.Session] = None,
-        timeout: float = DEFAULT_TIMEOUT,
-        deadline: float = DEFAULT_DEADLINE,
-        retries: int = 2,
-        backoff: float = 0.25,
+        timeout: Optional[float] = None,
+        deadline: Optional[float] = None,
+        retries: Optional[int] = None,
+        backoff: Optional[float] = None,
+        policy: Optional[RefreshPolicy] = None,
+        clock: Optional[Clock] = None,
     ) -> None:
+        policy = policy if policy is not None else DEFAULT_POLICY
         self.token_url = token_url
         self.client_id = client_id
         self._client_secret = client_secret
         self._owns_session = session is None
         self.session = session if session is not None else requests.Session()
-        self.timeout = timeout
-        self.deadline = deadline
-        self.retries = retries
-        self.backoff = backoff
+        self.timeout = policy.token_timeout if timeout is None else timeout
+        self.deadline = policy.token_deadline if deadline is None else deadline
+        self.retries = policy.token_retries if retries is None else retries
+        self.backoff = policy.token_backoff if backoff is None else backoff
+        self.clock = clock if clock is not None else SYSTEM_CLOCK
 
     def __repr__(self) -> str:
         kind = "confidential" if self._client_secret else "public"
@@ -168,7 +174,7 @@ class TokenEndpoint:
                 f"({_content_type(response)}); is the token URL right?",
                 response=response,
             )
-        token, problems = parse_grant(answer)
+        token, problems = parse_grant(answer, now=self.clock.time())
         for problem in problems:
             log.warning("token endpoint %s granted %s with a flaw: %s; kept what could be "
                         "read (an unreadable expiry counts as expiring)",
@@ -195,13 +201,13 @@ class TokenEndpoint:
         elif self.client_id:
             data["client_id"] = self.client_id
         attempt = 0
-        started = time.monotonic()
-        give_up_at = started + self.deadline
+        give_up_at = self.clock.monotonic() + self.deadline
         secret_list = self._secrets(secrets)
         while True:
-            timeout = max(_MIN_TIMEOUT, min(self.timeout, give_up_at - time.monotonic()))
+            timeout = max(_MIN_TIMEOUT, min(self.timeout, give_up_at - self.clock.monotonic()))
             try:
-                response = _Attempt(self.session, url, data, auth, timeout, give_up_at).run()
+                response = _Attempt(self.session, url, data, auth, timeout,
+                                    give_up_at - self.clock.monotonic()).run()
             except _DeadlinePassed:
                 raise RefreshError(
                     f"{url} gave no complete answer within the {self.deadline:g} s deadline "
@@ -247,13 +253,13 @@ class TokenEndpoint:
         """Another try is allowed, and its backoff leaves time for an answer."""
         delay = self.backoff * (2 ** attempt)
         return (attempt < self.retries
-                and time.monotonic() + delay + _RETRY_HEADROOM < give_up_at)
+                and self.clock.monotonic() + delay + _RETRY_HEADROOM < give_up_at)
 
     def _sleep(self, attempt: int, why: str, give_up_at: float) -> None:
         delay = self.backoff * (2 ** (attempt - 1))
-        delay = max(0.0, min(delay, give_up_at - time.monotonic() - _RETRY_HEADROOM))
+        delay = max(0.0, min(delay, give_up_at - self.clock.monotonic() - _RETRY_HEADROOM))
         log.warning("%s; retrying in %.2f s (attempt %d of %d)", why, delay, attempt, self.retries)
-        time.sleep(delay)
+        self.clock.sleep(delay)
 
     def _secrets(self, extra: Iterable[str]) -> tuple[str, ...]:
         return tuple(s for s in (*extra, self._client_secret) if s)
@@ -329,7 +335,7 @@ class _BodyCutOff(Exception):
 
 
 class _Attempt:
-    """One POST, run in a daemon thread and waited for until ``give_up_at`` (monotonic).
+    """One POST, run in a daemon thread and waited for at most ``budget`` seconds.
 
     The thread streams the body in chunks and stops at the deadline, so a server that
     trickles its body is dropped then. One that trickles its *headers* keeps the thread
@@ -339,9 +345,10 @@ class _Attempt:
 
     def __init__(self, session: requests.Session, url: str, data: Dict[str, str],
                  auth: Optional[requests.auth.HTTPBasicAuth], timeout: float,
-                 give_up_at: float) -> None:
+                 budget: float) -> None:
         self._session, self._url, self._data, self._auth = session, url, data, auth
-        self._timeout, self._give_up_at = timeout, give_up_at
+        # Real time: this waits on a thread and a socket, whatever clock the caller reads.
+        self._timeout, self._give_up_at = timeout, time.monotonic() + max(0.0, budget)
         self._done = threading.Event()
         self._abandoned = threading.Event()
         self._response: Optional[requests.Response] = None

@@ -10,34 +10,60 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable, Collection, Dict, Mapping, Optional
+from typing import Any, Callable, Collection, Dict, Mapping, Optional, Union
 from urllib.parse import urlsplit
 
 import requests
 from requests_oauthlib import OAuth2Session
 
-from ._constants import DEFAULT_API_TIMEOUT, DEFAULT_LEEWAY, X_API_URL, X_TOKEN_URL
+from ._constants import DEFAULT_API_TIMEOUT, X_API_URL, X_TOKEN_URL
 from ._transport import require_secure_transport
-from .adapter import RefreshingAdapter
+from .adapter import BearerFromAdapter, RefreshingAdapter
+from .clock import Clock
 from .coordinator import RefreshCoordinator
 from .endpoint import TokenEndpoint
 from .errors import InsecureTransport
-from .stores.base import MemoryTokenStore, TokenStore
+from .policy import DEFAULT_POLICY, RefreshPolicy
+from .stores import MemoryTokenStore, TokenStore, open_store
 from .token import Token, validate_token
 
 __all__ = ["RefreshingSession"]
 
 log = logging.getLogger(__name__)
 
+_UNSET: Any = object()
+_BEARER_FROM_ADAPTER = BearerFromAdapter()
+
+
+def _policy(policy: Optional[RefreshPolicy], *, leeway: Optional[float], lock_timeout: Any,
+            refresh_status_codes: Optional[Collection[int]]) -> RefreshPolicy:
+    """``policy`` (or the default) with the keyword arguments given explicitly applied."""
+    changes: Dict[str, Any] = {}
+    if leeway is not None:
+        changes["leeway"] = leeway
+    if lock_timeout is not _UNSET:
+        changes["lock_timeout"] = lock_timeout
+    if refresh_status_codes is not None:
+        changes["refresh_status_codes"] = frozenset(refresh_status_codes)
+    base = policy if policy is not None else DEFAULT_POLICY
+    return base.replace(**changes) if changes else base
+
 
 class RefreshingSession(OAuth2Session):
     """A :class:`requests_oauthlib.OAuth2Session` that keeps an X user token alive.
 
-    Give it a ``store`` (or an ``on_token_update`` hook) and every request carries the
-    current bearer token; a token within ``leeway`` seconds of expiry is refreshed first,
-    and a 401/403 (``refresh_status_codes``) to a request that carried it is cured by one
-    refresh and one replay. Refreshes are coordinated through the store, so threads and
-    processes sharing it never spend the same single-use refresh token twice.
+    Give it a ``store`` (a :class:`~refresher.TokenStore`, or a path or URL as
+    :func:`~refresher.open_store` takes) or an ``on_token_update`` hook, and every request
+    carries the current bearer token; a token within the leeway of expiry is refreshed
+    first, and a 401/403 to a request that carried it is cured by one refresh and one replay
+    (the :class:`~refresher.RefreshingAdapter` does both). Refreshes are coordinated through
+    the store, so threads and processes sharing it never spend the same single-use refresh
+    token twice.
+
+    ``policy`` (a :class:`~refresher.RefreshPolicy`) holds every tuning number; ``leeway``,
+    ``lock_timeout`` and ``refresh_status_codes``, when given, override it. ``clock`` is the
+    time the session reads (tests hand in a :class:`~refresher.testing.FakeClock`).
+    ``api_url`` is X's API base URL (``api_base_url`` is its earlier name).
 
     Without ``store`` and ``on_token_update`` it is exactly an ``OAuth2Session``.
 
@@ -63,22 +89,27 @@ class RefreshingSession(OAuth2Session):
         pkce: Optional[str] = None,
         *,
         client_secret: Optional[str] = None,
-        store: Optional[TokenStore] = None,
+        store: Union[TokenStore, str, os.PathLike[str], None] = None,
         account: str = "default",
         token_url: str = X_TOKEN_URL,
-        api_base_url: str = X_API_URL,
-        refresh_status_codes: Collection[int] = (401, 403),
-        leeway: float = DEFAULT_LEEWAY,
-        lock_timeout: Optional[float] = 30.0,
+        api_url: Optional[str] = None,
+        refresh_status_codes: Optional[Collection[int]] = None,
+        leeway: Optional[float] = None,
+        lock_timeout: Any = _UNSET,
         on_token_update: Optional[Callable[[Token], Any]] = None,
         on_refresh_error: Optional[Callable[[BaseException], Any]] = None,
         refresh_session: Optional[requests.Session] = None,
+        policy: Optional[RefreshPolicy] = None,
+        clock: Optional[Clock] = None,
+        api_base_url: Optional[str] = None,
         **kwargs: Any,
     ) -> None:
         self._coordinator: Optional[RefreshCoordinator] = None
         manages_tokens = store is not None or on_token_update is not None
         if token and manages_tokens:
             token = validate_token(token)  # refused before oauthlib or a store sees it
+        policy = _policy(policy, leeway=leeway, lock_timeout=lock_timeout,
+                         refresh_status_codes=refresh_status_codes)
         super().__init__(
             client_id=client_id,
             client=client,
@@ -94,29 +125,28 @@ class RefreshingSession(OAuth2Session):
         )
         self.account = account
         self.token_url = token_url
-        self.api_base_url = api_base_url.rstrip("/")
-        self.refresh_status_codes = tuple(refresh_status_codes)
+        self.api_url = (api_url or api_base_url or X_API_URL).rstrip("/")
+        self.policy = policy
+        self.refresh_status_codes = tuple(sorted(policy.refresh_status_codes))
         if not manages_tokens:
             return  # plain OAuth2Session
 
-        self.store = store if store is not None else MemoryTokenStore()
-        self._endpoint = TokenEndpoint(
+        if store is None:
+            store = MemoryTokenStore()
+        elif isinstance(store, (str, os.PathLike)):
+            store = open_store(store)
+        self.store = store
+        endpoint = TokenEndpoint(
             token_url, client_id or getattr(client, "client_id", None), client_secret,
-            session=refresh_session,
+            session=refresh_session, policy=policy, clock=clock,
         )
         coordinator = RefreshCoordinator(
-            self.store,
-            account,
-            self._endpoint,
-            leeway=leeway,
-            lock_timeout=lock_timeout,
-            on_token_update=on_token_update,
-            on_refresh_error=on_refresh_error,
-            on_new_token=self._sync_client,
+            store, account, endpoint, policy=policy, clock=clock,
+            on_token_update=on_token_update, on_refresh_error=on_refresh_error,
         )
         coordinator.load(seed=dict(token) if token else None)
         self._coordinator = coordinator
-        adapter = RefreshingAdapter(coordinator, self.refresh_status_codes)
+        adapter = RefreshingAdapter(coordinator)
         self.mount("https://", adapter)
         self.mount("http://", adapter)
 
@@ -137,8 +167,29 @@ class RefreshingSession(OAuth2Session):
         else:
             OAuth2Session.token.fset(self, value)  # type: ignore[attr-defined]
 
-    def _sync_client(self, token: Token) -> None:
-        OAuth2Session.token.fset(self, token)  # type: ignore[attr-defined]
+    @property  # type: ignore[override]
+    def access_token(self) -> Any:
+        coordinator = self.__dict__.get("_coordinator")
+        if coordinator is not None:
+            return (coordinator.token or {}).get("access_token")
+        return OAuth2Session.access_token.fget(self)  # type: ignore[attr-defined]
+
+    @access_token.setter
+    def access_token(self, value: Any) -> None:
+        OAuth2Session.access_token.fset(self, value)  # type: ignore[attr-defined]
+
+    @access_token.deleter
+    def access_token(self) -> None:
+        OAuth2Session.access_token.fdel(self)  # type: ignore[attr-defined]
+
+    @property
+    def api_base_url(self) -> str:
+        """The earlier name of :attr:`api_url`."""
+        return self.api_url
+
+    @api_base_url.setter
+    def api_base_url(self, value: str) -> None:
+        self.api_url = value.rstrip("/")
 
     @property
     def coordinator(self) -> Optional[RefreshCoordinator]:
@@ -151,9 +202,15 @@ class RefreshingSession(OAuth2Session):
         return self._coordinator
 
     @property
-    def refreshing(self) -> bool:
-        """True when the refresh machinery is on (a store or an on_token_update hook)."""
+    def manages_tokens(self) -> bool:
+        """True when refresher manages the token (a store or an on_token_update hook was
+        given); False when the session is a plain ``OAuth2Session``."""
         return self._coordinator is not None
+
+    @property
+    def refreshing(self) -> bool:
+        """The earlier name of :attr:`manages_tokens`."""
+        return self.manages_tokens
 
     # -- requests ------------------------------------------------------------------------
 
@@ -169,7 +226,11 @@ class RefreshingSession(OAuth2Session):
         files: Any = None,
         **kwargs: Any,
     ) -> requests.Response:
-        """Send a request with the current bearer token, refreshed first if it is expiring."""
+        """Send a request; unless ``withhold_token``, the adapter puts the bearer on it.
+
+        Not through ``OAuth2Session.request``, which logs whole tokens at DEBUG: the
+        compliance hooks run here, and :class:`~refresher.RefreshingAdapter` does the rest.
+        """
         coordinator = self._coordinator
         if coordinator is None:
             if urlsplit(url).scheme.lower() != "https":
@@ -183,15 +244,12 @@ class RefreshingSession(OAuth2Session):
                 client_id=client_id, client_secret=client_secret, files=files, **kwargs,
             )
             return plain
-        # Not through OAuth2Session.request: it logs whole tokens at DEBUG.
         require_secure_transport(url)
         if not withhold_token:
             for hook in self.compliance_hook["protected_request"]:
                 url, headers, data = hook(url, headers, data)
-            token = coordinator.token_for_request()
-            merged = {k: v for k, v in (headers or {}).items() if k.lower() != "authorization"}
-            merged["Authorization"] = f"Bearer {token['access_token']}"
-            headers = merged
+            if kwargs.get("auth") is None:  # an auth= of the caller's wins (tweepy passes None)
+                kwargs["auth"] = _BEARER_FROM_ADAPTER
         response: requests.Response = requests.Session.request(
             self, method, url, data=data, headers=headers, files=files, **kwargs
         )
@@ -200,27 +258,27 @@ class RefreshingSession(OAuth2Session):
     def refresh(self) -> Token:
         """Refresh now (coordinated with every sibling sharing the store); the new token."""
         coordinator = self._require_coordinator("refresh")
-        return dict(coordinator.refresh(stale=None))
+        return dict(coordinator.refresh())
 
     def me(self, *, timeout: Optional[float] = DEFAULT_API_TIMEOUT) -> Dict[str, Any]:
-        """``GET {api_base_url}/2/users/me``: the ``data`` object (id, name, username).
+        """``GET {api_url}/2/users/me``: the ``data`` object (id, name, username).
 
         Raises :class:`requests.HTTPError` when X refuses, and :class:`requests.Timeout`
         when no answer came within ``timeout`` seconds (per socket read, as requests
         counts it).
         """
-        response = self.get(f"{self.api_base_url}/2/users/me", timeout=timeout)
+        response = self.get(f"{self.api_url}/2/users/me", timeout=timeout)
         response.raise_for_status()
         data = response.json().get("data")
         if not isinstance(data, dict):
-            raise ValueError(f"{self.api_base_url}/2/users/me answered without a data object")
+            raise ValueError(f"{self.api_url}/2/users/me answered without a data object")
         return data
 
     def close(self) -> None:
         super().close()
-        endpoint = self.__dict__.get("_endpoint")
-        if endpoint is not None:
-            endpoint.close()
+        coordinator = self.__dict__.get("_coordinator")
+        if coordinator is not None:
+            coordinator.endpoint.close()
 
     def __repr__(self) -> str:
         coordinator = self.__dict__.get("_coordinator")

@@ -21,7 +21,6 @@ import math
 import time
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from ._constants import LEEWAY_MAX_FRACTION
 from .errors import InvalidTokenError
 
 Token = Dict[str, Any]
@@ -33,7 +32,7 @@ __all__ = [
     "parse_grant",
     "fingerprint",
     "seconds_left",
-    "needs_refresh",
+    "lifetime_of",
 ]
 
 
@@ -161,19 +160,7 @@ def seconds_left(token: Mapping[str, Any], *, now: Optional[float] = None) -> Op
     return expires_at - (time.time() if now is None else now)
 
 
-def effective_leeway(token: Mapping[str, Any], leeway: float) -> float:
-    """``leeway``, capped at a fraction of the token's lifetime.
+def lifetime_of(token: Mapping[str, Any]) -> Optional[float]:
+    """The token's lifetime in seconds (``expires_in``), or ``None`` when it does not say."""
+    return _number(token.get("expires_in"))
 
-    With X's 2-hour tokens a 60-second leeway is used as is; with a 5-second emulator
-    token it shrinks to half a second, so not every request triggers a refresh.
-    """
-    lifetime = _number(token.get("expires_in"))
-    if lifetime is None:
-        return leeway
-    return min(leeway, max(lifetime, 0.0) * LEEWAY_MAX_FRACTION)
-
-
-def needs_refresh(token: Mapping[str, Any], leeway: float, *, now: Optional[float] = None) -> bool:
-    """True when the access token expires within the (capped) leeway, or has expired."""
-    left = seconds_left(token, now=now)
-    return left is not None and left <= effective_leeway(token, leeway)

@@ -140,7 +140,7 @@ def test_non_json_answer_raises_refresh_error(x_emulator, make_session) -> None:
 def test_timeout_raises_refresh_error_and_keeps_the_token(x_emulator, make_session) -> None:
     store = MemoryTokenStore()
     session = make_session(store=store)
-    session._endpoint.timeout = 0.2
+    session.coordinator.endpoint.timeout = 0.2
     before = store.load("default")
     x_emulator.token_delay = 1.0
     with pytest.raises(refresher.RefreshError, match="did not answer"):
@@ -155,7 +155,7 @@ def test_unreachable_token_endpoint_raises_refresh_error(x_emulator, make_sessio
         probe.bind(("127.0.0.1", 0))
         dead_url = f"http://127.0.0.1:{probe.getsockname()[1]}/2/oauth2/token"
     session = make_session(token_url=dead_url)
-    session._endpoint.backoff = 0.01
+    session.coordinator.endpoint.backoff = 0.01
     with pytest.raises(refresher.RefreshError, match="cannot reach.*stored token is kept"):
         session.refresh()
 
@@ -192,7 +192,7 @@ def test_spent_refresh_token_rereads_the_store_before_giving_up(x_emulator, tmp_
                 store.save("default", dict(sibling_pair))
             return super().post(url, **kw)
 
-    session._endpoint.session = SiblingWins()
+    session.coordinator.endpoint.session = SiblingWins()
     token = session.refresh()
     assert token["access_token"] == sibling_pair["access_token"]
     assert session.get(x_emulator.api_url + "/2/users/me").status_code == 200

@@ -198,7 +198,8 @@ def test_an_odd_200_answer_saves_the_new_refresh_token_first(scripted, tmp_path,
         token = session.refresh()
         assert token["access_token"] == "at-1"
         # An expiry that cannot be known counts as expiring: the next request refreshes.
-        assert refresher.token.needs_refresh(token, 60) is expiring
+        assert (refresher.RefreshPolicy().state(token, time.time())
+                is not refresher.TokenState.FRESH) is expiring
     else:
         with pytest.raises(RefreshError, match="no usable access token"):
             session.refresh()

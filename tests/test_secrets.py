@@ -42,7 +42,7 @@ def test_a_whole_life_at_debug_logs_no_secret(x_emulator, make_session, all_logs
     everything = "\n".join(
         [r.getMessage() for r in all_logs.records] + [all_logs.text, repr(session), str(session),
          str(failed.value), repr(failed.value), str(spent.value), repr(spent.value),
-         repr(session.store), repr(session._endpoint)])
+         repr(session.store), repr(session.coordinator.endpoint)])
     assert _secrets_in(everything, seen) == []
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from typing import Any, Union
 
-from .base import MemoryTokenStore, TokenStore
+from .base import MemoryTokenStore, TokenStore, Versioned
 from .jsonfile import JSONTokenStore
 
-__all__ = ["TokenStore", "MemoryTokenStore", "JSONTokenStore", "open_store"]
+__all__ = ["TokenStore", "MemoryTokenStore", "JSONTokenStore", "Versioned", "open_store"]
 
 
 def open_store(location: Union[str, os.PathLike[str]], **options: Any) -> TokenStore:

@@ -4,15 +4,30 @@ from __future__ import annotations
 
 import abc
 import copy
+import hashlib
+import json
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional
 
-from ..errors import LockTimeout
+from ..errors import LockTimeout, StaleTokenError
 from ..token import Token, fingerprint
 
-__all__ = ["TokenStore", "MemoryTokenStore", "NEEDS_LOGIN"]
+__all__ = ["TokenStore", "MemoryTokenStore", "Versioned", "NEEDS_LOGIN", "content_version",
+           "overrides"]
+
+
+class Versioned(NamedTuple):
+    """An account's token with the version it had when read.
+
+    ``version`` is opaque: compare it for equality only, and hand it back to
+    :meth:`TokenStore.save_versioned` as ``expected_version``. It is ``None`` when the
+    account has no token.
+    """
+
+    token: Optional[Token]
+    version: Optional[str]
 
 #: Metadata key recording that X refused an account's refresh token as spent: its value is
 #: ``{"refresh_token": fingerprint, "since": epoch seconds}``. It names the refresh token it
@@ -27,7 +42,17 @@ class TokenStore(abc.ABC):
     id, endpoints: never a secret). ``lock(account)`` serialises refreshes of that account
     among everyone who shares the store: threads, processes, hosts, depending on the store.
 
-    Subclasses implement the five token methods; metadata is optional.
+    The contract, which :mod:`refresher.testing.contract` checks for any store:
+
+    - ``load``, ``save``, ``delete``, ``accounts``, ``lock``: the five methods a store must
+      implement. ``load`` returns a copy; ``lock`` is exclusive among everyone sharing the
+      store, re-entrant within a thread, and raises :class:`~refresher.LockTimeout`.
+    - ``load_versioned`` / ``save_versioned``: the compare-and-set the coordinator uses. A
+      read gives the token with its version; a save with ``expected_version`` refuses with
+      :class:`~refresher.StaleTokenError` when the account moved on since. The defaults here
+      work for any store (the version is a digest of the stored token, checked under the
+      lock); the built-in stores keep a counter and check it atomically.
+    - ``verify_lock``: for locks that can lapse; metadata: optional.
 
     >>> store = MemoryTokenStore()
     >>> with store.lock("alice"):
@@ -43,6 +68,32 @@ class TokenStore(abc.ABC):
     @abc.abstractmethod
     def save(self, account: str, token: Token) -> None:
         """Store ``token`` for ``account``, replacing the previous one. Call under ``lock``."""
+
+    def load_versioned(self, account: str) -> Versioned:
+        """The account's token and its version (``Versioned(None, None)`` when none)."""
+        token = self.load(account)
+        return Versioned(token, None if token is None else content_version(token))
+
+    def save_versioned(self, account: str, token: Token,
+                       expected_version: Optional[str] = None) -> str:
+        """Store ``token`` unless the account moved on since ``expected_version``; call
+        under ``lock(account)``. Returns the new version.
+
+        ``expected_version=None`` writes unconditionally (a new login). A stale expected
+        version raises :class:`~refresher.StaleTokenError` and keeps what is stored. Saving
+        the very token already stored is not a conflict (a save retried after its answer
+        was lost).
+        """
+        if expected_version is not None:
+            current = self.load_versioned(account)
+            if current.version is not None and current.version != expected_version \
+                    and current.token != dict(token):
+                raise StaleTokenError(
+                    f"account {account!r} in {self!r} was saved by someone else since it was "
+                    "read; the newer token is kept"
+                )
+        self.save(account, token)
+        return self.load_versioned(account).version or content_version(token)
 
     @abc.abstractmethod
     def delete(self, account: str) -> None:
@@ -107,6 +158,18 @@ class TokenStore(abc.ABC):
 
     def close(self) -> None:
         """Release connections or file handles the store holds. Safe to call twice."""
+
+
+def overrides(store: TokenStore, name: str, owner: type) -> bool:
+    """Whether ``store``'s class replaced ``owner``'s method ``name`` (a subclass that
+    overrides ``load`` or ``save`` must keep being called by the versioned methods)."""
+    return getattr(type(store), name) is not getattr(owner, name)
+
+
+def content_version(token: Token) -> str:
+    """A version for stores that keep no counter: a digest of the token's canonical JSON."""
+    text = json.dumps(token, sort_keys=True, default=str)
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 class MemoryTokenStore(TokenStore):

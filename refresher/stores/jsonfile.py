@@ -15,9 +15,9 @@ from typing import Any, Dict, Iterator, List, Optional, Union
 
 import filelock
 
-from ..errors import LockLost, LockTimeout, TokenStoreError
+from ..errors import LockLost, LockTimeout, StaleTokenError, TokenStoreError
 from ..token import Token
-from .base import TokenStore
+from .base import TokenStore, Versioned, content_version, overrides
 
 __all__ = ["JSONTokenStore"]
 
@@ -132,16 +132,22 @@ class JSONTokenStore(TokenStore):
         return dict(document)
 
     def load(self, account: str) -> Optional[Token]:
+        return JSONTokenStore.load_versioned(self, account).token
+
+    def load_versioned(self, account: str) -> Versioned:
+        """The account's token and its version: a counter every save bumps."""
+        if overrides(self, "load", JSONTokenStore) or overrides(self, "save", JSONTokenStore):
+            return TokenStore.load_versioned(self, account)  # a subclass's load/save rule
         entry = self._read()["accounts"].get(account)
         if entry is None:
-            return None
+            return Versioned(None, None)
         token = entry.get("token")
         if not isinstance(token, dict):
             raise TokenStoreError(
                 f"token store {self._where}: account {account!r} has no token object; "
                 "log in again for that account."
             )
-        return token
+        return Versioned(token, _entry_version(entry))
 
     def accounts(self) -> List[str]:
         return sorted(
@@ -159,12 +165,29 @@ class JSONTokenStore(TokenStore):
     # -- writing -------------------------------------------------------------------------
 
     def save(self, account: str, token: Token) -> None:
+        JSONTokenStore.save_versioned(self, account, token)
+
+    def save_versioned(self, account: str, token: Token,
+                       expected_version: Optional[str] = None) -> str:
+        """Store ``token``, refusing with :class:`~refresher.StaleTokenError` when the
+        account's version is no longer ``expected_version`` (checked under the file lock)."""
+        if overrides(self, "load", JSONTokenStore) or overrides(self, "save", JSONTokenStore):
+            return TokenStore.save_versioned(self, account, token, expected_version)
         with self._held():
             document = self._read()
             entry = document["accounts"].setdefault(account, {})
+            stored = entry.get("token")
+            if (expected_version is not None and isinstance(stored, dict)
+                    and _entry_version(entry) != expected_version and stored != dict(token)):
+                raise StaleTokenError(
+                    f"account {account!r} in token store {self._where} was saved by someone "
+                    "else since it was read; the newer token is kept"
+                )
             entry["token"] = dict(token)
             entry["updated_at"] = time.time()
+            entry["version"] = _counter(entry) + 1
             self._write(document)
+            return str(entry["version"])
 
     def save_metadata(self, account: str, metadata: Dict[str, Any]) -> None:
         with self._held():
@@ -412,6 +435,18 @@ class JSONTokenStore(TokenStore):
 
     def lock(self, account: str, timeout: Optional[float] = None) -> Any:
         return self._held(timeout)
+
+
+def _counter(entry: Dict[str, Any]) -> int:
+    version = entry.get("version")
+    return version if isinstance(version, int) and not isinstance(version, bool) else 0
+
+
+def _entry_version(entry: Dict[str, Any]) -> str:
+    """An entry's version: its save counter, or (files written before counters) a digest."""
+    if "version" in entry:
+        return str(_counter(entry))
+    return content_version(entry.get("token") or {})
 
 
 def _leftover_accounts(leftover: Path) -> Dict[str, Any]:

@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 from .._constants import DEFAULT_DEADLINE, LOCK_TTL_MARGIN
 from ..errors import ConfigurationError, LockLost, LockTimeout, StaleTokenError, TokenStoreError
 from ..token import Token
-from .base import TokenStore
+from .base import TokenStore, Versioned, overrides
 
 if TYPE_CHECKING:
     import redis as redis_py
@@ -254,6 +254,25 @@ class RedisTokenStore(TokenStore):
             hold.version = version
         return token
 
+    def load_versioned(self, account: str) -> Versioned:
+        """The account's token and its version (the counter every save bumps)."""
+        if overrides(self, "load", RedisTokenStore) or overrides(self, "save", RedisTokenStore):
+            return TokenStore.load_versioned(self, account)  # a subclass's load/save rule
+        token, version = self._read(account)
+        hold = self._holds().get(account)
+        if hold is not None:
+            hold.version = version
+        return Versioned(token, None if token is None else str(version))
+
+    def save_versioned(self, account: str, token: Token,
+                       expected_version: Optional[str] = None) -> str:
+        """Store ``token`` if the account's version is still ``expected_version`` (one Lua
+        compare-and-set); :class:`~refresher.StaleTokenError` otherwise."""
+        if overrides(self, "load", RedisTokenStore) or overrides(self, "save", RedisTokenStore):
+            return TokenStore.save_versioned(self, account, token, expected_version)
+        return str(self._save(account, token, "" if expected_version is None
+                              else str(expected_version)))
+
     def version(self, account: str) -> int:
         """The stored version of the account's token: 0 before the first save."""
         return self._read(account)[1]
@@ -296,9 +315,13 @@ class RedisTokenStore(TokenStore):
         Raises :class:`~refresher.StaleTokenError` when another holder saved since that
         load (this thread's lock had lapsed); the newer token is kept.
         """
+        hold = self._holds().get(account)
+        self._save(account, token,
+                   "" if hold is None or hold.version is None else str(hold.version))
+
+    def _save(self, account: str, token: Token, expected: str) -> int:
         key = self._key(account)
         hold = self._holds().get(account)
-        expected = "" if hold is None or hold.version is None else str(hold.version)
         data = json.dumps(dict(token), sort_keys=True)
         with self._talking(f"save {key!r}"):
             done, version = self._compare_and_set(
@@ -313,6 +336,7 @@ class RedisTokenStore(TokenStore):
             )
         if hold is not None:
             hold.version = int(version)
+        return int(version)
 
     def save_metadata(self, account: str, metadata: Dict[str, Any]) -> None:
         key = self._key(account)

@@ -1,0 +1,182 @@
+"""RefreshPolicy: every tuning number of the refresh rule, in one frozen value.
+
+In the spirit of urllib3's ``Retry``: one immutable object says *when* a token counts as
+expiring, who waits for a refresh under way, which 401/403 answers a refresh may cure, and
+how hard the token endpoint is tried. Change it with :meth:`RefreshPolicy.replace`::
+
+    policy = RefreshPolicy(leeway=120.0, token_deadline=10.0)
+    session = RefreshingSession("my-client-id", store=store, policy=policy)
+
+A token is in one of three :class:`TokenState` (as google-auth names them): ``FRESH`` (send
+it), ``EXPIRING`` (inside the leeway: refresh before sending, while it still works) and
+``EXPIRED`` (past ``expires_at``: X will refuse it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any, FrozenSet, Mapping, Optional, Tuple
+
+from ._constants import (
+    DEFAULT_DEADLINE,
+    DEFAULT_LEEWAY,
+    DEFAULT_TIMEOUT,
+    LEEWAY_MAX_FRACTION,
+    LOCK_TTL_MARGIN,
+)
+from .errors import ConfigurationError
+from .token import lifetime_of, seconds_left
+
+__all__ = ["RefreshPolicy", "TokenState", "NOT_TOKEN_RELATED_403"]
+
+#: 403 problem types X documents as having nothing to do with the token: no refresh.
+NOT_TOKEN_RELATED_403 = (
+    "/2/problems/client-forbidden",
+    "/2/problems/unsupported-authentication",
+)
+
+
+class TokenState(enum.Enum):
+    """Where a token stands, by its ``expires_at`` and the policy's leeway."""
+
+    FRESH = "fresh"
+    EXPIRING = "expiring"
+    EXPIRED = "expired"
+
+
+@dataclasses.dataclass(frozen=True)
+class RefreshPolicy:
+    """The refresh rule's numbers. Every field has the default refresher ships with.
+
+    Expiry:
+
+    - ``leeway``: refresh a token this many seconds before it expires...
+    - ``leeway_max_fraction``: ...but no earlier than this fraction of its lifetime before
+      (so the emulator's 1-second tokens do not refresh on every request).
+
+    Who waits for a refresh under way in another thread or process:
+
+    - ``wait_margin_fraction``: a token with more than this fraction of the leeway left is
+      sent as it is while someone else refreshes; nearer to expiry the request waits.
+    - ``lock_timeout``: the longest wait for the thread lock and the store's lock
+      (``None``: no limit), then :class:`~refresher.LockTimeout`.
+    - ``early_retry`` / ``early_retry_fraction``: after a refresh ahead of expiry failed,
+      the next try comes after ``min(early_retry, early_retry_fraction × seconds left)``.
+
+    Which answers a refresh may cure:
+
+    - ``refresh_status_codes``: the statuses that may mean "token refused" (401, 403).
+    - ``not_token_related_403``: 403 problem types that never cause a refresh.
+    - ``young_fraction``: a 403 to a token still in this first fraction of its life is not
+      about the token (every token just granted is young): no refresh.
+    - ``brake_401``: a 401 that survives a refresh-and-replay stops further refreshes for
+      that endpoint and token (``remembered_refusals`` of them are kept).
+
+    The token endpoint:
+
+    - ``token_timeout``: seconds for each socket read; ``token_deadline``: seconds for the
+      whole grant on the wall clock, retries included; ``token_retries`` and
+      ``token_backoff``: retries of failures that prove X did not act, with exponential
+      backoff.
+    - ``lock_ttl_margin``: a store lock that lapses by itself must outlive the deadline by
+      this much.
+    """
+
+    leeway: float = DEFAULT_LEEWAY
+    leeway_max_fraction: float = LEEWAY_MAX_FRACTION
+    wait_margin_fraction: float = 0.5
+    lock_timeout: Optional[float] = 30.0
+    early_retry: float = 5.0
+    early_retry_fraction: float = 0.25
+    refresh_status_codes: FrozenSet[int] = frozenset({401, 403})
+    not_token_related_403: Tuple[str, ...] = NOT_TOKEN_RELATED_403
+    young_fraction: float = 0.5
+    brake_401: bool = True
+    remembered_refusals: int = 64
+    remembered_tokens: int = 32
+    token_timeout: float = DEFAULT_TIMEOUT
+    token_deadline: float = DEFAULT_DEADLINE
+    token_retries: int = 2
+    token_backoff: float = 0.25
+    lock_ttl_margin: float = LOCK_TTL_MARGIN
+
+    def __post_init__(self) -> None:
+        # Accept any collection of codes, keep a frozenset (the value must stay hashable).
+        object.__setattr__(self, "refresh_status_codes",
+                           frozenset(int(code) for code in self.refresh_status_codes))
+        object.__setattr__(self, "not_token_related_403", tuple(self.not_token_related_403))
+        for name in ("leeway", "token_timeout", "token_deadline", "token_backoff",
+                     "early_retry", "lock_ttl_margin"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise ConfigurationError(
+                    f"RefreshPolicy.{name} must be a number of seconds >= 0, not {value!r}")
+        for name in ("leeway_max_fraction", "wait_margin_fraction", "early_retry_fraction",
+                     "young_fraction"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ConfigurationError(
+                    f"RefreshPolicy.{name} must be a fraction between 0 and 1, not {value!r}")
+        if self.lock_timeout is not None and self.lock_timeout < 0:
+            raise ConfigurationError("RefreshPolicy.lock_timeout must be >= 0 seconds, or None")
+        if self.token_retries < 0:
+            raise ConfigurationError("RefreshPolicy.token_retries must be >= 0")
+
+    def replace(self, **changes: Any) -> RefreshPolicy:
+        """A copy with ``changes`` applied (the policy itself never changes)."""
+        return dataclasses.replace(self, **changes)
+
+    # -- expiry ----------------------------------------------------------------------------
+
+    def leeway_for(self, token: Mapping[str, Any]) -> float:
+        """The leeway for ``token``: ``leeway``, capped at a fraction of its lifetime."""
+        lifetime = lifetime_of(token)
+        if lifetime is None:
+            return self.leeway
+        return min(self.leeway, max(lifetime, 0.0) * self.leeway_max_fraction)
+
+    def state(self, token: Mapping[str, Any], now: float) -> TokenState:
+        """FRESH, EXPIRING (inside the leeway) or EXPIRED, at wall-clock time ``now``.
+
+        A token that does not say when it expires is FRESH: X's 401 will tell.
+        """
+        left = seconds_left(token, now=now)
+        if left is None or left > self.leeway_for(token):
+            return TokenState.FRESH
+        return TokenState.EXPIRING if left > 0 else TokenState.EXPIRED
+
+    def waits_for_refresh(self, token: Mapping[str, Any], now: float) -> bool:
+        """Whether a request with ``token`` waits for a refresh someone else is doing."""
+        left = seconds_left(token, now=now)
+        return left is None or left <= self.leeway_for(token) * self.wait_margin_fraction
+
+    def early_retry_delay(self, seconds_left: float) -> float:
+        """Seconds until the next try after a failed refresh ahead of expiry."""
+        return min(self.early_retry, max(seconds_left, 0.0) * self.early_retry_fraction)
+
+    # -- which refused requests a refresh may cure -----------------------------------------
+
+    def may_cure_403(self, problem_type: Optional[str], token: Optional[Mapping[str, Any]],
+                     now: float, *, refreshed_here: bool) -> bool:
+        """Whether a 403 to ``token`` may be about the token, so a refresh may cure it.
+
+        Never for the problem types X documents as unrelated; never for a token in the first
+        ``young_fraction`` of its life; for a token that does not say when it expires, only
+        if it did not come from a refresh in this process (``refreshed_here``).
+        """
+        if problem_type and problem_type.endswith(self.not_token_related_403):
+            return False
+        if token is not None:
+            left, lifetime = seconds_left(token, now=now), lifetime_of(token)
+            if left is not None and lifetime:
+                return left < lifetime * self.young_fraction
+        return not refreshed_here
+
+    def lock_ttl_needed(self) -> float:
+        """The shortest lock lifetime that outlives a whole grant, with the margin."""
+        return self.token_deadline + self.lock_ttl_margin
+
+
+#: The policy used when none is given.
+DEFAULT_POLICY = RefreshPolicy()
