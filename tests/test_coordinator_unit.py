@@ -1,0 +1,213 @@
+"""RefreshCoordinator on its own: a fake token endpoint, a FakeClock, no HTTP, no sleeping."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+import pytest
+
+from refresher import (
+    ConfigurationError,
+    MemoryTokenStore,
+    ReauthorizationRequired,
+    RefreshCoordinator,
+    RefreshError,
+    RefreshPolicy,
+    StaleTokenError,
+    TokenStoreError,
+)
+from refresher.testing import FakeClock
+
+
+class FakeEndpoint:
+    """Grants numbered pairs; each refresh token works once, as at X."""
+
+    token_url = "https://api.x.com/2/oauth2/token"
+    deadline = 15.0
+
+    def __init__(self, clock: FakeClock, lifetime: int = 7200) -> None:
+        self.clock = clock
+        self.lifetime = lifetime
+        self.spent: List[str] = []
+        self.live = {"rt-0"}
+        self.fail_with: Optional[Exception] = None
+        self.count = 0
+
+    def pair(self, n: int) -> Dict[str, Any]:
+        return {"access_token": f"at-{n}", "refresh_token": f"rt-{n}", "token_type": "bearer",
+                "expires_in": self.lifetime, "expires_at": self.clock.time() + self.lifetime}
+
+    def refresh(self, refresh_token: str) -> Dict[str, Any]:
+        self.spent.append(refresh_token)
+        if self.fail_with is not None:
+            raise self.fail_with
+        if refresh_token not in self.live:
+            raise ReauthorizationRequired("Value passed for the token was invalid.")
+        self.live.discard(refresh_token)
+        self.count += 1
+        self.live.add(f"rt-{self.count}")
+        return self.pair(self.count)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def endpoint(clock: FakeClock) -> FakeEndpoint:
+    return FakeEndpoint(clock)
+
+
+def make(store: Any, endpoint: FakeEndpoint, clock: FakeClock, **kw: Any) -> RefreshCoordinator:
+    coordinator = RefreshCoordinator(store, "alice", endpoint, clock=clock, **kw)  # type: ignore[arg-type]
+    coordinator.load(seed=endpoint.pair(0))
+    return coordinator
+
+
+# -- when a token is refreshed ----------------------------------------------------------------
+
+def test_a_fresh_token_is_sent_as_it_is(clock, endpoint) -> None:
+    coordinator = make(MemoryTokenStore(), endpoint, clock)
+    assert coordinator.token_for_request()["access_token"] == "at-0"
+    clock.advance(7200 - 61)
+    assert coordinator.token_for_request()["access_token"] == "at-0"
+    assert endpoint.spent == []
+
+
+def test_inside_the_leeway_the_token_is_refreshed_once(clock, endpoint) -> None:
+    coordinator = make(MemoryTokenStore(), endpoint, clock)
+    clock.advance(7200 - 59)
+    assert coordinator.token_for_request()["access_token"] == "at-1"
+    assert coordinator.token_for_request()["access_token"] == "at-1"
+    assert endpoint.spent == ["rt-0"]
+
+
+def test_the_leeway_is_capped_at_a_tenth_of_a_short_lifetime(clock) -> None:
+    endpoint = FakeEndpoint(clock, lifetime=10)
+    coordinator = make(MemoryTokenStore(), endpoint, clock)
+    clock.advance(8.5)  # 1.5 s left: outside a 60 s leeway capped at 1 s
+    assert coordinator.token_for_request()["access_token"] == "at-0"
+    clock.advance(0.6)
+    assert coordinator.token_for_request()["access_token"] == "at-1"
+
+
+def test_a_failed_early_refresh_sends_the_working_token_and_retries_later(clock,
+                                                                          endpoint) -> None:
+    errors: List[BaseException] = []
+    coordinator = make(MemoryTokenStore(), endpoint, clock, on_refresh_error=errors.append)
+    clock.advance(7200 - 40)  # 40 s left
+    endpoint.fail_with = RefreshError("X is down")
+    assert coordinator.token_for_request()["access_token"] == "at-0"
+    assert coordinator.token_for_request()["access_token"] == "at-0"
+    assert len(endpoint.spent) == 1 and len(errors) == 1  # not on every request
+    endpoint.fail_with = None
+    clock.advance(RefreshPolicy().early_retry_delay(40) + 0.01)
+    assert coordinator.token_for_request()["access_token"] == "at-1"
+
+
+def test_an_expired_token_whose_refresh_fails_raises(clock, endpoint) -> None:
+    coordinator = make(MemoryTokenStore(), endpoint, clock)
+    clock.advance(7201)
+    endpoint.fail_with = RefreshError("X is down")
+    with pytest.raises(RefreshError):
+        coordinator.token_for_request()
+
+
+def test_the_policy_and_its_overrides(clock, endpoint) -> None:
+    policy = RefreshPolicy(leeway=300.0, lock_timeout=1.0)
+    coordinator = make(MemoryTokenStore(), endpoint, clock, policy=policy, lock_timeout=2.0)
+    assert coordinator.leeway == 300.0 and coordinator.lock_timeout == 2.0
+    clock.advance(7200 - 299)
+    assert coordinator.token_for_request()["access_token"] == "at-1"
+    with pytest.raises(ConfigurationError, match="fraction"):
+        RefreshPolicy(young_fraction=2)
+
+
+# -- which 401/403 a refresh may cure ---------------------------------------------------------
+
+def test_may_cure_401_only_for_tokens_it_handed_out(clock, endpoint) -> None:
+    coordinator = make(MemoryTokenStore(), endpoint, clock)
+    assert coordinator.may_cure(401, "at-0", "GET https://api.x.com/2/users/me")
+    assert not coordinator.may_cure(401, "someone-elses", "GET https://api.x.com/2/users/me")
+    assert not coordinator.may_cure(500, "at-0", "GET https://api.x.com/2/users/me")
+
+
+def test_the_403_rule_judges_by_age_and_problem_type(clock, endpoint) -> None:
+    coordinator = make(MemoryTokenStore(), endpoint, clock)
+    url = "GET https://api.x.com/2/tweets"
+    assert not coordinator.may_cure(403, "at-0", url)  # young: about the request
+    clock.advance(3601)
+    assert coordinator.may_cure(403, "at-0", url)      # late in its life: maybe expiry
+    forbidden = "https://api.twitter.com/2/problems/client-forbidden"
+    assert not coordinator.may_cure(403, "at-0", url, forbidden)
+
+
+def test_the_401_brake_is_per_endpoint_and_token(clock, endpoint) -> None:
+    coordinator = make(MemoryTokenStore(), endpoint, clock)
+    flaky, other = "GET https://api.x.com/2/flaky", "GET https://api.x.com/2/users/me"
+    fresh = coordinator.refresh(replacing="at-0")
+    coordinator.refused_after_refresh(fresh["access_token"], flaky)
+    assert not coordinator.may_cure(401, fresh["access_token"], flaky)
+    assert coordinator.may_cure(401, fresh["access_token"], other)
+    off = make(MemoryTokenStore(), FakeEndpoint(clock), clock,
+               policy=RefreshPolicy(brake_401=False))
+    off.refused_after_refresh("at-0", flaky)
+    assert off.may_cure(401, "at-0", flaky)
+
+
+# -- the refresh, against a shared store ----------------------------------------------------
+
+def test_a_sibling_token_in_the_store_is_adopted_without_spending(clock, endpoint) -> None:
+    store = MemoryTokenStore()
+    first, second = make(store, endpoint, clock), make(store, endpoint, clock)
+    first.refresh(replacing="at-0")
+    assert second.refresh(replacing="at-0")["access_token"] == "at-1"
+    assert endpoint.spent == ["rt-0"]
+
+
+def test_a_refused_refresh_token_is_recorded_and_not_resent(clock, endpoint) -> None:
+    store = MemoryTokenStore()
+    first, second = make(store, endpoint, clock), make(store, endpoint, clock)
+    endpoint.live.clear()  # the pair was lost: X says rt-0 is spent
+    with pytest.raises(ReauthorizationRequired):
+        first.refresh()
+    assert store.needs_login("alice")
+    with pytest.raises(ReauthorizationRequired, match="already refused"):
+        second.refresh()
+    assert endpoint.spent == ["rt-0"]
+
+
+class StaleOnce(MemoryTokenStore):
+    """A store whose first fenced save finds someone else's newer write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conflicts = 1
+
+    def save_versioned(self, account: str, token: Any,
+                       expected_version: Optional[str] = None) -> str:
+        if expected_version is not None and self.conflicts:
+            self.conflicts -= 1
+            raise StaleTokenError("someone else saved meanwhile")
+        return super().save_versioned(account, token, expected_version)
+
+
+def test_a_pair_the_store_refuses_is_kept_and_written_back(clock, endpoint) -> None:
+    store = StaleOnce()
+    coordinator = make(store, endpoint, clock)
+    with pytest.raises(TokenStoreError):
+        coordinator.refresh()
+    assert coordinator.token is not None and coordinator.token["access_token"] == "at-1"
+    assert coordinator.token_for_request()["access_token"] == "at-1"  # written back first
+    assert store.load("alice") == coordinator.token
+
+
+def test_a_store_lock_ttl_shorter_than_a_grant_is_refused(clock, endpoint) -> None:
+    store = MemoryTokenStore()
+    store.lock_ttl = 10.0  # type: ignore[attr-defined]
+    with pytest.raises(ConfigurationError, match="lock_ttl >= 20"):
+        RefreshCoordinator(store, "alice", endpoint, clock=clock)  # type: ignore[arg-type]
