@@ -10,16 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
-import threading
 from typing import Optional, Sequence
 
-from refresher.testing.emulator import (
-    DEFAULT_CLIENT_ID,
-    DEFAULT_CONFIDENTIAL_CLIENT_ID,
-    XEmulator,
-)
+from refresher.testing import DEFAULT_CLIENT_ID, DEFAULT_CONFIDENTIAL_CLIENT_ID, XEmulator
+from refresher.testing.serve import serve
+
+log = logging.getLogger("refresher.testing")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,8 +38,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _announce(emulator: XEmulator) -> None:
+    """One line of JSON on stdout, for a parent process to read; then the log on stderr."""
+    endpoints = {
+        "url": emulator.url,
+        "token_url": emulator.token_url,
+        "authorize_url": emulator.authorize_url,
+        "revoke_url": emulator.revoke_url,
+        "api_url": emulator.api_url,
+        "client_id": DEFAULT_CLIENT_ID,
+        "confidential_client_id": DEFAULT_CONFIDENTIAL_CLIENT_ID,
+    }
+    sys.stdout.write(json.dumps(endpoints) + "\n")
+    sys.stdout.flush()
+    log.info("X emulator serving on %s", emulator.url)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the emulator; return the exit status."""
+    """Serve the emulator until SIGINT or SIGTERM; return the exit status (0)."""
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level,
@@ -56,24 +69,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         code_ttl=args.code_ttl,
         invalidate_access_on_refresh=args.invalidate_access_on_refresh,
     )
-    stopping = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stopping.set())
-    with emulator:
-        endpoints = {
-            "url": emulator.url,
-            "token_url": emulator.token_url,
-            "authorize_url": emulator.authorize_url,
-            "revoke_url": emulator.revoke_url,
-            "api_url": emulator.api_url,
-            "client_id": DEFAULT_CLIENT_ID,
-            "confidential_client_id": DEFAULT_CONFIDENTIAL_CLIENT_ID,
-        }
-        sys.stdout.write(json.dumps(endpoints) + "\n")
-        sys.stdout.flush()
-        logging.getLogger("refresher.testing").info("X emulator serving on %s", emulator.url)
-        while not stopping.wait(0.5):
-            pass
+    serve(emulator, _announce)
     return 0
 
 
