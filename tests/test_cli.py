@@ -523,7 +523,7 @@ def test_any_refresher_error_or_bug_is_one_line(cli_in_process, monkeypatch, cap
         raise ConfigurationError("account name 'x:lock' ends in ':lock', which the Redis "
                                  "store keeps for its locks: choose another name")
 
-    monkeypatch.setattr(cli_module, "open_store", refuse)
+    monkeypatch.setattr(cli_module.common, "open_store", refuse)
     assert cli_module.main(["status", "--store", "redis://127.0.0.1:1/0"]) == 2
     out, err = capsys.readouterr()
     assert err.splitlines() == ["refresher: error: account name 'x:lock' ends in ':lock', "
@@ -533,7 +533,7 @@ def test_any_refresher_error_or_bug_is_one_line(cli_in_process, monkeypatch, cap
     def unreachable(location: str) -> None:
         raise TokenStoreError("cannot reach Redis at 127.0.0.1:1\n(connection refused)")
 
-    monkeypatch.setattr(cli_module, "open_store", unreachable)
+    monkeypatch.setattr(cli_module.common, "open_store", unreachable)
     assert cli_module.main(["status"]) == 1
     assert capsys.readouterr().err.splitlines() == [
         "refresher: error: cannot reach Redis at 127.0.0.1:1 (connection refused)"]
@@ -541,7 +541,7 @@ def test_any_refresher_error_or_bug_is_one_line(cli_in_process, monkeypatch, cap
     def bug(location: str) -> None:
         raise KeyError("at-secret-looking-value")
 
-    monkeypatch.setattr(cli_module, "open_store", bug)
+    monkeypatch.setattr(cli_module.common, "open_store", bug)
     assert cli_module.main(["status"]) == 1
     err = capsys.readouterr().err
     assert err.splitlines() == ["refresher: error: unexpected KeyError; run the command again "
@@ -629,6 +629,30 @@ def test_emulator_serves_until_interrupted_and_prints_the_urls(cli):
     assert DEFAULT_CLIENT_SECRET not in out + err  # not even the emulator's test secret
     with pytest.raises(requests.ConnectionError):
         requests.get(api + "/emulator/stats", timeout=2)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("main", ["refresher emulator", "python -m refresher.testing"])
+def test_both_emulator_mains_stop_on_either_signal_even_with_sigint_ignored(cli, main, signum):
+    """One serving loop behind both: SIGINT or SIGTERM stops it with exit 0, even in a
+    process started with SIGINT ignored, as every background job of a non-interactive shell
+    is (`pytest &` included): Python raises no KeyboardInterrupt there, so the loop installs
+    its own handler before it prints anything."""
+    argv = ([*COMMAND, "emulator", "--port", "0"] if main.startswith("refresher ")
+            else [sys.executable, "-m", "refresher.testing", "--port", "0"])
+    ignoring = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *argv]  # exec keeps SIG_IGN
+    child = subprocess.Popen(ignoring, env=cli.env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline(), "the emulator ended before announcing itself"
+        child.send_signal(signum)
+        out, err = child.communicate(timeout=10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0, err
+    assert "Traceback" not in err
 
 
 def test_demo_with_the_defaults_and_no_environment(cli, tmp_path):

@@ -1,0 +1,136 @@
+"""What the ``refresher`` commands share: their errors, the store and account they act on,
+the client id, revoking a pair, and saying how long a token has left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from typing import Any, Mapping, Optional, Tuple
+
+from .._constants import DEFAULT_DEADLINE, DEFAULT_TIMEOUT
+from ..endpoint import TokenEndpoint
+from ..errors import RefreshError
+from ..settings import choose_account, default_store_location, resolve_setting
+from ..stores import TokenStore, open_store
+
+__all__ = [
+    "LOCK_TIMEOUT",
+    "Failure",
+    "UsageError",
+    "account_for",
+    "client_id_for",
+    "duration",
+    "expiry",
+    "revoke_pair",
+    "seconds_left",
+    "store_for",
+]
+
+#: How long a command waits for an account's lock (another process refreshing it).
+LOCK_TIMEOUT = 30.0
+
+
+class UsageError(Exception):
+    """The command line (or its environment) is wrong: exit status 2."""
+
+
+class Failure(Exception):
+    """Something failed that is not a :class:`~refresher.RefresherError`: exit status 1."""
+
+
+def store_for(args: argparse.Namespace) -> TokenStore:
+    """The store of ``--store``, else the default one (``$REFRESHER_STORE``...)."""
+    return open_store(args.store or default_store_location())
+
+
+def account_for(store: TokenStore, args: argparse.Namespace) -> str:
+    """The account of ``--account``, else as :func:`~refresher.settings.choose_account`;
+    a :class:`UsageError` for an unknown one or none chosen among several."""
+    try:
+        return choose_account(store, args.account)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def client_id_for(args: argparse.Namespace, metadata: Mapping[str, Any]) -> str:
+    """``--client-id``, else ``$REFRESHER_CLIENT_ID``, else the one recorded (``metadata``)."""
+    client_id = resolve_setting("client_id", args.client_id, metadata)
+    if not client_id:
+        raise UsageError(
+            "missing client id: pass --client-id or set REFRESHER_CLIENT_ID (the OAuth 2.0 "
+            "Client ID on your app's Keys and tokens page in the X developer portal)"
+        )
+    return client_id
+
+
+def revoke_pair(token: Mapping[str, Any], *, client_id: str, client_secret: Optional[str],
+                token_url: str, revoke_url: str, timeout: Optional[float] = None) -> str:
+    """Revoke the refresh token, then the access token; RefreshError if the first fails.
+
+    ``timeout`` bounds both revokes together (default: the endpoint's own bounds). Returns
+    "" or a note saying the access token could not be revoked (it expires soon).
+    """
+    budget = DEFAULT_DEADLINE if timeout is None else min(timeout, DEFAULT_DEADLINE)
+    give_up_at = time.monotonic() + budget
+    endpoint = TokenEndpoint(token_url, client_id, client_secret,
+                             timeout=min(DEFAULT_TIMEOUT, budget), deadline=budget)
+    try:
+        if token.get("refresh_token"):
+            endpoint.revoke(revoke_url, str(token["refresh_token"]), "refresh_token")
+        if token.get("access_token"):
+            endpoint.deadline = max(0.1, give_up_at - time.monotonic())
+            endpoint.timeout = min(endpoint.timeout, endpoint.deadline)
+            try:
+                endpoint.revoke(revoke_url, str(token["access_token"]), "access_token")
+            except RefreshError as exc:
+                return f" (the access token could not be revoked: {exc}; it expires by itself)"
+        return ""
+    finally:
+        endpoint.close()
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` (its absolute value) as the commands show it, to two units at most.
+
+    >>> duration(59), duration(3725), duration(-90061)
+    ('59s', '1h 02m', '1d 1h')
+    """
+    whole = int(round(abs(seconds)))
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m {whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d {whole % 86400 // 3600}h"
+
+
+def seconds_left(token: Mapping[str, Any], now: Optional[float] = None) -> Tuple[
+        Optional[float], bool]:
+    """Seconds until the access token expires (``None``: unknown), and whether the stored
+    ``expires_at`` is there but not a number (an ISO date written by hand, say)."""
+    raw = token.get("expires_at")
+    if raw is None:
+        return None, False
+    try:
+        expires_at = float(raw) if not isinstance(raw, bool) else math.nan
+    except (TypeError, ValueError):
+        expires_at = math.nan
+    if not math.isfinite(expires_at):
+        return None, True
+    return expires_at - (time.time() if now is None else now), False
+
+
+def expiry(token: Mapping[str, Any]) -> str:
+    """When the access token expires, for a sentence: ``in 1h 59m``, ``expired 5s ago``...
+
+    >>> expiry({})
+    'unknown'
+    """
+    left, invalid = seconds_left(token)
+    if left is None:
+        return "at an invalid time (expires_at is not a number)" if invalid else "unknown"
+    return f"in {duration(left)}" if left > 0 else f"expired {duration(left)} ago"
+

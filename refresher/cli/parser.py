@@ -1,0 +1,184 @@
+"""The ``refresher`` command line's parser: its commands, options and their checks.
+
+Each command's ``run`` default is the function that carries it out (in
+:mod:`~refresher.cli.login`, :mod:`~refresher.cli.accounts`, :mod:`~refresher.cli.offline`).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .. import __version__
+from .._constants import DEFAULT_SCOPES
+from .accounts import run_logout, run_refresh, run_status
+from .login import run_login
+from .offline import run_demo, run_emulator
+from .secrets import PROMPT
+
+__all__ = ["build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``refresher [--debug] COMMAND ...``; ``args.run(args)`` runs the command.
+
+    >>> build_parser().parse_args(["status", "--json"]).json
+    True
+    """
+    parser = argparse.ArgumentParser(
+        prog="refresher",
+        description="Keep OAuth 2.0 user tokens for the X API v2 alive: log in, look at, "
+                    "refresh and revoke stored tokens, or run the offline demo.",
+        epilog="Settings also come from REFRESHER_CLIENT_ID, REFRESHER_CLIENT_SECRET, "
+               "REFRESHER_STORE, REFRESHER_ACCOUNT, REFRESHER_TOKEN_URL, REFRESHER_API_URL, "
+               "REFRESHER_AUTHORIZE_URL, REFRESHER_REVOKE_URL. Try: refresher demo",
+    )
+    parser.add_argument("--debug", action="store_true",
+                        help="show tracebacks and refresher's debug log (never a token)")
+    parser.add_argument("--version", action="version", version=f"refresher {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    commands.required = True
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks and refresher's debug log")
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument("--store", metavar="PATH",
+                       help="token store: a JSON file or a redis:// URL (default: "
+                            "$REFRESHER_STORE, else ~/.config/refresher/tokens.json)")
+    account = argparse.ArgumentParser(add_help=False)
+    account.add_argument("--account", metavar="NAME", type=_account_name,
+                         help="account in the store ($REFRESHER_ACCOUNT; default: the only "
+                              "one, or for login the X username)")
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument("--client-id", metavar="ID",
+                        help="your X app's OAuth 2.0 Client ID ($REFRESHER_CLIENT_ID)")
+    client.add_argument("--client-secret", metavar="SECRET", nargs="?", const=PROMPT,
+                        help="for a confidential client: '-' reads it from stdin, no value "
+                             "prompts for it ($REFRESHER_CLIENT_SECRET); never echoed")
+
+    def url(parser_: argparse.ArgumentParser, name: str, what: str) -> None:
+        env = "REFRESHER_" + name.upper().replace("-", "_")
+        parser_.add_argument(f"--{name}", metavar="URL", help=f"{what} (${env})")
+
+    login = commands.add_parser(
+        "login", parents=[common, client, store, account],
+        help="log in to X in the browser and save the token",
+        description="Log in with OAuth 2.0 (PKCE) in the browser, ask X who logged in, and "
+                    "save the token under --account (default: the X username). Logging in "
+                    "again over an account replaces its token, and does not revoke the old "
+                    "one: X's revoke may end every login of the same user in the same app, "
+                    "the one just saved included (see --revoke-previous). --timeout bounds "
+                    "the whole login: the browser, the code exchange and the /2/users/me "
+                    "question.")
+    login.add_argument("--scope", action="append", metavar="SCOPE",
+                       help=f"a scope to ask for, repeatable (default: {' '.join(DEFAULT_SCOPES)})")
+    login.add_argument("--port", type=int, metavar="PORT",
+                       help="port of the local callback server (default: the redirect URI's, "
+                            "8765; 0: any free port)")
+    login.add_argument("--redirect-uri", metavar="URL",
+                       help="the callback URL registered with your X app "
+                            "(default http://127.0.0.1:8765/callback; $REFRESHER_REDIRECT_URI)")
+    login.add_argument("--no-browser", action="store_true",
+                       help="do not open a browser: print the URL, and accept the redirected "
+                            "URL pasted on stdin (for SSH sessions and containers)")
+    login.add_argument("--timeout", type=_positive_float, default=300.0, metavar="SECONDS",
+                       help="give up when the whole login (browser, code exchange, "
+                            "/2/users/me) has taken this long (default 300)")
+    login.add_argument("--revoke-previous", action="store_true",
+                       help="after saving the new token, revoke the account's previous one, "
+                            "but only when it belongs to another X user or another client id. "
+                            "One of the same user and client is never revoked: X may end "
+                            "every login of that user in that app on a revoke, the new one "
+                            "included")
+    for name, what in (("authorize-url", "X's authorize page"), ("token-url", "token endpoint"),
+                       ("api-url", "API base URL"), ("revoke-url", "revoke endpoint")):
+        url(login, name, what)
+    login.set_defaults(run=run_login)
+
+    status = commands.add_parser(
+        "status", parents=[common, store, account],
+        help="list the stored accounts (never a token)",
+        description="A table of the store's accounts: user, scopes, expiry, last refresh and "
+                    "a short fingerprint of the access token. Never the token itself.")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.set_defaults(run=run_status)
+
+    refresh = commands.add_parser(
+        "refresh", parents=[common, client, store, account],
+        help="refresh an account's token now",
+        description="Refresh now, coordinated with every process sharing the store.")
+    url(refresh, "token-url", "token endpoint")
+    url(refresh, "api-url", "API base URL")
+    refresh.set_defaults(run=run_refresh)
+
+    logout = commands.add_parser(
+        "logout", parents=[common, client, store, account],
+        help="revoke an account's token at X and remove it from the store",
+        description="Revoke the account's refresh and access tokens at X, then remove the "
+                    "account from the store. If X cannot be reached the account is kept.")
+    logout.add_argument("--forget-only", action="store_true",
+                        help="remove the account from the store without revoking at X")
+    url(logout, "token-url", "token endpoint")
+    url(logout, "revoke-url", "revoke endpoint")
+    logout.set_defaults(run=run_logout)
+
+    emulator = commands.add_parser(
+        "emulator", parents=[common],
+        help="serve the local X emulator until Ctrl-C",
+        description="Serve an emulator of X's OAuth 2.0 and API v2 endpoints on 127.0.0.1, "
+                    "and print the settings that point refresher (or your script) at it.")
+    emulator.add_argument("--port", type=int, default=8000,
+                          help="port on 127.0.0.1 (default 8000; 0: any free port)")
+    emulator.add_argument("--access-ttl", type=_positive_float, default=7200.0,
+                          metavar="SECONDS", help="access token lifetime (default 7200, X's)")
+    emulator.set_defaults(run=run_emulator)
+
+    demo = commands.add_parser(
+        "demo", parents=[common],
+        help="the whole story offline: log in, then many processes share one token",
+        description="Start the X emulator, log in through the real login code (the emulator "
+                    "approves), then run PROCESSES worker processes of THREADS threads each "
+                    "calling the API through one shared JSON token store while access tokens "
+                    "expire every few seconds. Exit 0 only when no request failed and no "
+                    "refresh token was spent twice.")
+    demo.add_argument("--processes", type=_positive_int, default=4, help="default 4")
+    demo.add_argument("--threads", type=_positive_int, default=3, help="per process; default 3")
+    demo.add_argument("--seconds", type=_positive_float, default=10.0,
+                      help="how long the workers run; default 10")
+    demo.add_argument("--access-ttl", type=_positive_float, default=2.0, metavar="SECONDS",
+                      help="access token lifetime; default 2")
+    demo.add_argument("--store", metavar="PATH",
+                      help="token store to use (default: a JSON file in a temporary folder)")
+    demo.add_argument("--json", action="store_true", help="print one JSON object")
+    demo.set_defaults(run=run_demo)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def _account_name(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "must not be empty: name an account, or leave --account out to use "
+            "$REFRESHER_ACCOUNT or the store's only account"
+        )
+    return text
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0: {text!r}")
+    return value
+
