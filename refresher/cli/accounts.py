@@ -93,7 +93,8 @@ def run_status(args: argparse.Namespace) -> int:
         ))
     widths = [max(len(str(line[i])) for line in table) for i in range(len(table[0]))]
     for line in table:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip())
+        cells = (str(cell).ljust(width) for cell, width in zip(line, widths, strict=True))
+        print("  ".join(cells).rstrip())
     for row in rows:
         if row["needs_login"]:
             print(f"Account {row['account']!r}: X refused its refresh token (spent or "
