@@ -62,11 +62,11 @@ def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [[_cell(v) for v in row] for row in rows]
     widths = [len(c) for c in columns]
     for row in cells:
-        widths = [max(w, len(c)) for w, c in zip(widths, row)]
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
 
     def line(values: Sequence[str]) -> str:
         parts = [values[0].ljust(widths[0])]
-        parts += [v.rjust(w) for v, w in zip(values[1:], widths[1:])]
+        parts += [v.rjust(w) for v, w in zip(values[1:], widths[1:], strict=True)]
         return "  ".join(parts).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
@@ -80,7 +80,7 @@ def emit(as_json: bool, title: str, columns: Sequence[str], rows: Sequence[Seque
         document: Dict[str, Any] = {
             "title": title,
             "columns": list(columns),
-            "rows": [dict(zip(columns, row)) for row in rows],
+            "rows": [dict(zip(columns, row, strict=True)) for row in rows],
             "notes": list(notes),
         }
         document.update(extra or {})

@@ -184,7 +184,7 @@ def main(argv: List[str] | None = None) -> int:
     # Ratios are taken round by round (the four clients of a round ran within moments of
     # each other, under the same load), then their median: steadier than a ratio of medians.
     def ratio(samples: Dict[str, List[float]], name: str, base: str) -> float:
-        return median([a / b for a, b in zip(samples[name], samples[base]) if b > 0])
+        return median([a / b for a, b in zip(samples[name], samples[base], strict=True) if b > 0])
 
     rows = [
         [name, median(wall[name]), ratio(wall, name, OAUTH2), ratio(wall, name, FLOOR),

@@ -125,7 +125,7 @@ def main(argv: List[str] | None = None) -> int:
     floor = median(samples[FLOOR])
     medians = {name: median(values) for name, values in samples.items()}
     # Per run, refresher's time over requests_oauthlib's of the same iteration, then the median.
-    total_ratio = median([a / b for a, b in zip(samples[REFRESHER], samples[OAUTH])])
+    total_ratio = median([a / b for a, b in zip(samples[REFRESHER], samples[OAUTH], strict=True)])
     net = {name: medians[name] - floor for name in STATEMENTS}
     rows = [
         [name, medians[name], net[name],

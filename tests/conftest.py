@@ -44,3 +44,12 @@ def all_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     """Every log record from every logger, at DEBUG (to prove no secret is ever logged)."""
     caplog.set_level(logging.DEBUG)
     return caplog
+
+
+def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
+    """Tests that run the ``refresher`` command as a process (the ``cli`` fixture) are
+    integration tests, like those marked so by hand: ``-m "not integration"`` is the fast
+    loop."""
+    for item in items:
+        if "cli" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)

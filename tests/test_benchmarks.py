@@ -19,6 +19,8 @@ sys.path.insert(0, str(BENCHMARKS))
 import _common  # noqa: E402
 import contention  # noqa: E402
 
+pytestmark = pytest.mark.integration  # spawns processes
+
 
 def _run(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     env = dict(os.environ)

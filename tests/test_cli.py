@@ -800,6 +800,7 @@ def test_the_readme_shows_exactly_the_recipes_these_tests_run():
         assert block in readme
 
 
+@pytest.mark.integration
 def test_version_flag():
     done = subprocess.run([sys.executable, "-m", "refresher", "--version"],
                           capture_output=True, text=True, timeout=60)

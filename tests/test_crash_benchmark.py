@@ -11,10 +11,14 @@ import sys
 from pathlib import Path
 from typing import List, Tuple
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import crash  # noqa: E402
+
+pytestmark = pytest.mark.integration  # spawns processes
 
 
 def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.integration  # spawns processes
+
 
 def _fetch_suite(folder: Path) -> Path:
     wanted = version("requests-oauthlib")

@@ -765,6 +765,7 @@ def test_secrets_never_reach_the_log(caplog: pytest.LogCaptureFixture) -> None:
         assert secret not in caplog.text  # ...but nothing that grants access
 
 
+@pytest.mark.integration
 def test_command_line_server_prints_its_endpoints_and_serves() -> None:
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root),
@@ -807,6 +808,7 @@ def test_command_line_server_prints_its_endpoints_and_serves() -> None:
     assert token["access_token"] not in stderr
 
 
+@pytest.mark.integration
 def test_importing_refresher_testing_does_not_import_pytest() -> None:
     root = Path(__file__).resolve().parents[1]
     code = "import sys, refresher.testing; assert 'pytest' not in sys.modules"

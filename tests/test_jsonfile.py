@@ -91,6 +91,7 @@ _HOLD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.integration
 def test_lock_held_by_another_process_times_out_then_a_killed_holder_releases_it(tmp_path):
     path = tmp_path / "tokens.json"
     holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(path)],
@@ -126,6 +127,7 @@ _WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.integration
 def test_sigkill_at_any_moment_leaves_the_old_or_the_new_file_never_a_torn_one(tmp_path):
     path = tmp_path / "tokens.json"
     JSONTokenStore(path).save("seed", TOKEN)
@@ -143,6 +145,7 @@ def test_sigkill_at_any_moment_leaves_the_old_or_the_new_file_never_a_torn_one(t
     assert JSONTokenStore(path).load("seed") == TOKEN
 
 
+@pytest.mark.integration
 def test_concurrent_writers_of_different_accounts_lose_nothing(tmp_path) -> None:
     path = tmp_path / "tokens.json"
     script = textwrap.dedent("""

@@ -112,6 +112,7 @@ def test_a_dangling_symlink_is_created_where_it_points(tmp_path) -> None:
     assert store.lock_path == target.parent / "tokens.json.lock"
 
 
+@pytest.mark.integration
 def test_the_link_and_the_real_path_share_one_lock(tmp_path) -> None:
     target = tmp_path / "tokens.json"
     JSONTokenStore(target).save("a", OLD)
@@ -158,6 +159,7 @@ def _leftover(path, accounts, suffix="k1ll3d_x") -> os.PathLike:
     return temp
 
 
+@pytest.mark.integration
 def test_a_newer_pair_left_by_a_writer_killed_before_its_rename_is_adopted(tmp_path, caplog):
     path = tmp_path / "tokens.json"
     store = JSONTokenStore(path)
@@ -346,6 +348,7 @@ _HOLD_AND_VERIFY = textwrap.dedent("""
 """)
 
 
+@pytest.mark.integration
 def test_a_holder_whose_lock_file_was_deleted_learns_it_before_spending(tmp_path) -> None:
     path = tmp_path / "tokens.json"
     holder = subprocess.Popen([sys.executable, "-c", _HOLD_AND_VERIFY, str(path)],

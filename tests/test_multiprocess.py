@@ -9,6 +9,8 @@ import pytest
 from refresher._workload import WorkloadSpec, run_workers, summarize
 from refresher.testing import DEFAULT_CLIENT_ID, XEmulator
 
+pytestmark = pytest.mark.integration  # spawns processes
+
 
 def _run(x: XEmulator, store: str, *, processes: int, threads: int, seconds: float,
          shared: bool = True) -> dict:
@@ -56,6 +58,7 @@ def test_without_a_shared_store_processes_spend_the_same_refresh_token(x_emulato
 
 
 @pytest.mark.soak
+@pytest.mark.integration
 def test_soak_8_processes_x_4_threads_for_60_seconds(x_emulator_factory, tmp_path) -> None:
     x = x_emulator_factory(access_ttl=1.0)
     result = _run(x, str(tmp_path / "tokens.json"), processes=8, threads=4, seconds=60)

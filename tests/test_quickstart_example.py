@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.integration  # spawns processes
+
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "quickstart.py"
 
 

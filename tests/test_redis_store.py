@@ -99,6 +99,7 @@ def _in_thread(call: Callable[[], Any]) -> Callable[[], Any]:
 
 # -- optional dependency -------------------------------------------------------------------
 
+@pytest.mark.integration
 def test_importing_refresher_does_not_import_redis() -> None:
     code = ("import sys, refresher\n"
             "assert 'redis' not in sys.modules, 'import refresher imported redis'\n"
@@ -111,6 +112,7 @@ def test_importing_refresher_does_not_import_redis() -> None:
     assert done.stdout.strip() == "ok"
 
 
+@pytest.mark.integration
 def test_without_redis_installed_the_error_says_how_to_install_it() -> None:
     code = ("import sys\n"
             "sys.modules['redis'] = None  # as if redis were not installed\n"
@@ -252,6 +254,7 @@ for _ in range(times):
 """
 
 
+@pytest.mark.integration
 def test_lock_is_exclusive_across_processes(redis_server, raw) -> None:  # noqa: F811
     processes, times = 3, 30
     start_at = str(time.time() + 2.0)
@@ -289,6 +292,7 @@ with store.lock(sys.argv[3], timeout=10):
 """
 
 
+@pytest.mark.integration
 def test_a_sigkilled_lock_holder_frees_the_lock_after_lock_ttl(x_emulator, redis_server,  # noqa: F811
                                                                 make_store, raw) -> None:
     lock_ttl = 2.5  # the dead holder's; this session's store keeps the default
@@ -549,12 +553,14 @@ def _assert_coordinated(result: Dict[str, Any]) -> None:
     assert 0.8 <= result["refreshes_per_window"] <= 1.5, result
 
 
+@pytest.mark.integration
 def test_4_processes_x_3_threads_share_one_redis_store_with_1_second_tokens(
         x_emulator_factory, redis_server) -> None:  # noqa: F811
     x = x_emulator_factory(access_ttl=1.0)
     _assert_coordinated(_run(x, redis_server, processes=4, threads=3, seconds=9))
 
 
+@pytest.mark.integration
 def test_redis_restarted_in_the_middle_of_a_multi_process_run(x_emulator_factory,
                                                               redis_server, raw) -> None:  # noqa: F811
     """Redis goes away between two refreshes and comes back empty: requests that need the
@@ -606,6 +612,7 @@ def test_redis_restarted_in_the_middle_of_a_multi_process_run(x_emulator_factory
 
 
 @pytest.mark.soak
+@pytest.mark.integration
 def test_soak_6_processes_x_4_threads_share_one_redis_store_for_60_seconds(
         x_emulator_factory, redis_server) -> None:  # noqa: F811
     x = x_emulator_factory(access_ttl=1.0)

@@ -290,7 +290,7 @@ class RedisTokenStore(TokenStore):
                 pipe.hexists(key, "token")
             found = pipe.execute(raise_on_error=False)
         return sorted(
-            key[len(self.prefix):] for key, has in zip(keys, found) if has is True
+            key[len(self.prefix):] for key, has in zip(keys, found, strict=True) if has is True
         )
 
     def load_metadata(self, account: str) -> Dict[str, Any]:
