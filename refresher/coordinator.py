@@ -22,15 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
-import threading
-from collections import OrderedDict
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, Optional
 
 from .clock import SYSTEM_CLOCK, Clock
 from .endpoint import TokenEndpoint
 from .errors import (
-    ConfigurationError,
     LockLost,
     LockTimeout,
     ReauthorizationRequired,
@@ -38,15 +34,16 @@ from .errors import (
     RefreshError,
     TokenStoreError,
 )
+from .ledger import TokenLedger
 from .policy import DEFAULT_POLICY, RefreshPolicy, TokenState
 from .stores.base import TokenStore
+from .stores.guarded import GuardedAccount
 from .token import Token, fingerprint, seconds_left, validate_token
 
 __all__ = ["RefreshCoordinator"]
 
 log = logging.getLogger(__name__)
 
-_T = TypeVar("_T")
 _UNSET: Any = object()
 
 
@@ -82,23 +79,28 @@ class RefreshCoordinator:
             policy = policy.replace(lock_timeout=lock_timeout)
         self.policy = policy
         self.clock = clock if clock is not None else SYSTEM_CLOCK
-        self.store = store
         self.account = account
+        self._account = GuardedAccount(store, account)
         self.endpoint = endpoint
         self.on_token_update = on_token_update
         self.on_refresh_error = on_refresh_error
-        _check_lock_ttl(store, endpoint, policy)
-        self._thread_lock = threading.Lock()
+        policy.check_lock_ttl(store, endpoint.deadline)
         self._token: Optional[Token] = None
         # A pair we were granted but could not save (store down): written back first thing.
         self._unsaved: Optional[Token] = None
         self._unsaved_parent: Optional[str] = None
-        # access token -> True if it came from a refresh/adoption in this process
-        self._issued: OrderedDict[str, bool] = OrderedDict()
-        # (access token, endpoint) pairs that answered 401 again after a refresh-and-replay
-        self._refused: OrderedDict[Tuple[str, str], None] = OrderedDict()
+        self._ledger = TokenLedger(policy.remembered_tokens, policy.remembered_refusals)
         self.refreshes = 0
         self._next_early_try = 0.0
+
+    @property
+    def store(self) -> TokenStore:
+        """The store holding the account's pair."""
+        return self._account.store
+
+    @store.setter
+    def store(self, store: TokenStore) -> None:
+        self._account = GuardedAccount(store, self.account, self._account.thread_lock)
 
     @property
     def leeway(self) -> float:
@@ -121,12 +123,12 @@ class RefreshCoordinator:
         if seed:
             checked = validate_token(seed, now=self.clock.time())
             with self._store_lock():
-                stored = self._store("read", self.store.load_versioned, self.account).token
+                stored = self._account.load_versioned().token
                 if stored is None:
                     stored = checked
-                    self._store("save", self.store.save_versioned, self.account, stored, None)
+                    self._account.save_versioned(stored, None)
         else:
-            stored = self._store("read", self.store.load, self.account)
+            stored = self._account.load()
         if stored is not None:
             self._set(stored, fresh=False)
         return stored
@@ -135,7 +137,7 @@ class RefreshCoordinator:
         """Make ``token`` the account's token (a new login): save it, then use it."""
         token = validate_token(token, now=self.clock.time())
         with self._thread_held(), self._store_lock():
-            self._store("save", self.store.save_versioned, self.account, token, None)
+            self._account.save_versioned(token, None)
             self._unsaved = None
             self._set(token, fresh=True)
 
@@ -195,18 +197,20 @@ class RefreshCoordinator:
         :meth:`refused_after_refresh`), and for a 403 the policy says is not about the token
         (``problem_type`` is the problem+json ``type`` of the answer, if any).
         """
-        if status not in self.policy.refresh_status_codes or access_token not in self._issued:
+        if (status not in self.policy.refresh_status_codes
+                or not self._ledger.handed_out(access_token)):
             return False
         if status == 403:
             token = self._token
             current = token if token and token.get("access_token") == access_token else None
             cure = self.policy.may_cure_403(problem_type, current, self.clock.time(),
-                                            refreshed_here=self._issued[access_token])
+                                            refreshed_here=self._ledger.refreshed_here(
+                                                access_token))
             if not cure:
                 log.debug("403 (%s) from %s is not about the token; no refresh",
                           problem_type or "no problem type", endpoint)
             return cure
-        if self.policy.brake_401 and (access_token, endpoint) in self._refused:
+        if self.policy.brake_401 and self._ledger.braked(access_token, endpoint):
             log.debug("%d from %s to a token it refused after a refresh; no refresh",
                       status, endpoint)
             return False
@@ -219,11 +223,7 @@ class RefreshCoordinator:
         further 401s from that endpoint to that token are returned as they come instead of
         rotating the pair again. Other endpoints, and the next token, are not affected.
         """
-        key = (access_token, endpoint)
-        self._refused[key] = None
-        self._refused.move_to_end(key)
-        while len(self._refused) > self.policy.remembered_refusals:
-            self._refused.popitem(last=False)
+        self._ledger.brake(access_token, endpoint)
         log.warning("account %r: %s still answered 401 after a refresh; not refreshing again "
                     "for its 401s while this token lives", self.account, endpoint)
 
@@ -260,7 +260,7 @@ class RefreshCoordinator:
                     log.warning("account %r: %s; taking the lock again", self.account, lost)
                     granted = self._refresh_under_lock(replacing, wait)
             finally:
-                self._thread_lock.release()
+                self._account.thread_lock.release()
         except RefresherError as exc:
             _run_hook(self.on_refresh_error, exc, "on_refresh_error")
             raise
@@ -282,7 +282,7 @@ class RefreshCoordinator:
                 return None  # a sibling is refreshing; the current token still works
             if self._unsaved is not None:
                 self._write_back_locked()
-            stored = self._store("read", self.store.load_versioned, self.account)
+            stored = self._account.load_versioned()
             if self._usable_replacement(stored.token, replacing):
                 assert stored.token is not None
                 log.info("account %r: adopting token %s refreshed by a sibling",
@@ -295,15 +295,14 @@ class RefreshCoordinator:
                     f"account {self.account!r} has no refresh token in {self.store!r} "
                     "(was offline.access in the scopes?); log in again"
                 )
-            if stored.token is not None and self._store(
-                    "read", self.store.needs_login, self.account, stored.token):
+            if stored.token is not None and self._account.needs_login(stored.token):
                 raise ReauthorizationRequired(
                     f"account {self.account!r}: X already refused its stored refresh token as "
                     f"spent or revoked (recorded in {self.store!r}); it is not sent again. "
                     "Log in again (for example with `refresher login`)"
                 )
             # A holder whose lock lapsed must not spend the token: the next holder may be.
-            self._store("check the lock of", self.store.verify_lock, self.account)
+            self._account.verify_lock()
             try:
                 granted = self.endpoint.refresh(refresh_token)
             except ReauthorizationRequired:
@@ -334,7 +333,7 @@ class RefreshCoordinator:
     def _adopted_after_refusal(self, refresh_token: str) -> bool:
         """X refused ``refresh_token`` as spent: adopt a sibling's pair, or record the loss."""
         # A sibling whose lock lapsed may have saved the new pair meanwhile.
-        again = self._store("read", self.store.load, self.account)
+        again = self._account.load()
         if again is not None and again.get("refresh_token") != refresh_token:
             log.info("account %r: refresh token was spent by a sibling; adopting its pair",
                      self.account)
@@ -342,8 +341,7 @@ class RefreshCoordinator:
             return True
         # Nobody holds a newer pair: record it, so siblings stop resending the dead token.
         try:
-            self._store("record the refusal in", self.store.mark_needs_login,
-                        self.account, refresh_token)
+            self._account.mark_needs_login(refresh_token)
         except TokenStoreError as exc:
             log.error("account %r: could not record that a login is needed: %s",
                       self.account, exc)
@@ -353,7 +351,7 @@ class RefreshCoordinator:
 
     def _save_or_keep(self, granted: Token, *, parent: str, expected: Optional[str]) -> None:
         try:
-            self._store("save", self.store.save_versioned, self.account, granted, expected)
+            self._account.save_versioned(granted, expected)
         except TokenStoreError:
             # The old refresh token is spent: this pair is now the only way into the
             # account. Keep it and write it back as soon as the store answers again.
@@ -374,65 +372,26 @@ class RefreshCoordinator:
     def _write_back_locked(self) -> None:
         unsaved = self._unsaved
         assert unsaved is not None
-        stored = self._store("read", self.store.load_versioned, self.account)
+        stored = self._account.load_versioned()
         if stored.token is None or stored.token.get("refresh_token") == self._unsaved_parent:
-            self._store("save", self.store.save_versioned, self.account, unsaved,
-                        stored.version)
+            self._account.save_versioned(unsaved, stored.version)
             log.info("account %r: saved the token kept in memory while the store was down",
                      self.account)
         else:
             self._set(stored.token, fresh=True)  # someone logged in again meanwhile: theirs wins
         self._unsaved = self._unsaved_parent = None
 
-    # -- locks, and a store that may raise anything ---------------------------------------
+    # -- locks ---------------------------------------------------------------------------
 
     def _acquire_thread_lock(self, wait: bool) -> bool:
-        if not wait:
-            return self._thread_lock.acquire(blocking=False)
-        timeout = self.policy.lock_timeout
-        if self._thread_lock.acquire(timeout=-1 if timeout is None else timeout):
-            return True
-        raise LockTimeout(
-            f"account {self.account!r}: another thread of this process has been refreshing "
-            f"for more than lock_timeout={timeout:g} s (a slow token endpoint?); "
-            "the stored token is kept, try again later"
-        )
+        return self._account.acquire_thread_lock(self.policy.lock_timeout, wait=wait)
 
-    @contextlib.contextmanager
-    def _thread_held(self) -> Iterator[None]:
-        self._acquire_thread_lock(wait=True)
-        try:
-            yield
-        finally:
-            self._thread_lock.release()
+    def _thread_held(self) -> Any:
+        return self._account.thread_held(self.policy.lock_timeout)
 
-    @contextlib.contextmanager
-    def _store_lock(self, wait: bool = True) -> Iterator[None]:
-        """The store's lock for the account; whatever the store raises, a TokenStoreError."""
-        timeout = self.policy.lock_timeout if wait else 0
-        manager = self._store("lock", self.store.lock, self.account, timeout=timeout)
-        self._store("lock", manager.__enter__)
-        try:
-            yield
-        except BaseException:
-            try:
-                manager.__exit__(*sys.exc_info())
-            except Exception:  # the error that ended the block is the one to report
-                log.exception("account %r: releasing the store's lock failed", self.account)
-            raise
-        self._store("unlock", manager.__exit__, None, None, None)
-
-    def _store(self, doing: str, call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        """``call(*args)``; whatever a store raises reaches callers as a TokenStoreError."""
-        try:
-            return call(*args, **kwargs)
-        except RefresherError:
-            raise
-        except Exception as exc:
-            raise TokenStoreError(
-                f"token store {self.store!r} failed to {doing} account {self.account!r}: "
-                f"{type(exc).__name__}"
-            ) from exc
+    def _store_lock(self, wait: bool = True) -> Any:
+        """The store's lock for the account, within the policy's lock timeout."""
+        return self._account.lock(self.policy.lock_timeout if wait else 0)
 
     # -- bookkeeping ---------------------------------------------------------------------
 
@@ -440,10 +399,7 @@ class RefreshCoordinator:
         self._token = token
         access = token.get("access_token")
         if access:
-            self._issued[access] = fresh or self._issued.get(access, False)
-            self._issued.move_to_end(access)
-            while len(self._issued) > self.policy.remembered_tokens:
-                self._issued.popitem(last=False)
+            self._ledger.record(access, refreshed_here=fresh)
 
     def describe(self) -> Dict[str, Any]:
         """Safe facts for a repr or a status line: account, expiry, fingerprint."""
@@ -469,17 +425,3 @@ def _replaced(current: Optional[Token], replacing: Optional[str]) -> bool:
     if current is None or replacing is None:
         return False
     return current.get("access_token") not in (None, replacing)
-
-
-def _check_lock_ttl(store: TokenStore, endpoint: TokenEndpoint, policy: RefreshPolicy) -> None:
-    """A store lock that lapses (``lock_ttl``) must outlive a whole grant, with a margin."""
-    ttl = getattr(store, "lock_ttl", None)
-    if not isinstance(ttl, (int, float)) or isinstance(ttl, bool):
-        return
-    needed = endpoint.deadline + policy.lock_ttl_margin
-    if ttl < needed:
-        raise ConfigurationError(
-            f"{store!r} has lock_ttl={ttl:g} s, but a refresh may take up to the token "
-            f"endpoint's deadline of {endpoint.deadline:g} s, and the lock must outlive it by "
-            f"{policy.lock_ttl_margin:g} s: use lock_ttl >= {needed:g}, or a shorter deadline"
-        )

@@ -173,9 +173,19 @@ class RefreshPolicy:
                 return left < lifetime * self.young_fraction
         return not refreshed_here
 
-    def lock_ttl_needed(self) -> float:
-        """The shortest lock lifetime that outlives a whole grant, with the margin."""
-        return self.token_deadline + self.lock_ttl_margin
+    def check_lock_ttl(self, store: Any, deadline: float) -> None:
+        """Refuse a store whose lock lapses by itself (``lock_ttl``) before a grant of up to
+        ``deadline`` seconds, plus the margin, is over (:class:`~refresher.ConfigurationError`)."""
+        ttl = getattr(store, "lock_ttl", None)
+        if not isinstance(ttl, (int, float)) or isinstance(ttl, bool):
+            return
+        needed = deadline + self.lock_ttl_margin
+        if ttl < needed:
+            raise ConfigurationError(
+                f"{store!r} has lock_ttl={ttl:g} s, but a refresh may take up to the token "
+                f"endpoint's deadline of {deadline:g} s, and the lock must outlive it by "
+                f"{self.lock_ttl_margin:g} s: use lock_ttl >= {needed:g}, or a shorter deadline"
+            )
 
 
 #: The policy used when none is given.

@@ -1,0 +1,110 @@
+"""GuardedAccount: one account of a store, and its locks, as the coordinator uses them.
+
+A store may be the user's own, whose driver raises its own exceptions
+(``sqlite3.OperationalError``, a connection reset). Whatever it raises reaches the
+coordinator as a :class:`~refresher.TokenStoreError` with the original chained, so the rule
+"a granted pair is kept whatever the store does" needs one ``except`` clause, not one per
+driver. The thread lock in front of the store's lock (one refresh per process at a time)
+lives here too, with the same bounded wait.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import threading
+from typing import Any, Callable, Iterator, Optional, TypeVar
+
+from ..errors import LockTimeout, RefresherError, TokenStoreError
+from ..token import Token
+from .base import TokenStore, Versioned
+
+__all__ = ["GuardedAccount"]
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+
+class GuardedAccount:
+    """``store``'s methods for ``account``, each failure a :class:`~refresher.TokenStoreError`;
+    and the process's thread lock for the account."""
+
+    def __init__(self, store: TokenStore, account: str,
+                 thread_lock: Optional[threading.Lock] = None) -> None:
+        self.store = store
+        self.account = account
+        self.thread_lock = thread_lock if thread_lock is not None else threading.Lock()
+
+    def acquire_thread_lock(self, timeout: Optional[float], *, wait: bool = True) -> bool:
+        """Take the thread lock: False at once when ``wait`` is off and it is taken;
+        :class:`~refresher.LockTimeout` after ``timeout`` seconds (``None``: no limit)."""
+        if not wait:
+            return self.thread_lock.acquire(blocking=False)
+        if self.thread_lock.acquire(timeout=-1 if timeout is None else timeout):
+            return True
+        raise LockTimeout(
+            f"account {self.account!r}: another thread of this process has been refreshing "
+            f"for more than lock_timeout={timeout:g} s (a slow token endpoint?); "
+            "the stored token is kept, try again later"
+        )
+
+    @contextlib.contextmanager
+    def thread_held(self, timeout: Optional[float]) -> Iterator[None]:
+        """The thread lock, held for the block."""
+        self.acquire_thread_lock(timeout)
+        try:
+            yield
+        finally:
+            self.thread_lock.release()
+
+    def __repr__(self) -> str:
+        return f"GuardedAccount({self.store!r}, {self.account!r})"
+
+    def load(self) -> Optional[Token]:
+        return self._call("read", self.store.load, self.account)
+
+    def load_versioned(self) -> Versioned:
+        return self._call("read", self.store.load_versioned, self.account)
+
+    def save_versioned(self, token: Token, expected_version: Optional[str]) -> str:
+        return self._call("save", self.store.save_versioned, self.account, token,
+                          expected_version)
+
+    def needs_login(self, token: Token) -> bool:
+        return self._call("read", self.store.needs_login, self.account, token)
+
+    def mark_needs_login(self, refresh_token: str) -> None:
+        self._call("record the refusal in", self.store.mark_needs_login, self.account,
+                   refresh_token)
+
+    def verify_lock(self) -> None:
+        self._call("check the lock of", self.store.verify_lock, self.account)
+
+    @contextlib.contextmanager
+    def lock(self, timeout: Optional[float]) -> Iterator[None]:
+        """The store's lock for the account. An error that ends the block is the one
+        reported: a failure to release then is only logged."""
+        manager = self._call("lock", self.store.lock, self.account, timeout=timeout)
+        self._call("lock", manager.__enter__)
+        try:
+            yield
+        except BaseException:
+            try:
+                manager.__exit__(*sys.exc_info())
+            except Exception:
+                log.exception("account %r: releasing the store's lock failed", self.account)
+            raise
+        self._call("unlock", manager.__exit__, None, None, None)
+
+    def _call(self, doing: str, call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        try:
+            return call(*args, **kwargs)
+        except RefresherError:
+            raise
+        except Exception as exc:
+            raise TokenStoreError(
+                f"token store {self.store!r} failed to {doing} account {self.account!r}: "
+                f"{type(exc).__name__}"
+            ) from exc
