@@ -1,7 +1,7 @@
 """One refresh per expiry? P processes x T threads sharing one token, against the emulator.
 
 Every worker thread calls ``GET /2/users/me`` through a RefreshingSession, pausing
-``--pause`` seconds between calls (the engine is :mod:`refresher._workload`), with access
+``--pause`` seconds between calls (the engine is :mod:`refresher.demo.workload`), with access
 tokens that live ``--ttl`` seconds, for ``--seconds``. One row per store:
 
 - ``json``: one JSONTokenStore file shared by all processes;
@@ -36,7 +36,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import emit, median, percentile, progress, redis_unavailable  # noqa: E402
 
-from refresher._workload import WorkerReport, WorkloadSpec, run_workers, summarize  # noqa: E402
+from refresher.demo.workload import WorkerReport, WorkloadSpec, run_workers, summarize  # noqa: E402
 from refresher.endpoint import TokenEndpoint  # noqa: E402
 from refresher.testing import DEFAULT_CLIENT_ID, XEmulator  # noqa: E402
 from refresher.testing.redis_server import RedisServer  # noqa: E402

@@ -25,6 +25,7 @@ from .errors import (
     ReauthorizationRequired,
     RefresherError,
     RefreshError,
+    RevokeError,
     StaleTokenError,
     TokenStoreError,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "LockTimeout",
     "StaleTokenError",
     "LoginError",
+    "RevokeError",
     "LockLost",
     "ConfigurationError",
     "InvalidTokenError",

@@ -71,6 +71,7 @@ class RefreshCoordinator:
         lock_timeout: Any = _UNSET,
         on_token_update: Optional[Callable[[Token], Any]] = None,
         on_refresh_error: Optional[Callable[[BaseException], Any]] = None,
+        on_refresh_start: Optional[Callable[[], Any]] = None,
     ) -> None:
         policy = policy if policy is not None else DEFAULT_POLICY
         if leeway is not None:
@@ -84,6 +85,7 @@ class RefreshCoordinator:
         self.endpoint = endpoint
         self.on_token_update = on_token_update
         self.on_refresh_error = on_refresh_error
+        self.on_refresh_start = on_refresh_start
         policy.check_lock_ttl(store, endpoint.deadline)
         self._token: Optional[Token] = None
         # A pair we were granted but could not save (store down): written back first thing.
@@ -303,6 +305,11 @@ class RefreshCoordinator:
                 )
             # A holder whose lock lapsed must not spend the token: the next holder may be.
             self._account.verify_lock()
+            if self.on_refresh_start is not None:
+                try:
+                    self.on_refresh_start()  # for metrics: the token call starts now
+                except Exception:
+                    log.exception("on_refresh_start hook raised; carrying on")
             try:
                 granted = self.endpoint.refresh(refresh_token)
             except ReauthorizationRequired:

@@ -17,7 +17,7 @@ import requests
 from ._constants import DEFAULT_DEADLINE, DEFAULT_TIMEOUT
 from ._transport import require_secure_transport
 from .clock import SYSTEM_CLOCK, Clock
-from .errors import ReauthorizationRequired, RefreshError
+from .errors import ReauthorizationRequired, RefreshError, RevokeError
 from .policy import DEFAULT_POLICY, RefreshPolicy
 from .token import Token, parse_grant
 
@@ -129,11 +129,20 @@ class TokenEndpoint:
         )
 
     def revoke(self, revoke_url: str, token: str, token_type_hint: str = "refresh_token") -> None:
-        """Revoke ``token`` at ``revoke_url``; raises :class:`RefreshError` when refused."""
+        """Revoke ``token`` at ``revoke_url``; raises :class:`~refresher.RevokeError` when X
+        refuses or cannot be reached."""
         form = {"token": token, "token_type_hint": token_type_hint}
-        response = self._post(revoke_url, form, secrets=(token,))
+        try:
+            response = self._post(revoke_url, form, secrets=(token,))
+        except RefreshError as exc:
+            message = str(exc).replace("; the stored token is kept", "").replace(
+                " — check the URL and the network", " — check the revoke URL and the network")
+            raise RevokeError(message, error=exc.error, response=exc.response) from None
         if response.status_code != 200:
-            raise self._error_for(response, "revoke", secrets=(token,))
+            refused = self._error_for(response, "revoke", secrets=(token,))
+            raise RevokeError(str(refused).replace(
+                "; the stored token is kept, try again later", "; try again later"),
+                error=refused.error, response=response)
 
     # -- plumbing ------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ __all__ = [
     "InvalidTokenError",
     "InsecureTransport",
     "LockLost",
+    "RevokeError",
 ]
 
 
@@ -87,6 +88,24 @@ class StaleTokenError(TokenStoreError):
     Raised by stores that version their tokens (the Redis store) when a writer whose lock
     lapsed tries to overwrite a token another holder saved in the meantime.
     """
+
+
+class RevokeError(RefresherError):
+    """X refused or failed to revoke a token; whatever the store holds is unchanged.
+
+    ``error`` is the OAuth error code X sent, when it sent one; ``response`` the answer.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        error: Optional[str] = None,
+        response: Optional[requests.Response] = None,
+    ) -> None:
+        super().__init__(message)
+        self.error = error
+        self.response = response
 
 
 class LoginError(RefresherError):

@@ -98,6 +98,7 @@ class RefreshingSession(OAuth2Session):
         lock_timeout: Any = _UNSET,
         on_token_update: Optional[Callable[[Token], Any]] = None,
         on_refresh_error: Optional[Callable[[BaseException], Any]] = None,
+        on_refresh_start: Optional[Callable[[], Any]] = None,
         refresh_session: Optional[requests.Session] = None,
         policy: Optional[RefreshPolicy] = None,
         clock: Optional[Clock] = None,
@@ -143,6 +144,7 @@ class RefreshingSession(OAuth2Session):
         coordinator = RefreshCoordinator(
             store, account, endpoint, policy=policy, clock=clock,
             on_token_update=on_token_update, on_refresh_error=on_refresh_error,
+            on_refresh_start=on_refresh_start,
         )
         coordinator.load(seed=dict(token) if token else None)
         self._coordinator = coordinator

@@ -13,7 +13,7 @@ import math
 import time
 from typing import Any, Dict, List, Sequence
 
-from ..errors import RefreshError
+from ..errors import RevokeError
 from ..session import RefreshingSession
 from ..settings import describe_store, resolve_setting
 from ..token import fingerprint
@@ -155,7 +155,7 @@ def run_logout(args: argparse.Namespace) -> int:
             note = revoke_pair(token, client_id=client_id, client_secret=secret,
                                token_url=resolve_setting("token_url", args.token_url, meta) or "",
                                revoke_url=revoke_url)
-        except RefreshError as exc:
+        except RevokeError as exc:
             raise Failure(
                 f"{exc}; account {account!r} is kept in the store. Try again later, or remove "
                 f"it without revoking: refresher logout --account {account} --forget-only"

@@ -11,7 +11,7 @@ from typing import Any, Mapping, Optional, Tuple
 
 from .._constants import DEFAULT_DEADLINE, DEFAULT_TIMEOUT
 from ..endpoint import TokenEndpoint
-from ..errors import RefreshError
+from ..errors import RevokeError
 from ..settings import choose_account, default_store_location, resolve_setting
 from ..stores import TokenStore, open_store
 
@@ -67,7 +67,7 @@ def client_id_for(args: argparse.Namespace, metadata: Mapping[str, Any]) -> str:
 
 def revoke_pair(token: Mapping[str, Any], *, client_id: str, client_secret: Optional[str],
                 token_url: str, revoke_url: str, timeout: Optional[float] = None) -> str:
-    """Revoke the refresh token, then the access token; RefreshError if the first fails.
+    """Revoke the refresh token, then the access token; RevokeError if the first fails.
 
     ``timeout`` bounds both revokes together (default: the endpoint's own bounds). Returns
     "" or a note saying the access token could not be revoked (it expires soon).
@@ -84,7 +84,7 @@ def revoke_pair(token: Mapping[str, Any], *, client_id: str, client_secret: Opti
             endpoint.timeout = min(endpoint.timeout, endpoint.deadline)
             try:
                 endpoint.revoke(revoke_url, str(token["access_token"]), "access_token")
-            except RefreshError as exc:
+            except RevokeError as exc:
                 return f" (the access token could not be revoked: {exc}; it expires by itself)"
         return ""
     finally:

@@ -5,7 +5,7 @@
    once and redirects to the local callback server) and save the token in a JSON store;
 3. run ``processes`` worker processes of ``threads`` threads each, all calling
    ``/2/users/me`` through :class:`~refresher.RefreshingSession` over that one store
-   (the engine is :mod:`refresher._workload`), while the token expires every few seconds;
+   (the engine is :mod:`refresher.demo.workload`), while the token expires every few seconds;
 4. read the emulator's counters: every request should succeed, about one refresh should
    happen per token lifetime, and no refresh token should be sent twice.
 
@@ -26,12 +26,12 @@ from typing import Any, Dict, Iterator, List, Optional, TextIO
 
 import requests
 
-from ._workload import WorkloadSpec, run_workers, summarize
-from .errors import LoginError
-from .login import LoginFlow
-from .settings import describe_store
-from .stores import open_store
-from .testing.emulator import DEFAULT_CLIENT_ID, XEmulator
+from ..errors import LoginError
+from ..login import LoginFlow
+from ..settings import describe_store
+from ..stores import open_store
+from ..testing.emulator import DEFAULT_CLIENT_ID, XEmulator
+from .workload import WorkloadSpec, run_workers, summarize
 
 __all__ = ["DemoResult", "run_demo", "format_table", "JSON_KEYS"]
 
@@ -45,7 +45,7 @@ _ACCOUNT = "demo"
 
 @dataclass
 class DemoResult:
-    """What a demo run measured. ``summary`` is :func:`refresher._workload.summarize`'s dict."""
+    """What a demo run measured. ``summary`` is :func:`refresher.demo.workload.summarize`'s dict."""
 
     summary: Dict[str, Any]
     threads: int
