@@ -1,14 +1,81 @@
-"""Shared fixtures: sessions wired to the emulator (served by the refresher pytest plugin)."""
+"""Shared fixtures: sessions wired to the emulator (served by the refresher pytest plugin),
+the emulator's ``/2/users/me`` URL, throw-away ``redis-server`` processes, and what a test does
+when something it needs is missing here.
+
+Something a test needs and this machine lacks (the ``redis-server`` binary, access to the
+package index) skips the test, except in CI (``CI=true``), where it fails it: CI provides
+all of them (``.ci/run`` installs the Debian package ``redis-server``).
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterator, List
+import os
+import shutil
+from typing import Any, Callable, Iterator, List, NoReturn
 
 import pytest
 
 from refresher import MemoryTokenStore, RefreshingSession, TokenStore
 from refresher.testing import DEFAULT_CLIENT_ID, XEmulator
+from refresher.testing.redis_server import RedisServer
+
+
+def _missing(message: str) -> NoReturn:
+    """Skip the test: ``message`` says what is missing; in CI, where it must not be, fail it."""
+    if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
+        pytest.fail(message + " — and CI=true, where it must be", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def missing() -> Callable[[str], NoReturn]:
+    """``missing(message)``: skip the test (fail it in CI), ``message`` saying what is missing."""
+    return _missing
+
+
+@pytest.fixture(scope="session")
+def me_url() -> Callable[[XEmulator], str]:
+    """``me_url(x)``: the URL of emulator ``x``'s ``/2/users/me``."""
+
+    def url(x: XEmulator) -> str:
+        return x.api_url + "/2/users/me"
+
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_binary() -> str:
+    """The path of ``redis-server``; skip (fail in CI) when it is not installed."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        _missing("redis-server is not installed (Debian/Ubuntu: apt-get install "
+                 "redis-server); the Redis store tests need a real server")
+    return binary
+
+
+@pytest.fixture
+def redis_server_factory(redis_binary: str, tmp_path_factory: pytest.TempPathFactory
+                         ) -> Iterator[Callable[..., RedisServer]]:
+    """``make(*extra_args)``: a started RedisServer (loopback, a free port, no persistence),
+    with extra ``redis-server`` arguments (for example ``"--requirepass", "pw"``); all are
+    stopped after the test."""
+    servers: List[RedisServer] = []
+
+    def make(*extra_args: str) -> RedisServer:
+        server = RedisServer(redis_binary, tmp_path_factory.mktemp("redis"), extra_args)
+        servers.append(server)
+        return server.start()
+
+    yield make
+    for server in servers:
+        server.kill()
+
+
+@pytest.fixture
+def redis_server(redis_server_factory: Callable[..., RedisServer]) -> RedisServer:
+    """A started redis-server on 127.0.0.1 and a free port, no persistence."""
+    return redis_server_factory()
 
 
 @pytest.fixture

@@ -12,11 +12,6 @@ import requests
 
 from refresher import MemoryTokenStore
 
-
-def me(x):
-    return x.api_url + "/2/users/me"
-
-
 # -- 403: at most one refresh, none for problems X documents as not about the token ------
 
 def _old_token(x):
@@ -137,7 +132,7 @@ def test_multipart_upload_is_replayed_whole(x_emulator, make_session) -> None:
 
 
 def test_generator_body_is_not_resent_but_the_store_has_the_fresh_token(x_emulator,
-                                                                        make_session):
+                                                                        make_session, me_url):
     store = MemoryTokenStore()
     session = make_session(store=store)
     old = session.token["access_token"]
@@ -151,7 +146,7 @@ def test_generator_body_is_not_resent_but_the_store_has_the_fresh_token(x_emulat
     assert response.status_code == 401
     assert x_emulator.stats.refreshes == 1
     assert store.load("default")["access_token"] != old
-    assert session.get(me(x_emulator)).status_code == 200
+    assert session.get(me_url(x_emulator)).status_code == 200
 
 
 # -- the token stays with its host -------------------------------------------------------
@@ -170,18 +165,19 @@ def test_redirect_to_another_host_carries_no_token_and_its_401_refreshes_nothing
     assert elsewhere.stats.unauthorized == 1
 
 
-def test_401_to_a_request_with_someone_elses_token_refreshes_nothing(x_emulator, make_session):
+def test_401_to_a_request_with_someone_elses_token_refreshes_nothing(x_emulator, make_session,
+                                                                      me_url):
     session = make_session()
     adapter = session.get_adapter(x_emulator.api_url)
-    foreign = requests.Request("GET", me(x_emulator),
+    foreign = requests.Request("GET", me_url(x_emulator),
                                headers={"Authorization": "Bearer not-ours"}).prepare()
     assert adapter.send(foreign).status_code == 401
     assert x_emulator.stats.refreshes == 0
 
 
-def test_withhold_token_sends_none(x_emulator, make_session) -> None:
+def test_withhold_token_sends_none(x_emulator, make_session, me_url) -> None:
     session = make_session()
-    response = session.get(me(x_emulator), withhold_token=True)
+    response = session.get(me_url(x_emulator), withhold_token=True)
     assert response.status_code == 401
     assert "Authorization" not in response.request.headers
     assert x_emulator.stats.refreshes == 0

@@ -26,7 +26,6 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 import requests
-from redis_server import redis_binary, redis_server, redis_server_factory  # noqa: F401, E402
 
 from refresher import JSONTokenStore, ReauthorizationRequired
 from refresher.endpoint import TokenEndpoint
@@ -37,6 +36,7 @@ from refresher.testing import (
     XEmulator,
 )
 from refresher.testing.emulator import DEFAULT_USER
+from refresher.testing.net import free_port
 from refresher.token import fingerprint
 
 _SCRIPT = shutil.which("refresher", path=os.path.dirname(sys.executable))
@@ -245,7 +245,7 @@ def _refreshable(x: XEmulator, refresh_token: str) -> bool:
     return True
 
 
-def test_logging_in_again_replaces_the_account_and_revokes_nothing(cli, x_emulator):
+def test_logging_in_again_replaces_the_account_and_revokes_nothing(cli, x_emulator, me_url):
     cli.login(x_emulator)
     old = JSONTokenStore(cli.store).load("emulated_user")
     again = cli.login(x_emulator)
@@ -254,7 +254,7 @@ def test_logging_in_again_replaces_the_account_and_revokes_nothing(cli, x_emulat
     assert x_emulator.stats.revocations == 0  # no revoke request was sent at all
     new = JSONTokenStore(cli.store).load("emulated_user")
     assert new["refresh_token"] != old["refresh_token"]
-    me = requests.get(x_emulator.api_url + "/2/users/me", timeout=5,
+    me = requests.get(me_url(x_emulator), timeout=5,
                       headers={"Authorization": f"Bearer {new['access_token']}"})
     assert me.status_code == 200
     assert _refreshable(x_emulator, new["refresh_token"])  # the new pair lives
@@ -382,7 +382,7 @@ def test_logout_revokes_at_x_and_removes_the_account(cli, x_emulator):
 
 def test_logout_keeps_the_account_when_x_cannot_be_reached(cli, x_emulator):
     cli.login(x_emulator)
-    dead = f"http://127.0.0.1:{_closed_port()}/2/oauth2/revoke"
+    dead = f"http://127.0.0.1:{free_port()}/2/oauth2/revoke"
     done = cli.run("logout", "--store", str(cli.store), "--revoke-url", dead)
     assert done.returncode == 1
     assert "cannot reach" in done.stderr and "--forget-only" in done.stderr
@@ -581,7 +581,7 @@ def test_a_port_in_use_fails_clearly(cli, x_emulator):
 
 def test_an_unreachable_token_url_fails_clearly_and_debug_shows_the_traceback(cli, x_emulator):
     cli.login(x_emulator)
-    dead = f"http://127.0.0.1:{_closed_port()}/2/oauth2/token"
+    dead = f"http://127.0.0.1:{free_port()}/2/oauth2/token"
     done = cli.run("refresh", "--store", str(cli.store), "--token-url", dead)
     _one_clear_line(done, 1, f"cannot reach {dead}")
     debug = cli.run("refresh", "--debug", "--store", str(cli.store), "--token-url", dead)
@@ -785,11 +785,6 @@ def test_cron_recipe_overlapping_runs_share_one_store(cli, x_emulator_factory, t
     assert 1 <= stats.refreshes <= span / 0.9 + 2
 
 
-def _closed_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        return int(probe.getsockname()[1])
-
-
 def test_the_readme_shows_exactly_the_recipes_these_tests_run():
     from pathlib import Path
 
@@ -809,7 +804,7 @@ def test_version_flag():
     assert done.returncode == 0 and done.stdout.strip() == f"refresher {refresher.__version__}"
 
 
-def test_commands_take_a_redis_url_as_the_store(cli, x_emulator, redis_server):  # noqa: F811
+def test_commands_take_a_redis_url_as_the_store(cli, x_emulator, redis_server):
     url = redis_server.url
     cli.login(x_emulator, "--account", "alice", REFRESHER_STORE=url)
     status = cli.run("status", "--json", "--store", url, env=cli.emulated(x_emulator))

@@ -12,10 +12,7 @@ import requests
 import refresher
 from refresher import JSONTokenStore, MemoryTokenStore, RefreshingSession, TokenStoreError
 from refresher.testing import DEFAULT_CLIENT_ID
-
-
-def me(x):
-    return x.api_url + "/2/users/me"
+from refresher.testing.net import free_port
 
 
 def _get_together(session, url: str, threads: int = 16) -> List[int]:
@@ -36,26 +33,26 @@ def _get_together(session, url: str, threads: int = 16) -> List[int]:
 
 
 def test_16_threads_hitting_an_expired_token_cause_exactly_one_refresh(x_emulator,
-                                                                        make_session):
+                                                                        make_session, me_url):
     session = make_session()
     x_emulator.expire_access_token(session.token["access_token"])
-    assert _get_together(session, me(x_emulator)) == [200] * 16
+    assert _get_together(session, me_url(x_emulator)) == [200] * 16
     stats = x_emulator.stats
     assert stats.token_requests == 1 and stats.refreshes == 1
     assert stats.reused_refresh_tokens == 0
 
 
 def test_16_threads_with_an_expiring_token_refresh_once_before_sending(x_emulator,
-                                                                        make_session):
+                                                                        make_session, me_url):
     token = x_emulator.issue_token()
     token["expires_at"] = time.time() + 5  # inside the 60 s leeway
     session = make_session(token=token)
-    assert _get_together(session, me(x_emulator)) == [200] * 16
+    assert _get_together(session, me_url(x_emulator)) == [200] * 16
     assert x_emulator.stats.token_requests == 1
 
 
 def test_a_sibling_that_already_refreshed_is_adopted_not_refreshed_again(x_emulator,
-                                                                          tmp_path):
+                                                                          tmp_path, me_url):
     store_path = tmp_path / "tokens.json"
     seed = x_emulator.issue_token()
     kw: Any = dict(token_url=x_emulator.token_url, api_base_url=x_emulator.api_url)
@@ -65,7 +62,7 @@ def test_a_sibling_that_already_refreshed_is_adopted_not_refreshed_again(x_emula
     assert second.token["access_token"] == seed["access_token"]
     x_emulator.invalidate_access_on_refresh = True
     first.refresh()  # second's access token is now dead, and its refresh token spent
-    assert second.get(me(x_emulator)).status_code == 200  # 401 -> re-read -> adopt
+    assert second.get(me_url(x_emulator)).status_code == 200  # 401 -> re-read -> adopt
     assert second.token == first.token
     stats = x_emulator.stats
     assert stats.refreshes == 1 and stats.reused_refresh_tokens == 0
@@ -88,21 +85,21 @@ def test_explicit_refresh_uses_the_stored_refresh_token_not_a_stale_copy(x_emula
 
 @pytest.mark.parametrize("status", [500, 503])
 def test_5xx_raises_refresh_error_keeps_the_token_and_the_next_call_works(
-        x_emulator, make_session, status):
+        x_emulator, make_session, status, me_url):
     store = MemoryTokenStore()
     session = make_session(store=store)
     before = store.load("default")
     x_emulator.expire_access_token(before["access_token"])
     x_emulator.fail_token_endpoint(times=5, status=status)
     with pytest.raises(refresher.RefreshError) as raised:
-        session.get(me(x_emulator))
+        session.get(me_url(x_emulator))
     assert not isinstance(raised.value, refresher.ReauthorizationRequired)
     assert store.load("default") == before
     x_emulator.fail_token_endpoint(times=0)
     # let the remaining faults drain, then it simply works
     for _ in range(5):
         try:
-            response = session.get(me(x_emulator))
+            response = session.get(me_url(x_emulator))
             break
         except refresher.RefreshError:
             continue
@@ -149,11 +146,7 @@ def test_timeout_raises_refresh_error_and_keeps_the_token(x_emulator, make_sessi
 
 
 def test_unreachable_token_endpoint_raises_refresh_error(x_emulator, make_session) -> None:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        dead_url = f"http://127.0.0.1:{probe.getsockname()[1]}/2/oauth2/token"
+    dead_url = f"http://127.0.0.1:{free_port()}/2/oauth2/token"
     session = make_session(token_url=dead_url)
     session.coordinator.endpoint.backoff = 0.01
     with pytest.raises(refresher.RefreshError, match="cannot reach.*stored token is kept"):
@@ -172,7 +165,8 @@ def test_spent_refresh_token_raises_reauthorization_required(x_emulator, make_se
     assert store.load("default") == before  # nothing dropped
 
 
-def test_spent_refresh_token_rereads_the_store_before_giving_up(x_emulator, tmp_path) -> None:
+def test_spent_refresh_token_rereads_the_store_before_giving_up(x_emulator, tmp_path,
+                                                                 me_url) -> None:
     """A sibling saved the new pair while we were already talking to the token endpoint."""
     # A store whose save takes no lock, as a sibling whose lock lapsed would write (the POST
     # runs in a worker thread, which could not take a JSON store's lock held by this one).
@@ -195,7 +189,7 @@ def test_spent_refresh_token_rereads_the_store_before_giving_up(x_emulator, tmp_
     session.coordinator.endpoint.session = SiblingWins()
     token = session.refresh()
     assert token["access_token"] == sibling_pair["access_token"]
-    assert session.get(x_emulator.api_url + "/2/users/me").status_code == 200
+    assert session.get(me_url(x_emulator)).status_code == 200
 
 
 def test_missing_refresh_token_means_log_in_again(x_emulator, make_session) -> None:
@@ -217,7 +211,7 @@ class FlakyStore(MemoryTokenStore):
 
 
 def test_a_pair_granted_while_the_store_is_down_is_kept_and_written_back(x_emulator,
-                                                                          make_session):
+                                                                          make_session, me_url):
     store = FlakyStore()
     session = make_session(store=store)
     store.down = True
@@ -226,9 +220,9 @@ def test_a_pair_granted_while_the_store_is_down_is_kept_and_written_back(x_emula
     granted = session.token
     assert store.load("default")["access_token"] != granted["access_token"]
     with pytest.raises(TokenStoreError):  # requests fail while the store is down...
-        session.get(me(x_emulator))
+        session.get(me_url(x_emulator))
     store.down = False
-    assert session.get(me(x_emulator)).status_code == 200  # ...and recover after
+    assert session.get(me_url(x_emulator)).status_code == 200  # ...and recover after
     assert store.load("default") == granted  # the only live pair was not lost
     session.refresh()
     assert x_emulator.stats.reused_refresh_tokens == 0
@@ -259,16 +253,16 @@ def test_lock_timeout_is_reported_through_on_refresh_error(x_emulator, make_sess
 
 
 def test_while_one_thread_refreshes_early_the_others_send_the_still_valid_token(
-        x_emulator, make_session):
+        x_emulator, make_session, me_url):
     token = x_emulator.issue_token()
     token["expires_at"] = time.time() + 50  # inside the 60 s leeway, with a good margin
     session = make_session(token=token)
     x_emulator.token_delay = 1.0  # a slow X
-    refresher_thread = threading.Thread(target=lambda: session.get(me(x_emulator)))
+    refresher_thread = threading.Thread(target=lambda: session.get(me_url(x_emulator)))
     refresher_thread.start()
     while x_emulator.stats.token_requests == 0:  # the refresh is under way...
         time.sleep(0.01)
-    response = session.get(me(x_emulator))  # ...and this request does not wait for it
+    response = session.get(me_url(x_emulator))  # ...and this request does not wait for it
     refreshes_when_answered = x_emulator.stats.refreshes
     refresher_thread.join()
     assert response.status_code == 200
@@ -279,12 +273,12 @@ def test_while_one_thread_refreshes_early_the_others_send_the_still_valid_token(
 
 @pytest.mark.parametrize("left", [-1, 20])
 def test_a_token_at_the_end_of_its_life_waits_for_the_refresh_under_way(x_emulator,
-                                                                        make_session, left):
+                                                                        make_session, left, me_url):
     token = x_emulator.issue_token()
     token["expires_at"] = time.time() + left  # dead, or under half the leeway left
     session = make_session(token=token)
     x_emulator.expire_access_token(token["access_token"])  # a thread that did not wait: 401
     x_emulator.token_delay = 0.5
-    statuses = _get_together(session, me(x_emulator), threads=4)
+    statuses = _get_together(session, me_url(x_emulator), threads=4)
     assert statuses == [200] * 4
     assert x_emulator.stats.refreshes == 1 and x_emulator.stats.unauthorized == 0

@@ -27,10 +27,6 @@ from refresher import (
 from refresher.testing import DEFAULT_CLIENT_ID, XEmulator
 
 
-def me(x: XEmulator) -> str:
-    return x.api_url + "/2/users/me"
-
-
 def _in_thread(call: Callable[[], Any]) -> Callable[[float], Any]:
     """Run ``call`` in a daemon thread; the returned ``join(timeout)`` returns or raises."""
     outcome: Dict[str, Any] = {}
@@ -57,14 +53,14 @@ def _in_thread(call: Callable[[], Any]) -> Callable[[float], Any]:
 # -- 1. a slow token endpoint cannot hang anything ---------------------------------------
 
 def test_a_trickling_token_endpoint_ends_the_grant_at_its_deadline(x_emulator_factory,
-                                                                    make_session) -> None:
+                                                                    make_session, me_url) -> None:
     x = x_emulator_factory(token_trickle=0.5)  # headers at once, then a byte every 0.5 s
     session = make_session(emulator=x)
     assert session.coordinator is not None
     session.coordinator.endpoint.deadline = 2.0
     x.expire_access_token(session.token["access_token"])
     started = time.monotonic()
-    join = _in_thread(lambda: session.get(me(x)))
+    join = _in_thread(lambda: session.get(me_url(x)))
     with pytest.raises(RefreshError, match="within the 2 s deadline"):
         join(30)
     # On the wall clock: the deadline, plus scheduling slack, not the answer's 100+ s.
@@ -72,16 +68,16 @@ def test_a_trickling_token_endpoint_ends_the_grant_at_its_deadline(x_emulator_fa
 
 
 def test_threads_waiting_for_a_stuck_refresh_get_LockTimeout(x_emulator_factory,
-                                                             make_session) -> None:
+                                                             make_session, me_url) -> None:
     x = x_emulator_factory(token_trickle=0.5)
     session = make_session(emulator=x, lock_timeout=0.5)
     assert session.coordinator is not None
     session.coordinator.endpoint.deadline = 4.0
     x.expire_access_token(session.token["access_token"])
-    refreshing = _in_thread(lambda: session.get(me(x)))
+    refreshing = _in_thread(lambda: session.get(me_url(x)))
     while x.stats.token_requests == 0:
         time.sleep(0.01)
-    waiters = [_in_thread(lambda: session.get(me(x))) for _ in range(3)]
+    waiters = [_in_thread(lambda: session.get(me_url(x))) for _ in range(3)]
     for join in waiters:
         with pytest.raises(LockTimeout, match="lock_timeout=0.5"):
             join(30)
@@ -103,7 +99,7 @@ class DriverErrorStore(MemoryTokenStore):
 
 
 def test_a_store_raising_its_drivers_exception_keeps_the_granted_pair(x_emulator,
-                                                                      make_session) -> None:
+                                                                      make_session, me_url) -> None:
     store = DriverErrorStore()
     errors: List[BaseException] = []
     session = make_session(store=store, on_refresh_error=errors.append)
@@ -114,7 +110,7 @@ def test_a_store_raising_its_drivers_exception_keeps_the_granted_pair(x_emulator
     assert errors == [caught.value]
     granted = session.token
     store.down = False
-    assert session.get(me(x_emulator)).status_code == 200  # written back first, then sent
+    assert session.get(me_url(x_emulator)).status_code == 200  # written back first, then sent
     assert store.load("default") == granted
     session.refresh()  # the kept pair is the live one: spending it works
     assert x_emulator.stats.reused_refresh_tokens == 0
@@ -229,7 +225,7 @@ def test_an_unusable_seed_is_refused_before_anything_is_saved(tmp_path, seed, fi
 
 
 def test_a_grant_with_expires_in_zero_does_not_make_every_thread_refresh(
-        x_emulator_factory, make_session) -> None:
+        x_emulator_factory, make_session, me_url) -> None:
     class ZeroLifetime(XEmulator):
         def _mint(self, *args: Any) -> Dict[str, Any]:
             payload = super()._mint(*args)
@@ -241,14 +237,14 @@ def test_a_grant_with_expires_in_zero_does_not_make_every_thread_refresh(
         session = make_session(emulator=x)
         session.refresh()
         before = x.stats.refreshes
-        assert session.get(me(x)).status_code == 200
+        assert session.get(me_url(x)).status_code == 200
         assert x.stats.refreshes - before <= 1  # at most one per request, never two
         before = x.stats.refreshes
         barrier = threading.Barrier(8)
 
         def call() -> int:
             barrier.wait()
-            return int(session.get(me(x)).status_code)
+            return int(session.get(me_url(x)).status_code)
 
         joins = [_in_thread(call) for _ in range(8)]
         assert [join(30) for join in joins] == [200] * 8
@@ -261,7 +257,7 @@ def test_a_grant_with_expires_in_zero_does_not_make_every_thread_refresh(
 # -- 5. no refresh storm on 401 ------------------------------------------------------------
 
 def test_an_always_401_endpoint_does_not_cause_a_refresh_storm(x_emulator,
-                                                                make_session) -> None:
+                                                                make_session, me_url) -> None:
     session = make_session()
     for _ in range(6):
         response = session.get(x_emulator.api_url + "/2/emulator/unauthorized")
@@ -269,12 +265,12 @@ def test_an_always_401_endpoint_does_not_cause_a_refresh_storm(x_emulator,
     assert x_emulator.stats.refreshes <= 2
     refreshes = x_emulator.stats.refreshes
     token = session.token["access_token"]
-    assert session.get(me(x_emulator)).status_code == 200  # other endpoints keep working
+    assert session.get(me_url(x_emulator)).status_code == 200  # other endpoints keep working
     assert session.token["access_token"] == token
     assert x_emulator.stats.refreshes == refreshes
     # A real expiry on another endpoint is still cured by a refresh.
     x_emulator.expire_access_token(token)
-    assert session.get(me(x_emulator)).status_code == 200
+    assert session.get(me_url(x_emulator)).status_code == 200
     assert x_emulator.stats.refreshes == refreshes + 1
 
 
@@ -374,11 +370,11 @@ def test_a_body_that_breaks_off_is_not_called_unreachable(tmp_path) -> None:
     listener.close()
 
 
-def test_a_plain_session_reaches_this_machine_over_http(x_emulator) -> None:
+def test_a_plain_session_reaches_this_machine_over_http(x_emulator, me_url) -> None:
     plain = RefreshingSession(DEFAULT_CLIENT_ID)  # no store, no token: an OAuth2Session
     assert plain.get(x_emulator.url + "/emulator/stats", timeout=10).status_code == 200
     with pytest.raises(refresher.InsecureTransport, match="use an https URL"):
         plain.get("http://example.invalid/2/users/me")
     with_token = RefreshingSession(DEFAULT_CLIENT_ID, token=x_emulator.issue_token())
     with pytest.raises(refresher.RefresherError, match="pass store="):
-        with_token.get(me(x_emulator))
+        with_token.get(me_url(x_emulator))

@@ -25,6 +25,7 @@ from refresher.testing import (
     DEFAULT_CONFIDENTIAL_CLIENT_ID,
     XEmulator,
 )
+from refresher.testing.net import free_port
 
 
 def _flow(x: XEmulator, client_id: str = DEFAULT_CLIENT_ID, **kw: Any) -> LoginFlow:
@@ -108,7 +109,7 @@ def test_run_local_server_logs_in_and_the_token_works(x_emulator):
 
 
 def test_the_callback_server_is_gone_afterwards(x_emulator):
-    port = _free_port()
+    port = free_port()
     _flow(x_emulator).run_local_server(port=port, open_browser=Browser(), timeout=10)
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/callback", timeout=2)
@@ -138,7 +139,7 @@ def test_access_denied_is_a_login_error(x_emulator_factory):
 
 
 def test_nobody_coming_back_times_out_and_frees_the_port(x_emulator):
-    port = _free_port()
+    port = free_port()
     with pytest.raises(LoginError, match=r"no login within 0.3 s"):  # not the 300 s default
         _flow(x_emulator).run_local_server(port=port, open_browser=lambda url: None,
                                           timeout=0.3)
@@ -456,8 +457,3 @@ def test_notebook_recipe(x_emulator_factory, tmp_path, monkeypatch):
     assert session.me()["username"] == "emulated_user"
     assert x.stats.refreshes >= 1 and x.stats.reused_refresh_tokens == 0
     assert x.stats.unauthorized == 0
-
-
-def _free_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        return int(probe.getsockname()[1])

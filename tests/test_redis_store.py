@@ -14,7 +14,6 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
 import redis
-from redis_server import RedisServer, free_port, redis_binary, redis_server, redis_server_factory  # noqa: F401
 
 import refresher
 from refresher import (
@@ -29,6 +28,8 @@ from refresher._workload import WorkloadSpec, run_workers, summarize
 from refresher.endpoint import DEFAULT_TIMEOUT
 from refresher.stores.redis import DEFAULT_LOCK_TTL
 from refresher.testing import DEFAULT_CLIENT_ID, XEmulator
+from refresher.testing.net import free_port
+from refresher.testing.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
 
@@ -38,7 +39,7 @@ TOKEN = {"access_token": "at-1", "refresh_token": "rt-1", "token_type": "bearer"
 
 
 @pytest.fixture
-def make_store(redis_server: RedisServer) -> Iterator[Callable[..., RedisTokenStore]]:  # noqa: F811
+def make_store(redis_server: RedisServer) -> Iterator[Callable[..., RedisTokenStore]]:
     """``make_store(url=None, **options)``: a RedisTokenStore on the test's server."""
     made: List[RedisTokenStore] = []
 
@@ -53,7 +54,7 @@ def make_store(redis_server: RedisServer) -> Iterator[Callable[..., RedisTokenSt
 
 
 @pytest.fixture
-def raw(redis_server: RedisServer) -> Iterator[redis.Redis]:  # noqa: F811
+def raw(redis_server: RedisServer) -> Iterator[redis.Redis]:
     """A plain redis-py client on the test's server, to look behind the store's back."""
     client = redis.Redis.from_url(redis_server.url)
     yield client
@@ -138,7 +139,7 @@ def test_the_token_endpoint_timeout_is_well_under_the_lock_ttl() -> None:
 
 # -- the store -------------------------------------------------------------------------------
 
-def test_open_store_makes_a_redis_store_from_a_url(redis_server: RedisServer) -> None:  # noqa: F811
+def test_open_store_makes_a_redis_store_from_a_url(redis_server: RedisServer) -> None:
     store = open_store(redis_server.url, prefix="app:", lock_ttl=25)
     try:
         assert isinstance(store, RedisTokenStore)
@@ -215,7 +216,7 @@ def test_a_corrupt_value_is_reported_and_left_untouched(make_store, raw) -> None
 # -- the lock --------------------------------------------------------------------------------
 
 def test_lock_timeout_raises_LockTimeout_naming_server_and_account(make_store,
-                                                                   redis_server) -> None:  # noqa: F811
+                                                                   redis_server) -> None:
     holder, waiter = make_store(), make_store()
     with holder.lock(ACCOUNT):
         with pytest.raises(LockTimeout) as caught:
@@ -255,7 +256,7 @@ for _ in range(times):
 
 
 @pytest.mark.integration
-def test_lock_is_exclusive_across_processes(redis_server, raw) -> None:  # noqa: F811
+def test_lock_is_exclusive_across_processes(redis_server, raw) -> None:
     processes, times = 3, 30
     start_at = str(time.time() + 2.0)
     workers = [subprocess.Popen([sys.executable, "-c", _INCREMENTS, redis_server.url,
@@ -293,8 +294,8 @@ with store.lock(sys.argv[3], timeout=10):
 
 
 @pytest.mark.integration
-def test_a_sigkilled_lock_holder_frees_the_lock_after_lock_ttl(x_emulator, redis_server,  # noqa: F811
-                                                                make_store, raw) -> None:
+def test_a_sigkilled_lock_holder_frees_the_lock_after_lock_ttl(x_emulator, redis_server,
+                                                                make_store, raw, me_url) -> None:
     lock_ttl = 2.5  # the dead holder's; this session's store keeps the default
     store = make_store()
     seed = x_emulator.issue_token()
@@ -312,7 +313,7 @@ def test_a_sigkilled_lock_holder_frees_the_lock_after_lock_ttl(x_emulator, redis
         with store.lock(ACCOUNT, timeout=0):
             pass
     x_emulator.expire_access_token(seed["access_token"])
-    response = session.get(x_emulator.api_url + "/2/users/me")  # 401, waits, refreshes
+    response = session.get(me_url(x_emulator))  # 401, waits, refreshes
     assert response.status_code == 200
     assert x_emulator.stats.refreshes == 1
     assert x_emulator.stats.reused_refresh_tokens == 0
@@ -394,7 +395,7 @@ class _PausingStore(RedisTokenStore):
 
 
 def test_a_holder_whose_lock_lapsed_does_not_spend_the_refresh_token(
-        x_emulator_factory, redis_server, make_store, raw) -> None:  # noqa: F811
+        x_emulator_factory, redis_server, make_store, raw, me_url) -> None:
     """Host A stalls under its lock past lock_ttl; host B takes the lock and refreshes. A
     must not send the same refresh token: it notices before the token call, takes the lock
     again and adopts B's pair."""
@@ -406,7 +407,7 @@ def test_a_holder_whose_lock_lapsed_does_not_spend_the_refresh_token(
     stalled.lock_ttl = 0.4  # from now on its locks lapse quickly (the session checked 30 s)
     stalled.pause = 1.0
     x.expire_access_token(seed["access_token"])
-    url = x.api_url + "/2/users/me"
+    url = me_url(x)
     first = _in_thread(lambda: host_a.get(url))
     _wait_for(lambda: raw.exists("refresher:alice:lock"), "host A's lock")
     _wait_for(lambda: not raw.exists("refresher:alice:lock"), "host A's lock to lapse")
@@ -419,14 +420,14 @@ def test_a_holder_whose_lock_lapsed_does_not_spend_the_refresh_token(
 
 
 def test_a_login_during_a_slow_refresh_waits_for_it_and_wins(x_emulator_factory,
-                                                            make_store) -> None:
+                                                            make_store, me_url) -> None:
     x = x_emulator_factory()
     seed = x.issue_token()
     slow = _session(x, make_store(), seed)
     other = _session(x, make_store())
     x.token_delay = 1.0
     x.expire_access_token(seed["access_token"])
-    url = x.api_url + "/2/users/me"
+    url = me_url(x)
     pending = _in_thread(lambda: slow.get(url))
     _wait_for(lambda: x.stats.token_requests == 1, "the slow refresh")
     login = x.issue_token()
@@ -466,7 +467,7 @@ def test_unreachable_redis_is_a_TokenStoreError_naming_the_server_not_the_passwo
 
 
 def test_a_wrong_password_is_a_TokenStoreError_without_the_password(
-        redis_server_factory, make_store) -> None:  # noqa: F811
+        redis_server_factory, make_store) -> None:
     server = redis_server_factory("--requirepass", "right-pw-123")
     with pytest.raises(TokenStoreError) as caught:
         make_store(server.url_for(password="wrong-pw-456")).load(ACCOUNT)
@@ -488,7 +489,7 @@ def test_a_bad_url_is_a_TokenStoreError_without_the_password() -> None:
 
 
 def test_redis_restarted_during_a_refresh_the_granted_pair_is_written_back(
-        x_emulator_factory, redis_server, make_store) -> None:  # noqa: F811
+        x_emulator_factory, redis_server, make_store, me_url) -> None:
     """Redis dies while a refresh is at X: the new pair cannot be saved, and the old refresh
     token is already spent. The session keeps the pair, requests needing the store fail with
     TokenStoreError while Redis is down, and the pair is saved once Redis is back (empty:
@@ -497,7 +498,7 @@ def test_redis_restarted_during_a_refresh_the_granted_pair_is_written_back(
     store = make_store()
     seed = x.issue_token()
     session = _session(x, store, seed)
-    url = x.api_url + "/2/users/me"
+    url = me_url(x)
     assert session.get(url).status_code == 200
     x.token_delay = 1.0
     x.expire_access_token(seed["access_token"])
@@ -555,14 +556,14 @@ def _assert_coordinated(result: Dict[str, Any]) -> None:
 
 @pytest.mark.integration
 def test_4_processes_x_3_threads_share_one_redis_store_with_1_second_tokens(
-        x_emulator_factory, redis_server) -> None:  # noqa: F811
+        x_emulator_factory, redis_server) -> None:
     x = x_emulator_factory(access_ttl=1.0)
     _assert_coordinated(_run(x, redis_server, processes=4, threads=3, seconds=9))
 
 
 @pytest.mark.integration
 def test_redis_restarted_in_the_middle_of_a_multi_process_run(x_emulator_factory,
-                                                              redis_server, raw) -> None:  # noqa: F811
+                                                              redis_server, raw) -> None:
     """Redis goes away between two refreshes and comes back empty: requests that need the
     store fail with TokenStoreError while it is down, every process recovers after, and no
     refresh token is spent twice."""
@@ -614,12 +615,12 @@ def test_redis_restarted_in_the_middle_of_a_multi_process_run(x_emulator_factory
 @pytest.mark.soak
 @pytest.mark.integration
 def test_soak_6_processes_x_4_threads_share_one_redis_store_for_60_seconds(
-        x_emulator_factory, redis_server) -> None:  # noqa: F811
+        x_emulator_factory, redis_server) -> None:
     x = x_emulator_factory(access_ttl=1.0)
     _assert_coordinated(_run(x, redis_server, processes=6, threads=4, seconds=60))
 
 
-def test_a_client_of_your_own_is_used_as_is_and_left_open(redis_server) -> None:  # noqa: F811
+def test_a_client_of_your_own_is_used_as_is_and_left_open(redis_server) -> None:
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
     store = RedisTokenStore(client, prefix="mine:")
     with store.lock(ACCOUNT, timeout=1):

@@ -17,14 +17,14 @@ def _secrets_in(text: str, secrets) -> list:
 
 
 def test_a_whole_life_at_debug_logs_no_secret(x_emulator, make_session, all_logs,
-                                              tmp_path) -> None:
+                                              tmp_path, me_url) -> None:
     logging.getLogger("urllib3").setLevel(logging.DEBUG)
     token = x_emulator.issue_token(client_id=DEFAULT_CONFIDENTIAL_CLIENT_ID)
     seen = [token["access_token"], token["refresh_token"], DEFAULT_CLIENT_SECRET]
     session = make_session(store=JSONTokenStore(tmp_path / "t.json"), token=token,
                            client_id=DEFAULT_CONFIDENTIAL_CLIENT_ID,
                            client_secret=DEFAULT_CLIENT_SECRET)
-    me = x_emulator.api_url + "/2/users/me"
+    me = me_url(x_emulator)
     session.get(me)
     seen += [session.token["access_token"], session.token["refresh_token"]]
     session.refresh()                                          # explicit refresh

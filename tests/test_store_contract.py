@@ -9,15 +9,10 @@ from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
-from redis_server import (  # noqa: F401
-    RedisServer,
-    redis_binary,
-    redis_server,
-    redis_server_factory,
-)
 
 from refresher import JSONTokenStore, LockTimeout, MemoryTokenStore, TokenStore
 from refresher.testing.contract import TokenStoreContract
+from refresher.testing.redis_server import RedisServer
 
 
 class TestMemoryTokenStore(TokenStoreContract):
@@ -39,7 +34,7 @@ class TestJSONTokenStore(TokenStoreContract):
 @pytest.mark.redis
 class TestRedisTokenStore(TokenStoreContract):
     @pytest.fixture
-    def store(self, redis_server: RedisServer) -> Iterator[TokenStore]:  # noqa: F811
+    def store(self, redis_server: RedisServer) -> Iterator[TokenStore]:
         from refresher import RedisTokenStore
 
         store = RedisTokenStore(redis_server.url)
@@ -47,7 +42,7 @@ class TestRedisTokenStore(TokenStoreContract):
         store.close()
 
     @pytest.fixture
-    def other(self, redis_server: RedisServer) -> Iterator[TokenStore]:  # noqa: F811
+    def other(self, redis_server: RedisServer) -> Iterator[TokenStore]:
         from refresher import RedisTokenStore
 
         other = RedisTokenStore(redis_server.url)  # another client, as another host has

@@ -18,16 +18,11 @@ import time
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-__all__ = ["RedisServer", "free_port"]
+from refresher.testing.net import free_port
+
+__all__ = ["RedisServer", "free_port"]  # free_port: where it was first, for older imports
 
 _START_TIMEOUT = 10.0
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on ``host`` a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
 
 
 class RedisServer:
