@@ -104,19 +104,16 @@ def test_the_whole_grant_deadline_is_well_under_the_redis_lock_lifetime() -> Non
 
 
 def test_revoke_raises_its_own_error_not_a_refresh_error(x_emulator) -> None:
-    import socket
-
     from refresher import RefreshError, RevokeError
     from refresher.endpoint import TokenEndpoint
+    from refresher.testing.net import free_port
 
     endpoint = TokenEndpoint(x_emulator.token_url, "no-such-client")
     with pytest.raises(RevokeError) as refused:
         endpoint.revoke(x_emulator.revoke_url, "rt-secret-value")
     assert not isinstance(refused.value, RefreshError)
     assert refused.value.response is not None and "rt-secret-value" not in str(refused.value)
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        closed = probe.getsockname()[1]
+    closed = free_port()  # a port nobody listens on
     with pytest.raises(RevokeError, match="revoke URL") as unreachable:
         endpoint.revoke(f"http://127.0.0.1:{closed}/2/oauth2/revoke", "rt-secret-value")
     assert "stored token is kept" not in str(unreachable.value)
