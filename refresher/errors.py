@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RefresherError",
+    "EndpointError",
     "RefreshError",
     "ReauthorizationRequired",
     "TokenStoreError",
@@ -33,13 +34,12 @@ class RefresherError(Exception):
     """Base class of every error refresher raises."""
 
 
-class RefreshError(RefresherError):
-    """The token endpoint refused or failed a refresh.
+class EndpointError(RefresherError):
+    """An OAuth endpoint of X (token, revoke) refused or failed a request.
 
     ``error`` is the OAuth error code the endpoint sent (``"invalid_request"``,
     ``"unauthorized_client"``...) or ``None`` when it sent none (a 5xx, a timeout, a
     non-JSON answer). ``response`` is the :class:`requests.Response`, when there was one.
-    The stored token is untouched: the next call tries again.
     """
 
     def __init__(
@@ -52,6 +52,13 @@ class RefreshError(RefresherError):
         super().__init__(message)
         self.error = error
         self.response = response
+
+
+class RefreshError(EndpointError):
+    """The token endpoint refused or failed a refresh (or a code exchange).
+
+    The stored token is untouched: the next call tries again.
+    """
 
 
 class ReauthorizationRequired(RefreshError):
@@ -90,22 +97,8 @@ class StaleTokenError(TokenStoreError):
     """
 
 
-class RevokeError(RefresherError):
-    """X refused or failed to revoke a token; whatever the store holds is unchanged.
-
-    ``error`` is the OAuth error code X sent, when it sent one; ``response`` the answer.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        error: Optional[str] = None,
-        response: Optional[requests.Response] = None,
-    ) -> None:
-        super().__init__(message)
-        self.error = error
-        self.response = response
+class RevokeError(EndpointError):
+    """X refused or failed to revoke a token; whatever the store holds is unchanged."""
 
 
 class LoginError(RefresherError):

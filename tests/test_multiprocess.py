@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from refresher._workload import WorkloadSpec, run_workers, summarize
+from refresher.demo.workload import WorkloadSpec, run_workers, summarize
 from refresher.testing import DEFAULT_CLIENT_ID, XEmulator
 
 pytestmark = pytest.mark.integration  # spawns processes

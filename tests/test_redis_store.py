@@ -24,7 +24,7 @@ from refresher import (
     TokenStoreError,
     open_store,
 )
-from refresher._workload import WorkloadSpec, run_workers, summarize
+from refresher.demo.workload import WorkloadSpec, run_workers, summarize
 from refresher.endpoint import DEFAULT_TIMEOUT
 from refresher.stores.redis import DEFAULT_LOCK_TTL
 from refresher.testing import DEFAULT_CLIENT_ID, XEmulator
