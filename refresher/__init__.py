@@ -17,6 +17,7 @@ from .clock import Clock
 from .coordinator import RefreshCoordinator
 from .errors import (
     ConfigurationError,
+    EndpointError,
     InsecureTransport,
     InvalidTokenError,
     LockLost,
@@ -60,6 +61,7 @@ __all__ = [
     "RedisTokenStore",
     "open_store",
     "RefresherError",
+    "EndpointError",
     "RefreshError",
     "ReauthorizationRequired",
     "TokenStoreError",
