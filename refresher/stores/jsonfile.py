@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
-import stat
 import tempfile
 import time
 from contextlib import contextmanager
@@ -15,19 +13,18 @@ from typing import Any, Dict, Iterator, List, Optional, Union
 
 import filelock
 
-from ..errors import LockLost, LockTimeout, StaleTokenError, TokenStoreError
+from ..errors import StaleTokenError, TokenStoreError
 from ..token import Token
 from .base import TokenStore, Versioned, content_version, overrides
+from .jsonfile_leftovers import TEMP_SUFFIX, recover_leftovers, temp_prefix
+from .jsonfile_lock import acquire_current_lock_file, acquire_lock, check_lock_file
 
 __all__ = ["JSONTokenStore"]
 
+# The store's logger: jsonfile_leftovers and jsonfile_lock log under this name too.
 log = logging.getLogger(__name__)
 
 _FORMAT = "refresher/1"
-# Temporary files are named ``.{name}.{8 random characters}.tmp`` (tempfile.mkstemp).
-_TEMP_SUFFIX = ".tmp"
-# Leftovers larger than this are not read (only removed): a store is a few KiB per account.
-_MAX_LEFTOVER_BYTES = 64 * 1024 * 1024
 # The lock is polled; short polls keep the wait of the processes queued behind a refresh
 # close to the refresh's own round trip.
 _LOCK_POLL_INTERVAL = 0.002
@@ -206,7 +203,8 @@ class JSONTokenStore(TokenStore):
         data = json.dumps(document, indent=2, sort_keys=True).encode("utf-8")
         folder = self.real_path.parent
         try:
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=self._temp_prefix, suffix=_TEMP_SUFFIX)
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=temp_prefix(self.real_path),
+                                       suffix=TEMP_SUFFIX)
         except OSError as exc:
             raise TokenStoreError(
                 f"cannot write token store {self._where}: {exc.strerror}"
@@ -226,75 +224,6 @@ class JSONTokenStore(TokenStore):
                 f"cannot write token store {self._where}: {exc.strerror}; the old file is intact"
             ) from None
         _fsync_folder(folder)
-
-    # -- leftovers of writers that died ---------------------------------------------------
-
-    @property
-    def _temp_prefix(self) -> str:
-        return f".{self.real_path.name}."
-
-    def _leftovers(self) -> List[Path]:
-        """This store's temporary files in its folder: one listdir. Call under the lock."""
-        folder = self.real_path.parent
-        try:
-            names = os.listdir(folder)
-        except OSError as exc:
-            log.debug("cannot list %s for leftover temporary files: %s", folder, exc.strerror)
-            return []
-        # mkstemp's random part has no dot, which keeps a store named "tokens.json.bak"
-        # (temp files ".tokens.json.bak.*.tmp") from matching "tokens.json"'s pattern.
-        pattern = re.compile(
-            re.escape(self._temp_prefix) + r"[A-Za-z0-9_]+" + re.escape(_TEMP_SUFFIX) + r"\Z")
-        return [folder / name for name in sorted(names) if pattern.match(name)]
-
-    def _recover_leftovers(self) -> None:
-        """Adopt what leftover temporary files hold that is newer, then remove them all.
-
-        Called under the lock, on its outermost acquisition: no live writer has a temporary
-        file then, so each one found was left by a writer that died before its rename.
-        """
-        leftovers = self._leftovers()
-        if not leftovers:
-            return
-        try:
-            document = self._read()
-        except TokenStoreError:
-            log.warning(
-                "token store %s is unreadable, so %d temporary file(s) left by writers that "
-                "died (%s) were kept for a person to look at; one may hold the latest tokens",
-                self._where, len(leftovers), ", ".join(str(path) for path in leftovers))
-            return
-        stored = document["accounts"]
-        adopted: Dict[str, Path] = {}
-        for leftover in leftovers:
-            for account, entry in _leftover_accounts(leftover).items():
-                if _is_newer_entry(entry, stored.get(account)):
-                    stored[account] = entry
-                    adopted[account] = leftover
-        if adopted:
-            try:
-                self._write(document)
-            except TokenStoreError as exc:
-                # The caller must not go on with the older pair the store holds.
-                raise TokenStoreError(
-                    f"{exc}. It was adopting the newer token of account(s) "
-                    f"{', '.join(repr(name) for name in sorted(adopted))} from temporary "
-                    f"file(s) left by a writer that died ({', '.join(map(str, leftovers))}); "
-                    "they were kept, and nothing was refreshed."
-                ) from None
-            for account, leftover in sorted(adopted.items()):
-                log.warning(
-                    "token store %s: adopted the newer token of account %r from %s, left by a "
-                    "writer that died before it could finish saving it",
-                    self._where, account, leftover)
-        for leftover in leftovers:
-            try:
-                os.unlink(leftover)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                log.warning("token store %s: cannot remove leftover temporary file %s: %s",
-                            self._where, leftover, exc.strerror)
 
     # -- locking -------------------------------------------------------------------------
 
@@ -324,68 +253,19 @@ class JSONTokenStore(TokenStore):
         lock = self._lock_object()
         outermost = not lock.is_locked  # per thread: filelock's holds are thread-local
         if outermost:
-            self._acquire_current_lock_file(lock, timeout)
+            acquire_current_lock_file(lock, self.lock_path, self._where, timeout)
         else:
-            self._acquire(lock, timeout)  # re-entrant: only counts
+            acquire_lock(lock, self.lock_path, self._where, timeout)  # re-entrant: only counts
         try:
             if outermost:
-                self._recover_leftovers()
+                recover_leftovers(self.real_path, self._where, document_format=_FORMAT,
+                                  read=self._read, write=self._write)
             yield
         finally:
             lock.release()
 
-    def _acquire_current_lock_file(self, lock: filelock.FileLock,
-                                   timeout: Optional[float]) -> None:
-        """Acquire ``lock`` on the inode ``lock_path`` names *now*, within ``timeout`` seconds.
-
-        A waiter can win the flock of a lock file that was deleted or replaced since it
-        opened it (an orphan nobody else will ever open again): then it releases and locks
-        the file now at the path.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            self._acquire(lock, remaining, timeout)
-            try:
-                current = self._holds_current_lock_file(lock) is not False
-            except BaseException:
-                lock.release()
-                raise
-            if current:
-                return
-            lock.release()
-            log.warning(
-                "token store %s: the lock file %s was removed or replaced just as it was "
-                "locked; locking the file now at that path instead", self._where, self.lock_path)
-            if deadline is not None and time.monotonic() >= deadline:
-                raise LockTimeout(
-                    f"could not lock token store {self._where} within {timeout} s: its lock "
-                    f"file {self.lock_path} kept being removed or replaced; keep the store out "
-                    "of folders that tmp cleaners sweep"
-                )
-
-    def _holds_current_lock_file(self, lock: filelock.FileLock) -> Optional[bool]:
-        """Whether ``lock_path`` still names the inode ``lock`` holds (this thread's hold).
-
-        ``False`` when it was deleted or names another file; ``None`` when it cannot be told
-        (not held, or a :mod:`filelock` that does not expose its descriptor).
-        """
-        # filelock keeps the held descriptor in its (per-thread) context: _context.lock_file_fd
-        # in filelock 3.x and 4.x. Looked up defensively, since it is not public API.
-        fd = getattr(getattr(lock, "_context", None), "lock_file_fd", None)
-        if not isinstance(fd, int):
-            return None
-        try:
-            held = os.fstat(fd)
-        except OSError:
-            return None
-        try:
-            now = os.lstat(self.lock_path)
-        except (FileNotFoundError, NotADirectoryError):
-            return False
-        except OSError:
-            return None
-        return os.path.samestat(held, now)
+    def lock(self, account: str, timeout: Optional[float] = None) -> Any:
+        return self._held(timeout)
 
     def verify_lock(self, account: str) -> None:
         """Raise :class:`~refresher.LockLost` unless this thread holds the lock on the lock
@@ -395,46 +275,7 @@ class JSONTokenStore(TokenStore):
         out: the next process creates a new one and locks it. The refresh token must not be
         spent then, since that process may be spending it too.
         """
-        lock = self._lock_object()
-        if not lock.is_locked:
-            raise LockLost(
-                f"token store {self._where}: this thread does not hold the lock (lock file "
-                f"{self.lock_path}) that a refresh of account {account!r} needs; nothing was "
-                "spent."
-            )
-        if self._holds_current_lock_file(lock) is False:
-            raise LockLost(
-                f"token store {self._where}: its lock file {self.lock_path} was removed (or "
-                "replaced) while this process held it, so another process may hold the lock "
-                f"too; nothing was spent (account {account!r}'s refresh token was not sent). "
-                "Keep the token store out of folders that tmp cleaners sweep (system temp "
-                "folders)."
-            )
-
-    def _acquire(self, lock: filelock.FileLock, timeout: Optional[float],
-                 requested: Optional[float] = None) -> None:
-        """``lock.acquire``, its failures turned into refresher's errors.
-
-        ``requested`` is the timeout the caller asked for, for the message, when ``timeout``
-        is what is left of it.
-        """
-        if requested is None:
-            requested = timeout
-        try:
-            lock.acquire(timeout=-1 if timeout is None else timeout)
-        except filelock.Timeout:
-            raise LockTimeout(
-                f"could not lock token store {self._where} within {requested} s "
-                f"(lock file {self.lock_path}); another process is holding it"
-            ) from None
-        except OSError as exc:
-            raise TokenStoreError(
-                f"cannot lock token store {self._where} (lock file {self.lock_path}): "
-                f"{exc.strerror}"
-            ) from None
-
-    def lock(self, account: str, timeout: Optional[float] = None) -> Any:
-        return self._held(timeout)
+        check_lock_file(self._lock_object(), self.lock_path, self._where, account)
 
 
 def _counter(entry: Dict[str, Any]) -> int:
@@ -447,57 +288,6 @@ def _entry_version(entry: Dict[str, Any]) -> str:
     if "version" in entry:
         return str(_counter(entry))
     return content_version(entry.get("token") or {})
-
-
-def _leftover_accounts(leftover: Path) -> Dict[str, Any]:
-    """The accounts of a leftover temporary file; ``{}`` unless it is a whole store document."""
-    try:
-        fd = os.open(leftover, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        return {}
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > _MAX_LEFTOVER_BYTES:
-            return {}
-        with os.fdopen(fd, "rb") as handle:
-            fd = -1
-            document = json.loads(handle.read().decode("utf-8"))
-    except (OSError, ValueError):  # unreadable, truncated (a write cut short), not UTF-8
-        return {}
-    finally:
-        if fd >= 0:
-            os.close(fd)
-    if not isinstance(document, dict) or document.get("format") != _FORMAT:
-        return {}
-    accounts = document.get("accounts")
-    return dict(accounts) if isinstance(accounts, dict) else {}
-
-
-def _is_newer_entry(entry: Any, stored: Any) -> bool:
-    """Whether a leftover's account entry should replace the stored one (``None``: absent).
-
-    It must hold a token with a refresh token, and be newer by ``updated_at`` than a stored
-    entry that has a token.
-    """
-    if not isinstance(entry, dict):
-        return False
-    token = entry.get("token")
-    if not isinstance(token, dict) or not isinstance(token.get("refresh_token"), str):
-        return False
-    if not isinstance(stored, dict) or not isinstance(stored.get("token"), dict):
-        return True  # the store lacks the account, or has only its metadata
-    updated_at, stored_at = _timestamp(entry), _timestamp(stored)
-    if updated_at is None:
-        return False
-    return stored_at is None or updated_at > stored_at
-
-
-def _timestamp(entry: Dict[str, Any]) -> Optional[float]:
-    """An entry's ``updated_at``, or ``None`` when it has no number there."""
-    value = entry.get("updated_at")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    return None
 
 
 def _fsync_folder(folder: Path) -> None:

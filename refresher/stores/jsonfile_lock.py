@@ -1,0 +1,125 @@
+"""The JSON store's lock file: locked as it is at its path now, and checked that it still is.
+
+:mod:`filelock` locks an inode. If a tmp cleaner deletes the lock file (or something
+replaces it) while it is held, a newcomer creates a new one and locks that, and two
+processes "hold" the lock. :func:`acquire_current_lock_file` makes sure a lock just won is
+on the file the path names now; :func:`check_lock_file` tells, right before a refresh token
+is spent, whether it still is. :func:`acquire_lock` turns :mod:`filelock`'s failures into
+refresher's errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import filelock
+
+from ..errors import LockLost, LockTimeout, TokenStoreError
+
+__all__ = ["acquire_lock", "acquire_current_lock_file", "holds_current_lock_file",
+           "check_lock_file"]
+
+# The store's own logger: these warnings are about the store, and keep the logger name they
+# have always had, so a logging setup for refresher.stores.jsonfile still covers them.
+log = logging.getLogger("refresher.stores.jsonfile")
+
+
+def acquire_lock(lock: filelock.FileLock, lock_path: Path, where: str,
+                 timeout: Optional[float], requested: Optional[float] = None) -> None:
+    """``lock.acquire``, its failures turned into refresher's errors.
+
+    ``where`` names the store in messages; ``requested`` is the timeout the caller asked
+    for, for the message, when ``timeout`` is what is left of it.
+    """
+    if requested is None:
+        requested = timeout
+    try:
+        lock.acquire(timeout=-1 if timeout is None else timeout)
+    except filelock.Timeout:
+        raise LockTimeout(
+            f"could not lock token store {where} within {requested} s "
+            f"(lock file {lock_path}); another process is holding it"
+        ) from None
+    except OSError as exc:
+        raise TokenStoreError(
+            f"cannot lock token store {where} (lock file {lock_path}): {exc.strerror}"
+        ) from None
+
+
+def acquire_current_lock_file(lock: filelock.FileLock, lock_path: Path, where: str,
+                              timeout: Optional[float]) -> None:
+    """Acquire ``lock`` on the inode ``lock_path`` names *now*, within ``timeout`` seconds.
+
+    A waiter can win the flock of a lock file that was deleted or replaced since it
+    opened it (an orphan nobody else will ever open again): then it releases and locks
+    the file now at the path.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        acquire_lock(lock, lock_path, where, remaining, timeout)
+        try:
+            current = holds_current_lock_file(lock, lock_path) is not False
+        except BaseException:
+            lock.release()
+            raise
+        if current:
+            return
+        lock.release()
+        log.warning(
+            "token store %s: the lock file %s was removed or replaced just as it was "
+            "locked; locking the file now at that path instead", where, lock_path)
+        if deadline is not None and time.monotonic() >= deadline:
+            raise LockTimeout(
+                f"could not lock token store {where} within {timeout} s: its lock "
+                f"file {lock_path} kept being removed or replaced; keep the store out "
+                "of folders that tmp cleaners sweep"
+            )
+
+
+def holds_current_lock_file(lock: filelock.FileLock, lock_path: Path) -> Optional[bool]:
+    """Whether ``lock_path`` still names the inode ``lock`` holds (this thread's hold).
+
+    ``False`` when it was deleted or names another file; ``None`` when it cannot be told
+    (not held, or a :mod:`filelock` that does not expose its descriptor).
+    """
+    # filelock keeps the held descriptor in its (per-thread) context: _context.lock_file_fd
+    # in filelock 3.x and 4.x. Looked up defensively, since it is not public API.
+    fd = getattr(getattr(lock, "_context", None), "lock_file_fd", None)
+    if not isinstance(fd, int):
+        return None
+    try:
+        held = os.fstat(fd)
+    except OSError:
+        return None
+    try:
+        now = os.lstat(lock_path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return None
+    return os.path.samestat(held, now)
+
+
+def check_lock_file(lock: filelock.FileLock, lock_path: Path, where: str,
+                    account: str) -> None:
+    """Raise :class:`~refresher.LockLost` unless this thread holds ``lock`` on the lock
+    file that ``lock_path`` names now (``account``: the one about to be refreshed)."""
+    if not lock.is_locked:
+        raise LockLost(
+            f"token store {where}: this thread does not hold the lock (lock file "
+            f"{lock_path}) that a refresh of account {account!r} needs; nothing was "
+            "spent."
+        )
+    if holds_current_lock_file(lock, lock_path) is False:
+        raise LockLost(
+            f"token store {where}: its lock file {lock_path} was removed (or "
+            "replaced) while this process held it, so another process may hold the lock "
+            f"too; nothing was spent (account {account!r}'s refresh token was not sent). "
+            "Keep the token store out of folders that tmp cleaners sweep (system temp "
+            "folders)."
+        )
