@@ -36,12 +36,20 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple, Type, Union
-from urllib.parse import urlsplit
 
 from .._constants import DEFAULT_DEADLINE, LOCK_TTL_MARGIN
 from ..errors import ConfigurationError, LockLost, LockTimeout, StaleTokenError, TokenStoreError
 from ..token import Token
 from .base import TokenStore, Versioned, overrides
+from .redis_connection import (
+    client_password,
+    decode_reply,
+    describe_server,
+    glob_escape,
+    import_redis,
+    open_client,
+    server_failure,
+)
 
 if TYPE_CHECKING:
     import redis as redis_py
@@ -58,10 +66,6 @@ DEFAULT_LOCK_TTL = 30.0
 LOCK_SUFFIX = ":lock"
 # Waiters poll SET NX; short polls keep queued requests close to the refresh's round trip.
 _LOCK_POLL_INTERVAL = 0.005
-# Defaults for clients made from a URL: fail in seconds, not never, when Redis is gone,
-# and retry twice, quickly, so a connection broken by a Redis restart is replaced.
-_SOCKET_TIMEOUT = 5.0
-_RETRIES = 2
 
 # KEYS[1]: the account's hash. ARGV: expected version ("" = any), token JSON, updated_at.
 # Returns {1, new version} or {0, stored version}. The write goes through when the version
@@ -82,10 +86,6 @@ return {1, version}
 """
 
 
-class _MissingRedis(TokenStoreError, ImportError):
-    """The redis package is not installed (both a TokenStoreError and an ImportError)."""
-
-
 @dataclass
 class _Hold:
     """A lock this thread holds: the redis-py lock, its depth, and the version loaded."""
@@ -93,16 +93,6 @@ class _Hold:
     lock: Any
     depth: int = 1
     version: Optional[int] = None
-
-
-def _import_redis() -> Any:
-    try:
-        import redis
-    except ImportError:
-        raise _MissingRedis(
-            "RedisTokenStore needs the redis package: pip install refresher[redis]"
-        ) from None
-    return redis
 
 
 class RedisTokenStore(TokenStore):
@@ -133,7 +123,7 @@ class RedisTokenStore(TokenStore):
         lock_ttl: float = DEFAULT_LOCK_TTL,
         **redis_options: Any,
     ) -> None:
-        redis = _import_redis()
+        redis = import_redis()
         if not isinstance(lock_ttl, (int, float)) or lock_ttl <= 0:
             raise ConfigurationError("lock_ttl must be a positive number of seconds")
         if lock_ttl < DEFAULT_DEADLINE + LOCK_TTL_MARGIN:
@@ -147,19 +137,9 @@ class RedisTokenStore(TokenStore):
         self._redis_error: Type[Exception] = redis.exceptions.RedisError
         self._lock_not_owned: Type[Exception] = redis.exceptions.LockNotOwnedError
         self._lock_class: Any = redis.lock.Lock
-        if isinstance(client_or_url, str):
-            self._owns_client = True
-            self._client = _client_from_url(redis, client_or_url, redis_options)
-        else:
-            if redis_options:
-                raise TypeError(
-                    f"options {sorted(redis_options)} apply only when a URL is given, "
-                    "not a client"
-                )
-            self._owns_client = False
-            self._client = client_or_url
-        self.server = _describe_server(self._client)
-        self._password: Optional[str] = self._connection_kwargs().get("password")
+        self._client, self._owns_client = open_client(redis, client_or_url, redis_options)
+        self.server = describe_server(self._client)
+        self._password = client_password(self._client)
         self._compare_and_set = self._client.register_script(_COMPARE_AND_SET)
         self._local = threading.local()
 
@@ -185,21 +165,9 @@ class RedisTokenStore(TokenStore):
             holds = self._local.holds = {}
         return holds
 
-    def _connection_kwargs(self) -> Dict[str, Any]:
-        try:
-            return dict(self._client.connection_pool.connection_kwargs)
-        except AttributeError:
-            return {}
-
     def _failure(self, doing: str, exc: BaseException) -> TokenStoreError:
         """A TokenStoreError for ``exc``, naming the server and never the password."""
-        detail = str(exc) or type(exc).__name__
-        if self._password:
-            detail = detail.replace(self._password, "***")
-        return TokenStoreError(
-            f"Redis token store at {self.server} failed to {doing}: "
-            f"{type(exc).__name__}: {detail}"
-        )
+        return server_failure(self.server, self._password, doing, exc)
 
     @contextmanager
     def _talking(self, doing: str) -> Iterator[None]:
@@ -208,13 +176,8 @@ class RedisTokenStore(TokenStore):
         except self._redis_error as exc:
             raise self._failure(doing, exc) from None
 
-    def _decode(self, raw: Any) -> Optional[str]:
-        if raw is None:
-            return None
-        return raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
-
     def _json(self, raw: Any, key: str, field: str) -> Any:
-        text = self._decode(raw)
+        text = decode_reply(raw)
         if text is None:
             return None
         try:
@@ -238,7 +201,7 @@ class RedisTokenStore(TokenStore):
                 "log in again for that account."
             )
         try:
-            version = int(self._decode(raw_version) or 0)
+            version = int(decode_reply(raw_version) or 0)
         except ValueError:
             raise TokenStoreError(
                 f"Redis token store at {self.server}: key {key!r} has a version that is not "
@@ -278,10 +241,10 @@ class RedisTokenStore(TokenStore):
         return self._read(account)[1]
 
     def accounts(self) -> List[str]:
-        pattern = _glob_escape(self.prefix) + "*"
+        pattern = glob_escape(self.prefix) + "*"
         with self._talking("list accounts"):
             keys = [
-                self._decode(key) or ""
+                decode_reply(key) or ""
                 for key in self._client.scan_iter(match=pattern, count=500)
             ]
             keys = [key for key in keys if not key.endswith(LOCK_SUFFIX)]
@@ -299,7 +262,7 @@ class RedisTokenStore(TokenStore):
             raw_metadata, raw_updated = self._client.hmget(key, ["metadata", "updated_at"])
         metadata = self._json(raw_metadata, key, "metadata")
         result = dict(metadata) if isinstance(metadata, dict) else {}
-        updated = self._decode(raw_updated)
+        updated = decode_reply(raw_updated)
         if updated is not None:
             try:
                 result.setdefault("updated_at", float(updated))
@@ -426,61 +389,3 @@ class RedisTokenStore(TokenStore):
                 self._client.close()
             except self._redis_error:
                 pass
-
-
-def _client_from_url(redis: Any, url: str, options: Dict[str, Any]) -> Any:
-    options = dict(options)
-    options.setdefault("socket_timeout", _SOCKET_TIMEOUT)
-    options.setdefault("socket_connect_timeout", _SOCKET_TIMEOUT)
-    if "retry" not in options:
-        from redis.backoff import ExponentialBackoff
-        from redis.retry import Retry
-
-        options["retry"] = Retry(ExponentialBackoff(cap=0.25, base=0.025), _RETRIES)
-    try:
-        return redis.Redis.from_url(url, **options)
-    except (ValueError, TypeError) as exc:
-        detail = str(exc)
-        password = _url_password(url)
-        if password:
-            detail = detail.replace(password, "***")
-        raise TokenStoreError(f"invalid Redis URL {_scrub_url(url)}: {detail}") from None
-
-
-def _url_password(url: str) -> Optional[str]:
-    try:
-        return urlsplit(url).password
-    except ValueError:
-        return None
-
-
-def _scrub_url(url: str) -> str:
-    """``url`` without its user name and password: safe to print.
-
-    >>> _scrub_url("redis://:s3cret@cache.internal:6379/0")
-    'redis://cache.internal:6379/0'
-    """
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc.rpartition("@")[2]
-        return parts._replace(netloc=netloc, query="").geturl()
-    except ValueError:
-        return "<unparseable Redis URL>"
-
-
-def _describe_server(client: Any) -> str:
-    """``redis://host:port/db`` (or ``unix:///path?db=N``) for messages; no credentials."""
-    try:
-        pool = client.connection_pool
-        kwargs = pool.connection_kwargs
-        db = kwargs.get("db", 0)
-        if kwargs.get("path"):
-            return f"unix://{kwargs['path']}?db={db}"
-        scheme = "rediss" if "SSL" in getattr(pool.connection_class, "__name__", "") else "redis"
-        return f"{scheme}://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{db}"
-    except AttributeError:
-        return type(client).__name__
-
-
-def _glob_escape(text: str) -> str:
-    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
