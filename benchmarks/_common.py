@@ -16,7 +16,8 @@ import socket
 import statistics
 import subprocess
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 __all__ = [
     "median",
@@ -74,10 +75,10 @@ def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def emit(as_json: bool, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
-         notes: Sequence[str] = (), extra: Optional[Dict[str, Any]] = None) -> None:
+         notes: Sequence[str] = (), extra: dict[str, Any] | None = None) -> None:
     """Print the result: a titled table with notes, or one JSON document with ``--json``."""
     if as_json:
-        document: Dict[str, Any] = {
+        document: dict[str, Any] = {
             "title": title,
             "columns": list(columns),
             "rows": [dict(zip(columns, row, strict=True)) for row in rows],
@@ -127,7 +128,7 @@ class _KeepAliveProtocol(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.buffer = b""
-        self.transport: Optional[asyncio.Transport] = None
+        self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -179,7 +180,7 @@ class FastHTTPServer:
 
     def __init__(self, host: str = "127.0.0.1") -> None:
         self.host = host
-        self.process: Optional[subprocess.Popen[str]] = None
+        self.process: subprocess.Popen[str] | None = None
         self.port = 0
 
     @property
@@ -212,7 +213,7 @@ class FastHTTPServer:
             process.wait()
 
 
-def redis_unavailable() -> Optional[str]:
+def redis_unavailable() -> str | None:
     """Why the Redis row cannot run (``None`` when it can)."""
     if shutil.which("redis-server") is None:
         return "redis-server is not on PATH"
@@ -227,7 +228,7 @@ def redis_unavailable() -> Optional[str]:
     return None
 
 
-def _main(argv: List[str]) -> int:
+def _main(argv: list[str]) -> int:
     if len(argv) >= 1 and argv[0] == "serve-http":
         asyncio.run(_serve_http(argv[1] if len(argv) > 1 else "127.0.0.1"))
         return 0

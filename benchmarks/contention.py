@@ -31,7 +31,8 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import emit, median, percentile, progress, redis_unavailable  # noqa: E402
@@ -41,7 +42,7 @@ from refresher.endpoint import TokenEndpoint  # noqa: E402
 from refresher.testing import DEFAULT_CLIENT_ID, XEmulator  # noqa: E402
 from refresher.testing.redis_server import RedisServer  # noqa: E402
 
-Span = Tuple[float, float]
+Span = tuple[float, float]
 
 
 # -- measuring ------------------------------------------------------------------------------
@@ -57,10 +58,10 @@ class TokenRoundTripProbe:
     def __init__(self, emulator: XEmulator, interval: float = 0.1) -> None:
         self.emulator = emulator
         self.interval = interval
-        self.samples: List[Tuple[float, float]] = []
+        self.samples: list[tuple[float, float]] = []
         self.refreshes = 0
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self._endpoint = TokenEndpoint(emulator.token_url, DEFAULT_CLIENT_ID, None)
         self._refresh_token = str(emulator.issue_token()["refresh_token"])
 
@@ -90,7 +91,7 @@ class TokenRoundTripProbe:
             self._thread.join(timeout=30)
         self._endpoint.close()
 
-    def between(self, start: float, end: float) -> List[float]:
+    def between(self, start: float, end: float) -> list[float]:
         return [seconds for began, seconds in self.samples if start <= began <= end]
 
 
@@ -104,9 +105,9 @@ def idle_round_trip(emulator: XEmulator, count: int = 20) -> float:
         probe._endpoint.close()
 
 
-def merge_spans(spans: Sequence[Span]) -> List[Span]:
+def merge_spans(spans: Sequence[Span]) -> list[Span]:
     """Overlapping or touching spans joined, sorted by start."""
-    merged: List[Span] = []
+    merged: list[Span] = []
     for start, end in sorted(spans):
         if merged and start <= merged[-1][1]:
             merged[-1] = (merged[-1][0], max(merged[-1][1], end))
@@ -134,7 +135,7 @@ def expiry_windows(spans: Sequence[Span], ttl: float) -> int:
 # -- one row --------------------------------------------------------------------------------
 
 
-def run_row(label: str, store: str, shared: bool, args: argparse.Namespace) -> Dict[str, Any]:
+def run_row(label: str, store: str, shared: bool, args: argparse.Namespace) -> dict[str, Any]:
     with XEmulator(host="127.0.0.1", port=0, access_ttl=args.ttl) as x:
         idle_rtt = idle_round_trip(x)
         x.reset_stats()
@@ -159,9 +160,9 @@ def run_row(label: str, store: str, shared: bool, args: argparse.Namespace) -> D
     return measure(label, reports, stats, probe, idle_rtt, args)
 
 
-def measure(label: str, reports: Sequence[WorkerReport], stats: Dict[str, int],
+def measure(label: str, reports: Sequence[WorkerReport], stats: dict[str, int],
             probe: TokenRoundTripProbe, idle_rtt: float,
-            args: argparse.Namespace) -> Dict[str, Any]:
+            args: argparse.Namespace) -> dict[str, Any]:
     summary = summarize(reports, stats, processes=args.processes, seconds=args.seconds,
                         access_ttl=args.ttl)
     latencies = [sample for report in reports for sample in report.latencies]
@@ -216,7 +217,7 @@ COLUMNS = [
 ]
 
 
-def main(argv: List[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="P processes x T threads sharing one token (JSON file, Redis, and a "
         "per-process in-memory baseline) against the local X emulator: refreshes per "
@@ -245,8 +246,8 @@ def main(argv: List[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown stores: {', '.join(sorted(unknown))}")
 
-    results: List[Dict[str, Any]] = []
-    notes: List[str] = []
+    results: list[dict[str, Any]] = []
+    notes: list[str] = []
     with tempfile.TemporaryDirectory() as folder:
         for name in wanted:
             if name == "json":

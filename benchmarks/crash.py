@@ -49,8 +49,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import emit, format_table, median, progress  # noqa: E402
@@ -86,7 +87,7 @@ def _mark(marker: str, text: str = "") -> None:
     os.write(1, line.encode("utf-8", "replace"))
 
 
-def _open_session(args: argparse.Namespace) -> Tuple[Any, Any]:
+def _open_session(args: argparse.Namespace) -> tuple[Any, Any]:
     from refresher import RefreshingSession
     from refresher.stores import JSONTokenStore
     from refresher.testing import DEFAULT_CLIENT_ID
@@ -118,7 +119,7 @@ def _child(args: argparse.Namespace) -> int:
         # coordinator calls them (patched in this throw-away process only).
         original_save = JSONTokenStore.save
 
-        def save(self: Any, account: str, token: Dict[str, Any]) -> None:
+        def save(self: Any, account: str, token: dict[str, Any]) -> None:
             _mark(SAVING)
             original_save(self, account, token)
             _mark(SAVED)
@@ -128,9 +129,9 @@ def _child(args: argparse.Namespace) -> int:
         coordinator = session.coordinator
         endpoint_refresh = coordinator.endpoint.refresh
 
-        def refresh(refresh_token: str) -> Dict[str, Any]:
+        def refresh(refresh_token: str) -> dict[str, Any]:
             _mark(CALL)
-            granted: Dict[str, Any] = endpoint_refresh(refresh_token)
+            granted: dict[str, Any] = endpoint_refresh(refresh_token)
             _mark(ANSWERED)
             return granted
 
@@ -149,7 +150,7 @@ def _child(args: argparse.Namespace) -> int:
 def _survivor(args: argparse.Namespace) -> int:
     if not _wait_for_go():
         return 0
-    result: Dict[str, Any] = {"requests": 2, "failed": 0, "errors": []}
+    result: dict[str, Any] = {"requests": 2, "failed": 0, "errors": []}
 
     def failure(what: str, detail: str) -> None:
         result["failed"] += 1
@@ -180,12 +181,12 @@ def _survivor(args: argparse.Namespace) -> int:
 # -- the parent's handles on them -----------------------------------------------------------
 
 
-def _role_argv(role: str, store: Path, token_url: str, api_url: str) -> List[str]:
+def _role_argv(role: str, store: Path, token_url: str, api_url: str) -> list[str]:
     return [sys.executable, os.path.abspath(__file__), "--role", role, "--store", str(store),
             "--token-url", token_url, "--api-url", api_url]
 
 
-def _parse(line: str, received: float) -> Tuple[float, str, str]:
+def _parse(line: str, received: float) -> tuple[float, str, str]:
     marker, _, rest = line.partition(" ")
     stamp, _, text = rest.partition(" ")
     try:
@@ -204,7 +205,7 @@ class Child:
         )
         # (monotonic clock when the child wrote it, marker, text); CLOCK_MONOTONIC is one
         # clock for every process of the machine.
-        self.markers: List[Tuple[float, str, str]] = []
+        self.markers: list[tuple[float, str, str]] = []
         self.eof = False
         self._condition = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -234,11 +235,11 @@ class Child:
         self.process.stdin.write(b"go\n")
         self.process.stdin.flush()
 
-    def wait_for(self, marker: str, nth: int, timeout: float) -> Optional[float]:
+    def wait_for(self, marker: str, nth: int, timeout: float) -> float | None:
         """When the child wrote ``marker`` the ``nth`` time (monotonic), or ``None`` if it
         ended first."""
 
-        def found() -> Optional[float]:
+        def found() -> float | None:
             times = [at for at, name, _ in self.markers if name == marker]
             return times[nth - 1] if len(times) >= nth else None
 
@@ -286,7 +287,7 @@ class Survivor:
         self.process.stdin.write("go\n")
         self.process.stdin.flush()
 
-    def result(self, timeout: float) -> Dict[str, Any]:
+    def result(self, timeout: float) -> dict[str, Any]:
         try:
             out, err = self.process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -311,7 +312,7 @@ class Survivor:
 # -- looking at the store -------------------------------------------------------------------
 
 
-def read_store(store: Any) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+def read_store(store: Any) -> tuple[dict[str, Any] | None, str | None]:
     """(token, None), or (None, why the file is torn): not refresher's JSON, or no pair."""
     from refresher.errors import TokenStoreError
 
@@ -326,7 +327,7 @@ def read_store(store: Any) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
     return token, None
 
 
-def marked_needs_login(store: Any, token: Optional[Dict[str, Any]]) -> bool:
+def marked_needs_login(store: Any, token: dict[str, Any] | None) -> bool:
     """Whether the store says a person must log in (stores without the marker: no)."""
     check = getattr(store, "needs_login", None)
     if check is None:
@@ -337,13 +338,13 @@ def marked_needs_login(store: Any, token: Optional[Dict[str, Any]]) -> bool:
         return False
 
 
-def leftovers(store: Any) -> List[Path]:
+def leftovers(store: Any) -> list[Path]:
     """Files beside the store other than the store and its lock file."""
     keep = {store.path.name, store.lock_path.name}
     return sorted(p for p in store.path.parent.iterdir() if p.name not in keep)
 
 
-def refresh_token_in(path: Path) -> Optional[str]:
+def refresh_token_in(path: Path) -> str | None:
     """The account's refresh token in a leftover file, if it is a readable store."""
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
@@ -393,7 +394,7 @@ def settle(emulator: Any, baseline: int, token_delay: float, expected_requests: 
 # -- one trial ------------------------------------------------------------------------------
 
 
-def classify(markers: Sequence[Tuple[float, str, str]]) -> str:
+def classify(markers: Sequence[tuple[float, str, str]]) -> str:
     """The phase the child was in when it died, from its last marker."""
     last = ""
     for _, marker, _ in markers:
@@ -408,14 +409,14 @@ def classify(markers: Sequence[Tuple[float, str, str]]) -> str:
     return BEFORE
 
 
-def phase_lengths(markers: Sequence[Tuple[float, str, str]]) -> Dict[str, List[float]]:
+def phase_lengths(markers: Sequence[tuple[float, str, str]]) -> dict[str, list[float]]:
     """How long each phase of the child's refreshes after the first took, by its clock.
 
     The first refresh of a process is slower (a connection to open, code run for the first
     time) and is left out: the kills fall in later ones.
     """
-    lengths: Dict[str, List[float]] = {phase: [] for phase in PHASES}
-    opened: Dict[str, float] = {}
+    lengths: dict[str, list[float]] = {phase: [] for phase in PHASES}
+    opened: dict[str, float] = {}
     names = [marker for _, marker, _ in markers]
     first_end = names.index(SAVED) if SAVED in names else len(names)
     for at, marker, _ in markers[first_end + 1:]:
@@ -427,7 +428,7 @@ def phase_lengths(markers: Sequence[Tuple[float, str, str]]) -> Dict[str, List[f
     return lengths
 
 
-def calibrate(folder: Path, token_delay: float, rounds: int = 5) -> Dict[str, float]:
+def calibrate(folder: Path, token_delay: float, rounds: int = 5) -> dict[str, float]:
     """Phase lengths to aim at before the children have measured any: a store's lock and
     read, and its save, timed on a scratch store in its own folder (same file system)."""
     from refresher.stores import JSONTokenStore
@@ -451,20 +452,20 @@ class Trials:
     """The state kept from trial to trial: processes started ahead, phase lengths, files."""
 
     def __init__(self, args: argparse.Namespace, emulator: Any, store: Any,
-                 defaults: Dict[str, float]) -> None:
+                 defaults: dict[str, float]) -> None:
         self.args = args
         self.emulator = emulator
         self.store = store
         self.rng = random.Random(args.seed)
-        self.targets: List[str] = []
-        self.lengths: Dict[str, List[float]] = {phase: [] for phase in PHASES}
+        self.targets: list[str] = []
+        self.lengths: dict[str, list[float]] = {phase: [] for phase in PHASES}
         self.defaults = defaults
-        self.seen: Dict[str, int] = {}  # leftover file name -> trial that first saw it
+        self.seen: dict[str, int] = {}  # leftover file name -> trial that first saw it
         self.baseline = 0
-        self.child: Optional[Child] = None
-        self.survivors: List[Survivor] = []
+        self.child: Child | None = None
+        self.survivors: list[Survivor] = []
 
-    def argv(self, role: str) -> List[str]:
+    def argv(self, role: str) -> list[str]:
         x = self.emulator
         return _role_argv(role, self.store.path, x.token_url, x.api_url)
 
@@ -491,7 +492,7 @@ class Trials:
             self.rng.shuffle(self.targets)
         return self.targets.pop()
 
-    def run(self, index: int) -> Dict[str, Any]:
+    def run(self, index: int) -> dict[str, Any]:
         x, store, args = self.emulator, self.store, self.args
         before = x.stats
         target = self.next_target()
@@ -579,7 +580,7 @@ class Trials:
 # -- the report -----------------------------------------------------------------------------
 
 
-def tally(samples: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+def tally(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {
         "kills": len(samples),
         "torn_files": sum(s["torn"] for s in samples),
@@ -604,7 +605,7 @@ PHASE_COLUMNS = [
 ]
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="SIGKILL a process at random moments of a refresh of a JSONTokenStore "
         "account (against the local X emulator), then count torn files, lost pairs, reused "
@@ -646,7 +647,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from refresher.testing import XEmulator
 
     started = time.monotonic()
-    samples: List[Dict[str, Any]] = []
+    samples: list[dict[str, Any]] = []
     stopped_early = False
     with tempfile.TemporaryDirectory(prefix="refresher-crash-") as folder, \
             XEmulator(host=LOOPBACK, port=0, access_ttl=args.ttl,

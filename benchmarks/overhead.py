@@ -26,7 +26,8 @@ import pstats
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Tuple
+from collections.abc import Callable
+from typing import Any
 
 import requests
 from requests_oauthlib import OAuth2Session
@@ -44,7 +45,7 @@ JSON_STORE = "RefreshingSession+json"
 CLIENTS = (FLOOR, OAUTH2, MEMORY, JSON_STORE)
 
 
-def _token() -> Dict[str, Any]:
+def _token() -> dict[str, Any]:
     # Lives two hours, as X's do: no refresh happens during the benchmark.
     return {
         "token_type": "bearer",
@@ -56,13 +57,13 @@ def _token() -> Dict[str, Any]:
     }
 
 
-def make_clients(base_url: str, folder: str) -> Dict[str, requests.Session]:
+def make_clients(base_url: str, folder: str) -> dict[str, requests.Session]:
     """The four sessions, each holding the same two-hour token."""
     token = _token()
     floor = requests.Session()
     floor.headers["Authorization"] = f"Bearer {token['access_token']}"
     oauth2 = OAuth2Session(CLIENT_ID, token=dict(token))
-    common: Dict[str, Any] = {
+    common: dict[str, Any] = {
         "token": dict(token), "token_url": base_url + "/2/oauth2/token",
         "api_base_url": base_url,
     }
@@ -92,7 +93,7 @@ class _InsecureTransportAllowed:
             os.environ["OAUTHLIB_INSECURE_TRANSPORT"] = self.before
 
 
-def run_round(name: str, session: requests.Session, url: str, count: int) -> Tuple[float, float]:
+def run_round(name: str, session: requests.Session, url: str, count: int) -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process) for ``count`` GETs through ``session``.
 
     Raises on any answer other than 200.
@@ -104,7 +105,7 @@ def run_round(name: str, session: requests.Session, url: str, count: int) -> Tup
     return _timed(session.get, url, count)
 
 
-def _timed(get: Callable[..., requests.Response], url: str, count: int) -> Tuple[float, float]:
+def _timed(get: Callable[..., requests.Response], url: str, count: int) -> tuple[float, float]:
     bad = 0
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(count):
@@ -133,7 +134,7 @@ def profile(name: str, session: requests.Session, url: str, count: int, top: int
     return out.getvalue()
 
 
-def main(argv: List[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Microseconds per keep-alive GET through requests.Session, "
         "OAuth2Session and RefreshingSession (memory and JSON stores), against a fast "
@@ -167,8 +168,8 @@ def main(argv: List[str] | None = None) -> int:
                 print(profile(args.profile, clients[args.profile], url, args.requests,
                               args.top))
                 return 0
-            wall: Dict[str, List[float]] = {name: [] for name in CLIENTS}
-            cpu: Dict[str, List[float]] = {name: [] for name in CLIENTS}
+            wall: dict[str, list[float]] = {name: [] for name in CLIENTS}
+            cpu: dict[str, list[float]] = {name: [] for name in CLIENTS}
             for index in range(args.rounds):
                 order = CLIENTS[index % 4:] + CLIENTS[:index % 4]
                 for name in order:
@@ -183,7 +184,7 @@ def main(argv: List[str] | None = None) -> int:
 
     # Ratios are taken round by round (the four clients of a round ran within moments of
     # each other, under the same load), then their median: steadier than a ratio of medians.
-    def ratio(samples: Dict[str, List[float]], name: str, base: str) -> float:
+    def ratio(samples: dict[str, list[float]], name: str, base: str) -> float:
         return median([a / b for a, b in zip(samples[name], samples[base], strict=True) if b > 0])
 
     rows = [

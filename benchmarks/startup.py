@@ -17,12 +17,11 @@ import os
 import subprocess
 import sys
 import time
-from typing import Dict, List, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import emit, median, progress  # noqa: E402
 
-STATEMENTS: Dict[str, str] = {
+STATEMENTS: dict[str, str] = {
     "python -c pass": "pass",
     "import requests_oauthlib": "import requests_oauthlib",
     "import refresher": "import refresher",
@@ -36,7 +35,7 @@ LAZY_PARTS = ("redis", "refresher.stores.redis", "refresher.cli", "refresher.tes
               "refresher.login", "flask", "tweepy", "pytest")
 
 
-def child_environment() -> Dict[str, str]:
+def child_environment() -> dict[str, str]:
     """The environment of the timed interpreters: ours, allowed to write bytecode.
 
     With PYTHONDONTWRITEBYTECODE set (common in containers and CI), a source checkout is
@@ -49,14 +48,14 @@ def child_environment() -> Dict[str, str]:
     return env
 
 
-def run_once(code: str, env: Dict[str, str]) -> float:
+def run_once(code: str, env: dict[str, str]) -> float:
     """Seconds for a fresh interpreter to run ``code`` and exit."""
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
     return time.perf_counter() - start
 
 
-def loaded_lazy_parts() -> List[str]:
+def loaded_lazy_parts() -> list[str]:
     """Which of LAZY_PARTS a fresh ``import refresher`` has loaded (ideally none)."""
     code = ("import json, sys, refresher; print(json.dumps(sorted(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
@@ -65,12 +64,12 @@ def loaded_lazy_parts() -> List[str]:
     return [name for name in LAZY_PARTS if name in modules]
 
 
-def import_times(statement: str) -> Dict[str, Tuple[int, int]]:
+def import_times(statement: str) -> dict[str, tuple[int, int]]:
     """``python -X importtime``: module -> (self us, cumulative us)."""
     run_once(statement, child_environment())  # write missing .pyc files first
     err = subprocess.run([sys.executable, "-X", "importtime", "-c", statement], check=True,
                          capture_output=True, text=True, env=child_environment()).stderr
-    result: Dict[str, Tuple[int, int]] = {}
+    result: dict[str, tuple[int, int]] = {}
     for line in err.splitlines():
         if not line.startswith("import time:") or "self [us]" in line:
             continue
@@ -92,7 +91,7 @@ def explain(top: int) -> str:
     return "\n".join(lines)
 
 
-def main(argv: List[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Fresh-interpreter cost of `import refresher` against "
         "`import requests_oauthlib` (and of a bare `python -c pass`).",
@@ -114,7 +113,7 @@ def main(argv: List[str] | None = None) -> int:
     env = child_environment()
     for code in STATEMENTS.values():
         run_once(code, env)  # write missing .pyc files, warm the OS file cache
-    samples: Dict[str, List[float]] = {name: [] for name in STATEMENTS}
+    samples: dict[str, list[float]] = {name: [] for name in STATEMENTS}
     names = list(STATEMENTS)
     for index in range(args.runs):
         for name in names[index % 3:] + names[:index % 3]:

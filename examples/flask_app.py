@@ -28,7 +28,6 @@ import secrets
 import sys
 import threading
 import time
-from typing import Dict, Optional, Tuple
 
 import flask
 import requests
@@ -45,7 +44,7 @@ class PendingLogins:
 
     def __init__(self, ttl: float = 600.0) -> None:
         self.ttl = ttl
-        self._items: Dict[str, Tuple[str, float]] = {}
+        self._items: dict[str, tuple[str, float]] = {}
         self._lock = threading.Lock()
 
     def put(self, state: str, code_verifier: str) -> None:
@@ -55,7 +54,7 @@ class PendingLogins:
                 del self._items[old]
             self._items[state] = (code_verifier, now)
 
-    def pop(self, state: str) -> Optional[str]:
+    def pop(self, state: str) -> str | None:
         """The verifier of ``state``, once; ``None`` if unknown, used or too old."""
         with self._lock:
             item = self._items.pop(state, None)
@@ -66,14 +65,14 @@ class PendingLogins:
 
 def create_app(
     *,
-    client_id: Optional[str] = None,
-    client_secret: Optional[str] = None,
-    redirect_uri: Optional[str] = None,
-    store: Optional[refresher.TokenStore] = None,
+    client_id: str | None = None,
+    client_secret: str | None = None,
+    redirect_uri: str | None = None,
+    store: refresher.TokenStore | None = None,
     authorize_url: str = refresher.X_AUTHORIZE_URL,
     token_url: str = refresher.X_TOKEN_URL,
     api_url: str = refresher.X_API_URL,
-    secret_key: Optional[str] = None,
+    secret_key: str | None = None,
 ) -> flask.Flask:
     """The app. Arguments left out come from X_CLIENT_ID, X_CLIENT_SECRET, X_REDIRECT_URI,
     REFRESHER_STORE and FLASK_SECRET_KEY (``flask --app examples/flask_app.py run`` calls
@@ -96,7 +95,7 @@ def create_app(
     pending = PendingLogins()
     app.extensions["refresher"] = {"flow": flow, "store": store, "pending": pending}
 
-    def page(body: str, status: int = 200) -> Tuple[str, int]:
+    def page(body: str, status: int = 200) -> tuple[str, int]:
         return f"<!doctype html><title>X login demo</title>{body}", status
 
     @app.get("/login")

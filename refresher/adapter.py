@@ -11,7 +11,8 @@ coordinator knows tokens.
 from __future__ import annotations
 
 import logging
-from typing import Any, Collection, Optional
+from collections.abc import Collection
+from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -65,7 +66,7 @@ class RefreshingAdapter(HTTPAdapter):
     def __init__(
         self,
         coordinator: RefreshCoordinator,
-        refresh_status_codes: Optional[Collection[int]] = None,
+        refresh_status_codes: Collection[int] | None = None,
         **adapter_kwargs: Any,
     ) -> None:
         super().__init__(**adapter_kwargs)
@@ -113,14 +114,14 @@ def _put_bearer(request: requests.PreparedRequest, token: Token) -> None:
     request.headers["Authorization"] = f"Bearer {token['access_token']}"
 
 
-def _bearer(request: requests.PreparedRequest) -> Optional[str]:
+def _bearer(request: requests.PreparedRequest) -> str | None:
     value = request.headers.get("Authorization")
     if not value or not value.lower().startswith(_BEARER):
         return None
     return value[len(_BEARER):]
 
 
-def _problem_type(response: requests.Response) -> Optional[str]:
+def _problem_type(response: requests.Response) -> str | None:
     """The problem+json ``type`` of a 403 (what X says the refusal is about), if any."""
     if response.status_code != 403:
         return None

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Callable, Dict, Optional
+from collections.abc import Callable
+from typing import Any
 
 from .clock import SYSTEM_CLOCK, Clock
 from .endpoint import TokenEndpoint
@@ -65,13 +66,13 @@ class RefreshCoordinator:
         account: str,
         endpoint: TokenEndpoint,
         *,
-        policy: Optional[RefreshPolicy] = None,
-        clock: Optional[Clock] = None,
-        leeway: Optional[float] = None,
+        policy: RefreshPolicy | None = None,
+        clock: Clock | None = None,
+        leeway: float | None = None,
         lock_timeout: Any = _UNSET,
-        on_token_update: Optional[Callable[[Token], Any]] = None,
-        on_refresh_error: Optional[Callable[[BaseException], Any]] = None,
-        on_refresh_start: Optional[Callable[[], Any]] = None,
+        on_token_update: Callable[[Token], Any] | None = None,
+        on_refresh_error: Callable[[BaseException], Any] | None = None,
+        on_refresh_start: Callable[[], Any] | None = None,
     ) -> None:
         policy = policy if policy is not None else DEFAULT_POLICY
         if leeway is not None:
@@ -87,10 +88,10 @@ class RefreshCoordinator:
         self.on_refresh_error = on_refresh_error
         self.on_refresh_start = on_refresh_start
         policy.check_lock_ttl(store, endpoint.deadline)
-        self._token: Optional[Token] = None
+        self._token: Token | None = None
         # A pair we were granted but could not save (store down): written back first thing.
-        self._unsaved: Optional[Token] = None
-        self._unsaved_parent: Optional[str] = None
+        self._unsaved: Token | None = None
+        self._unsaved_parent: str | None = None
         self._ledger = TokenLedger(policy.remembered_tokens, policy.remembered_refusals)
         self.refreshes = 0
         self._next_early_try = 0.0
@@ -110,13 +111,13 @@ class RefreshCoordinator:
         return self.policy.leeway
 
     @property
-    def lock_timeout(self) -> Optional[float]:
+    def lock_timeout(self) -> float | None:
         """The policy's lock timeout (``None``: no limit)."""
         return self.policy.lock_timeout
 
     # -- start-up ------------------------------------------------------------------------
 
-    def load(self, seed: Optional[Token] = None) -> Optional[Token]:
+    def load(self, seed: Token | None = None) -> Token | None:
         """Read the account's token; store ``seed`` first when the account has none.
 
         A ``seed`` refresher cannot use raises :class:`~refresher.InvalidTokenError` before
@@ -146,7 +147,7 @@ class RefreshCoordinator:
     # -- the hot path --------------------------------------------------------------------
 
     @property
-    def token(self) -> Optional[Token]:
+    def token(self) -> Token | None:
         """The token requests are sent with now (may be ``None`` before a login)."""
         return self._token
 
@@ -190,7 +191,7 @@ class RefreshCoordinator:
     # -- 401/403 -------------------------------------------------------------------------
 
     def may_cure(self, status: int, access_token: str, endpoint: str,
-                 problem_type: Optional[str] = None) -> bool:
+                 problem_type: str | None = None) -> bool:
         """Whether a refresh may cure ``status``, answered by ``endpoint`` (a method and URL
         without query) to a request that carried ``access_token``.
 
@@ -231,8 +232,8 @@ class RefreshCoordinator:
 
     # -- the refresh ---------------------------------------------------------------------
 
-    def refresh(self, replacing: Optional[str] = None, *, wait: bool = True,
-                stale: Optional[str] = None) -> Token:
+    def refresh(self, replacing: str | None = None, *, wait: bool = True,
+                stale: str | None = None) -> Token:
         """A coordinated refresh; returns the token to use from now on.
 
         ``replacing`` is the access token that failed or is expiring: when another thread,
@@ -273,7 +274,7 @@ class RefreshCoordinator:
         assert self._token is not None
         return self._token
 
-    def _refresh_under_lock(self, replacing: Optional[str], wait: bool) -> Optional[Token]:
+    def _refresh_under_lock(self, replacing: str | None, wait: bool) -> Token | None:
         """Returns the granted pair, or ``None`` when a sibling's token was adopted."""
         with contextlib.ExitStack() as held:
             try:
@@ -330,7 +331,7 @@ class RefreshCoordinator:
                 )
             return granted
 
-    def _usable_replacement(self, candidate: Optional[Token], replacing: Optional[str]) -> bool:
+    def _usable_replacement(self, candidate: Token | None, replacing: str | None) -> bool:
         """``candidate`` is a token other than the one being replaced, and not expiring."""
         if not _replaced(candidate, replacing):
             return False
@@ -356,7 +357,7 @@ class RefreshCoordinator:
 
     # -- saving, and writing back what could not be saved --------------------------------
 
-    def _save_or_keep(self, granted: Token, *, parent: str, expected: Optional[str]) -> None:
+    def _save_or_keep(self, granted: Token, *, parent: str, expected: str | None) -> None:
         try:
             self._account.save_versioned(granted, expected)
         except TokenStoreError:
@@ -408,7 +409,7 @@ class RefreshCoordinator:
         if access:
             self._ledger.record(access, refreshed_here=fresh)
 
-    def describe(self) -> Dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         """Safe facts for a repr or a status line: account, expiry, fingerprint."""
         token = self._token or {}
         return {
@@ -418,7 +419,7 @@ class RefreshCoordinator:
         }
 
 
-def _run_hook(hook: Optional[Callable[[Any], Any]], argument: Any, name: str) -> None:
+def _run_hook(hook: Callable[[Any], Any] | None, argument: Any, name: str) -> None:
     if hook is None:
         return
     try:
@@ -427,7 +428,7 @@ def _run_hook(hook: Optional[Callable[[Any], Any]], argument: Any, name: str) ->
         log.exception("%s hook %r raised; carrying on", name, hook)
 
 
-def _replaced(current: Optional[Token], replacing: Optional[str]) -> bool:
+def _replaced(current: Token | None, replacing: str | None) -> bool:
     """True when ``current`` carries an access token other than the one being replaced."""
     if current is None or replacing is None:
         return False

@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Dict, Iterable, Mapping, Optional
+from collections.abc import Iterable, Mapping
+from typing import Any
 from urllib.parse import quote
 
 import requests
@@ -60,16 +61,16 @@ class TokenEndpoint:
     def __init__(
         self,
         token_url: str,
-        client_id: Optional[str],
-        client_secret: Optional[str] = None,
+        client_id: str | None,
+        client_secret: str | None = None,
         *,
-        session: Optional[requests.Session] = None,
-        timeout: Optional[float] = None,
-        deadline: Optional[float] = None,
-        retries: Optional[int] = None,
-        backoff: Optional[float] = None,
-        policy: Optional[RefreshPolicy] = None,
-        clock: Optional[Clock] = None,
+        session: requests.Session | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+        retries: int | None = None,
+        backoff: float | None = None,
+        policy: RefreshPolicy | None = None,
+        clock: Clock | None = None,
     ) -> None:
         policy = policy if policy is not None else DEFAULT_POLICY
         self.token_url = token_url
@@ -147,7 +148,7 @@ class TokenEndpoint:
     # -- plumbing ------------------------------------------------------------------------
 
     def _token_request(
-        self, form: Dict[str, str], *, secrets: Iterable[str], spent_means_reauthorize: bool
+        self, form: dict[str, str], *, secrets: Iterable[str], spent_means_reauthorize: bool
     ) -> Token:
         grant = form["grant_type"]
         response = self._post(self.token_url, form, secrets=secrets)
@@ -202,7 +203,7 @@ class TokenEndpoint:
         """
         require_secure_transport(url)
         data = dict(form)
-        auth: Optional[requests.auth.HTTPBasicAuth] = None
+        auth: requests.auth.HTTPBasicAuth | None = None
         if self._client_secret:
             auth = requests.auth.HTTPBasicAuth(
                 quote(self.client_id or "", safe=""), quote(self._client_secret, safe="")
@@ -301,7 +302,7 @@ class TokenEndpoint:
         return RefreshError(" ".join(parts), error=error, response=response)
 
 
-def _means_spent(error: Optional[str], response: requests.Response) -> bool:
+def _means_spent(error: str | None, response: requests.Response) -> bool:
     if error == "invalid_grant":
         return True
     if error != "invalid_request":
@@ -352,16 +353,16 @@ class _Attempt:
     one call that nothing outside can interrupt.
     """
 
-    def __init__(self, session: requests.Session, url: str, data: Dict[str, str],
-                 auth: Optional[requests.auth.HTTPBasicAuth], timeout: float,
+    def __init__(self, session: requests.Session, url: str, data: dict[str, str],
+                 auth: requests.auth.HTTPBasicAuth | None, timeout: float,
                  budget: float) -> None:
         self._session, self._url, self._data, self._auth = session, url, data, auth
         # Real time: this waits on a thread and a socket, whatever clock the caller reads.
         self._timeout, self._give_up_at = timeout, time.monotonic() + max(0.0, budget)
         self._done = threading.Event()
         self._abandoned = threading.Event()
-        self._response: Optional[requests.Response] = None
-        self._error: Optional[BaseException] = None
+        self._response: requests.Response | None = None
+        self._error: BaseException | None = None
 
     def run(self) -> requests.Response:
         worker = threading.Thread(target=self._work, name="refresher-token-request",

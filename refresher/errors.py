@@ -6,7 +6,7 @@ contains an access token, a refresh token or a client secret.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from oauthlib.oauth2 import InsecureTransportError
 
@@ -46,8 +46,8 @@ class EndpointError(RefresherError):
         self,
         message: str,
         *,
-        error: Optional[str] = None,
-        response: Optional[requests.Response] = None,
+        error: str | None = None,
+        response: requests.Response | None = None,
     ) -> None:
         super().__init__(message)
         self.error = error

@@ -9,7 +9,6 @@ pairs that answered 401 even right after a refresh.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Tuple
 
 __all__ = ["TokenLedger"]
 
@@ -22,7 +21,7 @@ class TokenLedger:
         self._refusals = refusals
         # access token -> True if it came from a refresh or an adoption in this process
         self._issued: OrderedDict[str, bool] = OrderedDict()
-        self._refused: OrderedDict[Tuple[str, str], None] = OrderedDict()
+        self._refused: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     def record(self, access_token: str, *, refreshed_here: bool) -> None:
         """``access_token`` is the one requests are sent with from now on."""

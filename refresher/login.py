@@ -25,8 +25,9 @@ import secrets
 import sys
 import threading
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Optional, TextIO, Tuple, Union
+from typing import Any, TextIO
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import requests
@@ -105,14 +106,14 @@ class LoginFlow:
     def __init__(
         self,
         client_id: str,
-        client_secret: Optional[str] = None,
+        client_secret: str | None = None,
         redirect_uri: str = DEFAULT_REDIRECT_URI,
-        scopes: Union[str, Iterable[str]] = DEFAULT_SCOPES,
+        scopes: str | Iterable[str] = DEFAULT_SCOPES,
         authorize_url: str = X_AUTHORIZE_URL,
         token_url: str = X_TOKEN_URL,
         *,
         api_base_url: str = X_API_URL,
-        http_session: Optional[requests.Session] = None,
+        http_session: requests.Session | None = None,
     ) -> None:
         if not client_id:
             raise ConfigurationError(
@@ -122,7 +123,7 @@ class LoginFlow:
         self.client_id = client_id
         self._client_secret = client_secret or None
         self.redirect_uri = redirect_uri
-        self.scopes: Tuple[str, ...] = tuple(
+        self.scopes: tuple[str, ...] = tuple(
             scopes.split() if isinstance(scopes, str) else scopes
         )
         if not self.scopes:
@@ -147,7 +148,7 @@ class LoginFlow:
 
     # -- the two halves of the flow ------------------------------------------------------
 
-    def authorization_url(self, *, redirect_uri: Optional[str] = None) -> AuthorizationLink:
+    def authorization_url(self, *, redirect_uri: str | None = None) -> AuthorizationLink:
         """A new link to X's authorize page: fresh ``state``, fresh PKCE (S256) verifier.
 
         ``redirect_uri`` overrides the flow's for this link (the same one must then reach
@@ -180,8 +181,8 @@ class LoginFlow:
         *,
         state: str,
         code_verifier: str,
-        redirect_uri: Optional[str] = None,
-        timeout: Optional[float] = None,
+        redirect_uri: str | None = None,
+        timeout: float | None = None,
     ) -> Token:
         """Check the URL the browser came back to, and trade its code for the first token.
 
@@ -255,12 +256,12 @@ class LoginFlow:
 
     def run_local_server(
         self,
-        port: Optional[int] = None,
+        port: int | None = None,
         open_browser: OpenBrowser = True,
         timeout: float = 300.0,
         *,
-        out: Optional[TextIO] = None,
-        paste_from: Optional[TextIO] = None,
+        out: TextIO | None = None,
+        paste_from: TextIO | None = None,
     ) -> Token:
         """Log in through the browser: serve the callback on loopback, wait, exchange.
 
@@ -343,9 +344,9 @@ class LoginFlow:
 
     def session(
         self,
-        token: Optional[Mapping[str, Any]] = None,
+        token: Mapping[str, Any] | None = None,
         *,
-        store: Optional[TokenStore] = None,
+        store: TokenStore | None = None,
         account: str = "default",
         **kwargs: Any,
     ) -> RefreshingSession:
@@ -387,14 +388,14 @@ def _s256(verifier: str) -> str:
     return base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
 
 
-def _issued_at(token: Mapping[str, Any]) -> Optional[float]:
+def _issued_at(token: Mapping[str, Any]) -> float | None:
     try:
         return float(token["expires_at"]) - float(token["expires_in"])
     except (KeyError, TypeError, ValueError):
         return None
 
 
-def _should_replace(stored: Optional[Mapping[str, Any]], given: Mapping[str, Any]) -> bool:
+def _should_replace(stored: Mapping[str, Any] | None, given: Mapping[str, Any]) -> bool:
     """Whether a login's token should replace the stored one (not an older, maybe spent one)."""
     if not stored or stored.get("access_token") == given.get("access_token"):
         return False

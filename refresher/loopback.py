@@ -17,7 +17,8 @@ import socket
 import threading
 import time
 import webbrowser
-from typing import Any, Callable, Dict, Optional, TextIO, Tuple, Union
+from collections.abc import Callable
+from typing import Any, TextIO
 from urllib.parse import parse_qs, urlsplit
 
 from .errors import LoginError
@@ -41,13 +42,13 @@ DEFAULT_REDIRECT_URI = "http://127.0.0.1:8765/callback"
 
 #: How to send the user to X: ``True`` opens the system browser (and prints the URL),
 #: ``False`` only prints it, a callable is given it.
-OpenBrowser = Union[bool, Callable[[str], Any]]
+OpenBrowser = bool | Callable[[str], Any]
 
 # How long a browser connection that sends nothing may hold a callback-server thread.
 _CONNECTION_TIMEOUT = 10.0
 
 
-def callback_params(callback_url: str) -> Dict[str, str]:
+def callback_params(callback_url: str) -> dict[str, str]:
     """The query parameters of the URL the browser came back to (or of its query string).
 
     >>> callback_params("http://127.0.0.1:8765/callback?state=s&code=c#ignored")
@@ -80,8 +81,8 @@ class PendingLogin:
         self.done = threading.Event()
         self._exchanging = False
         self._abandoned = False
-        self._token: Optional[Token] = None
-        self._error: Optional[LoginError] = None
+        self._token: Token | None = None
+        self._error: LoginError | None = None
 
     def abandon(self) -> bool:
         """The login gave up waiting; whether a code exchange was under way.
@@ -91,7 +92,7 @@ class PendingLogin:
         self._abandoned = True
         return self._exchanging
 
-    def complete(self, callback_url: str) -> Tuple[bool, str]:
+    def complete(self, callback_url: str) -> tuple[bool, str]:
         """Exchange the callback's code (once); whether it worked, and a line for the user."""
         with self._lock:
             if not self.done.is_set() and not self._abandoned:
@@ -127,12 +128,12 @@ class CallbackServer(http.server.ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, address: Tuple[str, int], callback_path: str) -> None:
+    def __init__(self, address: tuple[str, int], callback_path: str) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.callback_path = callback_path
-        self.pending: Optional[PendingLogin] = None
-        self._thread: Optional[threading.Thread] = None
+        self.pending: PendingLogin | None = None
+        self._thread: threading.Thread | None = None
         super().__init__(address, _CallbackHandler)
 
     @property
@@ -194,7 +195,7 @@ class _CallbackHandler(http.server.BaseHTTPRequestHandler):
         self.close_connection = True
 
     # The query carries the code and state: log the path only.
-    def log_request(self, code: Union[int, str] = "-", size: Union[int, str] = "-") -> None:
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         log.debug("login callback: %s %s -> %s", self.command,
                   urlsplit(getattr(self, "path", "")).path, code)
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Any, FrozenSet, Mapping, Optional, Tuple
+from collections.abc import Mapping
+from typing import Any
 
 from ._constants import (
     DEFAULT_DEADLINE,
@@ -86,11 +87,11 @@ class RefreshPolicy:
     leeway: float = DEFAULT_LEEWAY
     leeway_max_fraction: float = LEEWAY_MAX_FRACTION
     wait_margin_fraction: float = 0.5
-    lock_timeout: Optional[float] = 30.0
+    lock_timeout: float | None = 30.0
     early_retry: float = 5.0
     early_retry_fraction: float = 0.25
-    refresh_status_codes: FrozenSet[int] = frozenset({401, 403})
-    not_token_related_403: Tuple[str, ...] = NOT_TOKEN_RELATED_403
+    refresh_status_codes: frozenset[int] = frozenset({401, 403})
+    not_token_related_403: tuple[str, ...] = NOT_TOKEN_RELATED_403
     young_fraction: float = 0.5
     brake_401: bool = True
     remembered_refusals: int = 64
@@ -157,7 +158,7 @@ class RefreshPolicy:
 
     # -- which refused requests a refresh may cure -----------------------------------------
 
-    def may_cure_403(self, problem_type: Optional[str], token: Optional[Mapping[str, Any]],
+    def may_cure_403(self, problem_type: str | None, token: Mapping[str, Any] | None,
                      now: float, *, refreshed_here: bool) -> bool:
         """Whether a 403 to ``token`` may be about the token, so a refresh may cure it.
 

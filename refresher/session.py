@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable, Collection, Dict, Mapping, Optional, Union
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
@@ -35,10 +36,10 @@ _UNSET: Any = object()
 _BEARER_FROM_ADAPTER = BearerFromAdapter()
 
 
-def _policy(policy: Optional[RefreshPolicy], *, leeway: Optional[float], lock_timeout: Any,
-            refresh_status_codes: Optional[Collection[int]]) -> RefreshPolicy:
+def _policy(policy: RefreshPolicy | None, *, leeway: float | None, lock_timeout: Any,
+            refresh_status_codes: Collection[int] | None) -> RefreshPolicy:
     """``policy`` (or the default) with the keyword arguments given explicitly applied."""
-    changes: Dict[str, Any] = {}
+    changes: dict[str, Any] = {}
     if leeway is not None:
         changes["leeway"] = leeway
     if lock_timeout is not _UNSET:
@@ -77,35 +78,35 @@ class RefreshingSession(OAuth2Session):
 
     def __init__(
         self,
-        client_id: Optional[str] = None,
+        client_id: str | None = None,
         client: Any = None,
-        auto_refresh_url: Optional[str] = None,
-        auto_refresh_kwargs: Optional[Dict[str, Any]] = None,
+        auto_refresh_url: str | None = None,
+        auto_refresh_kwargs: dict[str, Any] | None = None,
         scope: Any = None,
-        redirect_uri: Optional[str] = None,
-        token: Optional[Mapping[str, Any]] = None,
+        redirect_uri: str | None = None,
+        token: Mapping[str, Any] | None = None,
         state: Any = None,
-        token_updater: Optional[Callable[[Token], Any]] = None,
-        pkce: Optional[str] = None,
+        token_updater: Callable[[Token], Any] | None = None,
+        pkce: str | None = None,
         *,
-        client_secret: Optional[str] = None,
-        store: Union[TokenStore, str, os.PathLike[str], None] = None,
+        client_secret: str | None = None,
+        store: TokenStore | str | os.PathLike[str] | None = None,
         account: str = "default",
         token_url: str = X_TOKEN_URL,
-        api_url: Optional[str] = None,
-        refresh_status_codes: Optional[Collection[int]] = None,
-        leeway: Optional[float] = None,
+        api_url: str | None = None,
+        refresh_status_codes: Collection[int] | None = None,
+        leeway: float | None = None,
         lock_timeout: Any = _UNSET,
-        on_token_update: Optional[Callable[[Token], Any]] = None,
-        on_refresh_error: Optional[Callable[[BaseException], Any]] = None,
-        on_refresh_start: Optional[Callable[[], Any]] = None,
-        refresh_session: Optional[requests.Session] = None,
-        policy: Optional[RefreshPolicy] = None,
-        clock: Optional[Clock] = None,
-        api_base_url: Optional[str] = None,
+        on_token_update: Callable[[Token], Any] | None = None,
+        on_refresh_error: Callable[[BaseException], Any] | None = None,
+        on_refresh_start: Callable[[], Any] | None = None,
+        refresh_session: requests.Session | None = None,
+        policy: RefreshPolicy | None = None,
+        clock: Clock | None = None,
+        api_base_url: str | None = None,
         **kwargs: Any,
     ) -> None:
-        self._coordinator: Optional[RefreshCoordinator] = None
+        self._coordinator: RefreshCoordinator | None = None
         manages_tokens = store is not None or on_token_update is not None
         if token and manages_tokens:
             token = validate_token(token)  # refused before oauthlib or a store sees it
@@ -194,7 +195,7 @@ class RefreshingSession(OAuth2Session):
         self.api_url = value.rstrip("/")
 
     @property
-    def coordinator(self) -> Optional[RefreshCoordinator]:
+    def coordinator(self) -> RefreshCoordinator | None:
         """The :class:`RefreshCoordinator` behind this session (``None`` in plain mode).
 
         To mount an adapter with your own settings, keep refreshing through it::
@@ -221,10 +222,10 @@ class RefreshingSession(OAuth2Session):
         method: str,
         url: str,
         data: Any = None,
-        headers: Optional[Mapping[str, str]] = None,
+        headers: Mapping[str, str] | None = None,
         withhold_token: bool = False,
-        client_id: Optional[str] = None,
-        client_secret: Optional[str] = None,
+        client_id: str | None = None,
+        client_secret: str | None = None,
         files: Any = None,
         **kwargs: Any,
     ) -> requests.Response:
@@ -262,7 +263,7 @@ class RefreshingSession(OAuth2Session):
         coordinator = self._require_coordinator("refresh")
         return dict(coordinator.refresh())
 
-    def me(self, *, timeout: Optional[float] = DEFAULT_API_TIMEOUT) -> Dict[str, Any]:
+    def me(self, *, timeout: float | None = DEFAULT_API_TIMEOUT) -> dict[str, Any]:
         """``GET {api_url}/2/users/me``: the ``data`` object (id, name, username).
 
         Raises :class:`requests.HTTPError` when X refuses, and :class:`requests.Timeout`

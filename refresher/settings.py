@@ -12,8 +12,9 @@ account that ``refresher login`` saved, with nothing repeated.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Mapping, Optional, Union
+from typing import Any
 
 from ._constants import X_API_URL, X_AUTHORIZE_URL, X_REVOKE_URL, X_TOKEN_URL
 from .errors import ConfigurationError, ReauthorizationRequired
@@ -71,8 +72,8 @@ def default_store_location() -> str:
     return os.path.join(base, "refresher", "tokens.json")
 
 
-def resolve_setting(name: str, explicit: Optional[str],
-                    metadata: Mapping[str, Any]) -> Optional[str]:
+def resolve_setting(name: str, explicit: str | None,
+                    metadata: Mapping[str, Any]) -> str | None:
     """One setting (a key of :data:`ENVIRONMENT`): ``explicit``, else its ``REFRESHER_*``
     variable, else the store's record (``metadata``), else X's default (``None`` if none).
 
@@ -92,7 +93,7 @@ def resolve_setting(name: str, explicit: Optional[str],
     return _DEFAULTS.get(name)
 
 
-def wanted_account(explicit: Optional[str] = None) -> Optional[str]:
+def wanted_account(explicit: str | None = None) -> str | None:
     """The account asked for: ``explicit``, else ``$REFRESHER_ACCOUNT``, else ``None``.
 
     An empty (or blank) ``REFRESHER_ACCOUNT`` counts as unset, as shells make
@@ -106,7 +107,7 @@ def wanted_account(explicit: Optional[str] = None) -> Optional[str]:
     return explicit or (from_env if from_env.strip() else None)
 
 
-def choose_account(store: TokenStore, wanted: Optional[str] = None) -> str:
+def choose_account(store: TokenStore, wanted: str | None = None) -> str:
     """The account to use: :func:`wanted_account`, else the store's only one.
 
     Raises :class:`~refresher.ConfigurationError` (a :class:`ValueError`) for an unknown
@@ -160,11 +161,11 @@ def describe_store(store: TokenStore) -> str:
 
 
 def open_session(
-    account: Optional[str] = None,
+    account: str | None = None,
     *,
-    store: Union[TokenStore, str, os.PathLike[str], None] = None,
-    client_id: Optional[str] = None,
-    client_secret: Optional[str] = None,
+    store: TokenStore | str | os.PathLike[str] | None = None,
+    client_id: str | None = None,
+    client_secret: str | None = None,
     **kwargs: Any,
 ) -> RefreshingSession:
     """A :class:`~refresher.RefreshingSession` for an account ``refresher login`` saved.

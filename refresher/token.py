@@ -19,11 +19,12 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from collections.abc import Mapping
+from typing import Any
 
 from .errors import InvalidTokenError
 
-Token = Dict[str, Any]
+Token = dict[str, Any]
 
 __all__ = [
     "Token",
@@ -36,7 +37,7 @@ __all__ = [
 ]
 
 
-def _number(value: Any) -> Optional[float]:
+def _number(value: Any) -> float | None:
     """``value`` as a finite float (numbers and numeric strings), or ``None``."""
     if isinstance(value, bool):
         return None
@@ -52,7 +53,7 @@ def _number(value: Any) -> Optional[float]:
     return number if math.isfinite(number) else None
 
 
-def normalize_token(raw: Mapping[str, Any], *, now: Optional[float] = None) -> Token:
+def normalize_token(raw: Mapping[str, Any], *, now: float | None = None) -> Token:
     """Return a copy of a token-endpoint answer with ``expires_at`` computed on receipt.
 
     ``scope`` is kept as X sends it (a space-separated string); a list is joined.
@@ -62,7 +63,7 @@ def normalize_token(raw: Mapping[str, Any], *, now: Optional[float] = None) -> T
     return validate_token(raw, now=now)
 
 
-def validate_token(raw: Mapping[str, Any], *, now: Optional[float] = None) -> Token:
+def validate_token(raw: Mapping[str, Any], *, now: float | None = None) -> Token:
     """A checked copy of a token someone handed over, with ``expires_at`` filled in.
 
     Refused with :class:`~refresher.InvalidTokenError` (the message names the field, never
@@ -87,7 +88,7 @@ def validate_token(raw: Mapping[str, Any], *, now: Optional[float] = None) -> To
     return token
 
 
-def parse_grant(raw: Mapping[str, Any], *, now: Optional[float] = None) -> Tuple[Token, List[str]]:
+def parse_grant(raw: Mapping[str, Any], *, now: float | None = None) -> tuple[Token, list[str]]:
     """The token to save from a 200 answer, and what was wrong with it (empty when nothing).
 
     Never raises: X has already rotated the pair, so whatever can be kept is kept. An expiry
@@ -97,16 +98,16 @@ def parse_grant(raw: Mapping[str, Any], *, now: Optional[float] = None) -> Tuple
     return _repair(raw, now)
 
 
-def _repair(raw: Mapping[str, Any], now: Optional[float]) -> Tuple[Token, List[str]]:
+def _repair(raw: Mapping[str, Any], now: float | None) -> tuple[Token, list[str]]:
     token: Token = dict(raw)
-    problems: List[str] = []
+    problems: list[str] = []
     received = time.time() if now is None else now
     for field in ("access_token", "refresh_token"):
         value = token.get(field)
         if value is not None and (not isinstance(value, str) or not value):
             problems.append(f"{field} is not a non-empty string ({_kind(value)})")
             del token[field]
-    lifetime: Optional[float] = None
+    lifetime: float | None = None
     if token.get("expires_in") is not None:
         lifetime = _number(token["expires_in"])
         if lifetime is None:
@@ -139,14 +140,14 @@ def _kind(value: Any) -> str:
     return "empty text" if value == "" else f"got {type(value).__name__}"
 
 
-def fingerprint(secret: Optional[str]) -> str:
+def fingerprint(secret: str | None) -> str:
     """A short, non-reversible name for a token, safe to log: ``"sha256:1a2b3c4d"``."""
     if not secret:
         return "none"
     return "sha256:" + hashlib.sha256(str(secret).encode("utf-8")).hexdigest()[:8]
 
 
-def seconds_left(token: Mapping[str, Any], *, now: Optional[float] = None) -> Optional[float]:
+def seconds_left(token: Mapping[str, Any], *, now: float | None = None) -> float | None:
     """Seconds until the access token expires, or ``None`` when the token does not say.
 
     An ``expires_at`` that is not a number (a hand-edited store) counts as expired: 0.
@@ -160,7 +161,7 @@ def seconds_left(token: Mapping[str, Any], *, now: Optional[float] = None) -> Op
     return expires_at - (time.time() if now is None else now)
 
 
-def lifetime_of(token: Mapping[str, Any]) -> Optional[float]:
+def lifetime_of(token: Mapping[str, Any]) -> float | None:
     """The token's lifetime in seconds (``expires_in``), or ``None`` when it does not say."""
     return _number(token.get("expires_in"))
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from typing import Any, Callable, Iterator, List, NoReturn
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
 
 import pytest
 
@@ -60,7 +61,7 @@ def redis_server_factory(redis_binary: str, tmp_path_factory: pytest.TempPathFac
     """``make(*extra_args)``: a started RedisServer (loopback, a free port, no persistence),
     with extra ``redis-server`` arguments (for example ``"--requirepass", "pw"``); all are
     stopped after the test."""
-    servers: List[RedisServer] = []
+    servers: list[RedisServer] = []
 
     def make(*extra_args: str) -> RedisServer:
         server = RedisServer(redis_binary, tmp_path_factory.mktemp("redis"), extra_args)
@@ -85,7 +86,7 @@ def make_session(x_emulator: XEmulator) -> Iterator[Callable[..., RefreshingSess
     Wired to ``x_emulator`` (or the given emulator), seeded with a fresh emulator token
     unless ``token`` is given; closed after the test.
     """
-    made: List[RefreshingSession] = []
+    made: list[RefreshingSession] = []
 
     def make(store: TokenStore | None = None, token: Any = "fresh",
              emulator: XEmulator | None = None, **kw: Any) -> RefreshingSession:
@@ -113,7 +114,7 @@ def all_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     return caplog
 
 
-def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that run the ``refresher`` command as a process (the ``cli`` fixture) are
     integration tests, like those marked so by hand: ``-m "not integration"`` is the fast
     loop."""

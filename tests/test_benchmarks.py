@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 import pytest
 
@@ -33,7 +33,7 @@ def _run(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedP
     return result
 
 
-def _header(output: str, first_column: str) -> List[str]:
+def _header(output: str, first_column: str) -> list[str]:
     for line in output.splitlines():
         if line.startswith(first_column):
             return line.split("  ")
@@ -83,7 +83,7 @@ def test_contention_rows_show_what_the_shared_store_buys() -> None:
     out = _run("contention.py", "-P", "2", "-T", "2", "--ttl", "1", "--seconds", "2",
                "--json", timeout=180).stdout
     document = json.loads(out)
-    results: Dict[str, Dict[str, Any]] = {r["store"]: r for r in document["results"]}
+    results: dict[str, dict[str, Any]] = {r["store"]: r for r in document["results"]}
     for column in ("requests", "failed", "refreshes", "windows", "per window", "reused RT",
                    "p50 ms", "p99 ms", "in-window p50", "in-window p99", "token RTT ms"):
         assert column in document["columns"]

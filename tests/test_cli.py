@@ -22,7 +22,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import pytest
 import requests
@@ -65,7 +65,7 @@ class CLI:
                     if not k.startswith(("REFRESHER_", "XDG_", "BROWSER", "DISPLAY"))}
         self.env.update(HOME=str(self.home), BROWSER=str(browser), PYTHONUNBUFFERED="1")
 
-    def emulated(self, x: XEmulator, **extra: str) -> Dict[str, str]:
+    def emulated(self, x: XEmulator, **extra: str) -> dict[str, str]:
         env = dict(self.env, REFRESHER_CLIENT_ID=DEFAULT_CLIENT_ID,
                    REFRESHER_AUTHORIZE_URL=x.authorize_url, REFRESHER_TOKEN_URL=x.token_url,
                    REFRESHER_REVOKE_URL=x.revoke_url, REFRESHER_API_URL=x.api_url,
@@ -73,7 +73,7 @@ class CLI:
         env.update(extra)
         return env
 
-    def run(self, *args: str, env: Optional[Dict[str, str]] = None, input: str = "",
+    def run(self, *args: str, env: dict[str, str] | None = None, input: str = "",
             timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run([*COMMAND, *args], env=env or self.env, input=input,
                               capture_output=True, text=True, timeout=timeout)
@@ -89,14 +89,14 @@ def cli(tmp_path: Path) -> CLI:
     return CLI(tmp_path)
 
 
-def _tokens(store: Path) -> List[str]:
+def _tokens(store: Path) -> list[str]:
     """Every token string in a JSON store file."""
     document = json.loads(store.read_text())
     return [entry["token"][k] for entry in document["accounts"].values()
             for k in ("access_token", "refresh_token") if k in entry["token"]]
 
 
-def _no_secret_in(texts: List[str], secrets: List[str]) -> None:
+def _no_secret_in(texts: list[str], secrets: list[str]) -> None:
     joined = "\n".join(texts)
     assert [s for s in secrets if s and s in joined] == []
 
@@ -606,7 +606,7 @@ def test_emulator_serves_until_interrupted_and_prints_the_urls(cli):
                              text=True)
     try:
         assert child.stdout is not None
-        settings: Dict[str, str] = {}
+        settings: dict[str, str] = {}
         while "REFRESHER_API_URL" not in settings:
             line = child.stdout.readline()
             assert line, "the emulator ended before printing its URLs"

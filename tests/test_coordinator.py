@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, List
+from typing import Any
 
 import pytest
 import requests
@@ -15,10 +15,10 @@ from refresher.testing import DEFAULT_CLIENT_ID
 from refresher.testing.net import free_port
 
 
-def _get_together(session, url: str, threads: int = 16) -> List[int]:
+def _get_together(session, url: str, threads: int = 16) -> list[int]:
     """``threads`` threads GET ``url`` through ``session`` at the same instant."""
     barrier = threading.Barrier(threads)
-    statuses: List[int] = []
+    statuses: list[int] = []
 
     def call() -> None:
         barrier.wait()
@@ -230,7 +230,7 @@ def test_a_pair_granted_while_the_store_is_down_is_kept_and_written_back(x_emula
 
 def test_lock_timeout_is_reported_through_on_refresh_error(x_emulator, make_session) -> None:
     store = MemoryTokenStore()
-    errors: List[BaseException] = []
+    errors: list[BaseException] = []
     session = make_session(store=store, lock_timeout=0.2, on_refresh_error=errors.append)
     held = threading.Event()
     release = threading.Event()

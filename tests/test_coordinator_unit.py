@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import pytest
 
@@ -28,16 +28,16 @@ class FakeEndpoint:
     def __init__(self, clock: FakeClock, lifetime: int = 7200) -> None:
         self.clock = clock
         self.lifetime = lifetime
-        self.spent: List[str] = []
+        self.spent: list[str] = []
         self.live = {"rt-0"}
-        self.fail_with: Optional[Exception] = None
+        self.fail_with: Exception | None = None
         self.count = 0
 
-    def pair(self, n: int) -> Dict[str, Any]:
+    def pair(self, n: int) -> dict[str, Any]:
         return {"access_token": f"at-{n}", "refresh_token": f"rt-{n}", "token_type": "bearer",
                 "expires_in": self.lifetime, "expires_at": self.clock.time() + self.lifetime}
 
-    def refresh(self, refresh_token: str) -> Dict[str, Any]:
+    def refresh(self, refresh_token: str) -> dict[str, Any]:
         self.spent.append(refresh_token)
         if self.fail_with is not None:
             raise self.fail_with
@@ -97,7 +97,7 @@ def test_the_leeway_is_capped_at_a_tenth_of_a_short_lifetime(clock) -> None:
 
 def test_a_failed_early_refresh_sends_the_working_token_and_retries_later(clock,
                                                                           endpoint) -> None:
-    errors: List[BaseException] = []
+    errors: list[BaseException] = []
     coordinator = make(MemoryTokenStore(), endpoint, clock, on_refresh_error=errors.append)
     clock.advance(7200 - 40)  # 40 s left
     endpoint.fail_with = RefreshError("X is down")
@@ -189,7 +189,7 @@ class StaleOnce(MemoryTokenStore):
         self.conflicts = 1
 
     def save_versioned(self, account: str, token: Any,
-                       expected_version: Optional[str] = None) -> str:
+                       expected_version: str | None = None) -> str:
         if expected_version is not None and self.conflicts:
             self.conflicts -= 1
             raise StaleTokenError("someone else saved meanwhile")

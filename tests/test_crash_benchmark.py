@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import List, Tuple
 
 import pytest
 
@@ -69,7 +68,7 @@ def test_plain_text_report() -> None:
 
 
 def test_the_phase_of_a_kill_is_the_last_marker_seen() -> None:
-    def markers(names: str) -> List[Tuple[float, str, str]]:
+    def markers(names: str) -> list[tuple[float, str, str]]:
         return [(float(i), name, "") for i, name in enumerate(names)]
 
     assert crash.classify(markers("WRBCASDB")) == crash.BEFORE

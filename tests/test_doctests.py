@@ -10,7 +10,6 @@ from __future__ import annotations
 import doctest
 import importlib
 import pkgutil
-from typing import List
 
 import pytest
 
@@ -20,7 +19,7 @@ import refresher
 OPTIONAL = {"refresher.stores.redis": "redis"}
 
 
-def _modules() -> List[str]:
+def _modules() -> list[str]:
     found = ["refresher"]
     found += [info.name for info in pkgutil.walk_packages(refresher.__path__, "refresher.")]
     return sorted(found)
@@ -40,7 +39,7 @@ def test_the_examples_in_the_docstrings_pass(name: str) -> None:
     if name in OPTIONAL:
         pytest.importorskip(OPTIONAL[name])
     module = importlib.import_module(name)
-    report: List[str] = []
+    report: list[str] = []
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
     for test in doctest.DocTestFinder().find(module, name):
         runner.run(test, out=report.append)

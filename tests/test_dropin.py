@@ -12,9 +12,10 @@ import re
 import subprocess
 import sys
 import tarfile
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
-from typing import Callable, NoReturn
+from typing import NoReturn
 
 import pytest
 

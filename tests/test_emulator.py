@@ -14,8 +14,9 @@ import sys
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 import pytest
 import requests
@@ -112,7 +113,7 @@ def exchange(emulator: XEmulator, code: str, verifier: str, **overrides: Any) ->
                          auth=auth)
 
 
-def refresh(emulator: XEmulator, refresh_token: str, client_id: Optional[str] = DEFAULT_CLIENT_ID,
+def refresh(emulator: XEmulator, refresh_token: str, client_id: str | None = DEFAULT_CLIENT_ID,
             auth: Any = None, session: Any = requests) -> requests.Response:
     data = {"grant_type": "refresh_token", "refresh_token": refresh_token}
     if client_id is not None:

@@ -9,7 +9,8 @@ import socket
 import sqlite3
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -29,7 +30,7 @@ from refresher.testing import DEFAULT_CLIENT_ID, XEmulator
 
 def _in_thread(call: Callable[[], Any]) -> Callable[[float], Any]:
     """Run ``call`` in a daemon thread; the returned ``join(timeout)`` returns or raises."""
-    outcome: Dict[str, Any] = {}
+    outcome: dict[str, Any] = {}
 
     def run() -> None:
         try:
@@ -92,7 +93,7 @@ class DriverErrorStore(MemoryTokenStore):
 
     down = False
 
-    def save(self, account: str, token: Dict[str, Any]) -> None:
+    def save(self, account: str, token: dict[str, Any]) -> None:
         if self.down:
             raise sqlite3.OperationalError("database is locked")
         super().save(account, token)
@@ -101,7 +102,7 @@ class DriverErrorStore(MemoryTokenStore):
 def test_a_store_raising_its_drivers_exception_keeps_the_granted_pair(x_emulator,
                                                                       make_session, me_url) -> None:
     store = DriverErrorStore()
-    errors: List[BaseException] = []
+    errors: list[BaseException] = []
     session = make_session(store=store, on_refresh_error=errors.append)
     store.down = True
     with pytest.raises(TokenStoreError) as caught:
@@ -117,7 +118,7 @@ def test_a_store_raising_its_drivers_exception_keeps_the_granted_pair(x_emulator
 
 
 class RaisingLockStore(MemoryTokenStore):
-    def lock(self, account: str, timeout: Optional[float] = None) -> Any:
+    def lock(self, account: str, timeout: float | None = None) -> Any:
         raise ConnectionResetError("driver lost its connection")
 
 
@@ -138,8 +139,8 @@ class ScriptedTokenServer:
     and records the refresh tokens it was sent."""
 
     def __init__(self) -> None:
-        self.answers: List[Dict[str, Any]] = []
-        self.received: List[str] = []
+        self.answers: list[dict[str, Any]] = []
+        self.received: list[str] = []
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -227,7 +228,7 @@ def test_an_unusable_seed_is_refused_before_anything_is_saved(tmp_path, seed, fi
 def test_a_grant_with_expires_in_zero_does_not_make_every_thread_refresh(
         x_emulator_factory, make_session, me_url) -> None:
     class ZeroLifetime(XEmulator):
-        def _mint(self, *args: Any) -> Dict[str, Any]:
+        def _mint(self, *args: Any) -> dict[str, Any]:
             payload = super()._mint(*args)
             payload["expires_in"] = 0  # the token works; the answer says it is over
             return payload
@@ -282,7 +283,7 @@ def silent_server() -> Iterator[str]:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
-    accepted: List[socket.socket] = []
+    accepted: list[socket.socket] = []
     stop = threading.Event()
 
     def accept() -> None:
@@ -318,7 +319,7 @@ def test_me_has_a_timeout(silent_server, x_emulator) -> None:
 
 def test_a_refresh_token_X_refused_is_not_resent_by_siblings(x_emulator, tmp_path) -> None:
     path = tmp_path / "tokens.json"
-    kw: Dict[str, Any] = dict(token_url=x_emulator.token_url, api_base_url=x_emulator.api_url)
+    kw: dict[str, Any] = dict(token_url=x_emulator.token_url, api_base_url=x_emulator.api_url)
     seed = x_emulator.issue_token()
     first = RefreshingSession(DEFAULT_CLIENT_ID, store=JSONTokenStore(path), token=seed, **kw)
     siblings = [RefreshingSession(DEFAULT_CLIENT_ID, store=JSONTokenStore(path), **kw)

@@ -10,7 +10,8 @@ import os
 import socket
 import threading
 import time
-from typing import Any, Callable, Dict, List
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
@@ -39,8 +40,8 @@ class Browser:
 
     def __init__(self, tamper: Callable[[str], str] | None = None) -> None:
         self.tamper = tamper
-        self.pages: List[requests.Response] = []
-        self.urls: List[str] = []
+        self.pages: list[requests.Response] = []
+        self.urls: list[str] = []
 
     def __call__(self, url: str) -> None:
         self.urls.append(url)
@@ -51,7 +52,7 @@ class Browser:
         self.pages.append(requests.get(self.tamper(back.headers["Location"]), timeout=10))
 
 
-def _query(url: str) -> Dict[str, str]:
+def _query(url: str) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
 
 
@@ -332,7 +333,7 @@ def test_a_whole_login_logs_and_shows_no_secret(x_emulator_factory, all_logs):
     logging.getLogger("urllib3").setLevel(logging.INFO)  # urllib3 DEBUG prints request lines
     x = x_emulator_factory(access_ttl=1)
     flow = _flow(x, DEFAULT_CONFIDENTIAL_CLIENT_ID, client_secret=DEFAULT_CLIENT_SECRET)
-    links: List[str] = []
+    links: list[str] = []
     original = flow.authorization_url
 
     def spy(**kw: Any) -> AuthorizationLink:

@@ -10,7 +10,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -41,9 +42,9 @@ TOKEN = {"access_token": "at-1", "refresh_token": "rt-1", "token_type": "bearer"
 @pytest.fixture
 def make_store(redis_server: RedisServer) -> Iterator[Callable[..., RedisTokenStore]]:
     """``make_store(url=None, **options)``: a RedisTokenStore on the test's server."""
-    made: List[RedisTokenStore] = []
+    made: list[RedisTokenStore] = []
 
-    def make(url: Optional[str] = None, **options: Any) -> RedisTokenStore:
+    def make(url: str | None = None, **options: Any) -> RedisTokenStore:
         store = RedisTokenStore(url or redis_server.url, **options)
         made.append(store)
         return store
@@ -77,7 +78,7 @@ def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 15.0) -
 
 def _in_thread(call: Callable[[], Any]) -> Callable[[], Any]:
     """Start ``call`` in a thread; return a function that joins it and returns or raises."""
-    outcome: Dict[str, Any] = {}
+    outcome: dict[str, Any] = {}
 
     def run() -> None:
         try:
@@ -446,7 +447,7 @@ def test_unreachable_redis_is_a_TokenStoreError_naming_the_server_not_the_passwo
     port = free_port()  # nothing listens there
     store = make_store(f"redis://:s3cret-pw@127.0.0.1:{port}/2")
     assert "s3cret-pw" not in repr(store)
-    calls: Dict[str, Callable[[], Any]] = {
+    calls: dict[str, Callable[[], Any]] = {
         "load": lambda: store.load(ACCOUNT),
         "save": lambda: store.save(ACCOUNT, TOKEN),
         "accounts": store.accounts,
@@ -537,7 +538,7 @@ def _spec(x: XEmulator, server: RedisServer, *, threads: int, seconds: float) ->
 
 
 def _run(x: XEmulator, server: RedisServer, *, processes: int, threads: int,
-         seconds: float) -> Dict[str, Any]:
+         seconds: float) -> dict[str, Any]:
     reports = run_workers(_spec(x, server, threads=threads, seconds=seconds), processes,
                           seed=x.issue_token())
     result = summarize(reports, x.stats.as_dict(), processes=processes, seconds=seconds,
@@ -547,7 +548,7 @@ def _run(x: XEmulator, server: RedisServer, *, processes: int, threads: int,
     return result
 
 
-def _assert_coordinated(result: Dict[str, Any]) -> None:
+def _assert_coordinated(result: dict[str, Any]) -> None:
     assert result["failed"] == 0, result["errors"]
     assert result["reused_refresh_tokens"] == 0
     assert result["requests"] > 100
@@ -569,7 +570,7 @@ def test_redis_restarted_in_the_middle_of_a_multi_process_run(x_emulator_factory
     refresh token is spent twice."""
     x = x_emulator_factory(access_ttl=1.0)
     seconds = 7.0
-    timeline: List[tuple] = []  # (time, requests, failed)
+    timeline: list[tuple] = []  # (time, requests, failed)
 
     def progress(done: int, bad: int, elapsed: float) -> None:
         timeline.append((time.time(), done, bad))

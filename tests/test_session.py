@@ -4,7 +4,7 @@ refresh before expiry, refresh-and-replay on 401, hooks, me(), repr, drop-in beh
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, List
+from typing import Any
 
 import pytest
 import requests
@@ -132,10 +132,10 @@ def test_seed_fills_an_empty_account_with_expires_at(x_emulator, make_session) -
 def test_on_token_update_runs_once_per_refresh_after_the_store_write(x_emulator, make_session,
                                                                      me_url):
     store = MemoryTokenStore()
-    seen: List[Dict[str, Any]] = []
-    stored_when_called: List[Any] = []
+    seen: list[dict[str, Any]] = []
+    stored_when_called: list[Any] = []
 
-    def hook(token: Dict[str, Any]) -> None:
+    def hook(token: dict[str, Any]) -> None:
         stored_when_called.append(store.load("default"))
         seen.append(token)
 
@@ -150,7 +150,7 @@ def test_on_token_update_runs_once_per_refresh_after_the_store_write(x_emulator,
 
 def test_a_failing_hook_is_logged_and_does_not_fail_the_request(x_emulator, make_session,
                                                                  caplog, me_url):
-    def broken(token: Dict[str, Any]) -> None:
+    def broken(token: dict[str, Any]) -> None:
         raise RuntimeError("database is down")
 
     session = make_session(on_token_update=broken)
@@ -162,7 +162,7 @@ def test_a_failing_hook_is_logged_and_does_not_fail_the_request(x_emulator, make
 
 def test_a_failed_early_refresh_sends_the_still_valid_token_and_retries_later(
         x_emulator, make_session, me_url):
-    errors: List[BaseException] = []
+    errors: list[BaseException] = []
     token = x_emulator.issue_token()
     token["expires_at"] = time.time() + 30  # inside the leeway, still valid
     session = make_session(token=token, on_refresh_error=errors.append)
@@ -175,7 +175,7 @@ def test_a_failed_early_refresh_sends_the_still_valid_token_and_retries_later(
 
 
 def test_on_token_update_alone_turns_the_machinery_on(x_emulator, me_url) -> None:
-    seen: List[Dict[str, Any]] = []
+    seen: list[dict[str, Any]] = []
     session = RefreshingSession(DEFAULT_CLIENT_ID, token=x_emulator.issue_token(),
                                 token_url=x_emulator.token_url, on_token_update=seen.append)
     assert session.refreshing
@@ -185,7 +185,7 @@ def test_on_token_update_alone_turns_the_machinery_on(x_emulator, me_url) -> Non
 
 
 def test_on_refresh_error_sees_each_failure_before_it_propagates(x_emulator, make_session, me_url):
-    errors: List[BaseException] = []
+    errors: list[BaseException] = []
     session = make_session(on_refresh_error=errors.append)
     x_emulator.revoke_all()
     with pytest.raises(refresher.ReauthorizationRequired) as raised:
@@ -211,7 +211,7 @@ def test_confidential_client_refreshes_with_basic_auth(x_emulator, make_session)
 
 
 def test_custom_refresh_session_carries_every_token_endpoint_call(x_emulator, make_session):
-    calls: List[str] = []
+    calls: list[str] = []
     refresh_session = requests.Session()
     refresh_session.hooks["response"].append(lambda r, *a, **k: calls.append(r.request.url))
     session = make_session(refresh_session=refresh_session)
@@ -273,7 +273,7 @@ def test_plain_mode_keeps_oauth2sessions_auto_refresh(x_emulator, monkeypatch, m
     monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
     token = x_emulator.issue_token()
     token["expires_at"] = time.time() - 1
-    updates: List[Dict[str, Any]] = []
+    updates: list[dict[str, Any]] = []
     session = RefreshingSession(DEFAULT_CLIENT_ID, token=token,
                                 auto_refresh_url=x_emulator.token_url,
                                 auto_refresh_kwargs={"client_id": DEFAULT_CLIENT_ID},

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any
 
 import pytest
 
@@ -54,24 +55,24 @@ class DictStore(TokenStore):
     """What a user writes for their own database: the five methods, nothing more."""
 
     def __init__(self) -> None:
-        self._tokens: Dict[str, Dict[str, Any]] = {}
-        self._locks: Dict[str, threading.RLock] = {}
+        self._tokens: dict[str, dict[str, Any]] = {}
+        self._locks: dict[str, threading.RLock] = {}
 
-    def load(self, account: str) -> Optional[Dict[str, Any]]:
+    def load(self, account: str) -> dict[str, Any] | None:
         token = self._tokens.get(account)
         return copy.deepcopy(token) if token is not None else None
 
-    def save(self, account: str, token: Dict[str, Any]) -> None:
+    def save(self, account: str, token: dict[str, Any]) -> None:
         self._tokens[account] = copy.deepcopy(token)
 
     def delete(self, account: str) -> None:
         self._tokens.pop(account, None)
 
-    def accounts(self) -> List[str]:
+    def accounts(self) -> list[str]:
         return sorted(self._tokens)
 
     @contextmanager
-    def lock(self, account: str, timeout: Optional[float] = None) -> Iterator[None]:
+    def lock(self, account: str, timeout: float | None = None) -> Iterator[None]:
         lock = self._locks.setdefault(account, threading.RLock())
         if not lock.acquire(timeout=-1 if timeout is None else timeout):
             raise LockTimeout(f"account {account!r} is locked")

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from oauthlib.oauth2 import OAuth2Error
 
@@ -37,7 +37,7 @@ __all__ = ["main"]
 log = logging.getLogger(__name__)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``refresher`` command line with ``argv`` (default ``sys.argv[1:]``).
 
     Returns the exit status instead of exiting, so it can be called from Python:
@@ -89,7 +89,7 @@ def _report(exc: BaseException, debug: bool, status: int, *, unexpected: bool = 
     return status
 
 
-_handler: Optional[logging.Handler] = None
+_handler: logging.Handler | None = None
 
 
 def _configure_logging(debug: bool) -> None:

@@ -11,7 +11,8 @@ import argparse
 import json
 import math
 import time
-from typing import Any, Dict, List, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..errors import RevokeError
 from ..session import RefreshingSession
@@ -38,7 +39,7 @@ def run_status(args: argparse.Namespace) -> int:
     store = store_for(args)
     where = describe_store(store)
     names = [account_for(store, args)] if args.account else store.accounts()
-    rows: List[Dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
     now = time.time()
     for name in names:
         token = store.load(name) or {}
@@ -71,7 +72,7 @@ def run_status(args: argparse.Namespace) -> int:
         print(f"No accounts in {where}. Log in with: refresher login --client-id YOUR_CLIENT_ID")
         return 0
     print(f"Store: {where}")
-    table: List[Sequence[str]] = [
+    table: list[Sequence[str]] = [
         ("ACCOUNT", "USER", "SCOPES", "EXPIRES", "LAST REFRESH", "FINGERPRINT")]
     for row in rows:
         left = row["expires_in"]

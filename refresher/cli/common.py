@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from typing import Any, Mapping, Optional, Tuple
+from collections.abc import Mapping
+from typing import Any
 
 from .._constants import DEFAULT_DEADLINE, DEFAULT_TIMEOUT
 from ..endpoint import TokenEndpoint
@@ -65,8 +66,8 @@ def client_id_for(args: argparse.Namespace, metadata: Mapping[str, Any]) -> str:
     return client_id
 
 
-def revoke_pair(token: Mapping[str, Any], *, client_id: str, client_secret: Optional[str],
-                token_url: str, revoke_url: str, timeout: Optional[float] = None) -> str:
+def revoke_pair(token: Mapping[str, Any], *, client_id: str, client_secret: str | None,
+                token_url: str, revoke_url: str, timeout: float | None = None) -> str:
     """Revoke the refresh token, then the access token; RevokeError if the first fails.
 
     ``timeout`` bounds both revokes together (default: the endpoint's own bounds). Returns
@@ -107,8 +108,8 @@ def duration(seconds: float) -> str:
     return f"{whole // 86400}d {whole % 86400 // 3600}h"
 
 
-def seconds_left(token: Mapping[str, Any], now: Optional[float] = None) -> Tuple[
-        Optional[float], bool]:
+def seconds_left(token: Mapping[str, Any], now: float | None = None) -> tuple[
+        float | None, bool]:
     """Seconds until the access token expires (``None``: unknown), and whether the stored
     ``expires_at`` is there but not a number (an ISO date written by hand, say)."""
     raw = token.get("expires_at")

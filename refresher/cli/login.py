@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any, Dict, List, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import requests
 from oauthlib.oauth2 import OAuth2Error
@@ -110,8 +111,8 @@ class _Deadline:
         return self._end - time.monotonic()
 
 
-def _scopes(values: Optional[List[str]]) -> List[str]:
-    scopes: List[str] = []
+def _scopes(values: list[str] | None) -> list[str]:
+    scopes: list[str] = []
     for value in values or ():
         for scope in value.replace(",", " ").split():
             if scope not in scopes:
@@ -119,7 +120,7 @@ def _scopes(values: Optional[List[str]]) -> List[str]:
     return scopes
 
 
-def _who(flow: LoginFlow, token: Token, *, named: bool, clock: _Deadline) -> Dict[str, Any]:
+def _who(flow: LoginFlow, token: Token, *, named: bool, clock: _Deadline) -> dict[str, Any]:
     """GET /2/users/me with the new token; without --account, the answer names the account.
 
     A plain request with the new access token, bounded by what is left of --timeout: no
@@ -161,7 +162,7 @@ def _who(flow: LoginFlow, token: Token, *, named: bool, clock: _Deadline) -> Dic
 
 
 def _replace_previous(previous: Token, meta: Mapping[str, Any], user: Mapping[str, Any], *,
-                      client_id: str, secret: Optional[str], urls: Mapping[str, str],
+                      client_id: str, secret: str | None, urls: Mapping[str, str],
                       revoke: bool, clock: _Deadline) -> str:
     """Say what became of the account's previous pair; revoke it only when that is safe.
 

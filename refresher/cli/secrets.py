@@ -10,7 +10,6 @@ from __future__ import annotations
 import getpass
 import os
 import sys
-from typing import Optional, Union
 
 from ..settings import ENVIRONMENT
 from .common import UsageError
@@ -21,8 +20,8 @@ __all__ = ["PROMPT", "read_client_secret"]
 PROMPT = object()
 
 
-def read_client_secret(given: Union[str, object, None], *, needed: bool,
-                       client_id: str) -> Optional[str]:
+def read_client_secret(given: str | object | None, *, needed: bool,
+                       client_id: str) -> str | None:
     """The secret as ``--client-secret`` says (``given``: :data:`PROMPT`, ``"-"``, a value
     or ``None``), else ``$REFRESHER_CLIENT_SECRET``; ``None`` for a public client.
 
@@ -32,7 +31,7 @@ def read_client_secret(given: Union[str, object, None], *, needed: bool,
     >>> read_client_secret(PROMPT, needed=True, client_id="my-client")  # doctest: +SKIP
     Client secret of my-client:
     """
-    secret: Optional[str]
+    secret: str | None
     if given is PROMPT:
         secret = getpass.getpass(f"Client secret of {client_id}: ")
     elif given == "-":

@@ -21,8 +21,9 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, TextIO
+from typing import Any, TextIO
 
 import requests
 
@@ -47,18 +48,18 @@ _ACCOUNT = "demo"
 class DemoResult:
     """What a demo run measured. ``summary`` is :func:`refresher.demo.workload.summarize`'s dict."""
 
-    summary: Dict[str, Any]
+    summary: dict[str, Any]
     threads: int
     access_ttl: float
-    user: Dict[str, Any] = field(default_factory=dict)
-    errors: List[str] = field(default_factory=list)
+    user: dict[str, Any] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         """No failed request and no refresh token spent twice."""
         return bool(self.summary["failed"] == 0 and self.summary["reused_refresh_tokens"] == 0)
 
-    def public(self) -> Dict[str, Any]:
+    def public(self) -> dict[str, Any]:
         """The ``--json`` object: exactly :data:`JSON_KEYS`."""
         return {key: self.summary[key] for key in JSON_KEYS}
 
@@ -69,8 +70,8 @@ def run_demo(
     threads: int = 3,
     seconds: float = 10.0,
     access_ttl: float = 2.0,
-    store: Optional[str] = None,
-    progress: Optional[TextIO] = None,
+    store: str | None = None,
+    progress: TextIO | None = None,
 ) -> DemoResult:
     """Run the demo; ``progress`` (a stream such as ``sys.stderr``) gets a live status line.
 
@@ -151,7 +152,7 @@ def _browse(url: str) -> None:
 
 
 @contextlib.contextmanager
-def _location(store: Optional[str]) -> Iterator[str]:
+def _location(store: str | None) -> Iterator[str]:
     if store:
         yield store if "://" in store else os.path.abspath(os.path.expanduser(store))
         return
@@ -160,7 +161,7 @@ def _location(store: Optional[str]) -> Iterator[str]:
 
 
 class _Say:
-    def __init__(self, stream: Optional[TextIO]) -> None:
+    def __init__(self, stream: TextIO | None) -> None:
         self.stream = stream
 
     def __call__(self, message: str) -> None:
@@ -173,7 +174,7 @@ class _ProgressLine:
     """``run_workers``'s progress callback: one line rewritten in place on a terminal,
     a plain line a second otherwise (logs, pipes)."""
 
-    def __init__(self, stream: Optional[TextIO], seconds: float, emulator: XEmulator) -> None:
+    def __init__(self, stream: TextIO | None, seconds: float, emulator: XEmulator) -> None:
         self.stream = stream
         self.seconds = seconds
         self.emulator = emulator

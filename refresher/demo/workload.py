@@ -15,8 +15,9 @@ import queue as queue_module
 import threading
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 __all__ = ["WorkloadSpec", "WorkerReport", "run_workers", "summarize"]
 
@@ -30,7 +31,7 @@ class WorkloadSpec:
     client_id: str
     token_url: str
     api_url: str
-    client_secret: Optional[str] = None
+    client_secret: str | None = None
     threads: int = 3
     seconds: float = 10.0
     shared_store: bool = True       # False: each process keeps the token in memory only
@@ -47,14 +48,14 @@ class WorkerReport:
     requests: int = 0
     failed: int = 0
     refreshes: int = 0
-    errors: List[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
     # (start, seconds) of each request, when collect_latencies is on
-    latencies: List[Tuple[float, float]] = field(default_factory=list)
+    latencies: list[tuple[float, float]] = field(default_factory=list)
     # (start, end) of each refresh this process made
-    refresh_spans: List[Tuple[float, float]] = field(default_factory=list)
+    refresh_spans: list[tuple[float, float]] = field(default_factory=list)
 
 
-def _worker(spec: WorkloadSpec, seed: Optional[Dict[str, Any]], counters: Any, index: int,
+def _worker(spec: WorkloadSpec, seed: dict[str, Any] | None, counters: Any, index: int,
             start_at: float, queue: Any) -> None:
     report = WorkerReport()
     try:
@@ -65,7 +66,7 @@ def _worker(spec: WorkloadSpec, seed: Optional[Dict[str, Any]], counters: Any, i
     queue.put((index, report))
 
 
-def _work(spec: WorkloadSpec, seed: Optional[Dict[str, Any]], counters: Any, index: int,
+def _work(spec: WorkloadSpec, seed: dict[str, Any] | None, counters: Any, index: int,
           start_at: float) -> WorkerReport:
     from ..session import RefreshingSession
     from ..stores import MemoryTokenStore, open_store
@@ -74,13 +75,13 @@ def _work(spec: WorkloadSpec, seed: Optional[Dict[str, Any]], counters: Any, ind
     report = WorkerReport()
     # A refresh span starts when the token endpoint is called (on_refresh_start), and ends
     # when the new pair is saved and on_token_update runs, in the same thread.
-    spans: List[Tuple[float, float]] = []
-    refresh_started: Dict[int, float] = {}
+    spans: list[tuple[float, float]] = []
+    refresh_started: dict[int, float] = {}
 
     def on_start() -> None:
         refresh_started[threading.get_ident()] = time.time()
 
-    def on_update(token: Dict[str, Any]) -> None:
+    def on_update(token: dict[str, Any]) -> None:
         ended = time.time()
         spans.append((refresh_started.pop(threading.get_ident(), ended), ended))
 
@@ -98,8 +99,8 @@ def _work(spec: WorkloadSpec, seed: Optional[Dict[str, Any]], counters: Any, ind
 
     def loop() -> None:
         requests_made = failed = 0
-        samples: List[Tuple[float, float]] = []
-        errors: List[str] = []
+        samples: list[tuple[float, float]] = []
+        errors: list[str] = []
         while True:
             began = time.time()
             if began >= deadline:
@@ -144,10 +145,10 @@ def run_workers(
     spec: WorkloadSpec,
     processes: int,
     *,
-    seed: Optional[Dict[str, Any]] = None,
-    progress: Optional[Callable[[int, int, float], None]] = None,
+    seed: dict[str, Any] | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
     progress_interval: float = 0.5,
-) -> List[WorkerReport]:
+) -> list[WorkerReport]:
     """Run ``processes`` spawned worker processes to the end; their reports, in order.
 
     ``seed`` is the first token (it goes into the store, or into each process's memory
@@ -165,7 +166,7 @@ def run_workers(
     ]
     for worker in workers:
         worker.start()
-    reports: Dict[int, WorkerReport] = {}
+    reports: dict[int, WorkerReport] = {}
     limit = start_at + spec.seconds + 60.0
     while len(reports) < processes and time.time() < limit:
         try:
@@ -188,8 +189,8 @@ def run_workers(
     return [reports[i] for i in range(processes)]
 
 
-def summarize(reports: Sequence[WorkerReport], emulator_stats: Dict[str, int], *,
-              processes: int, seconds: float, access_ttl: float) -> Dict[str, Any]:
+def summarize(reports: Sequence[WorkerReport], emulator_stats: dict[str, int], *,
+              processes: int, seconds: float, access_ttl: float) -> dict[str, Any]:
     """The numbers the demo and the tests print: requests, failed, refreshes, windows..."""
     windows = max(1, math.ceil(seconds / access_ttl))
     refreshes = int(emulator_stats.get("refreshes", 0))

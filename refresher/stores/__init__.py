@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Union
+from typing import Any
 
 from .base import MemoryTokenStore, TokenStore, Versioned
 from .jsonfile import JSONTokenStore
@@ -11,7 +11,7 @@ from .jsonfile import JSONTokenStore
 __all__ = ["TokenStore", "MemoryTokenStore", "JSONTokenStore", "Versioned", "open_store"]
 
 
-def open_store(location: Union[str, os.PathLike[str]], **options: Any) -> TokenStore:
+def open_store(location: str | os.PathLike[str], **options: Any) -> TokenStore:
     """A store from a location: a file path (JSON), or ``redis://`` / ``rediss://`` URL.
 
     >>> open_store("tokens.json")  # doctest: +SKIP

@@ -8,8 +8,9 @@ import hashlib
 import json
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 from ..errors import LockTimeout, StaleTokenError
 from ..token import Token, fingerprint
@@ -26,8 +27,8 @@ class Versioned(NamedTuple):
     account has no token.
     """
 
-    token: Optional[Token]
-    version: Optional[str]
+    token: Token | None
+    version: str | None
 
 #: Metadata key recording that X refused an account's refresh token as spent: its value is
 #: ``{"refresh_token": fingerprint, "since": epoch seconds}``. It names the refresh token it
@@ -62,7 +63,7 @@ class TokenStore(abc.ABC):
     """
 
     @abc.abstractmethod
-    def load(self, account: str) -> Optional[Token]:
+    def load(self, account: str) -> Token | None:
         """The account's token (a fresh copy), or ``None`` if the store has none."""
 
     @abc.abstractmethod
@@ -75,7 +76,7 @@ class TokenStore(abc.ABC):
         return Versioned(token, None if token is None else content_version(token))
 
     def save_versioned(self, account: str, token: Token,
-                       expected_version: Optional[str] = None) -> str:
+                       expected_version: str | None = None) -> str:
         """Store ``token`` unless the account moved on since ``expected_version``; call
         under ``lock(account)``. Returns the new version.
 
@@ -100,22 +101,22 @@ class TokenStore(abc.ABC):
         """Forget the account (token and metadata). Unknown accounts are ignored."""
 
     @abc.abstractmethod
-    def accounts(self) -> List[str]:
+    def accounts(self) -> list[str]:
         """The names of the accounts that have a token, sorted."""
 
     @abc.abstractmethod
-    def lock(self, account: str, timeout: Optional[float] = None) -> Any:
+    def lock(self, account: str, timeout: float | None = None) -> Any:
         """A context manager that holds the account's refresh lock.
 
         Raises :class:`~refresher.LockTimeout` when it is not had within ``timeout``
         seconds (``None``: wait for ever).
         """
 
-    def load_metadata(self, account: str) -> Dict[str, Any]:
+    def load_metadata(self, account: str) -> dict[str, Any]:
         """What was recorded beside the token (client id, endpoints); ``{}`` if nothing."""
         return {}
 
-    def save_metadata(self, account: str, metadata: Dict[str, Any]) -> None:
+    def save_metadata(self, account: str, metadata: dict[str, Any]) -> None:
         """Record ``metadata`` beside the account's token. Never put a secret in it."""
         raise NotImplementedError(f"{type(self).__name__} does not keep metadata")
 
@@ -142,7 +143,7 @@ class TokenStore(abc.ABC):
         except NotImplementedError:
             pass
 
-    def needs_login(self, account: str, token: Optional[Token] = None) -> bool:
+    def needs_login(self, account: str, token: Token | None = None) -> bool:
         """True when X refused the account's current refresh token: a person must log in.
 
         ``token`` is the account's stored token, when the caller has just loaded it.
@@ -176,15 +177,15 @@ class MemoryTokenStore(TokenStore):
     """Tokens in a dict: one process, many threads. Useful for tests and short scripts."""
 
     def __init__(self) -> None:
-        self._tokens: Dict[str, Token] = {}
-        self._metadata: Dict[str, Dict[str, Any]] = {}
-        self._locks: Dict[str, threading.RLock] = {}
+        self._tokens: dict[str, Token] = {}
+        self._metadata: dict[str, dict[str, Any]] = {}
+        self._locks: dict[str, threading.RLock] = {}
         self._guard = threading.Lock()
 
     def __repr__(self) -> str:
         return f"MemoryTokenStore(accounts={self.accounts()!r})"
 
-    def load(self, account: str) -> Optional[Token]:
+    def load(self, account: str) -> Token | None:
         with self._guard:
             token = self._tokens.get(account)
             return copy.deepcopy(token) if token is not None else None
@@ -198,20 +199,20 @@ class MemoryTokenStore(TokenStore):
             self._tokens.pop(account, None)
             self._metadata.pop(account, None)
 
-    def accounts(self) -> List[str]:
+    def accounts(self) -> list[str]:
         with self._guard:
             return sorted(self._tokens)
 
-    def load_metadata(self, account: str) -> Dict[str, Any]:
+    def load_metadata(self, account: str) -> dict[str, Any]:
         with self._guard:
             return copy.deepcopy(self._metadata.get(account, {}))
 
-    def save_metadata(self, account: str, metadata: Dict[str, Any]) -> None:
+    def save_metadata(self, account: str, metadata: dict[str, Any]) -> None:
         with self._guard:
             self._metadata[account] = copy.deepcopy(dict(metadata))
 
     @contextmanager
-    def lock(self, account: str, timeout: Optional[float] = None) -> Iterator[None]:
+    def lock(self, account: str, timeout: float | None = None) -> Iterator[None]:
         with self._guard:
             account_lock = self._locks.setdefault(account, threading.RLock())
         if not account_lock.acquire(timeout=-1 if timeout is None else timeout):

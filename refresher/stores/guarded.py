@@ -14,7 +14,8 @@ import contextlib
 import logging
 import sys
 import threading
-from typing import Any, Callable, Iterator, Optional, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from ..errors import LockTimeout, RefresherError, TokenStoreError
 from ..token import Token
@@ -32,12 +33,12 @@ class GuardedAccount:
     and the process's thread lock for the account."""
 
     def __init__(self, store: TokenStore, account: str,
-                 thread_lock: Optional[threading.Lock] = None) -> None:
+                 thread_lock: threading.Lock | None = None) -> None:
         self.store = store
         self.account = account
         self.thread_lock = thread_lock if thread_lock is not None else threading.Lock()
 
-    def acquire_thread_lock(self, timeout: Optional[float], *, wait: bool = True) -> bool:
+    def acquire_thread_lock(self, timeout: float | None, *, wait: bool = True) -> bool:
         """Take the thread lock: False at once when ``wait`` is off and it is taken;
         :class:`~refresher.LockTimeout` after ``timeout`` seconds (``None``: no limit)."""
         if not wait:
@@ -51,7 +52,7 @@ class GuardedAccount:
         )
 
     @contextlib.contextmanager
-    def thread_held(self, timeout: Optional[float]) -> Iterator[None]:
+    def thread_held(self, timeout: float | None) -> Iterator[None]:
         """The thread lock, held for the block."""
         self.acquire_thread_lock(timeout)
         try:
@@ -62,13 +63,13 @@ class GuardedAccount:
     def __repr__(self) -> str:
         return f"GuardedAccount({self.store!r}, {self.account!r})"
 
-    def load(self) -> Optional[Token]:
+    def load(self) -> Token | None:
         return self._call("read", self.store.load, self.account)
 
     def load_versioned(self) -> Versioned:
         return self._call("read", self.store.load_versioned, self.account)
 
-    def save_versioned(self, token: Token, expected_version: Optional[str]) -> str:
+    def save_versioned(self, token: Token, expected_version: str | None) -> str:
         return self._call("save", self.store.save_versioned, self.account, token,
                           expected_version)
 
@@ -83,7 +84,7 @@ class GuardedAccount:
         self._call("check the lock of", self.store.verify_lock, self.account)
 
     @contextlib.contextmanager
-    def lock(self, timeout: Optional[float]) -> Iterator[None]:
+    def lock(self, timeout: float | None) -> Iterator[None]:
         """The store's lock for the account. An error that ends the block is the one
         reported: a failure to release then is only logged."""
         manager = self._call("lock", self.store.lock, self.account, timeout=timeout)

@@ -7,9 +7,10 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Union
+from typing import Any
 
 import filelock
 
@@ -73,7 +74,7 @@ class JSONTokenStore(TokenStore):
     >>> session = RefreshingSession("my-client-id", store=store, account="alice")  # doctest: +SKIP
     """
 
-    def __init__(self, path: Union[str, os.PathLike[str]]) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         #: The path as the user gave it (absolute): what messages and ``repr`` name.
         self.path = Path(os.path.expanduser(os.fspath(path))).absolute()
         #: Where the file really is, symlinks resolved (a dangling link resolves to where its
@@ -81,7 +82,7 @@ class JSONTokenStore(TokenStore):
         #: program using the link and one using the real path share one file and one lock.
         self.real_path = Path(os.path.realpath(self.path))
         self.lock_path = Path(str(self.real_path) + ".lock")
-        self._file_lock: Optional[filelock.FileLock] = None
+        self._file_lock: filelock.FileLock | None = None
 
     def __repr__(self) -> str:
         return f"JSONTokenStore({str(self.path)!r})"
@@ -95,7 +96,7 @@ class JSONTokenStore(TokenStore):
 
     # -- reading -------------------------------------------------------------------------
 
-    def _read(self) -> Dict[str, Any]:
+    def _read(self) -> dict[str, Any]:
         """The whole document; an empty one when the file does not exist yet."""
         try:
             with open(self.real_path, encoding="utf-8") as handle:
@@ -128,7 +129,7 @@ class JSONTokenStore(TokenStore):
             )
         return dict(document)
 
-    def load(self, account: str) -> Optional[Token]:
+    def load(self, account: str) -> Token | None:
         return JSONTokenStore.load_versioned(self, account).token
 
     def load_versioned(self, account: str) -> Versioned:
@@ -146,12 +147,12 @@ class JSONTokenStore(TokenStore):
             )
         return Versioned(token, _entry_version(entry))
 
-    def accounts(self) -> List[str]:
+    def accounts(self) -> list[str]:
         return sorted(
             name for name, entry in self._read()["accounts"].items() if "token" in entry
         )
 
-    def load_metadata(self, account: str) -> Dict[str, Any]:
+    def load_metadata(self, account: str) -> dict[str, Any]:
         entry = self._read()["accounts"].get(account) or {}
         metadata = entry.get("metadata") or {}
         result = dict(metadata) if isinstance(metadata, dict) else {}
@@ -165,7 +166,7 @@ class JSONTokenStore(TokenStore):
         JSONTokenStore.save_versioned(self, account, token)
 
     def save_versioned(self, account: str, token: Token,
-                       expected_version: Optional[str] = None) -> str:
+                       expected_version: str | None = None) -> str:
         """Store ``token``, refusing with :class:`~refresher.StaleTokenError` when the
         account's version is no longer ``expected_version`` (checked under the file lock)."""
         if overrides(self, "load", JSONTokenStore) or overrides(self, "save", JSONTokenStore):
@@ -186,7 +187,7 @@ class JSONTokenStore(TokenStore):
             self._write(document)
             return str(entry["version"])
 
-    def save_metadata(self, account: str, metadata: Dict[str, Any]) -> None:
+    def save_metadata(self, account: str, metadata: dict[str, Any]) -> None:
         with self._held():
             document = self._read()
             document["accounts"].setdefault(account, {})["metadata"] = dict(metadata)
@@ -198,7 +199,7 @@ class JSONTokenStore(TokenStore):
             if document["accounts"].pop(account, None) is not None:
                 self._write(document)
 
-    def _write(self, document: Dict[str, Any]) -> None:
+    def _write(self, document: dict[str, Any]) -> None:
         document["format"] = _FORMAT
         data = json.dumps(document, indent=2, sort_keys=True).encode("utf-8")
         folder = self.real_path.parent
@@ -249,7 +250,7 @@ class JSONTokenStore(TokenStore):
         return self._file_lock
 
     @contextmanager
-    def _held(self, timeout: Optional[float] = None) -> Iterator[None]:
+    def _held(self, timeout: float | None = None) -> Iterator[None]:
         lock = self._lock_object()
         outermost = not lock.is_locked  # per thread: filelock's holds are thread-local
         if outermost:
@@ -264,7 +265,7 @@ class JSONTokenStore(TokenStore):
         finally:
             lock.release()
 
-    def lock(self, account: str, timeout: Optional[float] = None) -> Any:
+    def lock(self, account: str, timeout: float | None = None) -> Any:
         return self._held(timeout)
 
     def verify_lock(self, account: str) -> None:
@@ -278,12 +279,12 @@ class JSONTokenStore(TokenStore):
         check_lock_file(self._lock_object(), self.lock_path, self._where, account)
 
 
-def _counter(entry: Dict[str, Any]) -> int:
+def _counter(entry: dict[str, Any]) -> int:
     version = entry.get("version")
     return version if isinstance(version, int) and not isinstance(version, bool) else 0
 
 
-def _entry_version(entry: Dict[str, Any]) -> str:
+def _entry_version(entry: dict[str, Any]) -> str:
     """An entry's version: its save counter, or (files written before counters) a digest."""
     if "version" in entry:
         return str(_counter(entry))

@@ -14,8 +14,9 @@ import logging
 import os
 import re
 import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any
 
 from ..errors import TokenStoreError
 
@@ -36,7 +37,7 @@ def temp_prefix(real_path: Path) -> str:
     return f".{real_path.name}."
 
 
-def find_leftovers(real_path: Path) -> List[Path]:
+def find_leftovers(real_path: Path) -> list[Path]:
     """The temporary files of the store at ``real_path``: one listdir. Call under the lock."""
     folder = real_path.parent
     try:
@@ -56,8 +57,8 @@ def recover_leftovers(
     where: str,
     *,
     document_format: str,
-    read: Callable[[], Dict[str, Any]],
-    write: Callable[[Dict[str, Any]], None],
+    read: Callable[[], dict[str, Any]],
+    write: Callable[[dict[str, Any]], None],
 ) -> None:
     """Adopt what leftover temporary files hold that is newer, then remove them all.
 
@@ -79,7 +80,7 @@ def recover_leftovers(
             where, len(leftovers), ", ".join(str(path) for path in leftovers))
         return
     stored = document["accounts"]
-    adopted: Dict[str, Path] = {}
+    adopted: dict[str, Path] = {}
     for leftover in leftovers:
         for account, entry in _leftover_accounts(leftover, document_format).items():
             if _is_newer_entry(entry, stored.get(account)):
@@ -111,7 +112,7 @@ def recover_leftovers(
                         where, leftover, exc.strerror)
 
 
-def _leftover_accounts(leftover: Path, document_format: str) -> Dict[str, Any]:
+def _leftover_accounts(leftover: Path, document_format: str) -> dict[str, Any]:
     """The accounts of a leftover temporary file; ``{}`` unless it is a whole store document."""
     try:
         fd = os.open(leftover, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
@@ -154,7 +155,7 @@ def _is_newer_entry(entry: Any, stored: Any) -> bool:
     return stored_at is None or updated_at > stored_at
 
 
-def _timestamp(entry: Dict[str, Any]) -> Optional[float]:
+def _timestamp(entry: dict[str, Any]) -> float | None:
     """An entry's ``updated_at``, or ``None`` when it has no number there."""
     value = entry.get("updated_at")
     if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -14,7 +14,6 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Optional
 
 import filelock
 
@@ -29,7 +28,7 @@ log = logging.getLogger("refresher.stores.jsonfile")
 
 
 def acquire_lock(lock: filelock.FileLock, lock_path: Path, where: str,
-                 timeout: Optional[float], requested: Optional[float] = None) -> None:
+                 timeout: float | None, requested: float | None = None) -> None:
     """``lock.acquire``, its failures turned into refresher's errors.
 
     ``where`` names the store in messages; ``requested`` is the timeout the caller asked
@@ -51,7 +50,7 @@ def acquire_lock(lock: filelock.FileLock, lock_path: Path, where: str,
 
 
 def acquire_current_lock_file(lock: filelock.FileLock, lock_path: Path, where: str,
-                              timeout: Optional[float]) -> None:
+                              timeout: float | None) -> None:
     """Acquire ``lock`` on the inode ``lock_path`` names *now*, within ``timeout`` seconds.
 
     A waiter can win the flock of a lock file that was deleted or replaced since it
@@ -81,7 +80,7 @@ def acquire_current_lock_file(lock: filelock.FileLock, lock_path: Path, where: s
             )
 
 
-def holds_current_lock_file(lock: filelock.FileLock, lock_path: Path) -> Optional[bool]:
+def holds_current_lock_file(lock: filelock.FileLock, lock_path: Path) -> bool | None:
     """Whether ``lock_path`` still names the inode ``lock`` holds (this thread's hold).
 
     ``False`` when it was deleted or names another file; ``None`` when it cannot be told

@@ -33,9 +33,10 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple, Type, Union
+from typing import TYPE_CHECKING, Any
 
 from .._constants import DEFAULT_DEADLINE, LOCK_TTL_MARGIN
 from ..errors import ConfigurationError, LockLost, LockTimeout, StaleTokenError, TokenStoreError
@@ -92,7 +93,7 @@ class _Hold:
 
     lock: Any
     depth: int = 1
-    version: Optional[int] = None
+    version: int | None = None
 
 
 class RedisTokenStore(TokenStore):
@@ -118,7 +119,7 @@ class RedisTokenStore(TokenStore):
 
     def __init__(
         self,
-        client_or_url: Union[str, redis_py.Redis],
+        client_or_url: str | redis_py.Redis,
         prefix: str = "refresher:",
         lock_ttl: float = DEFAULT_LOCK_TTL,
         **redis_options: Any,
@@ -134,8 +135,8 @@ class RedisTokenStore(TokenStore):
             )
         self.prefix = prefix
         self.lock_ttl = float(lock_ttl)
-        self._redis_error: Type[Exception] = redis.exceptions.RedisError
-        self._lock_not_owned: Type[Exception] = redis.exceptions.LockNotOwnedError
+        self._redis_error: type[Exception] = redis.exceptions.RedisError
+        self._lock_not_owned: type[Exception] = redis.exceptions.LockNotOwnedError
         self._lock_class: Any = redis.lock.Lock
         self._client, self._owns_client = open_client(redis, client_or_url, redis_options)
         self.server = describe_server(self._client)
@@ -159,8 +160,8 @@ class RedisTokenStore(TokenStore):
     def _lock_key(self, account: str) -> str:
         return self._key(account) + LOCK_SUFFIX
 
-    def _holds(self) -> Dict[str, _Hold]:
-        holds: Optional[Dict[str, _Hold]] = getattr(self._local, "holds", None)
+    def _holds(self) -> dict[str, _Hold]:
+        holds: dict[str, _Hold] | None = getattr(self._local, "holds", None)
         if holds is None:
             holds = self._local.holds = {}
         return holds
@@ -190,7 +191,7 @@ class RedisTokenStore(TokenStore):
 
     # -- reading -------------------------------------------------------------------------
 
-    def _read(self, account: str) -> Tuple[Optional[Token], int]:
+    def _read(self, account: str) -> tuple[Token | None, int]:
         key = self._key(account)
         with self._talking(f"read {key!r}"):
             raw_token, raw_version = self._client.hmget(key, ["token", "version"])
@@ -209,7 +210,7 @@ class RedisTokenStore(TokenStore):
             ) from None
         return token, version
 
-    def load(self, account: str) -> Optional[Token]:
+    def load(self, account: str) -> Token | None:
         """The account's token; under the lock, also the version the next save expects."""
         token, version = self._read(account)
         hold = self._holds().get(account)
@@ -228,7 +229,7 @@ class RedisTokenStore(TokenStore):
         return Versioned(token, None if token is None else str(version))
 
     def save_versioned(self, account: str, token: Token,
-                       expected_version: Optional[str] = None) -> str:
+                       expected_version: str | None = None) -> str:
         """Store ``token`` if the account's version is still ``expected_version`` (one Lua
         compare-and-set); :class:`~refresher.StaleTokenError` otherwise."""
         if overrides(self, "load", RedisTokenStore) or overrides(self, "save", RedisTokenStore):
@@ -240,7 +241,7 @@ class RedisTokenStore(TokenStore):
         """The stored version of the account's token: 0 before the first save."""
         return self._read(account)[1]
 
-    def accounts(self) -> List[str]:
+    def accounts(self) -> list[str]:
         pattern = glob_escape(self.prefix) + "*"
         with self._talking("list accounts"):
             keys = [
@@ -256,7 +257,7 @@ class RedisTokenStore(TokenStore):
             key[len(self.prefix):] for key, has in zip(keys, found, strict=True) if has is True
         )
 
-    def load_metadata(self, account: str) -> Dict[str, Any]:
+    def load_metadata(self, account: str) -> dict[str, Any]:
         key = self._key(account)
         with self._talking(f"read {key!r}"):
             raw_metadata, raw_updated = self._client.hmget(key, ["metadata", "updated_at"])
@@ -301,7 +302,7 @@ class RedisTokenStore(TokenStore):
             hold.version = int(version)
         return int(version)
 
-    def save_metadata(self, account: str, metadata: Dict[str, Any]) -> None:
+    def save_metadata(self, account: str, metadata: dict[str, Any]) -> None:
         key = self._key(account)
         data = json.dumps(dict(metadata), sort_keys=True)
         with self._talking(f"save metadata of {key!r}"):
@@ -315,7 +316,7 @@ class RedisTokenStore(TokenStore):
     # -- locking -------------------------------------------------------------------------
 
     @contextmanager
-    def _held(self, account: str, timeout: Optional[float]) -> Iterator[None]:
+    def _held(self, account: str, timeout: float | None) -> Iterator[None]:
         holds = self._holds()
         hold = holds.get(account)
         if hold is not None:  # this thread holds it already
@@ -358,7 +359,7 @@ class RedisTokenStore(TokenStore):
             log.warning("%s; the lock frees itself within lock_ttl=%g s",
                         self._failure(f"release the lock of {account!r}", exc), self.lock_ttl)
 
-    def lock(self, account: str, timeout: Optional[float] = None) -> Any:
+    def lock(self, account: str, timeout: float | None = None) -> Any:
         return self._held(account, timeout)
 
     def verify_lock(self, account: str) -> None:

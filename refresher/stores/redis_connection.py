@@ -9,7 +9,7 @@ without the optional dependency.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import TokenStoreError
@@ -38,7 +38,7 @@ def import_redis() -> Any:
     return redis
 
 
-def open_client(redis: Any, client_or_url: Any, options: Dict[str, Any]) -> Tuple[Any, bool]:
+def open_client(redis: Any, client_or_url: Any, options: dict[str, Any]) -> tuple[Any, bool]:
     """The store's client, and whether the store owns it (and so closes it).
 
     A URL gives a new client (``options`` go to it); a client is used as it is, and then
@@ -53,7 +53,7 @@ def open_client(redis: Any, client_or_url: Any, options: Dict[str, Any]) -> Tupl
     return client_or_url, False
 
 
-def _client_from_url(redis: Any, url: str, options: Dict[str, Any]) -> Any:
+def _client_from_url(redis: Any, url: str, options: dict[str, Any]) -> Any:
     """A :class:`redis.Redis` for ``url``, with refresher's timeout and retry defaults
     under ``options``; an invalid URL is a :class:`~refresher.TokenStoreError` that does
     not show its password."""
@@ -75,7 +75,7 @@ def _client_from_url(redis: Any, url: str, options: Dict[str, Any]) -> Any:
         raise TokenStoreError(f"invalid Redis URL {_scrub_url(url)}: {detail}") from None
 
 
-def _url_password(url: str) -> Optional[str]:
+def _url_password(url: str) -> str | None:
     try:
         return urlsplit(url).password
     except ValueError:
@@ -96,13 +96,13 @@ def _scrub_url(url: str) -> str:
         return "<unparseable Redis URL>"
 
 
-def client_password(client: Any) -> Optional[str]:
+def client_password(client: Any) -> str | None:
     """The password ``client`` connects with, if any: to keep it out of messages."""
     try:
         kwargs = dict(client.connection_pool.connection_kwargs)
     except AttributeError:
         return None
-    password: Optional[str] = kwargs.get("password")
+    password: str | None = kwargs.get("password")
     return password
 
 
@@ -120,7 +120,7 @@ def describe_server(client: Any) -> str:
         return type(client).__name__
 
 
-def server_failure(server: str, password: Optional[str], doing: str,
+def server_failure(server: str, password: str | None, doing: str,
                    exc: BaseException) -> TokenStoreError:
     """A TokenStoreError for ``exc``, naming ``server`` and never ``password``.
 
@@ -136,7 +136,7 @@ def server_failure(server: str, password: Optional[str], doing: str,
     )
 
 
-def decode_reply(raw: Any) -> Optional[str]:
+def decode_reply(raw: Any) -> str | None:
     """A Redis reply as text (redis-py returns bytes unless the client decodes them)."""
     if raw is None:
         return None

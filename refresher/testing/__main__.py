@@ -11,7 +11,7 @@ import argparse
 import json
 import logging
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from refresher.testing import DEFAULT_CLIENT_ID, DEFAULT_CONFIDENTIAL_CLIENT_ID, XEmulator
 from refresher.testing.serve import serve
@@ -54,7 +54,7 @@ def _announce(emulator: XEmulator) -> None:
     log.info("X emulator serving on %s", emulator.url)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Serve the emulator until SIGINT or SIGTERM; return the exit status (0)."""
     args = _parser().parse_args(argv)
     logging.basicConfig(

@@ -27,7 +27,8 @@ This module imports pytest: import it from tests only.
 from __future__ import annotations
 
 import threading
-from typing import Any, Dict, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -37,7 +38,7 @@ from refresher.stores.base import TokenStore, overrides
 __all__ = ["TokenStoreContract"]
 
 #: A token as X issues it, with a few values a store must keep exactly.
-TOKEN: Dict[str, Any] = {
+TOKEN: dict[str, Any] = {
     "access_token": "at-contract-1",
     "refresh_token": "rt-contract-1",
     "token_type": "bearer",
@@ -47,7 +48,7 @@ TOKEN: Dict[str, Any] = {
 }
 
 
-def _token(n: int, **extra: Any) -> Dict[str, Any]:
+def _token(n: int, **extra: Any) -> dict[str, Any]:
     return dict(TOKEN, access_token=f"at-contract-{n}", refresh_token=f"rt-contract-{n}",
                 **extra)
 

@@ -10,7 +10,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterator, List
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -35,7 +36,7 @@ def x_emulator_factory() -> Iterator[Callable[..., XEmulator]]:
     """
     from refresher.testing.emulator import XEmulator
 
-    started: List[XEmulator] = []
+    started: list[XEmulator] = []
 
     def make(**kwargs: Any) -> XEmulator:
         kwargs.setdefault("host", "127.0.0.1")

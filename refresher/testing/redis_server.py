@@ -15,8 +15,8 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Optional, Sequence
 
 from refresher.testing.net import free_port
 
@@ -34,7 +34,7 @@ class RedisServer:
     log) to a new temporary folder.
     """
 
-    def __init__(self, binary: Optional[str] = None, workdir: Optional[Path] = None,
+    def __init__(self, binary: str | None = None, workdir: Path | None = None,
                  extra_args: Sequence[str] = ()) -> None:
         found = binary or shutil.which("redis-server")
         if found is None:
@@ -45,7 +45,7 @@ class RedisServer:
             tempfile.mkdtemp(prefix="refresher-redis-"))
         self.extra_args = list(extra_args)
         self.port = 0
-        self.process: Optional[subprocess.Popen[bytes]] = None
+        self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> RedisServer:
         return self.start()
@@ -57,11 +57,11 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def url_for(self, db: int = 0, password: Optional[str] = None) -> str:
+    def url_for(self, db: int = 0, password: str | None = None) -> str:
         auth = f":{password}@" if password else ""
         return f"redis://{auth}127.0.0.1:{self.port}/{db}"
 
-    def _command(self) -> List[str]:
+    def _command(self) -> list[str]:
         return [
             self.binary, "--save", "", "--appendonly", "no",
             "--port", str(self.port), "--bind", "127.0.0.1",

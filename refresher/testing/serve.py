@@ -17,8 +17,9 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any
 
 from refresher.testing import XEmulator
 
@@ -34,9 +35,9 @@ def serve(
     emulator: XEmulator,
     announce: Callable[[XEmulator], None],
     *,
-    stop: Optional[threading.Event] = None,
+    stop: threading.Event | None = None,
     poll_interval: float = 0.1,
-) -> Optional[signal.Signals]:
+) -> signal.Signals | None:
     """Start ``emulator``, call ``announce(emulator)``, serve until a stop signal, stop it.
 
     The SIGINT and SIGTERM handlers are installed first (in the main thread only: elsewhere
@@ -49,12 +50,12 @@ def serve(
     >>> done = threading.Event()
     >>> serve(XEmulator(), lambda x: done.set(), stop=done)
     """
-    received: List[signal.Signals] = []
+    received: list[signal.Signals] = []
 
-    def record(signum: int, frame: Optional[FrameType]) -> None:
+    def record(signum: int, frame: FrameType | None) -> None:
         received.append(signal.Signals(signum))  # no lock: see the module's docstring
 
-    previous: Dict[signal.Signals, Any] = {}
+    previous: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for signum in STOP_SIGNALS:
             previous[signum] = signal.signal(signum, record)

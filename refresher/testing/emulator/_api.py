@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from refresher.testing.emulator._messages import (
     PROBLEM,
@@ -105,7 +105,7 @@ class ApiEndpoints(EmulatorState):
 
     @with_bearer
     def _echo(self, request: Request, access: AccessRecord) -> Response:
-        text: Optional[str] = None
+        text: str | None = None
         if len(request.body) < _ECHO_TEXT_LIMIT:
             try:
                 text = request.body.decode("utf-8")

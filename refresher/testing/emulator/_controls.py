@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from refresher.testing.emulator._messages import JSON, Request, Response
 from refresher.testing.emulator._state import (

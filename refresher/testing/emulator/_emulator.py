@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 from refresher.clock import SYSTEM_CLOCK, Clock
 from refresher.testing.emulator._api import FORBIDDEN_PREFIX, ApiEndpoints
@@ -83,9 +83,9 @@ class XEmulator(EmulatorControls, OAuthEndpoints, ApiEndpoints):
         self._redirect_uris = list(redirect_uris) if redirect_uris is not None else None
         self._host = host
         self._port = port
-        self._server: Optional[Server] = None
-        self._thread: Optional[threading.Thread] = None
-        self._url: Optional[str] = None
+        self._server: Server | None = None
+        self._thread: threading.Thread | None = None
+        self._url: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -216,7 +216,7 @@ class XEmulator(EmulatorControls, OAuthEndpoints, ApiEndpoints):
 @dataclass(frozen=True)
 class _Route:
     handler: Callable[[XEmulator, Request], Response]
-    methods: Optional[frozenset[str]]  # None: any method
+    methods: frozenset[str] | None  # None: any method
 
 
 _GET = frozenset({"GET"})

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping
+from typing import Any
 
 FORM = "application/x-www-form-urlencoded"
 JSON = "application/json"
@@ -46,7 +47,7 @@ class Response:
     status: int
     body: bytes = b""
     content_type: str = JSON
-    headers: Dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
     trickle: float = 0.0  # seconds between body bytes (a slow, hostile server)
 
 

@@ -14,7 +14,8 @@ import hmac
 import logging
 import re
 import urllib.parse
-from typing import Any, Mapping, Optional, Tuple
+from collections.abc import Mapping
+from typing import Any
 
 from refresher.testing.emulator._messages import (
     FORM,
@@ -52,7 +53,7 @@ class OAuthEndpoints(EmulatorState):
     code_ttl: float
     auto_approve: bool
     invalidate_access_on_refresh: bool
-    _redirect_uris: Optional[list[str]]
+    _redirect_uris: list[str] | None
 
     # -- authorize ---------------------------------------------------------------------
 
@@ -207,7 +208,7 @@ class OAuthEndpoints(EmulatorState):
         token = form["token"]
         # As RFC 7009 says, a token that is unknown or another client's is not an error.
         with self._lock:
-            refresh: Optional[RefreshRecord] = self._refresh.get(token)
+            refresh: RefreshRecord | None = self._refresh.get(token)
             if refresh is not None and refresh.client_id == client_id:
                 refresh.revoked = True
                 token = refresh.access_token  # to be safe, its access token dies with it
@@ -218,7 +219,7 @@ class OAuthEndpoints(EmulatorState):
         return json_answer(200, {"revoked": True})
 
 
-def _basic_credentials(header: str) -> Optional[Tuple[str, str]]:
+def _basic_credentials(header: str) -> tuple[str, str] | None:
     scheme, _, encoded = header.partition(" ")
     if scheme.lower() != "basic":
         return None

@@ -12,7 +12,8 @@ import socket
 import threading
 import time
 import urllib.parse
-from typing import Any, Callable, List, Tuple
+from collections.abc import Callable
+from typing import Any
 
 from refresher.testing.emulator._messages import Request, Response, problem
 
@@ -26,7 +27,7 @@ class Server(http.server.ThreadingHTTPServer):
     # The default backlog of 5 drops connections when tests open dozens at once.
     request_queue_size = 128
 
-    def __init__(self, address: Tuple[str, int], answer: Callable[[Request], Response]) -> None:
+    def __init__(self, address: tuple[str, int], answer: Callable[[Request], Response]) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.answer = answer
@@ -109,7 +110,7 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
         return self.rfile.read(length)
 
     def _read_chunked(self) -> bytes:
-        chunks: List[bytes] = []
+        chunks: list[bytes] = []
         while True:
             size = int(self.rfile.readline(65537).split(b";")[0].strip(), 16)
             if size == 0:

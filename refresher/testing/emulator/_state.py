@@ -11,8 +11,9 @@ from __future__ import annotations
 import base64
 import secrets
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, List, Mapping, Optional, Tuple
+from typing import Any
 
 from refresher.clock import Clock
 from refresher.testing.emulator._messages import Response
@@ -45,7 +46,7 @@ class CodeRecord:
 
     client_id: str
     redirect_uri: str
-    scopes: Tuple[str, ...]
+    scopes: tuple[str, ...]
     challenge: str
     method: str
     user_id: str
@@ -59,7 +60,7 @@ class AccessRecord:
 
     client_id: str
     user_id: str
-    scopes: Tuple[str, ...]
+    scopes: tuple[str, ...]
     expires_at: float
     revoked: bool = False
 
@@ -70,7 +71,7 @@ class RefreshRecord:
 
     client_id: str
     user_id: str
-    scopes: Tuple[str, ...]
+    scopes: tuple[str, ...]
     access_token: str
     spent: bool = False
     revoked: bool = False
@@ -91,7 +92,7 @@ class EmulatorState:
         clock: Clock,
     ) -> None:
         self._clock = clock
-        self._clients: dict[str, Optional[str]] = (
+        self._clients: dict[str, str | None] = (
             dict(clients)
             if clients is not None
             else {DEFAULT_CLIENT_ID: None, DEFAULT_CONFIDENTIAL_CLIENT_ID: DEFAULT_CLIENT_SECRET}
@@ -108,8 +109,8 @@ class EmulatorState:
         self._access: dict[str, AccessRecord] = {}
         self._refresh: dict[str, RefreshRecord] = {}
         self._tweets: dict[str, set[str]] = {}
-        self._rate_windows: dict[str, Tuple[float, int]] = {}
-        self._faults: List[Response] = []
+        self._rate_windows: dict[str, tuple[float, int]] = {}
+        self._faults: list[Response] = []
         self._counts = Counters()
         self._next_tweet_id = 1_800_000_000_000_000_000
 
@@ -118,7 +119,7 @@ class EmulatorState:
         raw = f"{secrets.token_urlsafe(30)}:{int(self._clock.time() * 1000)}:1:0:{kind}:1"
         return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
-    def _mint(self, client_id: str, user_id: str, scopes: Tuple[str, ...]) -> dict[str, Any]:
+    def _mint(self, client_id: str, user_id: str, scopes: tuple[str, ...]) -> dict[str, Any]:
         """Issue a token pair, answered as the token endpoint does; the caller holds the lock."""
         access_token = self._new_token("at")
         ttl = self.access_ttl
@@ -136,7 +137,7 @@ class EmulatorState:
             payload["refresh_token"] = refresh_token
         return payload
 
-    def _live_access(self, token: str) -> Optional[AccessRecord]:
+    def _live_access(self, token: str) -> AccessRecord | None:
         """The record of ``token`` if it is a known, unrevoked, unexpired access token."""
         with self._lock:
             record = self._access.get(token)
