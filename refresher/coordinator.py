@@ -45,15 +45,12 @@ __all__ = ["RefreshCoordinator"]
 
 log = logging.getLogger(__name__)
 
-_UNSET: Any = object()
-
 
 class RefreshCoordinator:
     """Owns the live token of one account of one store, and every refresh of it.
 
     ``policy`` holds the numbers (leeway, lock timeout, the 401/403 rule); ``clock`` is the
-    time it reads (a :class:`~refresher.testing.FakeClock` in tests). ``leeway`` and
-    ``lock_timeout``, when given, override the policy's.
+    time it reads (a :class:`~refresher.testing.FakeClock` in tests).
 
     The adapter asks it three things: :meth:`token_for_request` (the token to send, refreshed
     first when expiring), :meth:`may_cure` (may a refresh cure this 401/403?) and
@@ -68,17 +65,11 @@ class RefreshCoordinator:
         *,
         policy: RefreshPolicy | None = None,
         clock: Clock | None = None,
-        leeway: float | None = None,
-        lock_timeout: Any = _UNSET,
         on_token_update: Callable[[Token], Any] | None = None,
         on_refresh_error: Callable[[BaseException], Any] | None = None,
         on_refresh_start: Callable[[], Any] | None = None,
     ) -> None:
         policy = policy if policy is not None else DEFAULT_POLICY
-        if leeway is not None:
-            policy = policy.replace(leeway=leeway)
-        if lock_timeout is not _UNSET:
-            policy = policy.replace(lock_timeout=lock_timeout)
         self.policy = policy
         self.clock = clock if clock is not None else SYSTEM_CLOCK
         self.account = account
@@ -104,16 +95,6 @@ class RefreshCoordinator:
     @store.setter
     def store(self, store: TokenStore) -> None:
         self._account = GuardedAccount(store, self.account, self._account.thread_lock)
-
-    @property
-    def leeway(self) -> float:
-        """The policy's leeway (seconds before expiry a token is refreshed)."""
-        return self.policy.leeway
-
-    @property
-    def lock_timeout(self) -> float | None:
-        """The policy's lock timeout (``None``: no limit)."""
-        return self.policy.lock_timeout
 
     # -- start-up ------------------------------------------------------------------------
 
@@ -232,18 +213,14 @@ class RefreshCoordinator:
 
     # -- the refresh ---------------------------------------------------------------------
 
-    def refresh(self, replacing: str | None = None, *, wait: bool = True,
-                stale: str | None = None) -> Token:
+    def refresh(self, replacing: str | None = None, *, wait: bool = True) -> Token:
         """A coordinated refresh; returns the token to use from now on.
 
         ``replacing`` is the access token that failed or is expiring: when another thread,
         or the store, already holds a different usable token, that one is adopted and no
         refresh token is spent. ``None`` refreshes whatever is stored. With ``wait=False``, a
         refresh already under way elsewhere is not waited for: the current token is returned.
-        ``stale`` is the earlier name of ``replacing``.
         """
-        if replacing is None:
-            replacing = stale
         try:
             if not self._acquire_thread_lock(wait):
                 assert self._token is not None

@@ -118,9 +118,9 @@ def test_an_expired_token_whose_refresh_fails_raises(clock, endpoint) -> None:
 
 
 def test_the_policy_and_its_overrides(clock, endpoint) -> None:
-    policy = RefreshPolicy(leeway=300.0, lock_timeout=1.0)
-    coordinator = make(MemoryTokenStore(), endpoint, clock, policy=policy, lock_timeout=2.0)
-    assert coordinator.leeway == 300.0 and coordinator.lock_timeout == 2.0
+    policy = RefreshPolicy(leeway=300.0, lock_timeout=1.0).replace(lock_timeout=2.0)
+    coordinator = make(MemoryTokenStore(), endpoint, clock, policy=policy)
+    assert coordinator.policy.leeway == 300.0 and coordinator.policy.lock_timeout == 2.0
     clock.advance(7200 - 299)
     assert coordinator.token_for_request()["access_token"] == "at-1"
     with pytest.raises(ConfigurationError, match="fraction"):
