@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
@@ -121,3 +122,33 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "cli" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture
+def in_thread() -> Callable[[Callable[[], Any]], Callable[..., Any]]:
+    """``join = in_thread(call)`` runs ``call`` in a daemon thread; ``join(timeout=30)``
+    returns what it returned or raises what it raised, and fails the test if it still runs
+    (a hang is a failure, not a stuck suite)."""
+
+    def start(call: Callable[[], Any]) -> Callable[..., Any]:
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                outcome["value"] = call()
+            except BaseException as exc:  # handed to join()
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+
+        def join(timeout: float = 30.0) -> Any:
+            thread.join(timeout)
+            assert not thread.is_alive(), f"still running after {timeout} s: it hangs"
+            if "error" in outcome:
+                raise outcome["error"]
+            return outcome["value"]
+
+        return join
+
+    return start

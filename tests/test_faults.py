@@ -9,7 +9,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,58 +27,34 @@ from refresher import (
 )
 from refresher.testing import DEFAULT_CLIENT_ID, XEmulator
 
-
-def _in_thread(call: Callable[[], Any]) -> Callable[[float], Any]:
-    """Run ``call`` in a daemon thread; the returned ``join(timeout)`` returns or raises."""
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            outcome["value"] = call()
-        except BaseException as exc:
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-
-    def join(timeout: float) -> Any:
-        thread.join(timeout)
-        assert not thread.is_alive(), f"still running after {timeout} s: it hangs"
-        if "error" in outcome:
-            raise outcome["error"]
-        return outcome["value"]
-
-    return join
-
-
 # -- 1. a slow token endpoint cannot hang anything ---------------------------------------
 
-def test_a_trickling_token_endpoint_ends_the_grant_at_its_deadline(x_emulator_factory,
-                                                                    make_session, me_url) -> None:
+def test_a_trickling_token_endpoint_ends_the_grant_at_its_deadline(
+        x_emulator_factory, make_session, me_url, in_thread) -> None:
     x = x_emulator_factory(token_trickle=0.5)  # headers at once, then a byte every 0.5 s
     session = make_session(emulator=x)
     assert session.coordinator is not None
     session.coordinator.endpoint.deadline = 2.0
     x.expire_access_token(session.token["access_token"])
     started = time.monotonic()
-    join = _in_thread(lambda: session.get(me_url(x)))
+    join = in_thread(lambda: session.get(me_url(x)))
     with pytest.raises(RefreshError, match="within the 2 s deadline"):
         join(30)
     # On the wall clock: the deadline, plus scheduling slack, not the answer's 100+ s.
     assert time.monotonic() - started < 2.0 + 3.0
 
 
-def test_threads_waiting_for_a_stuck_refresh_get_LockTimeout(x_emulator_factory,
-                                                             make_session, me_url) -> None:
+def test_threads_waiting_for_a_stuck_refresh_get_LockTimeout(
+        x_emulator_factory, make_session, me_url, in_thread) -> None:
     x = x_emulator_factory(token_trickle=0.5)
     session = make_session(emulator=x, lock_timeout=0.5)
     assert session.coordinator is not None
     session.coordinator.endpoint.deadline = 4.0
     x.expire_access_token(session.token["access_token"])
-    refreshing = _in_thread(lambda: session.get(me_url(x)))
+    refreshing = in_thread(lambda: session.get(me_url(x)))
     while x.stats.token_requests == 0:
         time.sleep(0.01)
-    waiters = [_in_thread(lambda: session.get(me_url(x))) for _ in range(3)]
+    waiters = [in_thread(lambda: session.get(me_url(x))) for _ in range(3)]
     for join in waiters:
         with pytest.raises(LockTimeout, match="lock_timeout=0.5"):
             join(30)
@@ -226,7 +202,7 @@ def test_an_unusable_seed_is_refused_before_anything_is_saved(tmp_path, seed, fi
 
 
 def test_a_grant_with_expires_in_zero_does_not_make_every_thread_refresh(
-        x_emulator_factory, make_session, me_url) -> None:
+        x_emulator_factory, make_session, me_url, in_thread) -> None:
     class ZeroLifetime(XEmulator):
         def _mint(self, *args: Any) -> dict[str, Any]:
             payload = super()._mint(*args)
@@ -247,7 +223,7 @@ def test_a_grant_with_expires_in_zero_does_not_make_every_thread_refresh(
             barrier.wait()
             return int(session.get(me_url(x)).status_code)
 
-        joins = [_in_thread(call) for _ in range(8)]
+        joins = [in_thread(call) for _ in range(8)]
         assert [join(30) for join in joins] == [200] * 8
         assert x.stats.refreshes - before < 8  # waiting threads take the new token
         assert x.stats.reused_refresh_tokens == 0
@@ -304,11 +280,11 @@ def silent_server() -> Iterator[str]:
     listener.close()
 
 
-def test_me_has_a_timeout(silent_server, x_emulator) -> None:
+def test_me_has_a_timeout(silent_server, x_emulator, in_thread) -> None:
     session = RefreshingSession(DEFAULT_CLIENT_ID, store=MemoryTokenStore(),
                                 token=x_emulator.issue_token(), token_url=x_emulator.token_url,
                                 api_base_url=silent_server)
-    join = _in_thread(lambda: session.me(timeout=0.5))
+    join = in_thread(lambda: session.me(timeout=0.5))
     with pytest.raises(requests.Timeout):
         join(30)
     import inspect

@@ -8,7 +8,6 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -76,27 +75,6 @@ def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 15.0) -
         time.sleep(0.005)
 
 
-def _in_thread(call: Callable[[], Any]) -> Callable[[], Any]:
-    """Start ``call`` in a thread; return a function that joins it and returns or raises."""
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            outcome["value"] = call()
-        except BaseException as exc:
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-
-    def join() -> Any:
-        thread.join(timeout=30)
-        assert not thread.is_alive(), "the call never returned"
-        if "error" in outcome:
-            raise outcome["error"]
-        return outcome["value"]
-
-    return join
 
 
 # -- optional dependency -------------------------------------------------------------------
@@ -396,7 +374,7 @@ class _PausingStore(RedisTokenStore):
 
 
 def test_a_holder_whose_lock_lapsed_does_not_spend_the_refresh_token(
-        x_emulator_factory, redis_server, make_store, raw, me_url) -> None:
+        x_emulator_factory, redis_server, make_store, raw, me_url, in_thread) -> None:
     """Host A stalls under its lock past lock_ttl; host B takes the lock and refreshes. A
     must not send the same refresh token: it notices before the token call, takes the lock
     again and adopts B's pair."""
@@ -409,7 +387,7 @@ def test_a_holder_whose_lock_lapsed_does_not_spend_the_refresh_token(
     stalled.pause = 1.0
     x.expire_access_token(seed["access_token"])
     url = me_url(x)
-    first = _in_thread(lambda: host_a.get(url))
+    first = in_thread(lambda: host_a.get(url))
     _wait_for(lambda: raw.exists("refresher:alice:lock"), "host A's lock")
     _wait_for(lambda: not raw.exists("refresher:alice:lock"), "host A's lock to lapse")
     assert host_b.get(url).status_code == 200  # B refreshes while A is stalled
@@ -421,7 +399,7 @@ def test_a_holder_whose_lock_lapsed_does_not_spend_the_refresh_token(
 
 
 def test_a_login_during_a_slow_refresh_waits_for_it_and_wins(x_emulator_factory,
-                                                            make_store, me_url) -> None:
+                                                            make_store, me_url, in_thread) -> None:
     x = x_emulator_factory()
     seed = x.issue_token()
     slow = _session(x, make_store(), seed)
@@ -429,7 +407,7 @@ def test_a_login_during_a_slow_refresh_waits_for_it_and_wins(x_emulator_factory,
     x.token_delay = 1.0
     x.expire_access_token(seed["access_token"])
     url = me_url(x)
-    pending = _in_thread(lambda: slow.get(url))
+    pending = in_thread(lambda: slow.get(url))
     _wait_for(lambda: x.stats.token_requests == 1, "the slow refresh")
     login = x.issue_token()
     other.token = login  # a new login: it waits for the refresh under way, then replaces it
@@ -490,7 +468,7 @@ def test_a_bad_url_is_a_TokenStoreError_without_the_password() -> None:
 
 
 def test_redis_restarted_during_a_refresh_the_granted_pair_is_written_back(
-        x_emulator_factory, redis_server, make_store, me_url) -> None:
+        x_emulator_factory, redis_server, make_store, me_url, in_thread) -> None:
     """Redis dies while a refresh is at X: the new pair cannot be saved, and the old refresh
     token is already spent. The session keeps the pair, requests needing the store fail with
     TokenStoreError while Redis is down, and the pair is saved once Redis is back (empty:
@@ -503,7 +481,7 @@ def test_redis_restarted_during_a_refresh_the_granted_pair_is_written_back(
     assert session.get(url).status_code == 200
     x.token_delay = 1.0
     x.expire_access_token(seed["access_token"])
-    pending = _in_thread(lambda: session.get(url))
+    pending = in_thread(lambda: session.get(url))
     _wait_for(lambda: x.stats.token_requests == 1, "the refresh to reach X")
     redis_server.kill()
     with pytest.raises(TokenStoreError) as caught:
@@ -564,7 +542,7 @@ def test_4_processes_x_3_threads_share_one_redis_store_with_1_second_tokens(
 
 @pytest.mark.integration
 def test_redis_restarted_in_the_middle_of_a_multi_process_run(x_emulator_factory,
-                                                              redis_server, raw) -> None:
+                                                              redis_server, raw, in_thread) -> None:
     """Redis goes away between two refreshes and comes back empty: requests that need the
     store fail with TokenStoreError while it is down, every process recovers after, and no
     refresh token is spent twice."""
@@ -576,7 +554,7 @@ def test_redis_restarted_in_the_middle_of_a_multi_process_run(x_emulator_factory
         timeline.append((time.time(), done, bad))
 
     spec = _spec(x, redis_server, threads=2, seconds=seconds)
-    finished = _in_thread(lambda: run_workers(spec, 3, seed=x.issue_token(),
+    finished = in_thread(lambda: run_workers(spec, 3, seed=x.issue_token(),
                                               progress=progress, progress_interval=0.25))
     _wait_for(lambda: len(timeline) > 0 and timeline[-1][1] > 50, "the run to get going", 30)
     time.sleep(1.0)

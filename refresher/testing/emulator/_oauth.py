@@ -105,12 +105,10 @@ class OAuthEndpoints(EmulatorState):
 
     def _token_answer(self, request: Request) -> Response:
         """What X answers a token request (the test controls may answer first)."""
-        if request.content_type != FORM:
-            return invalid_request(f"Content-Type must be {FORM}.")
-        form = request.form()
-        client_id = self._authenticate_client(request, form)
-        if isinstance(client_id, Response):
-            return client_id
+        checked = self._client_form(request)
+        if isinstance(checked, Response):
+            return checked
+        form, client_id = checked
         grant_type = form.get("grant_type")
         if grant_type == "authorization_code":
             return self._exchange_code(form, client_id)
@@ -119,6 +117,16 @@ class OAuthEndpoints(EmulatorState):
         if not grant_type:
             return missing("grant_type")
         return oauth_error(400, "unsupported_grant_type", "Grant type is not supported.")
+
+    def _client_form(self, request: Request) -> tuple[Mapping[str, str], str] | Response:
+        """A token or revoke request's form and the client it speaks for, or the refusal."""
+        if request.content_type != FORM:
+            return invalid_request(f"Content-Type must be {FORM}.")
+        form = request.form()
+        client_id = self._authenticate_client(request, form)
+        if isinstance(client_id, Response):
+            return client_id
+        return form, client_id
 
     def _authenticate_client(self, request: Request, form: Mapping[str, str]) -> str | Response:
         """The client a token or revoke request speaks for, or the answer refusing it."""
@@ -194,12 +202,10 @@ class OAuthEndpoints(EmulatorState):
     # -- revoke ------------------------------------------------------------------------
 
     def _revoke(self, request: Request) -> Response:
-        if request.content_type != FORM:
-            return invalid_request(f"Content-Type must be {FORM}.")
-        form = request.form()
-        client_id = self._authenticate_client(request, form)
-        if isinstance(client_id, Response):
-            return client_id
+        checked = self._client_form(request)
+        if isinstance(checked, Response):
+            return checked
+        form, client_id = checked
         for parameter in ("token", "token_type_hint"):
             if not form.get(parameter):
                 return missing(parameter)
