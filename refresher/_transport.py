@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 from urllib.parse import urlsplit
+
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
 
 from .errors import InsecureTransport
 
@@ -16,17 +20,28 @@ def is_allowed_transport(url: str) -> bool:
 
     The loopback exception is what lets the emulator (and a local callback server) work
     without anyone setting ``OAUTHLIB_INSECURE_TRANSPORT``: such traffic never leaves
-    the machine.
+    the machine. Runs on every request: https is decided without parsing, and the verdict
+    for any other origin is cached.
     """
     if os.environ.get("OAUTHLIB_INSECURE_TRANSPORT"):
         return True
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme == "https":
+    if url[:8].lower() == "https://":
         return True
+    scheme, _, rest = url.partition("://")
+    origin = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    return _allowed_origin(scheme.lower(), origin)
+
+
+@functools.lru_cache(maxsize=256)
+def _allowed_origin(scheme: str, netloc: str) -> bool:
     if scheme != "http":
         return False
-    host = (parts.hostname or "").lower()
+    # The host as urllib3 reads it, since urllib3 is what connects: for
+    # "http://evil.com\\@127.0.0.1/" that is evil.com, where urlsplit says 127.0.0.1.
+    try:
+        host = (parse_url(f"http://{netloc}").host or "").lower().strip("[]")
+    except LocationParseError:
+        return False
     return is_loopback_host(host) or host.endswith(".localhost")
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -86,6 +87,8 @@ class RefreshCoordinator:
         self._ledger = TokenLedger(policy.remembered_tokens, policy.remembered_refusals)
         self.refreshes = 0
         self._next_early_try = 0.0
+        self._background: threading.Thread | None = None
+        self._background_guard = threading.Lock()
 
     @property
     def store(self) -> TokenStore:
@@ -152,22 +155,59 @@ class RefreshCoordinator:
         state = self.policy.state(token, now)
         if state is TokenState.FRESH or self.clock.monotonic() < self._next_early_try:
             return token
+        wait = self.policy.waits_for_refresh(token, now)
+        if not wait and self.policy.background_refresh:
+            # The token still has a good margin: this request goes out with it, and one
+            # background thread does the coordinated refresh (google-auth's non-blocking
+            # refresh), so no request of the window stalls behind the token endpoint.
+            self._refresh_in_background(token)
+            return token
         try:
-            # While the token still has a good margin, a refresh already under way in another
-            # thread or process is not waited for: this request goes out with the current
-            # token (as google-auth does), instead of stalling behind it.
-            return self.refresh(replacing=token["access_token"],
-                                wait=self.policy.waits_for_refresh(token, now))
+            # Without a background thread, a refresh already under way in another thread or
+            # process is not waited for while the margin lasts.
+            return self.refresh(replacing=token["access_token"], wait=wait)
         except RefresherError as exc:
             if state is TokenState.EXPIRED:
                 raise
-            # The token still works: send it, and try the refresh again a little later
-            # instead of on every request (on_refresh_error has seen the failure).
-            left = seconds_left(token, now=now) or 0.0
-            self._next_early_try = self.clock.monotonic() + self.policy.early_retry_delay(left)
-            log.warning("account %r: early refresh failed (%s); the token still has "
-                        "%.0f s, retrying later", self.account, type(exc).__name__, left)
+            self._retry_later(token, exc)
             return token
+
+    def wait_for_background(self, timeout: float | None = None) -> bool:
+        """Wait for a background refresh under way; False if it still runs after ``timeout``."""
+        thread = self._background
+        if thread is None:
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    def _refresh_in_background(self, token: Token) -> None:
+        with self._background_guard:
+            if self._background is not None and self._background.is_alive():
+                return  # one background refresh per account at a time
+            # Not a daemon: a process that exits mid-refresh waits for the new pair to be
+            # saved (a bounded wait: lock_timeout, then the grant's deadline) instead of
+            # losing it.
+            self._background = threading.Thread(
+                target=self._background_refresh, args=(token,),
+                name=f"refresher-refresh-{self.account}")
+            self._background.start()
+
+    def _background_refresh(self, token: Token) -> None:
+        try:
+            self.refresh(replacing=token["access_token"], wait=True)
+        except RefresherError as exc:  # on_refresh_error has heard of it
+            self._retry_later(token, exc)
+        except Exception:
+            log.exception("account %r: background refresh failed", self.account)
+            self._retry_later(token, None)
+
+    def _retry_later(self, token: Token, exc: BaseException | None) -> None:
+        """A refresh ahead of expiry failed while the token still works: send it, and try
+        again a little later rather than on every request."""
+        left = seconds_left(token, now=self.clock.time()) or 0.0
+        self._next_early_try = self.clock.monotonic() + self.policy.early_retry_delay(left)
+        log.warning("account %r: early refresh failed (%s); the token still has %.0f s, "
+                    "retrying later", self.account, type(exc).__name__ if exc else "error", left)
 
     # -- 401/403 -------------------------------------------------------------------------
 

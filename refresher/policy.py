@@ -59,7 +59,10 @@ class RefreshPolicy:
     Who waits for a refresh under way in another thread or process:
 
     - ``wait_margin_fraction``: a token with more than this fraction of the leeway left is
-      sent as it is while someone else refreshes; nearer to expiry the request waits.
+      sent as it is while the refresh runs elsewhere; nearer to expiry the request waits.
+    - ``background_refresh``: while that margin lasts, the refresh runs in one background
+      thread per account, so no request stalls behind the token endpoint (off: the request
+      that notices the expiry refreshes, the others go on with the current token).
     - ``lock_timeout``: the longest wait for the thread lock and the store's lock
       (``None``: no limit), then :class:`~refresher.LockTimeout`.
     - ``early_retry`` / ``early_retry_fraction``: after a refresh ahead of expiry failed,
@@ -87,6 +90,7 @@ class RefreshPolicy:
     leeway: float = DEFAULT_LEEWAY
     leeway_max_fraction: float = LEEWAY_MAX_FRACTION
     wait_margin_fraction: float = 0.5
+    background_refresh: bool = True
     lock_timeout: float | None = 30.0
     early_retry: float = 5.0
     early_retry_fraction: float = 0.25

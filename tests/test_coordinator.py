@@ -252,23 +252,42 @@ def test_lock_timeout_is_reported_through_on_refresh_error(x_emulator, make_sess
     assert len(errors) == 1 and isinstance(errors[0], refresher.LockTimeout)
 
 
+@pytest.mark.parametrize("background", [True, False])
 def test_while_one_thread_refreshes_early_the_others_send_the_still_valid_token(
-        x_emulator, make_session, me_url):
+        x_emulator, make_session, me_url, background):
     token = x_emulator.issue_token()
     token["expires_at"] = time.time() + 50  # inside the 60 s leeway, with a good margin
-    session = make_session(token=token)
+    session = make_session(token=token,
+                           policy=refresher.RefreshPolicy(background_refresh=background))
     x_emulator.token_delay = 1.0  # a slow X
-    refresher_thread = threading.Thread(target=lambda: session.get(me_url(x_emulator)))
-    refresher_thread.start()
+    first = threading.Thread(target=lambda: session.get(me_url(x_emulator)))
+    first.start()
     while x_emulator.stats.token_requests == 0:  # the refresh is under way...
         time.sleep(0.01)
     response = session.get(me_url(x_emulator))  # ...and this request does not wait for it
     refreshes_when_answered = x_emulator.stats.refreshes
-    refresher_thread.join()
+    first.join()
+    assert session.coordinator is not None and session.coordinator.wait_for_background(10)
     assert response.status_code == 200
     assert response.request.headers["Authorization"] == f"Bearer {token['access_token']}"
     assert refreshes_when_answered == 0
     assert x_emulator.stats.refreshes == 1
+
+
+def test_with_background_refresh_no_request_waits_for_a_slow_token_endpoint(
+        x_emulator, make_session, me_url):
+    token = x_emulator.issue_token()
+    token["expires_at"] = time.time() + 50  # inside the leeway, with a good margin
+    session = make_session(token=token)
+    x_emulator.token_delay = 1.0
+    sent = [session.get(me_url(x_emulator)) for _ in range(3)]
+    answered_before_the_refresh = x_emulator.stats.refreshes == 0
+    assert session.coordinator is not None and session.coordinator.wait_for_background(10)
+    assert answered_before_the_refresh  # not one of them waited for the slow refresh
+    assert [r.status_code for r in sent] == [200] * 3
+    assert x_emulator.stats.refreshes == 1
+    assert session.get(me_url(x_emulator)).request.headers["Authorization"] != \
+        f"Bearer {token['access_token']}"
 
 
 @pytest.mark.parametrize("left", [-1, 20])

@@ -78,12 +78,30 @@ def test_a_fresh_token_is_sent_as_it_is(clock, endpoint) -> None:
     assert endpoint.spent == []
 
 
-def test_inside_the_leeway_the_token_is_refreshed_once(clock, endpoint) -> None:
+def test_with_a_margin_left_the_refresh_runs_in_the_background(clock, endpoint) -> None:
     coordinator = make(MemoryTokenStore(), endpoint, clock)
-    clock.advance(7200 - 59)
+    clock.advance(7200 - 59)  # inside the 60 s leeway, more than half of it left
+    assert coordinator.token_for_request()["access_token"] == "at-0"  # sent at once
+    assert coordinator.wait_for_background(10)
+    assert coordinator.token_for_request()["access_token"] == "at-1"
+    assert endpoint.spent == ["rt-0"]
+
+
+def test_near_expiry_the_request_waits_for_the_refresh(clock, endpoint) -> None:
+    coordinator = make(MemoryTokenStore(), endpoint, clock)
+    clock.advance(7200 - 29)  # under half the leeway left
     assert coordinator.token_for_request()["access_token"] == "at-1"
     assert coordinator.token_for_request()["access_token"] == "at-1"
     assert endpoint.spent == ["rt-0"]
+
+
+def test_without_background_refresh_the_request_that_notices_refreshes(clock,
+                                                                        endpoint) -> None:
+    policy = RefreshPolicy(background_refresh=False)
+    coordinator = make(MemoryTokenStore(), endpoint, clock, policy=policy)
+    clock.advance(7200 - 59)
+    assert coordinator.token_for_request()["access_token"] == "at-1"
+    assert coordinator._background is None
 
 
 def test_the_leeway_is_capped_at_a_tenth_of_a_short_lifetime(clock) -> None:
@@ -91,21 +109,25 @@ def test_the_leeway_is_capped_at_a_tenth_of_a_short_lifetime(clock) -> None:
     coordinator = make(MemoryTokenStore(), endpoint, clock)
     clock.advance(8.5)  # 1.5 s left: outside a 60 s leeway capped at 1 s
     assert coordinator.token_for_request()["access_token"] == "at-0"
-    clock.advance(0.6)
+    clock.advance(1.1)  # 0.4 s left: inside the capped leeway, under half of it
     assert coordinator.token_for_request()["access_token"] == "at-1"
 
 
-def test_a_failed_early_refresh_sends_the_working_token_and_retries_later(clock,
-                                                                          endpoint) -> None:
+def test_a_failed_background_refresh_is_reported_and_retried_later(clock,
+                                                                   endpoint) -> None:
     errors: list[BaseException] = []
     coordinator = make(MemoryTokenStore(), endpoint, clock, on_refresh_error=errors.append)
     clock.advance(7200 - 40)  # 40 s left
     endpoint.fail_with = RefreshError("X is down")
     assert coordinator.token_for_request()["access_token"] == "at-0"
+    assert coordinator.wait_for_background(10)
     assert coordinator.token_for_request()["access_token"] == "at-0"
+    assert coordinator.wait_for_background(10)
     assert len(endpoint.spent) == 1 and len(errors) == 1  # not on every request
     endpoint.fail_with = None
     clock.advance(RefreshPolicy().early_retry_delay(40) + 0.01)
+    assert coordinator.token_for_request()["access_token"] == "at-0"  # retried, behind
+    assert coordinator.wait_for_background(10)
     assert coordinator.token_for_request()["access_token"] == "at-1"
 
 
@@ -121,7 +143,7 @@ def test_the_policy_and_its_overrides(clock, endpoint) -> None:
     policy = RefreshPolicy(leeway=300.0, lock_timeout=1.0).replace(lock_timeout=2.0)
     coordinator = make(MemoryTokenStore(), endpoint, clock, policy=policy)
     assert coordinator.policy.leeway == 300.0 and coordinator.policy.lock_timeout == 2.0
-    clock.advance(7200 - 299)
+    clock.advance(7200 - 149)  # inside the 300 s leeway, under half of it
     assert coordinator.token_for_request()["access_token"] == "at-1"
     with pytest.raises(ConfigurationError, match="fraction"):
         RefreshPolicy(young_fraction=2)

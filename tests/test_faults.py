@@ -355,3 +355,22 @@ def test_a_plain_session_reaches_this_machine_over_http(x_emulator, me_url) -> N
     with_token = RefreshingSession(DEFAULT_CLIENT_ID, token=x_emulator.issue_token())
     with pytest.raises(refresher.RefresherError, match="pass store="):
         with_token.get(me_url(x_emulator))
+
+
+@pytest.mark.parametrize("url, allowed", [
+    ("https://api.x.com/2/users/me", True),
+    ("HTTPS://API.X.COM/2/users/me", True),
+    ("http://127.0.0.1:8000/2/users/me?x=1", True),
+    ("http://[::1]:8000/", True),
+    ("http://localhost/", True),
+    ("http://api.x.com/2/users/me", False),
+    ("http://127.0.0.1.evil.example/", False),
+    # urllib3 (which connects) reads this host as evil.example; urlsplit says 127.0.0.1
+    ("http://evil.example\\@127.0.0.1/", False),
+    ("ftp://127.0.0.1/", False),
+])
+def test_plain_http_is_allowed_to_this_machine_only(url, allowed, monkeypatch) -> None:
+    from refresher._transport import is_allowed_transport
+
+    monkeypatch.delenv("OAUTHLIB_INSECURE_TRANSPORT", raising=False)
+    assert is_allowed_transport(url) is allowed
