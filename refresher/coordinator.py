@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any
 
+from .background import OneAtATime
 from .clock import SYSTEM_CLOCK, Clock
 from .endpoint import TokenEndpoint
 from .errors import (
@@ -87,17 +87,12 @@ class RefreshCoordinator:
         self._ledger = TokenLedger(policy.remembered_tokens, policy.remembered_refusals)
         self.refreshes = 0
         self._next_early_try = 0.0
-        self._background: threading.Thread | None = None
-        self._background_guard = threading.Lock()
+        self._background = OneAtATime(f"refresher-refresh-{account}")
 
     @property
     def store(self) -> TokenStore:
         """The store holding the account's pair."""
         return self._account.store
-
-    @store.setter
-    def store(self, store: TokenStore) -> None:
-        self._account = GuardedAccount(store, self.account, self._account.thread_lock)
 
     # -- start-up ------------------------------------------------------------------------
 
@@ -123,7 +118,7 @@ class RefreshCoordinator:
     def replace(self, token: Token) -> None:
         """Make ``token`` the account's token (a new login): save it, then use it."""
         token = validate_token(token, now=self.clock.time())
-        with self._thread_held(), self._store_lock():
+        with self._account.thread_held(self.policy.lock_timeout), self._store_lock():
             self._account.save_versioned(token, None)
             self._unsaved = None
             self._set(token, fresh=True)
@@ -160,11 +155,9 @@ class RefreshCoordinator:
             # The token still has a good margin: this request goes out with it, and one
             # background thread does the coordinated refresh (google-auth's non-blocking
             # refresh), so no request of the window stalls behind the token endpoint.
-            self._refresh_in_background(token)
+            self._background.start(lambda: self._background_refresh(token))
             return token
         try:
-            # Without a background thread, a refresh already under way in another thread or
-            # process is not waited for while the margin lasts.
             return self.refresh(replacing=token["access_token"], wait=wait)
         except RefresherError as exc:
             if state is TokenState.EXPIRED:
@@ -174,40 +167,23 @@ class RefreshCoordinator:
 
     def wait_for_background(self, timeout: float | None = None) -> bool:
         """Wait for a background refresh under way; False if it still runs after ``timeout``."""
-        thread = self._background
-        if thread is None:
-            return True
-        thread.join(timeout)
-        return not thread.is_alive()
-
-    def _refresh_in_background(self, token: Token) -> None:
-        with self._background_guard:
-            if self._background is not None and self._background.is_alive():
-                return  # one background refresh per account at a time
-            # Not a daemon: a process that exits mid-refresh waits for the new pair to be
-            # saved (a bounded wait: lock_timeout, then the grant's deadline) instead of
-            # losing it.
-            self._background = threading.Thread(
-                target=self._background_refresh, args=(token,),
-                name=f"refresher-refresh-{self.account}")
-            self._background.start()
+        return self._background.wait(timeout)
 
     def _background_refresh(self, token: Token) -> None:
         try:
             self.refresh(replacing=token["access_token"], wait=True)
-        except RefresherError as exc:  # on_refresh_error has heard of it
+        except Exception as exc:  # on_refresh_error has heard of a RefresherError
+            if not isinstance(exc, RefresherError):
+                log.exception("account %r: background refresh failed", self.account)
             self._retry_later(token, exc)
-        except Exception:
-            log.exception("account %r: background refresh failed", self.account)
-            self._retry_later(token, None)
 
-    def _retry_later(self, token: Token, exc: BaseException | None) -> None:
+    def _retry_later(self, token: Token, exc: BaseException) -> None:
         """A refresh ahead of expiry failed while the token still works: send it, and try
         again a little later rather than on every request."""
         left = seconds_left(token, now=self.clock.time()) or 0.0
         self._next_early_try = self.clock.monotonic() + self.policy.early_retry_delay(left)
         log.warning("account %r: early refresh failed (%s); the token still has %.0f s, "
-                    "retrying later", self.account, type(exc).__name__ if exc else "error", left)
+                    "retrying later", self.account, type(exc).__name__, left)
 
     # -- 401/403 -------------------------------------------------------------------------
 
@@ -262,7 +238,7 @@ class RefreshCoordinator:
         refresh already under way elsewhere is not waited for: the current token is returned.
         """
         try:
-            if not self._acquire_thread_lock(wait):
+            if not self._account.acquire_thread_lock(self.policy.lock_timeout, wait=wait):
                 assert self._token is not None
                 return self._token  # another thread of ours is refreshing
             try:
@@ -388,7 +364,7 @@ class RefreshCoordinator:
             self._set(granted, fresh=True)
 
     def _write_back(self) -> None:
-        with self._thread_held():
+        with self._account.thread_held(self.policy.lock_timeout):
             if self._unsaved is None:
                 return
             with self._store_lock():
@@ -406,19 +382,11 @@ class RefreshCoordinator:
             self._set(stored.token, fresh=True)  # someone logged in again meanwhile: theirs wins
         self._unsaved = self._unsaved_parent = None
 
-    # -- locks ---------------------------------------------------------------------------
-
-    def _acquire_thread_lock(self, wait: bool) -> bool:
-        return self._account.acquire_thread_lock(self.policy.lock_timeout, wait=wait)
-
-    def _thread_held(self) -> Any:
-        return self._account.thread_held(self.policy.lock_timeout)
+    # -- locks and bookkeeping -----------------------------------------------------------
 
     def _store_lock(self, wait: bool = True) -> Any:
         """The store's lock for the account, within the policy's lock timeout."""
         return self._account.lock(self.policy.lock_timeout if wait else 0)
-
-    # -- bookkeeping ---------------------------------------------------------------------
 
     def _set(self, token: Token, *, fresh: bool) -> None:
         self._token = token

@@ -101,7 +101,7 @@ def test_without_background_refresh_the_request_that_notices_refreshes(clock,
     coordinator = make(MemoryTokenStore(), endpoint, clock, policy=policy)
     clock.advance(7200 - 59)
     assert coordinator.token_for_request()["access_token"] == "at-1"
-    assert coordinator._background is None
+    assert not coordinator._background.running and endpoint.spent == ["rt-0"]
 
 
 def test_the_leeway_is_capped_at_a_tenth_of_a_short_lifetime(clock) -> None:

@@ -94,14 +94,19 @@ def test_a_store_raising_its_drivers_exception_keeps_the_granted_pair(x_emulator
 
 
 class RaisingLockStore(MemoryTokenStore):
+    broken = False
+
     def lock(self, account: str, timeout: float | None = None) -> Any:
-        raise ConnectionResetError("driver lost its connection")
+        if self.broken:
+            raise ConnectionResetError("driver lost its connection")
+        return super().lock(account, timeout)
 
 
 def test_a_store_lock_raising_anything_is_a_TokenStoreError(x_emulator,
                                                             make_session) -> None:
-    session = make_session()
-    session.coordinator.store = RaisingLockStore()  # type: ignore[union-attr]
+    store = RaisingLockStore()
+    session = make_session(store=store)
+    store.broken = True
     with pytest.raises(TokenStoreError, match="failed to lock") as caught:
         session.refresh()
     assert isinstance(caught.value.__cause__, ConnectionResetError)
