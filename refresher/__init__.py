@@ -38,6 +38,7 @@ from .token import Token
 if TYPE_CHECKING:
     from .login import AuthorizationLink, LoginFlow, open_session
     from .stores.redis import RedisTokenStore
+    from .stores.sql import SQLTokenStore
 
 __version__ = "0.1.0"
 
@@ -59,6 +60,7 @@ __all__ = [
     "MemoryTokenStore",
     "JSONTokenStore",
     "RedisTokenStore",
+    "SQLTokenStore",
     "open_store",
     "RefresherError",
     "EndpointError",
@@ -87,6 +89,11 @@ def __getattr__(name: str) -> Any:
         from .stores.redis import RedisTokenStore
 
         return RedisTokenStore
+    # So is SQLTokenStore: SQLAlchemy is an optional dependency too.
+    if name == "SQLTokenStore":
+        from .stores.sql import SQLTokenStore
+
+        return SQLTokenStore
     # The login flow (a callback server, the browser) is imported on first use too.
     if name in ("LoginFlow", "AuthorizationLink", "open_session"):
         from . import login

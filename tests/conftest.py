@@ -1,10 +1,11 @@
 """Shared fixtures: sessions wired to the emulator (served by the refresher pytest plugin),
-the emulator's ``/2/users/me`` URL, throw-away ``redis-server`` processes, and what a test does
-when something it needs is missing here.
+the emulator's ``/2/users/me`` URL, throw-away ``redis-server`` and PostgreSQL servers, and
+what a test does when something it needs is missing here.
 
-Something a test needs and this machine lacks (the ``redis-server`` binary, access to the
-package index) skips the test, except in CI (``CI=true``), where it fails it: CI provides
-all of them (``.ci/run`` installs the Debian package ``redis-server``).
+Something a test needs and this machine lacks (the ``redis-server`` binary, the PostgreSQL
+server, SQLAlchemy, access to the package index) skips the test, except in CI
+(``CI=true``), where it fails it: CI provides all of them (``.ci/run`` installs the Debian
+packages ``redis-server`` and ``postgresql``).
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ import logging
 import os
 import shutil
 import threading
+import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
 
 from refresher import MemoryTokenStore, RefreshingSession, TokenStore
 from refresher.testing import DEFAULT_CLIENT_ID, XEmulator
+from refresher.testing.postgres_server import PostgresServer, find_bin_dir
 from refresher.testing.redis_server import RedisServer
 
 
@@ -78,6 +82,68 @@ def redis_server_factory(redis_binary: str, tmp_path_factory: pytest.TempPathFac
 def redis_server(redis_server_factory: Callable[..., RedisServer]) -> RedisServer:
     """A started redis-server on 127.0.0.1 and a free port, no persistence."""
     return redis_server_factory()
+
+
+@pytest.fixture(scope="session")
+def sqlalchemy_installed() -> None:
+    """Skip the test (fail it in CI) when SQLAlchemy or psycopg, the ``[sql]`` extra, is
+    missing."""
+    try:
+        import psycopg  # noqa: F401
+        import sqlalchemy  # noqa: F401
+    except ImportError as exc:
+        _missing(f"{exc.name} is not installed (pip install -e '.[test]'); the SQL store "
+                 "tests need SQLAlchemy and psycopg")
+
+
+@pytest.fixture(scope="session")
+def postgres_bin_dir(sqlalchemy_installed: None) -> Path:
+    """The folder of the PostgreSQL server binaries; skip (fail in CI) when there are none."""
+    found = find_bin_dir()
+    if found is None:
+        _missing("the PostgreSQL server is not installed (Debian/Ubuntu: apt-get install "
+                 "postgresql); the SQL store's PostgreSQL tests need a real server")
+    return found
+
+
+@pytest.fixture(scope="session")
+def postgres_server(postgres_bin_dir: Path) -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the whole run, on 127.0.0.1 and a free port; each test
+    takes a database of its own from it (``postgres_url``). Stopped, and its folder removed,
+    at the end."""
+    server = PostgresServer(postgres_bin_dir)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        server.cleanup()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """The URL of a new, empty database on the shared server (the superuser, trusted);
+    dropped after the test."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    url = postgres_server.create_database(name)
+    yield url
+    postgres_server.drop_database(name)
+
+
+@pytest.fixture
+def postgres_server_factory(postgres_bin_dir: Path) -> Iterator[Callable[[], PostgresServer]]:
+    """``make()``: a started PostgreSQL server of the test's own, to stop and start at will
+    (a cluster of its own: about a second); all are stopped and removed after the test."""
+    servers: list[PostgresServer] = []
+
+    def make() -> PostgresServer:
+        server = PostgresServer(postgres_bin_dir)
+        servers.append(server)
+        return server.start()
+
+    yield make
+    for server in servers:
+        server.kill()
+        server.cleanup()
 
 
 @pytest.fixture

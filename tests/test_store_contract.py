@@ -51,6 +51,42 @@ class TestRedisTokenStore(TokenStoreContract):
         other.close()
 
 
+class TestSQLTokenStoreOnSQLite(TokenStoreContract):
+    @pytest.fixture
+    def store(self, tmp_path: Any, sqlalchemy_installed: None) -> Iterator[TokenStore]:
+        from refresher import SQLTokenStore
+
+        store = SQLTokenStore(f"sqlite:///{tmp_path / 'tokens.db'}")
+        yield store
+        store.close()
+
+    @pytest.fixture
+    def other(self, store: TokenStore, tmp_path: Any) -> Iterator[TokenStore]:
+        from refresher import SQLTokenStore
+
+        other = SQLTokenStore(f"sqlite:///{tmp_path / 'tokens.db'}")  # as another process
+        yield other
+        other.close()
+
+
+class TestSQLTokenStoreOnPostgreSQL(TokenStoreContract):
+    @pytest.fixture
+    def store(self, postgres_url: str) -> Iterator[TokenStore]:
+        from refresher import SQLTokenStore
+
+        store = SQLTokenStore(postgres_url)
+        yield store
+        store.close()
+
+    @pytest.fixture
+    def other(self, store: TokenStore, postgres_url: str) -> Iterator[TokenStore]:
+        from refresher import SQLTokenStore
+
+        other = SQLTokenStore(postgres_url)  # another engine, as another host has
+        yield other
+        other.close()
+
+
 class DictStore(TokenStore):
     """What a user writes for their own database: the five methods, nothing more."""
 
