@@ -168,6 +168,23 @@ def test_plain_code_challenge_method_is_accepted(x: XEmulator) -> None:
     assert exchange(x, code, verifier).status_code == 200
 
 
+@pytest.mark.parametrize("method", ["S256", "s256"])
+def test_s256_is_accepted_in_either_case(x: XEmulator, method: str) -> None:
+    verifier, challenge = pkce()  # twitter-api-v2 sends "s256"
+    code = returned_params(authorize(x, challenge, code_challenge_method=method))["code"]
+    assert exchange(x, code, verifier).status_code == 200
+
+
+@pytest.mark.parametrize("method", ["plain", "PLAIN"])
+@pytest.mark.parametrize("verifier", ["challenge", "a", "v" * 43, "~._-" * 32],
+                         ids=["x-docs-example", "1-char", "43-chars", "128-chars"])
+def test_plain_challenges_of_any_length_x_accepts(x: XEmulator, method: str,
+                                                  verifier: str) -> None:
+    # X's own documented example: code_challenge=challenge, code_verifier=challenge.
+    code = returned_params(authorize(x, verifier, code_challenge_method=method))["code"]
+    assert exchange(x, code, verifier).status_code == 200
+
+
 def test_no_refresh_token_without_offline_access(x: XEmulator) -> None:
     code, verifier = login_code(x, scope="tweet.read users.read")
     token = exchange(x, code, verifier).json()
@@ -240,7 +257,11 @@ def test_unregistered_redirect_uri_gets_no_redirect(
     {"state": ""},
     {"state": "s" * 501},
     {"code_challenge": "too-short"},
+    {"code_challenge": "c" * 129, "code_challenge_method": "plain"},
+    {"code_challenge": "", "code_challenge_method": "plain"},
+    {"code_challenge": "not/base64url!", "code_challenge_method": "plain"},
     {"code_challenge_method": "S512"},
+    {"code_challenge_method": ""},
 ], ids=lambda o: "-".join(f"{k}={v[:20]}" for k, v in o.items()))
 def test_invalid_authorize_request_shows_an_error_page(
     x: XEmulator, overrides: dict[str, str],
@@ -454,16 +475,33 @@ def test_revoking_an_access_token_leaves_the_refresh_token(x: XEmulator) -> None
                    auth=(DEFAULT_CONFIDENTIAL_CLIENT_ID, DEFAULT_CLIENT_SECRET)).status_code == 200
 
 
-def test_revoke_requires_token_type_hint_and_client(x: XEmulator) -> None:
+def test_revoke_requires_a_token_and_a_client(x: XEmulator) -> None:
     token = x.issue_token()
-    no_hint = requests.post(x.revoke_url, data={"token": token["access_token"],
-                                                "client_id": DEFAULT_CLIENT_ID})
-    assert no_hint.status_code == 400
-    assert no_hint.json()["error"] == "invalid_request"
     no_client = requests.post(x.revoke_url, data={"token": token["access_token"],
                                                   "token_type_hint": "access_token"})
     assert no_client.status_code == 400
+    no_token = requests.post(x.revoke_url, data={"token_type_hint": "access_token",
+                                                 "client_id": DEFAULT_CLIENT_ID})
+    assert (no_token.status_code, no_token.json()["error"]) == (400, "invalid_request")
+    bad_hint = requests.post(x.revoke_url, data={"token": token["access_token"],
+                                                 "token_type_hint": "id_token",
+                                                 "client_id": DEFAULT_CLIENT_ID})
+    assert bad_hint.status_code == 400
     assert me(x, token["access_token"]).status_code == 200
+
+
+def test_revoke_without_token_type_hint_finds_either_kind(x: XEmulator) -> None:
+    # X's own examples leave token_type_hint out.
+    first, second = x.issue_token(), x.issue_token()
+    for sent in (first["refresh_token"], second["access_token"]):
+        response = requests.post(x.revoke_url, data={"token": sent,
+                                                     "client_id": DEFAULT_CLIENT_ID})
+        assert (response.status_code, response.json()) == (200, {"revoked": True})
+    assert refresh(x, first["refresh_token"]).json() == TOKEN_INVALID
+    assert me(x, first["access_token"]).status_code == 401  # dies with its refresh token
+    assert me(x, second["access_token"]).status_code == 401
+    assert refresh(x, second["refresh_token"]).status_code == 200
+    assert x.stats.revocations == 2
 
 
 def test_revoke_all(x: XEmulator) -> None:

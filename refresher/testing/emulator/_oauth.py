@@ -4,6 +4,16 @@ with PKCE, refresh with rotation, client authentication) and revocation, as X ru
 PKCE codes live ``code_ttl`` seconds of the emulator's clock and serve once; refresh tokens
 rotate and die when spent; confidential clients authenticate with Basic, public ones name
 themselves in the body.
+
+PKCE is as lenient as X and no more: ``code_challenge_method`` is ``S256`` or ``plain`` in
+either case (twitter-api-v2 sends ``s256``). An ``S256`` challenge is 43 to 128 characters
+of RFC 7636's alphabet (a base64url SHA-256 is 43); a ``plain`` one is 1 to 128: X's own
+documented example is ``code_challenge=challenge``, 9 characters, so X does not enforce
+RFC 7636's 43-character minimum (its 128-character maximum is kept). The verifier is only
+ever compared with the challenge, never checked for a shape of its own.
+
+Revocation takes ``token_type_hint`` or not (X's own examples leave it out): the token is
+looked up as a refresh token and as an access token either way.
 """
 
 from __future__ import annotations
@@ -39,10 +49,14 @@ from refresher.testing.emulator._state import (
 logger = logging.getLogger("refresher.testing")
 
 _CODE_INVALID = "Value passed for the authorization code was invalid."
+_VERIFIER_MISMATCH = "Value passed for the code verifier did not match the code challenge."
 _TOKEN_INVALID = "Value passed for the token was invalid."
 _MISSING_AUTH = "Missing valid authorization header"
 _MAX_STATE = 500
-_PKCE_VALUE = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
+# RFC 7636, section 4.1: the verifier's alphabet. A plain challenge is the verifier itself.
+_PLAIN_CHALLENGE = re.compile(r"[A-Za-z0-9\-._~]{1,128}")
+_S256_CHALLENGE = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
+_METHODS = {"s256": "S256", "plain": "plain"}
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
@@ -74,8 +88,9 @@ class OAuthEndpoints(EmulatorState):
         if not state or len(state) > _MAX_STATE:
             return page(400, "Something went wrong: state is missing or too long.")
         challenge = params.get("code_challenge", "")
-        method = params.get("code_challenge_method", "")
-        if method not in ("S256", "plain") or not _PKCE_VALUE.fullmatch(challenge):
+        method = _METHODS.get(params.get("code_challenge_method", "").lower())
+        shape = _S256_CHALLENGE if method == "S256" else _PLAIN_CHALLENGE
+        if method is None or not shape.fullmatch(challenge):
             return page(400, "Something went wrong: invalid code_challenge or its method.")
 
         if not self.auto_approve:
@@ -164,10 +179,12 @@ class OAuthEndpoints(EmulatorState):
                 or self._clock.time() >= record.expires_at
                 or record.client_id != client_id
                 or record.redirect_uri != form["redirect_uri"]
-                or not _PKCE_VALUE.fullmatch(verifier)
-                or not _verifier_matches(record, verifier)
             ):
                 logger.debug("token endpoint: code rejected (client %s)", client_id)
+                return invalid_request(_CODE_INVALID)
+            if not _verifier_matches(record, verifier):
+                logger.debug("token endpoint: code verifier does not match (client %s)",
+                             client_id)
                 return invalid_request(_CODE_INVALID)
             record.used = True
             self._counts.add("exchanges")
@@ -206,10 +223,11 @@ class OAuthEndpoints(EmulatorState):
         if isinstance(checked, Response):
             return checked
         form, client_id = checked
-        for parameter in ("token", "token_type_hint"):
-            if not form.get(parameter):
-                return missing(parameter)
-        if form["token_type_hint"] not in ("access_token", "refresh_token"):
+        if not form.get("token"):
+            return missing("token")
+        # Optional, as in X's own examples; with or without it, both kinds are looked up.
+        hint = form.get("token_type_hint")
+        if hint and hint not in ("access_token", "refresh_token"):
             return invalid_request("Value passed for the token_type_hint was invalid.")
         token = form["token"]
         # As RFC 7009 says, a token that is unknown or another client's is not an error.
@@ -245,8 +263,11 @@ def _s256(verifier: str) -> str:
 
 
 def _verifier_matches(code: CodeRecord, verifier: str) -> bool:
-    expected = _s256(verifier) if code.method == "S256" else verifier
-    return hmac.compare_digest(expected.encode(), code.challenge.encode())
+    try:
+        expected = _s256(verifier) if code.method == "S256" else verifier
+        return hmac.compare_digest(expected.encode("ascii"), code.challenge.encode("ascii"))
+    except UnicodeEncodeError:  # a verifier outside ASCII cannot be the challenge's
+        return False
 
 
 def _token_response(payload: Mapping[str, Any]) -> Response:
