@@ -242,6 +242,9 @@ class LoginFlow:
                 ) from None
             hint = (" (a code lives 30 seconds and serves once: start the login again)"
                     if exc.error == "invalid_request" else "")
+            if exc.error == "invalid_request" and "code verifier" in str(exc).lower():
+                hint = (" (the code verifier did not match the challenge: the login's state was "
+                        "mixed up with another attempt; start the login again)")
             raise LoginError(f"{exc}{hint}") from None
         finally:
             endpoint.close()

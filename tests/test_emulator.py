@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import requests
 
+from refresher import LoginError, LoginFlow
 from refresher.clock import SYSTEM_CLOCK
 from refresher.testing import (
     DEFAULT_CLIENT_ID,
@@ -41,6 +42,10 @@ SCOPE = "tweet.read users.read offline.access"
 CODE_INVALID = {
     "error": "invalid_request",
     "error_description": "Value passed for the authorization code was invalid.",
+}
+VERIFIER_MISMATCH = {
+    "error": "invalid_request",
+    "error_description": "Value passed for the code verifier did not match the code challenge.",
 }
 TOKEN_INVALID = {
     "error": "invalid_request",
@@ -207,12 +212,38 @@ def test_code_expires_after_code_ttl(x_emulator_factory: Callable[..., XEmulator
     assert (response.status_code, response.json()) == (400, CODE_INVALID)
 
 
-def test_wrong_code_verifier_is_rejected(x: XEmulator) -> None:
-    code, _ = login_code(x)
-    wrong, _ = pkce()
-    response = exchange(x, code, wrong)
-    assert (response.status_code, response.json()) == (400, CODE_INVALID)
+def test_wrong_code_verifier_gets_x_answer_and_leaves_the_code(x: XEmulator) -> None:
+    code, verifier = login_code(x)
+    for wrong in (pkce()[0], "short", "not ascii: \u00e9"):
+        response = exchange(x, code, wrong)
+        assert (response.status_code, response.json()) == (400, VERIFIER_MISMATCH)
+        assert response.headers["Cache-Control"] == "no-store"
     assert x.stats.exchanges == 0
+    assert exchange(x, code, verifier).status_code == 200
+
+
+def test_a_bad_code_is_reported_before_the_verifier(x: XEmulator) -> None:
+    code, verifier = login_code(x)
+    assert exchange(x, code, verifier).status_code == 200
+    for sent in (code, "no-such-code"):
+        response = exchange(x, sent, pkce()[0])
+        assert (response.status_code, response.json()) == (400, CODE_INVALID)
+
+
+def test_login_hint_for_a_verifier_mismatch(x: XEmulator) -> None:
+    flow = LoginFlow(DEFAULT_CLIENT_ID, authorize_url=x.authorize_url, token_url=x.token_url,
+                     api_base_url=x.api_url, redirect_uri=REDIRECT_URI)
+    link, other = flow.authorization_url(), flow.authorization_url()
+    back = requests.get(link.url, allow_redirects=False).headers["Location"]
+    with pytest.raises(LoginError) as mismatch:
+        flow.exchange(back, state=link.state, code_verifier=other.code_verifier)
+    assert "code verifier did not match the challenge" in str(mismatch.value)
+    assert "mixed up with another attempt" in str(mismatch.value)
+    assert "30 seconds" not in str(mismatch.value)
+    flow.exchange(back, state=link.state, code_verifier=link.code_verifier)
+    with pytest.raises(LoginError, match="30 seconds and serves once") as reused:
+        flow.exchange(back, state=link.state, code_verifier=link.code_verifier)
+    assert "verifier" not in str(reused.value)
 
 
 def test_exchange_needs_the_redirect_uri_of_the_authorize_request(x: XEmulator) -> None:

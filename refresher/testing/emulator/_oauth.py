@@ -10,7 +10,11 @@ either case (twitter-api-v2 sends ``s256``). An ``S256`` challenge is 43 to 128 
 of RFC 7636's alphabet (a base64url SHA-256 is 43); a ``plain`` one is 1 to 128: X's own
 documented example is ``code_challenge=challenge``, 9 characters, so X does not enforce
 RFC 7636's 43-character minimum (its 128-character maximum is kept). The verifier is only
-ever compared with the challenge, never checked for a shape of its own.
+ever compared with the challenge, never checked for a shape of its own: one that does not
+match gets X's own answer, "Value passed for the code verifier did not match the code
+challenge." (xdevplatform/twitter-api-typescript-sdk#26), and leaves the code unspent (X does
+not document whether it spends it). A bad, expired, reused or another client's code, or
+another redirect URI, gets "Value passed for the authorization code was invalid.".
 
 Revocation takes ``token_type_hint`` or not (X's own examples leave it out): the token is
 looked up as a refresh token and as an access token either way.
@@ -185,7 +189,7 @@ class OAuthEndpoints(EmulatorState):
             if not _verifier_matches(record, verifier):
                 logger.debug("token endpoint: code verifier does not match (client %s)",
                              client_id)
-                return invalid_request(_CODE_INVALID)
+                return invalid_request(_VERIFIER_MISMATCH)
             record.used = True
             self._counts.add("exchanges")
             payload = self._mint(client_id, record.user_id, record.scopes)
