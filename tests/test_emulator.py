@@ -545,9 +545,16 @@ def test_revoke_all(x: XEmulator) -> None:
 def test_users_me_needs_tweet_read_and_users_read(x: XEmulator) -> None:
     token = x.issue_token(scope="tweet.read offline.access")
     response = me(x, token["access_token"])
-    assert (response.status_code, response.json()) == (403, FORBIDDEN)
+    assert (response.status_code, response.json()) == (403, {
+        **FORBIDDEN,
+        "detail": "Forbidden: this endpoint needs the scope users.read; the token has "
+                  "tweet.read offline.access",
+    })
     assert response.headers["Content-Type"] == "application/problem+json"
     assert x.stats.forbidden == 1
+    bare = me(x, x.issue_token(scope="offline.access")["access_token"]).json()
+    assert bare["detail"] == ("Forbidden: this endpoint needs the scopes tweet.read users.read; "
+                              "the token has offline.access")
 
 
 def test_users_me_reports_rate_limits(x: XEmulator) -> None:
@@ -575,7 +582,11 @@ def test_create_tweet(x: XEmulator) -> None:
     url = x.api_url + "/2/tweets"
 
     denied = requests.post(url, json={"text": "hello"}, headers=bearer(read_only))
-    assert (denied.status_code, denied.json()) == (403, FORBIDDEN)
+    assert (denied.status_code, denied.json()) == (403, {
+        **FORBIDDEN,
+        "detail": "Forbidden: this endpoint needs the scope tweet.write; the token has "
+                  "tweet.read users.read offline.access",
+    })
 
     created = requests.post(url, json={"text": "hello"}, headers=bearer(writer))
     assert created.status_code == 201

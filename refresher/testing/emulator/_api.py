@@ -3,7 +3,8 @@ diagnostic routes under ``/2/emulator/`` that X does not have but clients need t
 an echo, X's kinds of 403, a redirect, and a 401 to every token.
 
 Every route here wants a live bearer token first (see :func:`with_bearer`), but the
-always-401 one.
+always-401 one. A token without the scopes a route needs gets X's 403 problem, its
+``detail`` naming the missing scopes (see :func:`missing_scopes`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from refresher.testing.emulator._messages import (
     Response,
     forbidden,
     json_answer,
+    missing_scopes,
     problem,
     redirect,
     unauthorized,
@@ -54,13 +56,20 @@ def with_bearer(handler: _BearerHandler) -> _Handler:
     return guarded
 
 
+def scope_refusal(access: AccessRecord, needed: frozenset[str]) -> Response | None:
+    """The 403 naming the scopes of ``needed`` that ``access`` lacks, or ``None``."""
+    missing = needed - set(access.scopes)
+    return missing_scopes(missing, access.scopes) if missing else None
+
+
 class ApiEndpoints(EmulatorState):
     """``/2/users/me``, ``/2/tweets`` and the ``/2/emulator/`` diagnostic routes."""
 
     @with_bearer
     def _users_me(self, request: Request, access: AccessRecord) -> Response:
-        if not _USERS_ME_SCOPES <= set(access.scopes):
-            return forbidden()
+        refused = scope_refusal(access, _USERS_ME_SCOPES)
+        if refused is not None:
+            return refused
         with self._lock:
             user = dict(self._users[access.user_id])
             now = self._clock.time()
@@ -79,8 +88,9 @@ class ApiEndpoints(EmulatorState):
 
     @with_bearer
     def _create_tweet(self, request: Request, access: AccessRecord) -> Response:
-        if not _CREATE_TWEET_SCOPES <= set(access.scopes):
-            return forbidden()
+        refused = scope_refusal(access, _CREATE_TWEET_SCOPES)
+        if refused is not None:
+            return refused
         try:
             text = json.loads(request.body).get("text")
         except (ValueError, AttributeError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +75,21 @@ def unauthorized() -> Response:
 def forbidden(detail: str = "Forbidden") -> Response:
     """X's plain 403 (a token without the scopes, a duplicate tweet...)."""
     return problem(403, "Forbidden", detail)
+
+
+def missing_scopes(missing: Iterable[str], held: Iterable[str]) -> Response:
+    """X's 403 to a token without the scopes an endpoint needs, saying which.
+
+    X's own detail is a bare "Forbidden"; the emulator keeps X's shape (``title``,
+    ``type``, ``status``) and that word, and adds what is missing, so that a test or a
+    newcomer sees the fix: ``Forbidden: this endpoint needs the scope tweet.write; the token
+    has tweet.read users.read offline.access``.
+    """
+    needed = sorted(missing)
+    noun = "scope" if len(needed) == 1 else "scopes"
+    has = " ".join(held) or "no scopes"
+    return forbidden(f"Forbidden: this endpoint needs the {noun} {' '.join(needed)}; "
+                     f"the token has {has}")
 
 
 def oauth_error(status: int, error: str, description: str) -> Response:
