@@ -785,6 +785,49 @@ def test_rate_limit_windows_follow_a_fake_clock() -> None:
         assert third.headers["x-rate-limit-reset"] == str(1_800_000_000 + 2 * 15 * 60)
 
 
+TOO_MANY = {"title": "Too Many Requests", "type": "about:blank", "status": 429,
+            "detail": "Too Many Requests"}
+
+
+def test_users_me_answers_429_past_75_calls_when_limits_are_enforced() -> None:
+    clock = FakeClock(start=1_800_000_000)
+    with XEmulator(clock=clock, enforce_rate_limits=True) as x:
+        token, other = x.issue_token()["access_token"], x.issue_token()["access_token"]
+        answers = [me(x, token) for _ in range(75)]
+        assert {a.status_code for a in answers} == {200}
+        assert answers[-1].headers["x-rate-limit-remaining"] == "0"
+
+        clock.advance(15 * 60 - 1)
+        limited = me(x, other)  # another token of the same user and app: the same window
+
+        assert (limited.status_code, limited.json()) == (429, TOO_MANY)
+        assert limited.headers["Content-Type"] == "application/problem+json"
+        assert limited.headers["x-rate-limit-limit"] == "75"
+        assert limited.headers["x-rate-limit-remaining"] == "0"
+        assert limited.headers["x-rate-limit-reset"] == str(1_800_000_000 + 15 * 60)
+        clock.advance(1)  # the window rolls over on the emulator's clock, no sleeping
+        again = me(x, token)
+        assert again.status_code == 200
+        assert again.headers["x-rate-limit-remaining"] == "74"
+
+
+def test_rate_limits_are_per_user_and_app_and_can_be_switched_at_runtime(
+    x_emulator_factory: Callable[..., XEmulator],
+) -> None:
+    x = x_emulator_factory(users=[{"id": "1", "name": "One", "username": "one"},
+                                  {"id": "2", "name": "Two", "username": "two"}])
+    assert x.enforce_rate_limits is False
+    token = x.issue_token(user_id="1")["access_token"]
+    for _ in range(76):
+        answer = me(x, token)
+    assert (answer.status_code, answer.headers["x-rate-limit-remaining"]) == (200, "0")
+    x.enforce_rate_limits = True
+    assert me(x, token).status_code == 429
+    assert me(x, x.issue_token(user_id="2")["access_token"]).status_code == 200
+    other_app = x.issue_token(client_id=DEFAULT_CONFIDENTIAL_CLIENT_ID, user_id="1")
+    assert me(x, other_app["access_token"]).status_code == 200
+
+
 # -- the server --------------------------------------------------------------------------
 
 

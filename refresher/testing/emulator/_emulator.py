@@ -37,10 +37,13 @@ class XEmulator(EmulatorControls, OAuthEndpoints, ApiEndpoints):
     of ``None`` accepts any loopback ``http`` redirect URI; a list demands an exact match, as
     X does. ``token_delay`` holds each token answer back that many seconds;
     ``token_trickle`` sends its headers at once and then its body one byte every that many
-    seconds (a server that never quite answers). ``access_ttl``, ``token_delay``,
-    ``token_trickle``, ``auto_approve`` and ``invalidate_access_on_refresh`` may be changed
-    while the emulator runs. ``/2/emulator/unauthorized`` answers 401 to every token, as X
-    has been seen to do to valid ones.
+    seconds (a server that never quite answers). ``enforce_rate_limits`` makes
+    ``/2/users/me`` answer X's 429 past its documented limit, 75 calls per 15 minutes per
+    user (the ``x-rate-limit-*`` headers are sent either way; off by default, so that demos
+    are not limited). ``access_ttl``, ``token_delay``, ``token_trickle``, ``auto_approve``,
+    ``invalidate_access_on_refresh`` and ``enforce_rate_limits`` may be changed while the
+    emulator runs. ``/2/emulator/unauthorized`` answers 401 to every token, as X has been
+    seen to do to valid ones.
 
     ``clock`` (a :class:`refresher.clock.Clock`, the system clock by default) is what the
     emulator reads the time from: token and code expiry, issue times, rate-limit windows.
@@ -71,6 +74,7 @@ class XEmulator(EmulatorControls, OAuthEndpoints, ApiEndpoints):
         redirect_uris: list[str] | None = None,
         token_trickle: float = 0.0,
         clock: Clock | None = None,
+        enforce_rate_limits: bool = False,
     ) -> None:
         super().__init__(clients=clients, users=users,
                          clock=SYSTEM_CLOCK if clock is None else clock)
@@ -80,6 +84,7 @@ class XEmulator(EmulatorControls, OAuthEndpoints, ApiEndpoints):
         self.invalidate_access_on_refresh = invalidate_access_on_refresh
         self.token_delay = token_delay
         self.token_trickle = token_trickle
+        self.enforce_rate_limits = enforce_rate_limits
         self._redirect_uris = list(redirect_uris) if redirect_uris is not None else None
         self._host = host
         self._port = port

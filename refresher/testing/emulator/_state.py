@@ -109,7 +109,8 @@ class EmulatorState:
         self._access: dict[str, AccessRecord] = {}
         self._refresh: dict[str, RefreshRecord] = {}
         self._tweets: dict[str, set[str]] = {}
-        self._rate_windows: dict[str, tuple[float, int]] = {}
+        # (client id, user id) -> (window start, calls in it)
+        self._rate_windows: dict[tuple[str, str], tuple[float, int]] = {}
         self._faults: list[Response] = []
         self._counts = Counters()
         self._next_tweet_id = 1_800_000_000_000_000_000
