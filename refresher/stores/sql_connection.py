@@ -240,7 +240,10 @@ class Database:
         if self.dialect == "postgresql":
             from sqlalchemy.dialects import postgresql
 
-            statement = postgresql.insert(table).values(values).on_conflict_do_nothing()
+            # RETURNING says whether a row went in (SQLAlchemy keeps no rowcount for an
+            # INSERT on psycopg, unless told to, and only since 2.0.28).
+            statement = postgresql.insert(table).values(values).on_conflict_do_nothing() \
+                .returning(*table.primary_key.columns)
         elif self.dialect == "sqlite":
             from sqlalchemy.dialects import sqlite
 
@@ -252,7 +255,9 @@ class Database:
     def inserted(self, connection: sqlalchemy.Connection, statement: sqlalchemy.Insert,
                  params: dict[str, Any]) -> bool:
         """Run an :meth:`insert_new` statement: False when the row was there already."""
-        if self.dialect in ("postgresql", "sqlite"):
+        if self.dialect == "postgresql":
+            return connection.execute(statement, params).first() is not None
+        if self.dialect == "sqlite":
             return connection.execute(statement, params).rowcount == 1
         from sqlalchemy.exc import IntegrityError
 
