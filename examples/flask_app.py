@@ -7,11 +7,17 @@
   ``/2/users/me`` says who logged in, and the token pair is saved in the token store
   under the user's X id. The store then holds the live pair for good: any request (or
   background job) that opens a session on that account gets a token that works.
+
+The users' tokens live in the app's database through ``refresher.SQLTokenStore`` (SQLite
+here, ``DATABASE_URL`` to change it; ``pip install 'refresher[sql]'``): one row per user,
+and a lease per user for refreshes, so every worker process (gunicorn -w 4) and background
+job shares them, and two users' refreshes never wait for each other.
 - ``/`` calls X as the logged-in user; ``/logout`` forgets the user in this browser.
 
 Against X (register http://127.0.0.1:5000/callback as the app's callback URL)::
 
     export X_CLIENT_ID=... X_CLIENT_SECRET=... FLASK_SECRET_KEY=...
+    export DATABASE_URL=sqlite:///web-tokens.db     # or postgresql://user:pw@host/app
     flask --app examples/flask_app.py run --port 5000
 
 Offline, against the built-in X emulator (open http://127.0.0.1:5000 in a browser)::
@@ -26,6 +32,7 @@ import html
 import os
 import secrets
 import sys
+import tempfile
 import threading
 import time
 
@@ -75,14 +82,16 @@ def create_app(
     secret_key: str | None = None,
 ) -> flask.Flask:
     """The app. Arguments left out come from X_CLIENT_ID, X_CLIENT_SECRET, X_REDIRECT_URI,
-    REFRESHER_STORE and FLASK_SECRET_KEY (``flask --app examples/flask_app.py run`` calls
-    this with none)."""
+    DATABASE_URL (the token store's database; default ``sqlite:///web-tokens.db``) and
+    FLASK_SECRET_KEY (``flask --app examples/flask_app.py run`` calls this with none)."""
     app = flask.Flask(__name__)
     # Signs the session cookie. Set FLASK_SECRET_KEY in production: a random key logs
     # everyone out when the app restarts.
     app.secret_key = secret_key or os.environ.get("FLASK_SECRET_KEY") or secrets.token_hex(32)
     if store is None:
-        store = refresher.open_store(os.environ.get("REFRESHER_STORE", "web-tokens.json"))
+        # One row per user in the app's database (the table is created if missing).
+        store = refresher.SQLTokenStore(os.environ.get("DATABASE_URL",
+                                                       "sqlite:///web-tokens.db"))
     flow = refresher.LoginFlow(
         client_id or os.environ["X_CLIENT_ID"],
         client_secret or os.environ.get("X_CLIENT_SECRET"),
@@ -154,13 +163,17 @@ def create_app(
 def _serve_with_emulator(port: int = 5000) -> None:
     from refresher.testing import DEFAULT_CLIENT_ID, XEmulator
 
+    folder = tempfile.mkdtemp(prefix="refresher-flask-")
+    store = refresher.SQLTokenStore(f"sqlite:///{folder}/web-tokens.db")
     with XEmulator(access_ttl=30) as x:
         app = create_app(client_id=DEFAULT_CLIENT_ID,
                          redirect_uri=f"http://127.0.0.1:{port}/callback",
-                         store=refresher.MemoryTokenStore(), authorize_url=x.authorize_url,
+                         store=store, authorize_url=x.authorize_url,
                          token_url=x.token_url, api_url=x.api_url)
-        print(f"X emulator on {x.url}; open http://127.0.0.1:{port}/ (tokens live 30 s)")
+        print(f"X emulator on {x.url}; open http://127.0.0.1:{port}/ (tokens live 30 s, "
+              f"kept in {folder}/web-tokens.db)")
         app.run(host="127.0.0.1", port=port)
+    store.close()
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sqlite3
 import time
 from pathlib import Path
 from types import ModuleType
@@ -11,7 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from refresher import JSONTokenStore
+from refresher import SQLTokenStore
 from refresher.testing import DEFAULT_CLIENT_ID, XEmulator
 
 pytest.importorskip("flask")
@@ -31,16 +32,20 @@ def _example() -> ModuleType:
 @pytest.fixture
 def make_app(tmp_path):
     example = _example()
+    stores: list[SQLTokenStore] = []
 
     def make(x: XEmulator):
-        store = JSONTokenStore(tmp_path / "web-tokens.json")
+        store = SQLTokenStore(f"sqlite:///{tmp_path / 'web-tokens.db'}")
+        stores.append(store)
         app = example.create_app(client_id=DEFAULT_CLIENT_ID, redirect_uri=REDIRECT_URI,
                                  store=store, authorize_url=x.authorize_url,
                                  token_url=x.token_url, api_url=x.api_url,
                                  secret_key="test-only")
         return app, store
 
-    return make
+    yield make
+    for store in stores:
+        store.close()
 
 
 def _to_x_and_back(client) -> str:
@@ -126,3 +131,21 @@ def test_a_user_whose_token_was_revoked_is_sent_to_log_in_again(make_app, x_emul
     x_emulator.revoke_all()
     answer = client.get("/")
     assert answer.status_code == 302 and answer.headers["Location"] == "/login"
+
+
+def test_the_users_tokens_live_in_the_apps_sqlite_database(tmp_path, monkeypatch,
+                                                          x_emulator):
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'app.db'}")
+    app = _example().create_app(client_id=DEFAULT_CLIENT_ID, redirect_uri=REDIRECT_URI,
+                                authorize_url=x_emulator.authorize_url,
+                                token_url=x_emulator.token_url, api_url=x_emulator.api_url,
+                                secret_key="test-only")
+    store = app.extensions["refresher"]["store"]
+    assert isinstance(store, SQLTokenStore)
+    client = app.test_client()
+    client.get(_path(_to_x_and_back(client)))
+    with sqlite3.connect(tmp_path / "app.db") as db:  # one row per user, under their X id
+        rows = db.execute("SELECT account, version FROM refresher_tokens").fetchall()
+    assert rows == [("1000000001", 1)]
+    assert "Hello @emulated_user" in client.get("/").get_data(as_text=True)
+    store.close()
