@@ -26,6 +26,8 @@ __all__ = [
     "emit",
     "FastHTTPServer",
     "redis_unavailable",
+    "sql_unavailable",
+    "postgres_unavailable",
 ]
 
 # -- statistics -----------------------------------------------------------------------------
@@ -59,19 +61,39 @@ def _cell(value: Any) -> str:
 
 
 def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain-text table; the first column left-aligned, the others right-aligned."""
+    """A plain-text table; the first column left-aligned, the others right-aligned.
+
+    A row shorter than ``columns`` ends in a note (``"skipped: ..."``): its last cell is
+    written after the others as it is, spanning the remaining columns, and does not widen them.
+    """
     cells = [[_cell(v) for v in row] for row in rows]
     widths = [len(c) for c in columns]
     for row in cells:
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+        counted = row if len(row) >= len(columns) else row[:-1]
+        counted = counted + [""] * (len(columns) - len(counted))
+        widths = [max(w, len(c)) for w, c in zip(widths, counted, strict=True)]
 
     def line(values: Sequence[str]) -> str:
-        parts = [values[0].ljust(widths[0])]
-        parts += [v.rjust(w) for v, w in zip(values[1:], widths[1:], strict=True)]
+        note = None
+        if len(values) < len(widths):
+            values, note = list(values[:-1]), values[-1]
+        parts = [values[0].ljust(widths[0])] if values else []
+        parts += [v.rjust(w) for v, w in zip(values[1:], widths[1:len(values)], strict=True)]
+        if note is not None:
+            parts.append(note)
         return "  ".join(parts).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(list(columns)), rule] + [line(r) for r in cells])
+
+
+def _row_object(columns: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
+    """A row as JSON: its cells by column title; a short row's last cell as ``note``."""
+    if len(row) >= len(columns):
+        return dict(zip(columns, row, strict=True))
+    named = dict(zip(columns, row[:-1], strict=False))
+    named["note"] = row[-1]
+    return named
 
 
 def emit(as_json: bool, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
@@ -81,7 +103,7 @@ def emit(as_json: bool, title: str, columns: Sequence[str], rows: Sequence[Seque
         document: dict[str, Any] = {
             "title": title,
             "columns": list(columns),
-            "rows": [dict(zip(columns, row, strict=True)) for row in rows],
+            "rows": [_row_object(columns, row) for row in rows],
             "notes": list(notes),
         }
         document.update(extra or {})
@@ -225,6 +247,40 @@ def redis_unavailable() -> str | None:
         import refresher.stores.redis  # noqa: F401
     except ImportError as exc:
         return f"refresher.stores.redis cannot be imported ({exc})"
+    return None
+
+
+def sql_unavailable() -> str | None:
+    """Why the SQL rows cannot run (``None`` when they can): SQLTokenStore and SQLAlchemy."""
+    try:
+        import refresher.stores.sql  # noqa: F401
+    except ImportError as exc:
+        if "sqlalchemy" in str(exc).lower():
+            return f"SQLAlchemy is not installed ({exc})"
+        return "SQL store not available"
+    try:
+        import sqlalchemy  # noqa: F401
+    except ImportError:
+        return "SQLAlchemy is not installed (pip install refresher[sql])"
+    return None
+
+
+def postgres_unavailable() -> str | None:
+    """Why the PostgreSQL rows cannot run (``None`` when they can): the SQL store, the
+    psycopg driver, refresher.testing.postgres_server and the server binaries."""
+    why = sql_unavailable()
+    if why is not None:
+        return why
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return "the psycopg driver is not installed (pip install refresher[sql])"
+    try:
+        from refresher.testing.postgres_server import find_bin_dir
+    except ImportError:
+        return "refresher.testing.postgres_server is not available"
+    if find_bin_dir() is None:
+        return "PostgreSQL server binaries not found (Debian: apt-get install postgresql)"
     return None
 
 

@@ -5,11 +5,14 @@ Every worker thread calls ``GET /2/users/me`` through a RefreshingSession, pausi
 tokens that live ``--ttl`` seconds, for ``--seconds``. One row per store:
 
 - ``json``: one JSONTokenStore file shared by all processes;
-- ``redis``: one RedisTokenStore on a throw-away ``redis-server`` (skipped, with the
-  reason, when there is none);
+- ``sqlite``, ``postgres``: one SQLTokenStore, on a SQLite file or in a database of a
+  throw-away PostgreSQL server (``refresher.testing.postgres_server``);
+- ``redis``: one RedisTokenStore on a throw-away ``redis-server``;
 - ``memory per process``: the baseline. Each process keeps the token in its own memory,
   as requests-oauthlib or a per-process plugin would, so processes spend the same
   single-use refresh token and all but one of them are locked out.
+
+A row that cannot run here (no server binary, no driver) is skipped with a note saying why.
 
 The emulator counts refreshes and reused refresh tokens. An *expiry window* is a group of
 refreshes less than ``ttl / 2`` apart (ideally exactly one refresh each). A request is
@@ -18,24 +21,40 @@ token endpoint to the save of the new pair. A probe thread refreshes a token of 
 every 100 ms during the load to measure one token-endpoint round trip under that load
 (its refreshes are not counted).
 
-    python benchmarks/contention.py                    # 4 x 4, 1-second tokens, 15 s a row
-    python benchmarks/contention.py -P 8 -T 2 --ttl 2 --seconds 30 --json
+Each row runs ``--runs`` times (a fresh store and emulator each time; run 1 of every row,
+then run 2...). Counts are summed over a row's runs and its latency samples pooled before
+the percentiles are taken, so one noisy run does not decide the row. The target: in-window
+p99 at most ``--ratio-target`` (1.5) times the outside-window p99 at 4 x 4.
+
+    python benchmarks/contention.py                    # 4 x 4, 1-second tokens, 3 x 15 s a row
+    python benchmarks/contention.py -P 8 -T 2 --ttl 2 --seconds 30 --runs 1 --json
 """
 
 from __future__ import annotations
 
 import argparse
 import bisect
+import contextlib
+import math
 import os
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import emit, median, percentile, progress, redis_unavailable  # noqa: E402
+from _common import (  # noqa: E402
+    emit,
+    median,
+    percentile,
+    postgres_unavailable,
+    progress,
+    redis_unavailable,
+    sql_unavailable,
+)
 
 from refresher.demo.workload import WorkerReport, WorkloadSpec, run_workers, summarize  # noqa: E402
 from refresher.endpoint import TokenEndpoint  # noqa: E402
@@ -132,10 +151,21 @@ def expiry_windows(spans: Sequence[Span], ttl: float) -> int:
     return windows
 
 
-# -- one row --------------------------------------------------------------------------------
+# -- one run of one row ---------------------------------------------------------------------
 
 
-def run_row(label: str, store: str, shared: bool, args: argparse.Namespace) -> dict[str, Any]:
+@dataclass
+class Run:
+    """What one run of one row left: the workers' reports, the emulator's counts (the
+    probe's refreshes taken out), the probe's round trips under load, the idle round trip."""
+
+    reports: list[WorkerReport]
+    stats: dict[str, int]
+    loaded_rtts: list[float]
+    idle_rtt: float
+
+
+def run_once(label: str, store: str, shared: bool, args: argparse.Namespace) -> Run:
     with XEmulator(host="127.0.0.1", port=0, access_ttl=args.ttl) as x:
         idle_rtt = idle_round_trip(x)
         x.reset_stats()
@@ -145,8 +175,6 @@ def run_row(label: str, store: str, shared: bool, args: argparse.Namespace) -> d
             seconds=args.seconds, shared_store=shared, collect_latencies=True,
             pause=args.pause,
         )
-        progress(f"{label}: {args.processes} processes x {args.threads} threads, "
-                 f"{args.seconds:g} s, tokens living {args.ttl:g} s")
         # The first token outlives the workers' start-up (run_workers starts them together
         # 1 + 0.25 P seconds from now) by half a lifetime: the first refresh then falls in
         # the steady state, not on cold processes opening their first connections.
@@ -157,55 +185,99 @@ def run_row(label: str, store: str, shared: bool, args: argparse.Namespace) -> d
             reports = run_workers(spec, args.processes, seed=seed)
         stats = x.stats.as_dict()
     stats["refreshes"] -= probe.refreshes
-    return measure(label, reports, stats, probe, idle_rtt, args)
-
-
-def measure(label: str, reports: Sequence[WorkerReport], stats: dict[str, int],
-            probe: TokenRoundTripProbe, idle_rtt: float,
-            args: argparse.Namespace) -> dict[str, Any]:
-    summary = summarize(reports, stats, processes=args.processes, seconds=args.seconds,
-                        access_ttl=args.ttl)
     latencies = [sample for report in reports for sample in report.latencies]
-    spans = [span for report in reports for span in report.refresh_spans]
-    merged = merge_spans(spans)
-    starts = [start for start, _ in merged]
-    inside = [seconds for began, seconds in latencies
-              if overlaps(merged, starts, began, began + seconds)]
-    overall = [seconds for _, seconds in latencies]
-    outside = [seconds for began, seconds in latencies
-               if not overlaps(merged, starts, began, began + seconds)]
     first = min((began for began, _ in latencies), default=0.0)
     last = max((began + seconds for began, seconds in latencies), default=0.0)
-    loaded_rtts = probe.between(first, last)
-    windows = expiry_windows(spans, args.ttl)
+    return Run(reports, stats, probe.between(first, last), idle_rtt)
+
+
+def split_by_window(run: Run) -> tuple[list[float], list[float], list[Span]]:
+    """One run's request latencies inside and outside refresh windows, and its refreshes."""
+    latencies = [sample for report in run.reports for sample in report.latencies]
+    spans = [span for report in run.reports for span in report.refresh_spans]
+    merged = merge_spans(spans)
+    starts = [start for start, _ in merged]
+    inside, outside = [], []
+    for began, seconds in latencies:
+        (inside if overlaps(merged, starts, began, began + seconds) else outside).append(seconds)
+    return inside, outside, spans
+
+
+# -- a row: its runs pooled ---------------------------------------------------------------
+
+
+def measure(label: str, runs: Sequence[Run], args: argparse.Namespace) -> dict[str, Any]:
+    """The row: counts summed over ``runs``, latency samples pooled, percentiles taken once."""
+    inside: list[float] = []
+    outside: list[float] = []
+    spans: list[Span] = []
+    windows = 0
+    per_run = []
+    for run in runs:
+        run_inside, run_outside, run_spans = split_by_window(run)
+        inside += run_inside
+        outside += run_outside
+        spans += run_spans
+        windows += expiry_windows(run_spans, args.ttl)
+        run_in_p99, run_out_p99 = percentile(run_inside, 99), percentile(run_outside, 99)
+        per_run.append({"in_window_p99_ms": run_in_p99 * 1000,
+                        "outside_window_p99_ms": run_out_p99 * 1000,
+                        "in_out_p99_ratio": _ratio(run_in_p99, run_out_p99),
+                        "in_window_requests": len(run_inside)})
+    summaries = [summarize(run.reports, run.stats, processes=args.processes,
+                           seconds=args.seconds, access_ttl=args.ttl) for run in runs]
+
+    def total(key: str) -> int:
+        return sum(int(summary[key]) for summary in summaries)
+
+    requests, failed, refreshes = total("requests"), total("failed"), total("refreshes")
+    reused = total("reused_refresh_tokens")
+    loaded_rtts = [rtt for run in runs for rtt in run.loaded_rtts]
+    idle_rtt = median([run.idle_rtt for run in runs])
     rtt = median(loaded_rtts) if loaded_rtts else idle_rtt
-    p99_inside = percentile(inside, 99)
-    errors = [error for report in reports for error in report.errors]
+    overall = inside + outside
+    p99_inside, p99_outside = percentile(inside, 99), percentile(outside, 99)
+    ratio = _ratio(p99_inside, p99_outside)
+    errors = [error for run in runs for report in run.reports for error in report.errors]
     return {
         "store": label,
-        "requests": summary["requests"],
-        "failed": summary["failed"],
-        "refreshes": summary["refreshes"],
+        "runs": len(runs),
+        "requests": requests,
+        "failed": failed,
+        "refreshes": refreshes,
         "windows": windows,
-        "refreshes_per_window": summary["refreshes"] / windows if windows else None,
-        "reused_refresh_tokens": summary["reused_refresh_tokens"],
-        "refresh_attempts_rejected": stats.get("invalid_refresh_tokens", 0),
+        "refreshes_per_window": refreshes / windows if windows else None,
+        "reused_refresh_tokens": reused,
+        "refresh_attempts_rejected": sum(run.stats.get("invalid_refresh_tokens", 0)
+                                         for run in runs),
         "p50_ms": percentile(overall, 50) * 1000,
         "p99_ms": percentile(overall, 99) * 1000,
         "in_window_requests": len(inside),
         "in_window_p50_ms": percentile(inside, 50) * 1000,
         "in_window_p99_ms": p99_inside * 1000,
-        "outside_window_p99_ms": percentile(outside, 99) * 1000,
+        "outside_window_p99_ms": p99_outside * 1000,
+        "in_out_p99_ratio": ratio,
+        "ratio_target_met": ratio is not None and ratio <= args.ratio_target,
         "refresh_span_p50_ms": median([end - start for start, end in spans]) * 1000,
         "token_rtt_idle_ms": idle_rtt * 1000,
         "token_rtt_loaded_ms": rtt * 1000,
         "token_rtt_loaded_p99_ms": percentile(loaded_rtts, 99) * 1000,
-        "goal_met": (summary["failed"] == 0 and summary["reused_refresh_tokens"] == 0
-                     and windows > 0 and summary["refreshes"] == windows
+        "goal_met": (failed == 0 and reused == 0 and windows > 0 and refreshes == windows
                      and p99_inside <= rtt + 0.010),
         "refresh_spans": len(spans),
+        "per_run": per_run,
         "errors": errors[:3],
     }
+
+
+def _ms(value: float) -> str:
+    return "- ms" if math.isnan(value) else f"{value:.1f} ms"
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    if math.isnan(numerator) or math.isnan(denominator) or denominator <= 0:
+        return None
+    return numerator / denominator
 
 
 COLUMNS = [
@@ -213,15 +285,78 @@ COLUMNS = [
     ("refreshes", "refreshes"), ("windows", "windows"), ("refreshes_per_window", "per window"),
     ("reused_refresh_tokens", "reused RT"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
     ("in_window_requests", "in-window reqs"), ("in_window_p50_ms", "in-window p50"),
-    ("in_window_p99_ms", "in-window p99"), ("token_rtt_loaded_ms", "token RTT ms"),
+    ("in_window_p99_ms", "in-window p99"), ("outside_window_p99_ms", "outside p99"),
+    ("in_out_p99_ratio", "in/out p99"), ("token_rtt_loaded_ms", "token RTT ms"),
 ]
+
+STORES = ("json", "sqlite", "postgres", "redis", "memory")
+
+
+@dataclass
+class Row:
+    """A row to run: its label, whether the processes share the store, and where a fresh
+    store lives for each run (a new file, database, or an emptied Redis)."""
+
+    label: str
+    shared: bool
+    location: Callable[[int], str]
+
+
+def _flushed(url: str) -> str:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return url
+
+
+def plan_rows(wanted: Sequence[str], folder: str, servers: contextlib.ExitStack,
+              notes: list[str]) -> list[Row]:
+    """The rows that can run here, their servers started; a note for each that cannot."""
+    rows: list[Row] = []
+    for name in wanted:
+        why = {"sqlite": sql_unavailable, "postgres": postgres_unavailable,
+               "redis": redis_unavailable}.get(name, lambda: None)()
+        label = {"json": "json file", "postgres": "postgresql",
+                 "memory": "memory per process"}.get(name, name)
+        if why is not None:
+            notes.append(f"{label} row skipped: {why}.")
+            progress(notes[-1])
+            continue
+        if name == "json":
+            rows.append(Row(label, True, lambda run: os.path.join(folder, f"tokens-{run}.json")))
+        elif name == "sqlite":
+            rows.append(Row(label, True, lambda run: "sqlite:///" + os.path.join(
+                folder, f"tokens-{run}.db")))
+        elif name == "postgres":
+            from refresher.testing.postgres_server import PostgresServer
+
+            try:
+                postgres = servers.enter_context(PostgresServer())
+            except Exception as exc:  # the binaries are there, but it would not start
+                notes.append(f"{label} row skipped: the server did not start "
+                             f"({type(exc).__name__}: {str(exc)[-200:]}).")
+                progress(notes[-1])
+                continue
+            rows.append(Row(label, True,
+                            lambda run, pg=postgres: pg.create_database(f"contention_{run}")))
+        elif name == "redis":
+            redis_server = servers.enter_context(RedisServer())
+            rows.append(Row(label, True, lambda run, rs=redis_server: _flushed(rs.url)))
+        else:
+            rows.append(Row(label, False, lambda run: ":memory:"))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="P processes x T threads sharing one token (JSON file, Redis, and a "
-        "per-process in-memory baseline) against the local X emulator: refreshes per "
-        "expiry window, reused refresh tokens, latency inside refresh windows.",
+        description="P processes x T threads sharing one token (JSON file, SQLite, "
+        "PostgreSQL, Redis, and a per-process in-memory baseline) against the local X "
+        "emulator: refreshes per expiry window, reused refresh tokens, latency inside "
+        "refresh windows against outside them.",
     )
     parser.add_argument("-P", "--processes", type=int, default=4,
                         help="worker processes (default 4)")
@@ -230,49 +365,58 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-L", "--ttl", type=float, default=1.0,
                         help="seconds an access token lives (default 1)")
     parser.add_argument("-S", "--seconds", type=float, default=15.0,
-                        help="seconds of load per row (default 15)")
+                        help="seconds of load per run of a row (default 15)")
+    parser.add_argument("--runs", type=int, default=3,
+                        help="runs per row, interleaved between the rows; a row's latency "
+                        "samples are pooled over its runs before its percentiles are taken "
+                        "(default 3)")
     parser.add_argument("--pause", type=float, default=0.01,
                         help="seconds each thread waits between requests (default 0.01; "
                         "0 sends back to back, which saturates a small machine)")
-    parser.add_argument("--stores", default="json,redis,memory",
-                        help="rows to run, comma-separated: json, redis, memory "
-                        "(default all three)")
+    parser.add_argument("--stores", default=",".join(STORES),
+                        help="rows to run, comma-separated: json, sqlite, postgres, redis, "
+                        "memory (default all five)")
+    parser.add_argument("--ratio-target", type=float, default=1.5,
+                        help="the target for in-window p99 / outside-window p99 (default 1.5)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
-    if min(args.processes, args.threads) < 1 or args.ttl <= 0 or args.seconds <= 0:
-        parser.error("processes and threads must be at least 1; ttl and seconds positive")
+    if min(args.processes, args.threads, args.runs) < 1 or args.ttl <= 0 or args.seconds <= 0:
+        parser.error("processes, threads and runs must be at least 1; ttl and seconds "
+                     "positive")
     wanted = [name.strip() for name in args.stores.split(",") if name.strip()]
-    unknown = set(wanted) - {"json", "redis", "memory"}
+    unknown = set(wanted) - set(STORES)
     if unknown:
         parser.error(f"unknown stores: {', '.join(sorted(unknown))}")
 
-    results: list[dict[str, Any]] = []
     notes: list[str] = []
-    with tempfile.TemporaryDirectory() as folder:
-        for name in wanted:
-            if name == "json":
-                results.append(run_row("json file", os.path.join(folder, "tokens.json"),
-                                       True, args))
-            elif name == "redis":
-                why = redis_unavailable()
-                if why is not None:
-                    notes.append(f"redis row skipped: {why}.")
-                    progress(notes[-1])
-                    continue
-                with RedisServer() as server:
-                    results.append(run_row("redis", server.url, True, args))
-            else:
-                results.append(run_row("memory per process", ":memory:", False, args))
+    with tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as servers:
+        rows = plan_rows(wanted, folder, servers, notes)
+        runs: dict[str, list[Run]] = {row.label: [] for row in rows}
+        # Run 1 of every row, then run 2 of every row...: noise falls on every row alike.
+        for number in range(args.runs):
+            for row in rows:
+                progress(f"{row.label} (run {number + 1} of {args.runs}): {args.processes} "
+                         f"processes x {args.threads} threads, {args.seconds:g} s, tokens "
+                         f"living {args.ttl:g} s")
+                runs[row.label].append(run_once(row.label, row.location(number), row.shared,
+                                                args))
+    results = [measure(row.label, runs[row.label], args) for row in rows]
+    report(results, notes, args)
+    return 0
 
+
+def report(results: list[dict[str, Any]], notes: list[str], args: argparse.Namespace) -> None:
     rows = [[result[key] for key, _ in COLUMNS] for result in results]
     notes[:0] = [
         f"{args.processes} processes x {args.threads} threads, GET /2/users/me with "
-        f"{args.pause * 1000:g} ms between a thread's requests, {args.seconds:g} s per row; "
-        f"access tokens live {args.ttl:g} s.",
+        f"{args.pause * 1000:g} ms between a thread's requests, {args.seconds:g} s per run, "
+        f"{args.runs} runs per row (counts summed, latency samples pooled); access tokens "
+        f"live {args.ttl:g} s.",
         "windows: groups of refreshes less than ttl/2 apart; per window: refreshes / windows "
         "(ideal 1.00). reused RT: refresh tokens sent again after being spent.",
         "Latencies over all requests, failed ones included. in-window: requests overlapping "
-        "a refresh (token endpoint call to saved pair) of any process.",
+        "a refresh (token endpoint call to saved pair) of any process; outside: the others; "
+        "in/out p99: in-window p99 / outside p99.",
         "token RTT: median refresh round trip of a probe under the same load "
         "(idle: " + ", ".join(f"{r['token_rtt_idle_ms']:.1f}" for r in results) + " ms).",
     ]
@@ -285,11 +429,24 @@ def main(argv: list[str] | None = None) -> int:
             f"(round trip p99 under the same load {result['token_rtt_loaded_p99_ms']:.1f} ms; "
             f"refresh span p50 {result['refresh_span_p50_ms']:.1f} ms)."
         )
+    at = "" if (args.processes, args.threads) == (4, 4) else \
+        " (the target is set at 4 processes x 4 threads; this run is not)"
+    for result in results:
+        ratio = result["in_out_p99_ratio"]
+        verdict = "met" if result["ratio_target_met"] else "NOT met"
+        per_run = ", ".join("-" if r["in_out_p99_ratio"] is None else
+                            f"{r['in_out_p99_ratio']:.2f}" for r in result["per_run"])
+        notes.append(
+            f"Target ({result['store']}): in-window p99 {_ms(result['in_window_p99_ms'])} "
+            f"<= {args.ratio_target:g} x outside p99 {_ms(result['outside_window_p99_ms'])}: "
+            f"{'-' if ratio is None else f'{ratio:.2f}x'} -> {verdict}{at} "
+            f"(runs alone: {per_run})."
+        )
+    for result in results:
         for error in result["errors"]:
             notes.append(f"  {result['store']} error: {error.strip().splitlines()[-1][:160]}")
     emit(args.json, "contention: processes x threads sharing one token",
          [title for _, title in COLUMNS], rows, notes, extra={"results": results})
-    return 0
 
 
 if __name__ == "__main__":

@@ -43,7 +43,8 @@ def _header(output: str, first_column: str) -> list[str]:
 # -- the scripts ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("script", ["overhead.py", "contention.py", "startup.py"])
+@pytest.mark.parametrize("script", ["overhead.py", "contention.py", "startup.py",
+                                    "accounts.py"])
 def test_every_script_explains_itself(script: str) -> None:
     out = _run(script, "--help").stdout
     assert out.startswith("usage:")
@@ -81,18 +82,22 @@ def test_overhead_profile_names_refresher_on_the_hot_path() -> None:
 
 def test_contention_rows_show_what_the_shared_store_buys() -> None:
     out = _run("contention.py", "-P", "2", "-T", "2", "--ttl", "1", "--seconds", "2",
-               "--json", timeout=180).stdout
+               "--runs", "1", "--stores", "json,sqlite,redis,memory", "--json",
+               timeout=180).stdout
     document = json.loads(out)
     results: dict[str, dict[str, Any]] = {r["store"]: r for r in document["results"]}
     for column in ("requests", "failed", "refreshes", "windows", "per window", "reused RT",
-                   "p50 ms", "p99 ms", "in-window p50", "in-window p99", "token RTT ms"):
+                   "p50 ms", "p99 ms", "in-window p50", "in-window p99", "outside p99",
+                   "in/out p99", "token RTT ms"):
         assert column in document["columns"]
 
     shared = ["json file"]
-    if _common.redis_unavailable() is None:
-        shared.append("redis")
-    else:
-        assert any(note.startswith("redis row skipped:") for note in document["notes"])
+    for label, why in (("sqlite", _common.sql_unavailable()),
+                       ("redis", _common.redis_unavailable())):
+        if why is None:
+            shared.append(label)
+        else:
+            assert any(note.startswith(f"{label} row skipped:") for note in document["notes"])
     for store in shared:
         row = results[store]
         assert row["requests"] > 0
@@ -112,6 +117,87 @@ def test_contention_table_in_plain_text() -> None:
     assert out.startswith("contention: processes x threads sharing one token")
     assert any(line.startswith("json file ") for line in out.splitlines())
     assert "Goal (json file)" in out
+
+
+def test_contention_pools_the_runs_of_a_row_and_judges_the_ratio() -> None:
+    stores = "json,postgres" if _common.postgres_unavailable() is None else "json"
+    out = _run("contention.py", "-P", "2", "-T", "2", "--ttl", "1", "--seconds", "1.5",
+               "--runs", "2", "--stores", stores, "--json", timeout=180).stdout
+    document = json.loads(out)
+    results: dict[str, dict[str, Any]] = {r["store"]: r for r in document["results"]}
+    assert set(results) == {"json file"} | ({"postgresql"} if "postgres" in stores else set())
+    for store, row in results.items():
+        assert row["runs"] == 2 and len(row["per_run"]) == 2
+        assert row["failed"] == 0, row["errors"]
+        assert row["reused_refresh_tokens"] == 0
+        assert row["refresh_spans"] == row["refreshes"] >= 2  # at least one a run
+        # pooled: the row's in-window requests are those of its runs together
+        assert row["in_window_requests"] == sum(r["in_window_requests"]
+                                                for r in row["per_run"])
+        assert any(note.startswith(f"Target ({store}): in-window p99") for note in
+                   document["notes"])
+        assert isinstance(row["ratio_target_met"], bool)
+        if row["in_out_p99_ratio"] is not None:
+            assert row["in_out_p99_ratio"] == pytest.approx(
+                row["in_window_p99_ms"] / row["outside_window_p99_ms"])
+    if "postgres" not in stores:  # the row says why it cannot run, and the rest goes on
+        out = _run("contention.py", "--stores", "postgres", "--seconds", "1", "--runs",
+                   "1").stdout
+        assert "postgresql row skipped: " in out
+
+
+def test_contention_refuses_an_unknown_store() -> None:
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "contention.py"), "--stores",
+                             "json,oracle"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "unknown stores: oracle" in result.stderr
+
+
+def test_accounts_quick_run_measures_every_store_it_can() -> None:
+    out = _run("accounts.py", "--quick", "--stores", "json,sqlite,redis", "--json",
+               timeout=120).stdout
+    document = json.loads(out)
+    for column in ("store", "accounts", "load ms", "save ms", "refresh ms", "N",
+                   "N threads ms", "threads x", "N procs ms", "procs x"):
+        assert column in document["columns"]
+    results: dict[str, dict[str, Any]] = {r["store"]: r for r in document["results"]}
+    skipped: dict[str, str] = {r["store"]: r["skipped"] for r in document["skipped"]}
+    expected = {"json file": None, "sqlite": _common.sql_unavailable(),
+                "redis": _common.redis_unavailable()}
+    for store, why in expected.items():
+        if why is not None:
+            assert skipped[store] == why
+            assert any(row.get("note") == f"skipped: {why}" for row in document["rows"])
+            continue
+        row = results[store]
+        assert row["accounts"] == 10 and row["parallel"] == 4
+        assert row["failed_refreshes"] == 0, row["errors"]
+        assert row["reused_refresh_tokens"] == 0
+        # 3 one at a time, 1 slow, 2 rounds of 4 by threads, 2 of 4 by processes (each
+        # series after one untimed refresh of its own)
+        assert row["refreshes_at_emulator"] == (1 + 3) + (1 + 1) + 2 * 4 + 2 * 4
+        for key in ("load_ms", "save_ms", "refresh_ms", "one_slow_refresh_ms", "threads_ms",
+                    "processes_ms", "threads_ratio", "processes_ratio"):
+            assert row[key] > 0, key
+        assert len(row["samples_ms"]["load"]) == 3
+        assert isinstance(row["target_met"], bool)
+
+
+def test_accounts_table_in_plain_text_with_a_bigger_store() -> None:
+    out = _run("accounts.py", "--quick", "--stores", "json", "--sizes", "10,200",
+               timeout=120).stdout
+    assert out.startswith("accounts: many accounts in one store")
+    lines = out.splitlines()
+    assert _header(out, "store")[-1].strip() == "<= 3x"
+    assert any(line.startswith("json file ") and " 200 " in line for line in lines)
+    assert any(line.startswith("Target: N at once within 3x") for line in lines)
+
+
+def test_accounts_refuses_an_unknown_store() -> None:
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "accounts.py"), "--stores",
+                             "json,oracle"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "unknown stores: oracle" in result.stderr
 
 
 def test_startup_compares_the_imports_and_checks_the_lazy_parts() -> None:
@@ -163,3 +249,15 @@ def test_table_aligns_columns() -> None:
     assert lines[0] == "name    value"
     assert lines[2] == "a        1.00"
     assert lines[3] == "longer      -"
+
+
+def test_a_short_row_ends_in_a_note_that_spans_the_other_columns() -> None:
+    columns = ["store", "accounts", "load ms", "save ms"]
+    table = _common.format_table(columns, [["json", 10, 1.0, 2.0],
+                                           ["postgresql", None, "skipped: no binaries"]])
+    lines = table.splitlines()
+    assert lines[0] == "store       accounts  load ms  save ms"
+    assert lines[2] == "json              10     1.00     2.00"
+    assert lines[3] == "postgresql         -  skipped: no binaries"
+    assert _common._row_object(columns, ["postgresql", None, "skipped: no binaries"]) == {
+        "store": "postgresql", "accounts": None, "note": "skipped: no binaries"}
