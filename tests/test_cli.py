@@ -631,6 +631,86 @@ def test_emulator_serves_until_interrupted_and_prints_the_urls(cli):
         requests.get(api + "/emulator/stats", timeout=2)
 
 
+def _serve(argv: list[str], env: dict[str, str], until: str) -> tuple[subprocess.Popen, str]:
+    """Start an emulator main; what it printed up to the line starting with ``until``."""
+    child = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    assert child.stdout is not None
+    printed = ""
+    while not printed.splitlines() or not printed.splitlines()[-1].startswith(until):
+        line = child.stdout.readline()
+        if not line:
+            child.kill()
+            pytest.fail(f"the emulator ended before printing {until!r}: {printed}")
+        printed += line
+    return child, printed
+
+
+def _authorize(url: str, redirect_uri: str) -> requests.Response:
+    """The emulator's authorize page, for a link to ``redirect_uri`` (no browser: one step)."""
+    from refresher import LoginFlow
+
+    link = LoginFlow(DEFAULT_CLIENT_ID, authorize_url=url + "/i/oauth2/authorize",
+                     redirect_uri=redirect_uri).authorization_url()
+    return requests.get(link.url, allow_redirects=False, timeout=5)
+
+
+@pytest.mark.parametrize("options, accepted, refused", [
+    ([], ["http://127.0.0.1:8765/callback"],
+     ["http://127.0.0.1:8766/callback", "http://localhost:8765/callback",
+      "http://127.0.0.1:8765/other"]),
+    (["--redirect-uri", "http://127.0.0.1:9000/cb", "--redirect-uri", "http://localhost:9001/"],
+     ["http://127.0.0.1:8765/callback", "http://127.0.0.1:9000/cb", "http://localhost:9001/"],
+     ["http://127.0.0.1:9001/", "http://127.0.0.1:9000/cb/"]),
+    (["--any-loopback-redirect"], ["http://127.0.0.1:8766/callback", "http://localhost:1/x"],
+     ["https://example.com/callback"]),
+], ids=["default", "redirect-uri", "any-loopback"])
+def test_the_emulator_accepts_only_registered_callback_urls_as_x_does(cli, options, accepted,
+                                                                     refused):
+    child, banner = _serve([*COMMAND, "emulator", "--port", "0", *options], cli.env,
+                           until="Counters: ")
+    try:
+        url = re.search(r"serving on (http://\S+) ", banner)[1]  # type: ignore[index]
+        for uri in accepted:
+            answer = _authorize(url, uri)
+            assert answer.status_code == 302 and answer.headers["Location"].startswith(uri)
+        for uri in refused:
+            assert _authorize(url, uri).status_code == 400, uri
+    finally:
+        child.send_signal(signal.SIGINT)
+        child.communicate(timeout=10)
+    if options == ["--any-loopback-redirect"]:
+        assert "Callback URLs: any http one on this machine" in banner
+        assert "export REFRESHER_REDIRECT_URI=http://127.0.0.1:8765/callback" in banner
+    else:
+        assert f"Registered callback URL{'s' if options else ''}: {', '.join(accepted)} (" \
+            in banner
+        # The login is pointed at the first one asked for, else the default.
+        assert f"export REFRESHER_REDIRECT_URI={accepted[1 if options else 0]}\n" in banner
+
+
+def test_python_m_refresher_testing_registers_callback_urls_too(cli):
+    child, line = _serve([sys.executable, "-m", "refresher.testing", "--port", "0",
+                          "--redirect-uri", "http://127.0.0.1:9000/cb"], cli.env, until="{")
+    try:
+        info = json.loads(line)
+        assert info["redirect_uris"] == ["http://127.0.0.1:8765/callback",
+                                         "http://127.0.0.1:9000/cb"]
+        assert _authorize(info["url"], "http://127.0.0.1:9000/cb").status_code == 302
+        assert _authorize(info["url"], "http://127.0.0.1:9001/cb").status_code == 400
+    finally:
+        child.send_signal(signal.SIGINT)
+        child.communicate(timeout=10)
+    assert cli.run("emulator", "--redirect-uri", "http://127.0.0.1:1/",
+                   "--any-loopback-redirect").returncode == 2  # one or the other
+
+
+def test_login_help_says_only_the_emulator_takes_any_port(cli):
+    text = " ".join(cli.run("login", "--help", env=dict(cli.env, COLUMNS="200")).stdout.split())
+    assert ("0: any free port — only the emulator accepts it (refresher emulator "
+            "--any-loopback-redirect); X needs the registered callback exactly") in text
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("main", ["refresher emulator", "python -m refresher.testing"])
 def test_both_emulator_mains_stop_on_either_signal_even_with_sigint_ignored(cli, main, signum):

@@ -10,6 +10,7 @@ import argparse
 
 from .. import __version__
 from .._constants import DEFAULT_SCOPES
+from ..loopback import DEFAULT_REDIRECT_URI
 from .accounts import run_logout, run_refresh, run_status
 from .login import run_login
 from .offline import run_demo, run_emulator
@@ -74,10 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"a scope to ask for, repeatable (default: {' '.join(DEFAULT_SCOPES)})")
     login.add_argument("--port", type=int, metavar="PORT",
                        help="port of the local callback server (default: the redirect URI's, "
-                            "8765; 0: any free port)")
+                            "8765). 0: any free port — only the emulator accepts it (refresher "
+                            "emulator --any-loopback-redirect); X needs the registered "
+                            "callback exactly")
     login.add_argument("--redirect-uri", metavar="URL",
-                       help="the callback URL registered with your X app "
-                            "(default http://127.0.0.1:8765/callback; $REFRESHER_REDIRECT_URI)")
+                       help="the callback URL registered with your X app, exactly as "
+                            "registered: X refuses another port, path, or localhost for "
+                            f"127.0.0.1 (default {DEFAULT_REDIRECT_URI}; "
+                            "$REFRESHER_REDIRECT_URI)")
     login.add_argument("--no-browser", action="store_true",
                        help="do not open a browser: print the URL, and accept the redirected "
                             "URL pasted on stdin (for SSH sessions and containers)")
@@ -126,11 +131,24 @@ def build_parser() -> argparse.ArgumentParser:
         "emulator", parents=[common],
         help="serve the local X emulator until Ctrl-C",
         description="Serve an emulator of X's OAuth 2.0 and API v2 endpoints on 127.0.0.1, "
-                    "and print the settings that point refresher (or your script) at it.")
+                    "and print the settings that point refresher (or your script) at it: "
+                    "the export lines, a token store of its own in the temporary folder, "
+                    "and the login. Its authorize page approves at once; without a browser, "
+                    "finish a login with: curl -sSL 'THE-URL-THE-LOGIN-PRINTS'.")
     emulator.add_argument("--port", type=int, default=8000,
                           help="port on 127.0.0.1 (default 8000; 0: any free port)")
     emulator.add_argument("--access-ttl", type=_positive_float, default=7200.0,
                           metavar="SECONDS", help="access token lifetime (default 7200, X's)")
+    callbacks = emulator.add_mutually_exclusive_group()
+    callbacks.add_argument("--redirect-uri", action="append", metavar="URL",
+                           dest="redirect_uris",
+                           help="a callback URL to register, repeatable; the login's default "
+                                f"{DEFAULT_REDIRECT_URI} is always registered. As at X, the "
+                                "authorize page refuses any other, exactly: another port, "
+                                "localhost for 127.0.0.1. The first one given is the one "
+                                "printed for the login")
+    callbacks.add_argument("--any-loopback-redirect", action="store_true",
+                           help="accept any http callback URL on this machine, as X does not")
     emulator.set_defaults(run=run_emulator)
 
     demo = commands.add_parser(

@@ -1,8 +1,9 @@
 """Serve an :class:`~refresher.testing.XEmulator` until Ctrl-C or SIGTERM.
 
-``python -m refresher.testing [--host 127.0.0.1] [--port 0] [--access-ttl 7200]`` prints one
-line of JSON with the URLs and client credentials first, so that a parent process can read
-it, then logs requests to stderr.
+``python -m refresher.testing [--host 127.0.0.1] [--port 0] [--access-ttl 7200]
+[--redirect-uri URL]... [--any-loopback-redirect]`` prints one line of JSON with the URLs,
+client ids and registered callback URLs (``redirect_uris``; ``null``: any loopback one)
+first, so that a parent process can read it, then logs requests to stderr.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from refresher.testing import DEFAULT_CLIENT_ID, DEFAULT_CONFIDENTIAL_CLIENT_ID, XEmulator
-from refresher.testing.serve import serve
+from refresher.testing.serve import add_redirect_options, registered_redirect_uris, serve
 
 log = logging.getLogger("refresher.testing")
 
@@ -32,13 +33,14 @@ def _parser() -> argparse.ArgumentParser:
                         help="lifetime of authorization codes in seconds")
     parser.add_argument("--invalidate-access-on-refresh", action="store_true",
                         help="a refresh also kills the previous access token")
+    add_redirect_options(parser)
     parser.add_argument("--log-level", default="DEBUG",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="DEBUG shows every request")
     return parser
 
 
-def _announce(emulator: XEmulator) -> None:
+def _announce(emulator: XEmulator, redirect_uris: list[str] | None) -> None:
     """One line of JSON on stdout, for a parent process to read; then the log on stderr."""
     endpoints = {
         "url": emulator.url,
@@ -48,6 +50,7 @@ def _announce(emulator: XEmulator) -> None:
         "api_url": emulator.api_url,
         "client_id": DEFAULT_CLIENT_ID,
         "confidential_client_id": DEFAULT_CONFIDENTIAL_CLIENT_ID,
+        "redirect_uris": redirect_uris,
     }
     sys.stdout.write(json.dumps(endpoints) + "\n")
     sys.stdout.flush()
@@ -62,14 +65,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    redirect_uris = registered_redirect_uris(args.redirect_uris, args.any_loopback_redirect)
     emulator = XEmulator(
         host=args.host,
         port=args.port,
         access_ttl=args.access_ttl,
         code_ttl=args.code_ttl,
         invalidate_access_on_refresh=args.invalidate_access_on_refresh,
+        redirect_uris=redirect_uris,
     )
-    serve(emulator, _announce)
+    serve(emulator, lambda x: _announce(x, redirect_uris))
     return 0
 
 
