@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
+from typing import TypeVar
 
 from refresher.testing.emulator._messages import (
     PROBLEM,
@@ -47,15 +48,16 @@ _RATE_LIMIT = 75
 _RATE_WINDOW = 15 * 60.0
 _ECHO_TEXT_LIMIT = 64 * 1024
 
-_Handler = Callable[["ApiEndpoints", Request], Response]
-_BearerHandler = Callable[["ApiEndpoints", Request, AccessRecord], Response]
+_Side = TypeVar("_Side", bound=EmulatorState)
 
 
-def with_bearer(handler: _BearerHandler) -> _Handler:
+def with_bearer(
+    handler: Callable[[_Side, Request, AccessRecord], Response],
+) -> Callable[[_Side, Request], Response]:
     """Answer 401 unless the request carries a live access token, else call ``handler``."""
 
     @functools.wraps(handler)
-    def guarded(endpoints: ApiEndpoints, request: Request) -> Response:
+    def guarded(endpoints: _Side, request: Request) -> Response:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         access = endpoints._live_access(token.strip()) if scheme.lower() == "bearer" else None
         if access is None:

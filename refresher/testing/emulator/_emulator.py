@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from refresher.clock import SYSTEM_CLOCK, Clock
 from refresher.testing.emulator._api import FORBIDDEN_PREFIX, ApiEndpoints
 from refresher.testing.emulator._controls import EmulatorControls
+from refresher.testing.emulator._media import MediaEndpoints
 from refresher.testing.emulator._messages import Request, Response, json_answer, problem
 from refresher.testing.emulator._oauth import OAuthEndpoints
 from refresher.testing.emulator._server import Server
@@ -19,7 +20,7 @@ from refresher.testing.emulator._stats import EmulatorStats
 logger = logging.getLogger("refresher.testing")
 
 
-class XEmulator(EmulatorControls, OAuthEndpoints, ApiEndpoints):
+class XEmulator(EmulatorControls, OAuthEndpoints, ApiEndpoints, MediaEndpoints):
     """A local stand-in for X's OAuth 2.0 and API v2 endpoints, served over loopback HTTP.
 
     Point a client's token, authorize, revoke and API URLs at the emulator's
@@ -43,7 +44,8 @@ class XEmulator(EmulatorControls, OAuthEndpoints, ApiEndpoints):
     are not limited). ``access_ttl``, ``token_delay``, ``token_trickle``, ``auto_approve``,
     ``invalidate_access_on_refresh`` and ``enforce_rate_limits`` may be changed while the
     emulator runs. ``/2/emulator/unauthorized`` answers 401 to every token, as X has been
-    seen to do to valid ones.
+    seen to do to valid ones. ``POST /2/media/upload`` takes X's chunked upload (INIT,
+    APPEND, FINALIZE; see ``_media``), and :meth:`media_appends` shows the chunks it got.
 
     ``clock`` (a :class:`refresher.clock.Clock`, the system clock by default) is what the
     emulator reads the time from: token and code expiry, issue times, rate-limit windows.
@@ -232,6 +234,7 @@ _ROUTES: dict[str, _Route] = {
     "/2/oauth2/revoke": _Route(XEmulator._revoke, _POST),
     "/2/users/me": _Route(XEmulator._users_me, _GET),
     "/2/tweets": _Route(XEmulator._create_tweet, _POST),
+    "/2/media/upload": _Route(XEmulator._media_upload, _POST),
     "/2/emulator/echo": _Route(XEmulator._echo, None),
     FORBIDDEN_PREFIX: _Route(XEmulator._forbidden_kind, _GET),
     "/2/emulator/redirect": _Route(XEmulator._redirect_to, _GET),

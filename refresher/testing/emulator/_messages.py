@@ -3,6 +3,8 @@ the shapes of X's answers: JSON, problem+json, OAuth errors, redirects and error
 
 from __future__ import annotations
 
+import email.message
+import email.utils
 import json
 import urllib.parse
 from collections.abc import Iterable, Mapping
@@ -39,6 +41,13 @@ class Request:
         """The form-encoded body's parameters (the first value of each)."""
         return _first_values(self.body.decode("utf-8", "replace"))
 
+    def multipart(self) -> dict[str, bytes] | None:
+        """A ``multipart/form-data`` body's fields by name (the first of each), their bytes
+        exactly as sent; ``None`` when the body is not well-formed multipart."""
+        if self.content_type != "multipart/form-data":
+            return None
+        return _multipart_fields(self.headers.get("content-type", ""), self.body)
+
 
 @dataclass
 class Response:
@@ -53,6 +62,38 @@ class Response:
 
 def _first_values(query: str) -> dict[str, str]:
     return {k: v[0] for k, v in urllib.parse.parse_qs(query, keep_blank_values=True).items()}
+
+
+def _multipart_fields(content_type: str, body: bytes) -> dict[str, bytes] | None:
+    # RFC 7578 / RFC 2046: parts sit between CRLF "--" boundary lines; a part's bytes are
+    # never searched for anything else, so binary content comes back exactly as sent.
+    boundary = _header_param("content-type", content_type, "boundary")
+    if not boundary:
+        return None
+    parts = (b"\r\n" + body).split(b"\r\n--" + boundary.encode("latin-1"))
+    if len(parts) < 3 or not parts[-1].startswith(b"--"):
+        return None  # no part, or no closing delimiter
+    fields: dict[str, bytes] = {}
+    for part in parts[1:-1]:
+        head, blank, content = part.partition(b"\r\n\r\n")
+        if not blank:
+            return None
+        name = None
+        for line in head.split(b"\r\n")[1:]:  # the first is what follows the boundary
+            header, _, value = line.decode("latin-1").partition(":")
+            if header.strip().lower() == "content-disposition":
+                name = _header_param("content-disposition", value.strip(), "name")
+        if name is None:
+            return None
+        fields.setdefault(name, content)
+    return fields
+
+
+def _header_param(header: str, value: str, param: str) -> str | None:
+    message = email.message.Message()
+    message[header] = value
+    found = message.get_param(param, header=header)
+    return email.utils.collapse_rfc2231_value(found) if found else None
 
 
 def json_answer(status: int, payload: Any, content_type: str = JSON) -> Response:
@@ -75,6 +116,16 @@ def unauthorized() -> Response:
 def forbidden(detail: str = "Forbidden") -> Response:
     """X's plain 403 (a token without the scopes, a duplicate tweet...)."""
     return problem(403, "Forbidden", detail)
+
+
+def invalid_parameter(name: str, value: str, message: str) -> Response:
+    """X's 400 problem for a bad or missing API parameter."""
+    return json_answer(400, {
+        "errors": [{"parameters": {name: [value]}, "message": message}],
+        "title": "Invalid Request",
+        "detail": "One or more parameters to your request was invalid.",
+        "type": "https://api.twitter.com/2/problems/invalid-request",
+    }, PROBLEM)
 
 
 def missing_scopes(missing: Iterable[str], held: Iterable[str]) -> Response:

@@ -1,5 +1,6 @@
 """What an emulator remembers: its apps and users, the codes and tokens it issued, the
-tweets posted, the rate-limit windows and the faults queued for the token endpoint.
+tweets posted, the media uploaded, the rate-limit windows and the faults queued for the token
+endpoint.
 
 :class:`EmulatorState` is the base of every side of :class:`XEmulator` (OAuth, API, test
 controls): they all read and write these records under its one lock, and read the time
@@ -12,7 +13,7 @@ import base64
 import secrets
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from refresher.clock import Clock
@@ -77,6 +78,23 @@ class RefreshRecord:
     revoked: bool = False
 
 
+@dataclass
+class MediaRecord:
+    """A media upload: whose, what was announced (INIT), what arrived (APPEND).
+
+    ``appends`` holds every accepted APPEND as ``(segment_index, bytes)``, in arrival order,
+    so that a test sees a chunk that came twice; the media is made of the last chunk of each
+    segment index.
+    """
+
+    user_id: str
+    media_type: str
+    total_bytes: int
+    expires_at: float
+    appends: list[tuple[int, bytes]] = field(default_factory=list)
+    finalized: bool = False
+
+
 class EmulatorState:
     """The records behind an :class:`XEmulator`, the lock that guards them, its counts, and
     the clock that every expiry, issue time and rate-limit window is read from."""
@@ -114,6 +132,8 @@ class EmulatorState:
         self._faults: list[Response] = []
         self._counts = Counters()
         self._next_tweet_id = 1_800_000_000_000_000_000
+        self._media: dict[str, MediaRecord] = {}
+        self._next_media_id = 1_900_000_000_000_000_000
 
     def _new_token(self, kind: str) -> str:
         # Shaped like X's tokens: base64 of "random:millis:1:0:kind:1".
