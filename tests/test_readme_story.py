@@ -140,6 +140,12 @@ def test_the_emulators_printed_lines_then_every_readme_command_share_one_store(e
     assert "No browser could be opened" in login.stderr
     assert f"Saved as account 'alice' in {store}." in login.stdout
 
+    # The cron recipe's job, run from that shell: it finds the account by the exports alone.
+    cron_job = Path(env["HOME"]) / "cron_job.py"
+    cron_job.write_text(readme_block("cd /srv/bot && .venv/bin/python cron_job.py\n"))
+    ran = bash(env, *exports, f"python {cron_job}")
+    assert ran.returncode == 0, ran.stderr
+
     done = {}
     for line in readme_block("in the same shell, every command and recipe below").splitlines():
         done[line.split("#")[0].strip()] = ran = bash(env, *exports, line)
@@ -154,6 +160,7 @@ def test_the_emulators_printed_lines_then_every_readme_command_share_one_store(e
     assert JSONTokenStore(store).accounts() == []
     assert not (Path(env["HOME"]) / ".config").exists()  # the default store: never touched
     stats = emulator.stats()
+    assert stats["api_requests"] >= 30 and stats["unauthorized"] == 0
     assert stats["refreshes"] >= 1 and stats["reused_refresh_tokens"] == 0
 
 
