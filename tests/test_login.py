@@ -288,7 +288,7 @@ def test_exchange_checks_state_and_spends_the_code_once(x_emulator):
 def test_exchange_with_the_wrong_verifier_fails(x_emulator):
     flow = _flow(x_emulator, redirect_uri="http://127.0.0.1:5000/callback")
     link, other = flow.authorization_url(), flow.authorization_url()
-    with pytest.raises(LoginError, match="authorization code was invalid"):
+    with pytest.raises(LoginError, match="code verifier did not match"):
         flow.exchange(_redirect_back(link), state=link.state,
                       code_verifier=other.code_verifier)
     assert x_emulator.stats.exchanges == 0
