@@ -1,5 +1,6 @@
 """JSONTokenStore: atomic writes, mode 0600, corrupt files reported and left alone, an OS
-lock that a killed holder releases, LockTimeout when it is held too long."""
+lock that a killed holder releases, LockTimeout when it is held too long. (Many accounts and
+their locks: test_jsonfile_accounts.py; faults from outside: test_jsonfile_faults.py.)"""
 
 from __future__ import annotations
 
@@ -50,6 +51,8 @@ def test_files_are_created_mode_0600_and_a_missing_folder_0700(tmp_path) -> None
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert stat.S_IMODE(store.lock_path.stat().st_mode) & 0o077 == 0
+    assert stat.S_IMODE(store.locks_folder.stat().st_mode) == 0o700  # the accounts' locks
+    assert stat.S_IMODE(store.account_lock_path("alice").stat().st_mode) == 0o600
     store.save("alice", TOKEN)  # a rewrite stays 0600
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
@@ -57,8 +60,11 @@ def test_files_are_created_mode_0600_and_a_missing_folder_0700(tmp_path) -> None
 def test_no_temporary_files_are_left_behind(tmp_path) -> None:
     store = JSONTokenStore(tmp_path / "tokens.json")
     for i in range(20):
-        store.save(f"acct{i % 3}", TOKEN)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tokens.json", "tokens.json.lock"]
+        with store.lock(f"acct{i % 3}"):
+            store.save(f"acct{i % 3}", TOKEN)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "tokens.json", "tokens.json.lock", "tokens.json.locks"]
+    assert len(list(store.locks_folder.iterdir())) == 3  # one lock file per account
 
 
 @pytest.mark.parametrize("content", ["{not json", "[1, 2, 3]", '{"accounts": 5}', ""])

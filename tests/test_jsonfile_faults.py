@@ -1,5 +1,6 @@
 """JSONTokenStore under faults from outside: a symlinked store, temp files left by a writer
-killed mid-write, a lock file deleted or replaced while it is held."""
+killed mid-write, a lock file (an account's, or the file lock) deleted or replaced while it
+is held."""
 
 from __future__ import annotations
 
@@ -95,9 +96,11 @@ def test_saving_through_a_symlink_keeps_the_link_and_writes_the_target(tmp_path)
     assert _document(target)["accounts"]["a"]["token"] == NEW  # the pair is where the link points
     assert JSONTokenStore(target).load("a") == NEW  # a program using the real path sees it
     assert store.lock_path == real_folder / "tokens.json.lock"
+    assert store.account_lock_path("a").parent == real_folder / "tokens.json.locks"
     # temp files were made (and removed) beside the target; nothing beside the link but it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["real", "tokens.json"]
-    assert sorted(p.name for p in real_folder.iterdir()) == ["tokens.json", "tokens.json.lock"]
+    assert sorted(p.name for p in real_folder.iterdir()) == [
+        "tokens.json", "tokens.json.lock", "tokens.json.locks"]
     assert str(link) in repr(store)
 
 
@@ -110,6 +113,9 @@ def test_a_dangling_symlink_is_created_where_it_points(tmp_path) -> None:
     assert link.is_symlink()
     assert _document(target)["accounts"]["a"]["token"] == NEW
     assert store.lock_path == target.parent / "tokens.json.lock"
+    with store.lock("a"):
+        assert store.account_lock_path("a").parent == target.parent / "tokens.json.locks"
+        assert store.account_lock_path("a").exists()
 
 
 @pytest.mark.integration
@@ -119,6 +125,8 @@ def test_the_link_and_the_real_path_share_one_lock(tmp_path) -> None:
     link = tmp_path / "link.json"
     link.symlink_to(target)
     assert JSONTokenStore(link).lock_path == JSONTokenStore(target).lock_path
+    assert JSONTokenStore(link).account_lock_path("a") == \
+        JSONTokenStore(target).account_lock_path("a")
 
     with _Holder(link):  # another process holds the lock through the link...
         with pytest.raises(LockTimeout) as raised:  # ...which blocks us on the real path
@@ -258,7 +266,8 @@ def test_temp_files_of_other_stores_in_the_folder_are_not_touched(tmp_path) -> N
     assert all(other.exists() for other in others)
 
 
-def test_the_leftover_scan_is_one_listdir_per_outermost_acquisition(tmp_path, monkeypatch):
+def test_the_leftover_scan_is_one_listdir_per_lock_or_write_and_none_per_read(
+        tmp_path, monkeypatch) -> None:
     path = tmp_path / "tokens.json"
     store = JSONTokenStore(path)
     store.save("a", OLD)
@@ -271,14 +280,42 @@ def test_the_leftover_scan_is_one_listdir_per_outermost_acquisition(tmp_path, mo
         return real_listdir(folder)
 
     monkeypatch.setattr(os, "listdir", counting_listdir)
-    with store.lock("a"):
-        with JSONTokenStore(path).lock("b"):  # re-entrant: shares the held lock
-            store.save("a", NEW)
+    with store.lock("a"):  # an outermost lock of an account: one look for leftovers
+        assert len(listed) == 1
+        with JSONTokenStore(path).lock("a"):  # re-entrant: shares the held lock, no look
+            assert store.load("a") == OLD and store.load_metadata("a") == \
+                {"updated_at": _document(path)["accounts"]["a"]["updated_at"]}
+            store.accounts()
+            assert len(listed) == 1  # reads never look
+            store.save("a", NEW)  # each write takes the file lock: one scan
             store.save_metadata("a", {"client_id": "cid"})
+        assert len(listed) == 3
+    with store.lock("b"):
+        pass
+    assert len(listed) == 4
+
+
+def test_a_lock_takes_the_file_lock_only_to_adopt_leftovers(tmp_path) -> None:
+    """Without temp files beside the store, lock(account) leaves the file lock alone, so it
+    never waits for another account's write; with one, it adopts under the file lock."""
+    path = tmp_path / "tokens.json"
+    store = JSONTokenStore(path)
+    store.save("a", OLD)
+    file_lock = filelock.FileLock(str(store.lock_path), is_singleton=False)
+    file_lock.acquire()  # a writer of another account, mid-write (another fd: another holder)
+    try:
+        with store.lock("a", timeout=0.2):
+            assert store.load("a") == OLD
+        _leftover(path, {"a": {"token": NEW, "updated_at": 1e12}})
+        with pytest.raises(LockTimeout, match=r"tokens\.json\.lock\b"):
+            with store.lock("a", timeout=0.2):  # must adopt first: waits for the file lock
+                pass
+        assert not store._lock_object().is_locked
+    finally:
+        file_lock.release()
+    with store.lock("a", timeout=5):
         assert store.load("a") == NEW
-    assert len(listed) == 1
-    store.save("a", OLD)  # a save outside a lock is an outermost acquisition of its own
-    assert len(listed) == 2
+    assert _temps(tmp_path) == []
 
 
 # -- 3. the lock file deleted or replaced while held ---------------------------------------
@@ -316,15 +353,16 @@ def test_verify_lock_raises_when_the_lock_is_not_held(tmp_path) -> None:
 def test_verify_lock_raises_when_the_lock_file_goes_while_held(tmp_path, how) -> None:
     path = tmp_path / "tokens.json"
     store = JSONTokenStore(path)
+    lock_path = store.account_lock_path("a")
     with store.lock("a"):
         store.save("a", OLD)
-        _clean_up(store.lock_path, how)
+        _clean_up(lock_path, how)
         # the hazard: another process now locks a new file at the path, while we hold ours
         assert _other_process_tries_the_lock(path) == "acquired"
         with pytest.raises(LockLost) as raised:
             store.verify_lock("a")
     message = str(raised.value)
-    assert str(store.lock_path) in message and "removed" in message
+    assert str(lock_path) in message and "removed" in message
     assert "nothing was spent" in message and "tmp cleaners" in message
     with store.lock("a"):  # taken again: on the file now at the path, which keeps others out
         store.verify_lock("a")
@@ -359,7 +397,7 @@ def test_a_holder_whose_lock_file_was_deleted_learns_it_before_spending(tmp_path
         holder.stdin.flush()
         assert holder.stdout.readline().strip() == "ok"
         store = JSONTokenStore(path)
-        os.unlink(store.lock_path)  # a tmp cleaner
+        os.unlink(store.account_lock_path("a"))  # a tmp cleaner
         with store.lock("a", timeout=5):  # we get a lock too, on a new file...
             store.verify_lock("a")  # ...which is the current one: ours is good
             holder.stdin.write("check\n")
@@ -373,46 +411,88 @@ def test_a_holder_whose_lock_file_was_deleted_learns_it_before_spending(tmp_path
         holder.wait()
 
 
-@pytest.mark.parametrize("how", ["deleted", "moved aside", "replaced"])
-def test_a_lock_won_on_an_orphaned_lock_file_is_taken_again_on_the_current_one(
-        tmp_path, monkeypatch, caplog, how) -> None:
-    """A waiter can win the flock of a file it opened just before a cleaner removed it; the
-    cleaner is run right after filelock's own acquisition, where that race would put it."""
-    path = tmp_path / "tokens.json"
-    store = JSONTokenStore(path)
-    store.save("a", OLD)
+def _cleaner_after_acquiring(monkeypatch, lock_path, how, *, every_time=False) -> list:
+    """Run the cleaner on ``lock_path`` right after filelock's own acquisition of it, where
+    the race (a waiter winning the flock of a file it opened just before a cleaner removed
+    it) would put it: once, or at every acquisition. Returns the list of cleanings."""
     real_acquire = filelock.FileLock._acquire
-    orphaned = []
+    cleaned = []
 
     def acquire_then_the_cleaner_runs(lock) -> None:
         real_acquire(lock)
-        if lock.is_locked and not orphaned and lock.lock_file == str(store.lock_path):
-            orphaned.append(how)
-            _clean_up(store.lock_path, how)
+        if (lock.is_locked and (every_time or not cleaned)
+                and lock.lock_file == str(lock_path)):
+            cleaned.append(how)
+            _clean_up(lock_path, how)
 
     monkeypatch.setattr(filelock.FileLock, "_acquire", acquire_then_the_cleaner_runs)
+    return cleaned
+
+
+@pytest.mark.parametrize("how", ["deleted", "moved aside", "replaced"])
+def test_an_account_lock_won_on_an_orphaned_lock_file_is_taken_again_on_the_current_one(
+        tmp_path, monkeypatch, caplog, how) -> None:
+    path = tmp_path / "tokens.json"
+    store = JSONTokenStore(path)
+    store.save("a", OLD)
+    lock_path = store.account_lock_path("a")
+    cleaned = _cleaner_after_acquiring(monkeypatch, lock_path, how)
     with caplog.at_level("WARNING", logger="refresher.stores.jsonfile"):
         with store.lock("a", timeout=5):
-            assert orphaned == [how]
+            assert cleaned == [how]
             store.verify_lock("a")  # the lock is on the file now at the path...
             assert _other_process_tries_the_lock(path) == "timed out"  # ...so others wait
             store.save("a", NEW)
     assert store.load("a") == NEW
-    assert any(str(store.lock_path) in r.getMessage() and "removed or replaced" in r.getMessage()
+    assert any(str(lock_path) in r.getMessage() and "removed or replaced" in r.getMessage()
                for r in caplog.records)
 
 
-def test_a_lock_file_removed_at_every_acquisition_ends_in_lock_timeout(tmp_path, monkeypatch):
-    store = JSONTokenStore(tmp_path / "tokens.json")
-    real_acquire = filelock.FileLock._acquire
+@pytest.mark.parametrize("how", ["deleted", "moved aside", "replaced"])
+def test_a_file_lock_won_on_an_orphaned_lock_file_is_taken_again_on_the_current_one(
+        tmp_path, monkeypatch, caplog, how) -> None:
+    path = tmp_path / "tokens.json"
+    store = JSONTokenStore(path)
+    store.save("a", OLD)
+    cleaned = _cleaner_after_acquiring(monkeypatch, store.lock_path, how)
+    with caplog.at_level("WARNING", logger="refresher.stores.jsonfile"):
+        store.save("a", NEW)  # the write goes on, under the lock on the current file
+    assert cleaned == [how]
+    assert store.load("a") == NEW
+    assert any(str(store.lock_path) in r.getMessage()
+               and "removed or replaced" in r.getMessage() for r in caplog.records)
 
-    def acquire_then_the_cleaner_runs(lock) -> None:
-        real_acquire(lock)
-        if lock.is_locked and lock.lock_file == str(store.lock_path):
-            os.unlink(store.lock_path)
 
-    monkeypatch.setattr(filelock.FileLock, "_acquire", acquire_then_the_cleaner_runs)
+@pytest.mark.parametrize("which", ["account", "file"])
+def test_a_lock_file_removed_at_every_acquisition_ends_in_lock_timeout(tmp_path, monkeypatch,
+                                                                      which) -> None:
+    path = tmp_path / "tokens.json"
+    store = JSONTokenStore(path)
+    store.save("a", OLD)
+    if which == "file":
+        _leftover(path, {})  # lock("a") must take the file lock, to deal with it
+    lock_path = store.account_lock_path("a") if which == "account" else store.lock_path
+    _cleaner_after_acquiring(monkeypatch, lock_path, "deleted", every_time=True)
     with pytest.raises(LockTimeout, match="kept being removed"):
         with store.lock("a", timeout=0.3):
             pass
     assert not store._lock_object().is_locked  # released, not leaked
+    monkeypatch.undo()
+    assert _other_process_tries_the_lock(path) == "acquired"  # the account's lock too
+
+
+def test_a_write_whose_file_lock_was_removed_meanwhile_writes_nothing(tmp_path) -> None:
+    """The file lock's file deleted while a write holds it: another writer may be holding a
+    new one, so the write is refused before its rename, and the old file stays."""
+    path = tmp_path / "tokens.json"
+    store = JSONTokenStore(path)
+    store.save("a", OLD)
+    before = path.read_bytes()
+    with store._file_held():  # a write in progress...
+        os.unlink(store.lock_path)  # ...when a tmp cleaner strikes
+        with pytest.raises(refresher.TokenStoreError, match="removed .* during a write"):
+            store.save("a", NEW)
+    assert path.read_bytes() == before
+    assert _temps(tmp_path) == []
+    store.save("a", NEW)  # on a lock file in place, writes go on
+    assert store.load("a") == NEW

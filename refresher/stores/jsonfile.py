@@ -6,9 +6,10 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,8 @@ import filelock
 from ..errors import StaleTokenError, TokenStoreError
 from ..token import Token
 from .base import TokenStore, Versioned, content_version, overrides
-from .jsonfile_leftovers import TEMP_SUFFIX, recover_leftovers, temp_prefix
-from .jsonfile_lock import acquire_current_lock_file, acquire_lock, check_lock_file
+from .jsonfile_leftovers import TEMP_SUFFIX, find_leftovers, recover_leftovers, temp_prefix
+from .jsonfile_lock import account_lock_name, check_lock_file, check_write_lock, held, os_lock
 
 __all__ = ["JSONTokenStore"]
 
@@ -26,14 +27,24 @@ __all__ = ["JSONTokenStore"]
 log = logging.getLogger(__name__)
 
 _FORMAT = "refresher/1"
-# The lock is polled; short polls keep the wait of the processes queued behind a refresh
-# close to the refresh's own round trip.
-_LOCK_POLL_INTERVAL = 0.002
 
 
 class JSONTokenStore(TokenStore):
-    """One JSON file holding many accounts, guarded by an OS file lock at ``path + ".lock"``
-    (``path`` with symlinks resolved).
+    """One JSON file holding many accounts, shared by the processes of one machine, with a
+    lock per account: refreshes of different accounts run side by side.
+
+    Two kinds of lock live beside the file (``real_path``: ``path``, symlinks resolved),
+    both :mod:`filelock` OS locks (a process that dies holding one releases it), both
+    re-entrant within a thread; the order is always account lock, then file lock:
+
+    - ``lock(account)``, the account's refresh lock: its own file in the folder
+      ``real_path + ".locks"`` (mode 0700), named by the SHA-256 of the account name (any
+      string is a safe name), mode 0600. The coordinator holds it across the token call;
+      it keeps out whoever refreshes the *same* account, and nobody else.
+    - The file lock, ``real_path + ".lock"``: every save, metadata write and delete holds
+      it for its read-modify-write only (one parse, one dump, fsync, rename).
+
+    Reads take no lock (a rename is atomic, so a reader sees the old file or the new one).
 
     Writes are atomic: a temporary file in the same folder is written, fsynced and moved
     over the old one with :func:`os.replace`, so a process killed at any moment leaves the
@@ -41,34 +52,36 @@ class JSONTokenStore(TokenStore):
     when refresher has to create it, 0700). A file that is not refresher's JSON raises
     :class:`~refresher.TokenStoreError` naming it, and is never overwritten.
 
-    The lock is :mod:`filelock`'s OS lock: a process that dies holding it releases it. It
-    covers the whole file, so refreshes of different accounts in one file take turns.
-
     A writer killed mid-write (``kill -9``, power loss) can leave its temporary file,
-    ``.{name}.*.tmp``, beside the store. Since writers only write under the lock, whoever
-    next takes the lock (outermost acquisition) treats every such file as a leftover: one
+    ``.{name}.*.tmp``, beside the store. Since writers only write under the file lock,
+    whoever next takes it (outermost acquisition) treats every such file as a leftover: one
     that is a complete refresher document holding, for an account, an entry newer than the
     stored one (by ``updated_at``) or an account the store lacks, with a refresh token, is
     adopted (that entry is written into the store, with a warning naming the file), since it
     may be the only copy of a pair the dead writer had already been granted; then every
-    leftover is removed. When the store itself is corrupt, leftovers are kept for a person.
+    leftover is removed. ``lock(account)`` looks for temporary files (one listdir) and, if
+    it sees one, takes the file lock to deal with it before it returns, so what is read
+    under an account's lock is never older than a leftover. When the store itself is
+    corrupt, leftovers are kept for a person.
 
-    The lock file must stay where it is while held: :mod:`filelock` locks an inode, so if a
-    tmp cleaner deletes (or something replaces) the lock file, a newcomer creates a new one
-    and locks that, and two processes "hold" the lock. Two checks narrow this: on each
-    outermost acquisition the store checks that the lock path still names the inode it
-    locked (if not, it releases and locks the current file, within the same timeout); and
-    :meth:`verify_lock`, which the coordinator calls right before it spends a refresh token,
-    raises :class:`~refresher.LockLost` (nothing spent) when the lock file was removed or
-    replaced while held. What remains unprotected: from the moment the file is removed until
-    the holder's next check, the holder and a newcomer each hold a lock on a different
-    inode, so writes of theirs that need no refresh token (saves, metadata) can interleave.
+    Lock files must stay where they are while held: :mod:`filelock` locks an inode, so if a
+    tmp cleaner deletes (or something replaces) one, a newcomer creates a new one and locks
+    that, and two processes "hold" the lock. Each outermost acquisition checks that the
+    path still names the inode it locked (if not, it locks the current file, within the
+    same timeout); :meth:`verify_lock`, which the coordinator calls right before it spends a
+    refresh token, raises :class:`~refresher.LockLost` (nothing spent) when the account's
+    lock file was removed or replaced while held; and a write refuses to rename
+    (:class:`~refresher.TokenStoreError`, nothing written) when the file lock's file was.
     Keep the store out of folders that tmp cleaners sweep (``/tmp``, ``/var/tmp``).
 
+    Account lock files are never removed, not even by :meth:`delete` (another process may
+    hold one, or be opening it): one empty file per account ever locked. Remove the
+    ``.locks`` folder by hand only while no process uses the store.
+
     A ``path`` that is a symlink stays one: the store works on the link's target (resolved
-    once, when the store is made), writes its temporary files beside the target and locks
-    ``target + ".lock"``, so a program using the link and one using the real path share
-    the file and the lock. Messages name the path as given.
+    once, when the store is made), and keeps its temporary files and locks beside the
+    target, so a program using the link and one using the real path share the file and the
+    locks. Messages name the path as given.
 
     >>> store = JSONTokenStore("~/.config/refresher/tokens.json")  # doctest: +SKIP
     >>> session = RefreshingSession("my-client-id", store=store, account="alice")  # doctest: +SKIP
@@ -78,11 +91,15 @@ class JSONTokenStore(TokenStore):
         #: The path as the user gave it (absolute): what messages and ``repr`` name.
         self.path = Path(os.path.expanduser(os.fspath(path))).absolute()
         #: Where the file really is, symlinks resolved (a dangling link resolves to where its
-        #: target will be). Reads, writes, temp files and the lock all use this path, so a
-        #: program using the link and one using the real path share one file and one lock.
+        #: target will be). Reads, writes, temp files and the locks all use this path, so a
+        #: program using the link and one using the real path share one file and its locks.
         self.real_path = Path(os.path.realpath(self.path))
+        #: The file lock: held for each read-modify-write of the file, never across a refresh.
         self.lock_path = Path(str(self.real_path) + ".lock")
+        #: The folder of the per-account refresh locks (see :meth:`account_lock_path`).
+        self.locks_folder = Path(str(self.real_path) + ".locks")
         self._file_lock: filelock.FileLock | None = None
+        self._thread = _ThreadState()
 
     def __repr__(self) -> str:
         return f"JSONTokenStore({str(self.path)!r})"
@@ -94,10 +111,14 @@ class JSONTokenStore(TokenStore):
             return str(self.path)
         return f"{self.path} (really {self.real_path})"
 
+    def account_lock_path(self, account: str) -> Path:
+        """The file that ``lock(account)`` locks."""
+        return self.locks_folder / account_lock_name(account)
+
     # -- reading -------------------------------------------------------------------------
 
     def _read(self) -> dict[str, Any]:
-        """The whole document; an empty one when the file does not exist yet."""
+        """The whole document (one parse); an empty one when the file does not exist yet."""
         try:
             with open(self.real_path, encoding="utf-8") as handle:
                 text = handle.read()
@@ -171,7 +192,7 @@ class JSONTokenStore(TokenStore):
         account's version is no longer ``expected_version`` (checked under the file lock)."""
         if overrides(self, "load", JSONTokenStore) or overrides(self, "save", JSONTokenStore):
             return TokenStore.save_versioned(self, account, token, expected_version)
-        with self._held():
+        with self._file_held():
             document = self._read()
             entry = document["accounts"].setdefault(account, {})
             stored = entry.get("token")
@@ -188,18 +209,19 @@ class JSONTokenStore(TokenStore):
             return str(entry["version"])
 
     def save_metadata(self, account: str, metadata: dict[str, Any]) -> None:
-        with self._held():
+        with self._file_held():
             document = self._read()
             document["accounts"].setdefault(account, {})["metadata"] = dict(metadata)
             self._write(document)
 
     def delete(self, account: str) -> None:
-        with self._held():
+        with self._file_held():
             document = self._read()
             if document["accounts"].pop(account, None) is not None:
                 self._write(document)
 
     def _write(self, document: dict[str, Any]) -> None:
+        """Replace the file with ``document``, atomically. Call under the file lock."""
         document["format"] = _FORMAT
         data = json.dumps(document, indent=2, sort_keys=True).encode("utf-8")
         folder = self.real_path.parent
@@ -215,12 +237,14 @@ class JSONTokenStore(TokenStore):
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
+            # Another writer may hold a new lock file if ours was removed: don't rename then.
+            check_write_lock(self._lock_object(), self.lock_path, self._where)
             os.replace(tmp, self.real_path)
-        except OSError as exc:
-            try:
+        except (OSError, TokenStoreError) as exc:
+            with suppress(OSError):
                 os.unlink(tmp)
-            except OSError:
-                pass
+            if isinstance(exc, TokenStoreError):
+                raise
             raise TokenStoreError(
                 f"cannot write token store {self._where}: {exc.strerror}; the old file is intact"
             ) from None
@@ -238,45 +262,88 @@ class JSONTokenStore(TokenStore):
                     f"cannot create the folder of token store {self._where}: {exc.strerror}"
                 ) from None
 
+    def _ensure_locks_folder(self) -> None:
+        """Create the per-account locks' folder, mode 0700, unless it exists (one mkdir)."""
+        try:
+            os.mkdir(self.locks_folder, 0o700)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            self._ensure_folder()
+            self.locks_folder.mkdir(mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise TokenStoreError(
+                f"cannot create the lock folder {self.locks_folder} of token store "
+                f"{self._where}: {exc.strerror}"
+            ) from None
+
     def _lock_object(self) -> filelock.FileLock:
+        """The file lock (see the class docstring), shared by every store on this path."""
         if self._file_lock is None:
             self._ensure_folder()
-            # is_singleton: every store object on this path in this process shares one
-            # re-entrant lock, so a hook that saves through a second store cannot deadlock.
-            self._file_lock = filelock.FileLock(
-                str(self.lock_path), mode=0o600, is_singleton=True,
-                poll_interval=_LOCK_POLL_INTERVAL,
-            )
+            self._file_lock = os_lock(self.lock_path)
         return self._file_lock
 
     @contextmanager
-    def _held(self, timeout: float | None = None) -> Iterator[None]:
-        lock = self._lock_object()
-        outermost = not lock.is_locked  # per thread: filelock's holds are thread-local
-        if outermost:
-            acquire_current_lock_file(lock, self.lock_path, self._where, timeout)
-        else:
-            acquire_lock(lock, self.lock_path, self._where, timeout)  # re-entrant: only counts
-        try:
+    def _file_held(self, timeout: float | None = None,
+                   requested: float | None = None) -> Iterator[None]:
+        """The file lock, for a read-modify-write; its outermost acquisition adopts (or
+        removes) what writers that died left. Never take an account lock inside it."""
+        with held(self._lock_object(), self.lock_path, self._where, timeout,
+                  requested) as outermost:
             if outermost:
                 recover_leftovers(self.real_path, self._where, document_format=_FORMAT,
                                   read=self._read, write=self._write)
             yield
-        finally:
-            lock.release()
 
-    def lock(self, account: str, timeout: float | None = None) -> Any:
-        return self._held(timeout)
+    @contextmanager
+    def lock(self, account: str, timeout: float | None = None) -> Iterator[None]:
+        """Hold ``account``'s refresh lock (not the file lock: other accounts go on).
+
+        Raises :class:`~refresher.LockTimeout` when it is not had within ``timeout``
+        seconds (``None``: wait for ever). Re-entrant within a thread.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._ensure_locks_folder()
+        lock_path = self.account_lock_path(account)
+        lock = os_lock(lock_path)
+        with held(lock, lock_path, f"{self._where} (account {account!r})",
+                  timeout) as outermost:
+            if not outermost:
+                yield
+                return
+            if find_leftovers(self.real_path):  # a live writer's temp file, or a dead one's
+                log.debug("token store %s: a temporary file beside it; taking the file lock "
+                          "to adopt what it holds before account %r is read", self._where,
+                          account)
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                with self._file_held(remaining, requested=timeout):
+                    pass  # adopted what the dead left, before anyone reads under this lock
+            self._thread.holds[account] = lock
+            try:
+                yield
+            finally:
+                del self._thread.holds[account]
 
     def verify_lock(self, account: str) -> None:
-        """Raise :class:`~refresher.LockLost` unless this thread holds the lock on the lock
-        file that ``lock_path`` names now.
+        """Raise :class:`~refresher.LockLost` unless this thread holds ``account``'s lock on
+        the lock file that :meth:`account_lock_path` names now.
 
         A lock file deleted (by a tmp cleaner) or replaced while held no longer keeps others
         out: the next process creates a new one and locks it. The refresh token must not be
         spent then, since that process may be spending it too.
         """
-        check_lock_file(self._lock_object(), self.lock_path, self._where, account)
+        lock_path = self.account_lock_path(account)
+        lock = self._thread.holds.get(account) or os_lock(lock_path)
+        check_lock_file(lock, lock_path, self._where, account)
+
+
+class _ThreadState(threading.local):
+    """What one thread did through one store object."""
+
+    def __init__(self) -> None:
+        #: The locks of the accounts this thread locked (outermost) through this store.
+        self.holds: dict[str, filelock.FileLock] = {}
 
 
 def _counter(entry: dict[str, Any]) -> int:

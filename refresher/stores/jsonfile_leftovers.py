@@ -3,8 +3,10 @@
 A :class:`~refresher.stores.jsonfile.JSONTokenStore` writes a temporary file beside the
 store and renames it over the store. A writer killed between the two (``kill -9``, power
 loss) leaves its temporary file behind, and it may hold the only copy of a pair X had
-already granted. Writers only write under the store's lock, so whoever next takes the lock
-knows every such file is a leftover; :func:`recover_leftovers` is what it does with them.
+already granted. Writers only write under the store's file lock, so whoever next takes that
+lock knows every such file is a leftover; :func:`recover_leftovers` is what it does with them.
+An account's lock looks with :func:`find_leftovers` (no lock) and takes the file lock only
+when there is something to see.
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ def temp_prefix(real_path: Path) -> str:
 
 
 def find_leftovers(real_path: Path) -> list[Path]:
-    """The temporary files of the store at ``real_path``: one listdir. Call under the lock."""
+    """The temporary files of the store at ``real_path``: one listdir.
+
+    Under the file lock, every one is a leftover; without it, one may be a live writer's.
+    """
     folder = real_path.parent
     try:
         names = os.listdir(folder)
@@ -64,8 +69,8 @@ def recover_leftovers(
 
     ``where`` names the store in messages; ``read`` and ``write`` are the store's own (the
     whole document); a leftover counts only if it is a whole document of ``document_format``.
-    Called under the lock, on its outermost acquisition: no live writer has a temporary
-    file then, so each one found was left by a writer that died before its rename. When
+    Called under the file lock, on its outermost acquisition: no live writer has a
+    temporary file then, so each one found was left by a writer that died before its rename. When
     the store is unreadable, the leftovers are kept for a person to look at.
     """
     leftovers = find_leftovers(real_path)

@@ -1,30 +1,82 @@
-"""The JSON store's lock file: locked as it is at its path now, and checked that it still is.
+"""The JSON store's lock files: named, locked as they are at their path now, and checked
+that they still are.
 
-:mod:`filelock` locks an inode. If a tmp cleaner deletes the lock file (or something
-replaces it) while it is held, a newcomer creates a new one and locks that, and two
-processes "hold" the lock. :func:`acquire_current_lock_file` makes sure a lock just won is
-on the file the path names now; :func:`check_lock_file` tells, right before a refresh token
-is spent, whether it still is. :func:`acquire_lock` turns :mod:`filelock`'s failures into
-refresher's errors.
+A store has two kinds of lock file (see :class:`~refresher.stores.jsonfile.JSONTokenStore`):
+the file lock beside the store, and one lock per account in a sibling folder, named by
+:func:`account_lock_name`. :func:`os_lock` is the process's lock on either, :func:`held`
+holds one for a block.
+
+:mod:`filelock` locks an inode. If a tmp cleaner deletes a lock file (or something replaces
+it) while it is held, a newcomer creates a new one and locks that, and two processes "hold"
+the lock. :func:`acquire_current_lock_file` makes sure a lock just won is on the file the
+path names now; :func:`check_lock_file` tells, right before a refresh token is spent,
+whether it still is. :func:`acquire_lock` turns :mod:`filelock`'s failures into refresher's
+errors.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import filelock
 
 from ..errors import LockLost, LockTimeout, TokenStoreError
 
-__all__ = ["acquire_lock", "acquire_current_lock_file", "holds_current_lock_file",
-           "check_lock_file"]
+__all__ = ["account_lock_name", "os_lock", "held", "acquire_lock",
+           "acquire_current_lock_file", "holds_current_lock_file", "check_lock_file",
+           "check_write_lock"]
 
 # The store's own logger: these warnings are about the store, and keep the logger name they
 # have always had, so a logging setup for refresher.stores.jsonfile still covers them.
 log = logging.getLogger("refresher.stores.jsonfile")
+
+# Locks are polled; short polls keep the wait of the processes queued behind a refresh
+# close to the refresh's own round trip.
+_LOCK_POLL_INTERVAL = 0.002
+
+
+def account_lock_name(account: str) -> str:
+    """The file name of ``account``'s lock: the SHA-256 of its name, so that any string
+    (slashes, dots, 10,000 characters, the empty one) makes a safe name of fixed length."""
+    digest = hashlib.sha256(account.encode("utf-8", "surrogatepass")).hexdigest()
+    return digest + ".lock"
+
+
+def os_lock(path: Path) -> filelock.FileLock:
+    """The process's OS lock on the lock file ``path`` (created mode 0600 when missing).
+
+    ``is_singleton``: every store object on the same path in this process shares one
+    lock, re-entrant per thread, so a hook that saves through a second store object
+    cannot deadlock against the first.
+    """
+    return filelock.FileLock(str(path), mode=0o600, is_singleton=True,
+                             poll_interval=_LOCK_POLL_INTERVAL)
+
+
+@contextmanager
+def held(lock: filelock.FileLock, lock_path: Path, where: str, timeout: float | None,
+         requested: float | None = None) -> Iterator[bool]:
+    """Hold ``lock`` for the block; the block is given whether this is the thread's
+    outermost hold (a re-entrant one only counts, and checks nothing on disk).
+
+    The outermost acquisition is on the file ``lock_path`` names now
+    (:func:`acquire_current_lock_file`), within ``timeout`` seconds.
+    """
+    outermost = not lock.is_locked  # per thread: filelock's holds are thread-local
+    if outermost:
+        acquire_current_lock_file(lock, lock_path, where, timeout, requested)
+    else:
+        acquire_lock(lock, lock_path, where, timeout, requested)
+    try:
+        yield outermost
+    finally:
+        lock.release()
 
 
 def acquire_lock(lock: filelock.FileLock, lock_path: Path, where: str,
@@ -50,17 +102,20 @@ def acquire_lock(lock: filelock.FileLock, lock_path: Path, where: str,
 
 
 def acquire_current_lock_file(lock: filelock.FileLock, lock_path: Path, where: str,
-                              timeout: float | None) -> None:
-    """Acquire ``lock`` on the inode ``lock_path`` names *now*, within ``timeout`` seconds.
+                              timeout: float | None, requested: float | None = None) -> None:
+    """Acquire ``lock`` on the inode ``lock_path`` names *now*, within ``timeout`` seconds
+    (``requested``: what the caller asked for, when ``timeout`` is what is left of it).
 
     A waiter can win the flock of a lock file that was deleted or replaced since it
     opened it (an orphan nobody else will ever open again): then it releases and locks
     the file now at the path.
     """
+    if requested is None:
+        requested = timeout
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        acquire_lock(lock, lock_path, where, remaining, timeout)
+        acquire_lock(lock, lock_path, where, remaining, requested)
         try:
             current = holds_current_lock_file(lock, lock_path) is not False
         except BaseException:
@@ -74,7 +129,7 @@ def acquire_current_lock_file(lock: filelock.FileLock, lock_path: Path, where: s
             "locked; locking the file now at that path instead", where, lock_path)
         if deadline is not None and time.monotonic() >= deadline:
             raise LockTimeout(
-                f"could not lock token store {where} within {timeout} s: its lock "
+                f"could not lock token store {where} within {requested} s: its lock "
                 f"file {lock_path} kept being removed or replaced; keep the store out "
                 "of folders that tmp cleaners sweep"
             )
@@ -121,4 +176,18 @@ def check_lock_file(lock: filelock.FileLock, lock_path: Path, where: str,
             f"too; nothing was spent (account {account!r}'s refresh token was not sent). "
             "Keep the token store out of folders that tmp cleaners sweep (system temp "
             "folders)."
+        )
+
+
+def check_write_lock(lock: filelock.FileLock, lock_path: Path, where: str) -> None:
+    """Raise :class:`~refresher.TokenStoreError` if the file lock this thread holds for a
+    write is no longer on the file ``lock_path`` names: a tmp cleaner removed it, so another
+    writer may hold a new one and be writing from a document that lacks this write (or this
+    one from a document that lacks theirs). Called right before the rename."""
+    if holds_current_lock_file(lock, lock_path) is False:
+        raise TokenStoreError(
+            f"token store {where}: its lock file {lock_path} was removed (or replaced) "
+            "during a write, so another process may be writing too; nothing was written, "
+            "the old file is intact. Keep the token store out of folders that tmp cleaners "
+            "sweep (system temp folders)."
         )
