@@ -685,3 +685,58 @@ def test_16_accounts_refresh_at_once_each_under_its_own_lease(x_emulator_factory
     assert took < 16 * 0.2  # not one after the other
     for session in sessions:
         session.close()
+
+
+@pytest.mark.integration
+def test_postgresql_restarted_in_the_middle_of_a_multi_process_run(
+        x_emulator_factory, postgres_server_factory, in_thread) -> None:
+    """PostgreSQL goes away between two refreshes and comes back: requests that need the
+    store fail with TokenStoreError naming the server (never the password) while it is
+    down, every process recovers after, and no refresh token is spent twice."""
+    server = postgres_server_factory()
+    server.create_database("tokens")
+    url = server.create_user("app", "s3cret-pw", "tokens")
+    x = x_emulator_factory(access_ttl=1.0)
+    seconds = 7.0
+    timeline: list[tuple[float, int, int]] = []  # (time, requests, failed)
+
+    def progress(done: int, bad: int, elapsed: float) -> None:
+        timeline.append((time.time(), done, bad))
+
+    peek = SQLTokenStore(url)
+    spec = _spec(x, url, threads=2, seconds=seconds)
+    finished = in_thread(lambda: run_workers(spec, 3, seed=x.issue_token(),
+                                              progress=progress, progress_interval=0.25))
+    _wait_for(lambda: len(timeline) > 0 and timeline[-1][1] > 50, "the run to get going", 30)
+    time.sleep(1.0)
+    # Pull the plug mid-window, well clear of a refresh: the stored pair expires in ~1 s
+    # cycles and is refreshed 0.1 s before its expiry.
+    while True:
+        target = peek.load("shared")["expires_at"] - 0.55
+        if target > time.time() + 0.01:
+            break
+        time.sleep(0.05)
+    peek.close()
+    time.sleep(target - time.time())
+    server.stop()
+    down_at = time.time()
+    time.sleep(1.5)
+    server.start()
+    up_at = time.time()
+    reports = finished(timeout=90)
+    result = summarize(reports, x.stats.as_dict(), processes=3, seconds=seconds,
+                       access_ttl=x.access_ttl)
+    errors = [e for r in reports for e in r.errors]
+    result["errors"] = errors[:3]
+    print(result, f"down {up_at - down_at:.1f} s")
+    assert result["failed"] > 0  # some requests needed the store while it was down
+    assert all(e.startswith(f"TokenStoreError: SQL token store at postgresql://127.0.0.1:"
+                            f"{server.port}/tokens") for e in errors), errors[:5]
+    assert not any("s3cret-pw" in e for e in errors)
+    assert result["reused_refresh_tokens"] == 0
+    assert x.stats.invalid_refresh_tokens == 0
+    # Recovered: no failure counted from a second after the server came back to the end.
+    after = [(t, done, bad) for t, done, bad in timeline if t >= up_at + 1.0]
+    assert len(after) >= 2, timeline
+    assert after[-1][2] == after[0][2], after
+    assert after[-1][1] > after[0][1] + 50
