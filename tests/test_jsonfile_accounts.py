@@ -1,6 +1,6 @@
 """JSONTokenStore with many accounts: a lock per account, so refreshes of different accounts
 run side by side (threads, processes) while each account still has one refresher at a time;
-any string names an account."""
+any string names an account; a refresh parses the file twice and writes it once."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from refresher import JSONTokenStore, LockLost, LockTimeout
+from refresher import JSONTokenStore, LockLost, LockTimeout, RefreshingSession
 from refresher.testing import DEFAULT_CLIENT_ID
 
 TOKEN = {"access_token": "a" * 40, "refresh_token": "r" * 40, "token_type": "bearer",
@@ -194,6 +194,56 @@ def test_a_lock_folder_removed_between_holds_is_made_again(tmp_path) -> None:
     with store.lock("a", timeout=1):
         store.verify_lock("a")
     assert stat.S_IMODE(store.locks_folder.stat().st_mode) == 0o700
+
+
+# -- one parse to decide, one inside the save ----------------------------------------------
+
+
+class CountingStore(JSONTokenStore):
+    """Counts the parses (every read of the file goes through ``_read``) and the writes."""
+
+    reads = writes = 0
+
+    def _read(self) -> dict:
+        self.reads += 1
+        return super()._read()
+
+    def _write(self, document: dict) -> None:
+        self.writes += 1
+        super()._write(document)
+
+
+def test_a_refresh_parses_the_file_twice_and_writes_it_once(x_emulator, tmp_path) -> None:
+    store = CountingStore(tmp_path / "tokens.json")
+    for n in range(5):
+        store.save(f"other{n}", _token(n))
+    session = RefreshingSession(DEFAULT_CLIENT_ID, store=store, account="a",
+                                token=dict(x_emulator.issue_token(), expires_at=time.time() - 1),
+                                token_url=x_emulator.token_url, api_url=x_emulator.api_url)
+    session.coordinator.load()
+    store.reads = store.writes = 0
+    session.me()  # expired: the coordinator refreshes under the account's lock, then sends
+    # load_versioned under the lock (needs_login answers from the same parse), then the
+    # fenced save's re-read under the file lock: nothing else reads
+    assert (store.reads, store.writes) == (2, 1)
+    assert x_emulator.stats.refreshes == 1
+    store.reads = store.writes = 0
+    session.refresh()
+    assert (store.reads, store.writes) == (2, 1)
+
+
+def test_needs_login_still_sees_a_marker_recorded_after_the_read(tmp_path) -> None:
+    store = JSONTokenStore(tmp_path / "tokens.json")
+    with store.lock("a"):
+        store.save("a", _token(1))
+        token = store.load_versioned("a").token
+        store.mark_needs_login("a", "rt-1")  # a write in between: the next read is fresh
+        assert store.needs_login("a", token)
+        token = store.load_versioned("a").token
+        assert store.needs_login("a", token)  # from the same parse: the marker is in it
+    with store.lock("a"):
+        store.save("a", _token(2))  # a new login
+        assert not store.needs_login("a", store.load_versioned("a").token)
 
 
 # -- many processes, many accounts, against the emulator ------------------------------------

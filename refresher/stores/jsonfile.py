@@ -44,7 +44,8 @@ class JSONTokenStore(TokenStore):
     - The file lock, ``real_path + ".lock"``: every save, metadata write and delete holds
       it for its read-modify-write only (one parse, one dump, fsync, rename).
 
-    Reads take no lock (a rename is atomic, so a reader sees the old file or the new one).
+    Reads take no lock (a rename is atomic): a refresh parses the file twice, under its
+    account's lock to decide, and inside the save's file lock for the compare-and-set.
 
     Writes are atomic: a temporary file in the same folder is written, fsynced and moved
     over the old one with :func:`os.replace`, so a process killed at any moment leaves the
@@ -119,6 +120,7 @@ class JSONTokenStore(TokenStore):
 
     def _read(self) -> dict[str, Any]:
         """The whole document (one parse); an empty one when the file does not exist yet."""
+        self._thread.last_read = None  # any other call ends the load_versioned snapshot
         try:
             with open(self.real_path, encoding="utf-8") as handle:
                 text = handle.read()
@@ -158,6 +160,11 @@ class JSONTokenStore(TokenStore):
         if overrides(self, "load", JSONTokenStore) or overrides(self, "save", JSONTokenStore):
             return TokenStore.load_versioned(self, account)  # a subclass's load/save rule
         entry = self._read()["accounts"].get(account)
+        if account in self._thread.holds:
+            # Under the account's lock nobody else changes the account, so the metadata
+            # read with this token is current: needs_login(account, token), which the
+            # coordinator calls next, answers from this parse instead of a second one.
+            self._thread.last_read = (account, entry)
         if entry is None:
             return Versioned(None, None)
         token = entry.get("token")
@@ -174,7 +181,14 @@ class JSONTokenStore(TokenStore):
         )
 
     def load_metadata(self, account: str) -> dict[str, Any]:
-        entry = self._read()["accounts"].get(account) or {}
+        """What was recorded beside the token; right after :meth:`load_versioned` of the
+        same account under its lock (as :meth:`needs_login` runs in a refresh), from that
+        same parse."""
+        last_read, self._thread.last_read = self._thread.last_read, None
+        if last_read is not None and last_read[0] == account:
+            entry = last_read[1] or {}
+        else:
+            entry = self._read()["accounts"].get(account) or {}
         metadata = entry.get("metadata") or {}
         result = dict(metadata) if isinstance(metadata, dict) else {}
         if "updated_at" in entry:
@@ -324,6 +338,7 @@ class JSONTokenStore(TokenStore):
                 yield
             finally:
                 del self._thread.holds[account]
+                self._thread.last_read = None
 
     def verify_lock(self, account: str) -> None:
         """Raise :class:`~refresher.LockLost` unless this thread holds ``account``'s lock on
@@ -344,6 +359,9 @@ class _ThreadState(threading.local):
     def __init__(self) -> None:
         #: The locks of the accounts this thread locked (outermost) through this store.
         self.holds: dict[str, filelock.FileLock] = {}
+        #: (account, its entry or None) of the last load_versioned under the account's
+        #: lock, until the next read of any kind; see load_metadata.
+        self.last_read: tuple[str, dict[str, Any] | None] | None = None
 
 
 def _counter(entry: dict[str, Any]) -> int:
