@@ -21,6 +21,7 @@ import base64
 import hashlib
 import hmac
 import logging
+import os
 import secrets
 import sys
 import threading
@@ -32,14 +33,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import requests
 
-from ._constants import (
-    DEFAULT_DEADLINE,
-    DEFAULT_SCOPES,
-    DEFAULT_TIMEOUT,
-    X_API_URL,
-    X_AUTHORIZE_URL,
-    X_TOKEN_URL,
-)
+from ._constants import DEFAULT_DEADLINE, DEFAULT_SCOPES, DEFAULT_TIMEOUT
 from ._transport import is_loopback_host, require_secure_transport
 from .endpoint import TokenEndpoint
 from .errors import ConfigurationError, LoginError, RefreshError
@@ -53,7 +47,7 @@ from .loopback import (
     send_user,
 )
 from .session import RefreshingSession
-from .settings import default_store_location, open_session
+from .settings import default_store_location, open_session, resolve_setting
 from .stores import MemoryTokenStore, TokenStore
 from .token import Token, normalize_token
 
@@ -92,37 +86,50 @@ class LoginFlow:
     ``client_secret`` makes it a confidential client (HTTP Basic at the token endpoint);
     without it the client id goes in the form, as X wants for public clients.
     ``redirect_uri`` must be exactly the callback URL registered with the app.
-    ``api_base_url`` is where :meth:`session` sends ``me()`` (point it, and the other URLs,
-    at :class:`refresher.testing.XEmulator` to log in offline).
+    ``api_url`` is where :meth:`session` sends ``me()`` (``api_base_url`` is its earlier
+    name; point it, and the other URLs, at :class:`refresher.testing.XEmulator` to log in
+    offline). ``revoke_url`` is kept for whoever revokes the pair later (``refresher login``
+    records it for ``refresher logout``).
+
+    Settings not given come from the environment, as for the command line and
+    :func:`open_session`: ``REFRESHER_CLIENT_ID``, ``REFRESHER_REDIRECT_URI``,
+    ``REFRESHER_AUTHORIZE_URL``, ``REFRESHER_TOKEN_URL``, ``REFRESHER_API_URL``,
+    ``REFRESHER_REVOKE_URL``, else X's own. ``REFRESHER_CLIENT_SECRET`` is read only when
+    the client id came from ``REFRESHER_CLIENT_ID`` too: a secret belongs to its client.
 
     >>> flow = LoginFlow("my-client-id")
     >>> token = flow.run_local_server()  # doctest: +SKIP
-    >>> store = JSONTokenStore("tokens.json")  # doctest: +SKIP
-    >>> session = flow.session(token, store=store, account="me")  # doctest: +SKIP
+    >>> session = flow.session(token, store="tokens.json", account="me")  # doctest: +SKIP
     >>> session.me()["username"]  # doctest: +SKIP
     'me'
     """
 
     def __init__(
         self,
-        client_id: str,
+        client_id: str | None = None,
         client_secret: str | None = None,
-        redirect_uri: str = DEFAULT_REDIRECT_URI,
+        redirect_uri: str | None = None,
         scopes: str | Iterable[str] = DEFAULT_SCOPES,
-        authorize_url: str = X_AUTHORIZE_URL,
-        token_url: str = X_TOKEN_URL,
+        authorize_url: str | None = None,
+        token_url: str | None = None,
         *,
-        api_base_url: str = X_API_URL,
+        api_url: str | None = None,
+        revoke_url: str | None = None,
         http_session: requests.Session | None = None,
+        api_base_url: str | None = None,
     ) -> None:
-        if not client_id:
+        resolved_id = resolve_setting("client_id", client_id, {})
+        if not resolved_id:
             raise ConfigurationError(
                 "client_id is required: the OAuth 2.0 Client ID of your X app (on its Keys "
-                "and tokens page in the X developer portal)"
+                "and tokens page in the X developer portal); pass it, or set "
+                "REFRESHER_CLIENT_ID"
             )
-        self.client_id = client_id
+        if client_secret is None and not client_id:  # the id is the environment's: so is this
+            client_secret = resolve_setting("client_secret", None, {})
+        self.client_id = resolved_id
         self._client_secret = client_secret or None
-        self.redirect_uri = redirect_uri
+        self.redirect_uri = resolve_setting("redirect_uri", redirect_uri, {}) or ""
         self.scopes: tuple[str, ...] = tuple(
             scopes.split() if isinstance(scopes, str) else scopes
         )
@@ -131,10 +138,20 @@ class LoginFlow:
                 "scopes must not be empty: ask for at least tweet.read users.read "
                 "offline.access (offline.access yields a refresh token)"
             )
-        self.authorize_url = authorize_url
-        self.token_url = token_url
-        self.api_base_url = api_base_url
+        self.authorize_url = resolve_setting("authorize_url", authorize_url, {}) or ""
+        self.token_url = resolve_setting("token_url", token_url, {}) or ""
+        self.api_url = (resolve_setting("api_url", api_url or api_base_url, {}) or "").rstrip("/")
+        self.revoke_url = resolve_setting("revoke_url", revoke_url, {}) or ""
         self.http_session = http_session
+
+    @property
+    def api_base_url(self) -> str:
+        """The earlier name of :attr:`api_url`."""
+        return self.api_url
+
+    @api_base_url.setter
+    def api_base_url(self, value: str) -> None:
+        self.api_url = value.rstrip("/")
 
     def __repr__(self) -> str:
         kind = "confidential" if self._client_secret else "public"
@@ -349,15 +366,16 @@ class LoginFlow:
         self,
         token: Mapping[str, Any] | None = None,
         *,
-        store: TokenStore | None = None,
+        store: TokenStore | str | os.PathLike[str] | None = None,
         account: str = "default",
         **kwargs: Any,
     ) -> RefreshingSession:
         """A :class:`~refresher.RefreshingSession` for this client, holding ``token``.
 
-        The flow's client id, secret, token URL and API base URL carry over; other keywords
-        go to :class:`~refresher.RefreshingSession`. Without ``store`` the token lives in a
-        :class:`~refresher.MemoryTokenStore`.
+        The flow's client id, secret, token URL and API URL carry over; other keywords go
+        to :class:`~refresher.RefreshingSession`. ``store`` is a
+        :class:`~refresher.TokenStore` or a path or URL, as :func:`~refresher.open_store`
+        takes; without it the token lives in a :class:`~refresher.MemoryTokenStore`.
 
         ``token`` (a login's answer) goes into the store, replacing what the account held,
         unless the store already holds a pair issued after it (a refresh of it: the dict you
@@ -368,7 +386,8 @@ class LoginFlow:
         >>> session  # doctest: +SKIP
         <RefreshingSession account='alice' store=... token sha256:1a2b3c4d expires in 7200 s>
         """
-        kwargs.setdefault("api_base_url", self.api_base_url)
+        if "api_url" not in kwargs and "api_base_url" not in kwargs:
+            kwargs["api_url"] = self.api_url
         session = RefreshingSession(
             self.client_id,
             client_secret=self._client_secret,

@@ -202,5 +202,6 @@ def open_session(
             "client_secret or set REFRESHER_CLIENT_SECRET"
         )
     kwargs.setdefault("token_url", resolve_setting("token_url", None, metadata))
-    kwargs.setdefault("api_base_url", resolve_setting("api_url", None, metadata))
+    if "api_url" not in kwargs and "api_base_url" not in kwargs:
+        kwargs["api_url"] = resolve_setting("api_url", None, metadata)
     return RefreshingSession(client, client_secret=secret, store=store, account=name, **kwargs)

@@ -812,7 +812,7 @@ from refresher.login import open_session
 
 session = open_session("alice")   # the store, client id and URLs `refresher login` saved
 me = session.me()
-posted = session.post(f"{session.api_base_url}/2/tweets", json={"text": "synced!"})
+posted = session.post(f"{session.api_url}/2/tweets", json={"text": "synced!"})
 print(f"@{me['username']} posted tweet {posted.json()['data']['id']}")
 '''
 

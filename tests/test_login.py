@@ -32,7 +32,7 @@ from refresher.testing.net import free_port
 def _flow(x: XEmulator, client_id: str = DEFAULT_CLIENT_ID, **kw: Any) -> LoginFlow:
     kw.setdefault("redirect_uri", "http://127.0.0.1:0/callback")
     return LoginFlow(client_id, authorize_url=x.authorize_url, token_url=x.token_url,
-                     api_base_url=x.api_url, **kw)
+                     api_url=x.api_url, **kw)
 
 
 class Browser:
@@ -355,6 +355,83 @@ def test_a_whole_login_logs_and_shows_no_secret(x_emulator_factory, all_logs):
     assert [s for s in secrets if s in seen] == []
 
 
+# -- one way to name things: api_url, a store's location, the REFRESHER_* variables -----------
+
+_SETTINGS = ("REFRESHER_CLIENT_ID", "REFRESHER_CLIENT_SECRET", "REFRESHER_REDIRECT_URI",
+             "REFRESHER_AUTHORIZE_URL", "REFRESHER_TOKEN_URL", "REFRESHER_API_URL",
+             "REFRESHER_REVOKE_URL", "REFRESHER_STORE", "REFRESHER_ACCOUNT")
+
+
+@pytest.fixture
+def no_settings(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in _SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_api_url_is_the_name_and_api_base_url_its_alias(x_emulator, no_settings):
+    flow = _flow(x_emulator)
+    assert flow.api_url == flow.api_base_url == x_emulator.api_url
+    old = LoginFlow(DEFAULT_CLIENT_ID, api_base_url=x_emulator.api_url + "/")
+    assert old.api_url == x_emulator.api_url
+    assert LoginFlow("my-client-id").api_url == "https://api.x.com"
+    session = flow.session(x_emulator.issue_token())
+    assert session.api_url == x_emulator.api_url and session.me()["username"]
+    assert flow.session(x_emulator.issue_token(), api_url="http://127.0.0.1:1").api_url \
+        == "http://127.0.0.1:1"  # a keyword of the caller's wins
+
+
+def test_session_takes_a_stores_path_as_open_store_does(x_emulator, tmp_path, no_settings):
+    flow = _flow(x_emulator)
+    token = flow.run_local_server(port=0, open_browser=Browser(), timeout=10)
+    session = flow.session(token, store=str(tmp_path / "tokens.json"), account="me")
+    assert session.me()["username"] == "emulated_user"
+    assert JSONTokenStore(tmp_path / "tokens.json").accounts() == ["me"]
+    again = flow.session(store=tmp_path / "tokens.json", account="me")  # a PathLike too
+    assert again.token["access_token"] == token["access_token"]
+
+
+def test_the_flow_reads_the_refresher_variables_like_the_command_line(x_emulator, tmp_path,
+                                                                    no_settings):
+    monkeypatch = no_settings
+    for name, value in (("CLIENT_ID", DEFAULT_CLIENT_ID), ("TOKEN_URL", x_emulator.token_url),
+                        ("AUTHORIZE_URL", x_emulator.authorize_url),
+                        ("API_URL", x_emulator.api_url), ("REVOKE_URL", x_emulator.revoke_url),
+                        ("REDIRECT_URI", "http://127.0.0.1:0/callback")):
+        monkeypatch.setenv(f"REFRESHER_{name}", value)
+    flow = LoginFlow()  # nothing given: the environment, as `refresher emulator` exports it
+    assert (flow.client_id, flow.token_url, flow.authorize_url, flow.api_url,
+            flow.revoke_url) == (DEFAULT_CLIENT_ID, x_emulator.token_url,
+                                 x_emulator.authorize_url, x_emulator.api_url,
+                                 x_emulator.revoke_url)
+    token = flow.run_local_server(open_browser=Browser(), timeout=10)
+    assert flow.session(token, store=str(tmp_path / "t.json")).me()["username"] \
+        == "emulated_user"
+    # Arguments win over the variables.
+    given = LoginFlow("another-client", token_url="https://example.com/token")
+    assert (given.client_id, given.token_url) == ("another-client", "https://example.com/token")
+    assert given.authorize_url == x_emulator.authorize_url
+
+
+def test_the_environments_secret_goes_only_with_the_environments_client_id(
+        x_emulator, no_settings):
+    monkeypatch = no_settings
+    monkeypatch.setenv("REFRESHER_CLIENT_SECRET", DEFAULT_CLIENT_SECRET)
+    assert not LoginFlow("a-public-client").confidential  # another client's secret: unused
+    monkeypatch.setenv("REFRESHER_CLIENT_ID", DEFAULT_CONFIDENTIAL_CLIENT_ID)
+    flow = LoginFlow(authorize_url=x_emulator.authorize_url, token_url=x_emulator.token_url,
+                     api_url=x_emulator.api_url, redirect_uri="http://127.0.0.1:0/callback")
+    assert flow.confidential
+    token = flow.run_local_server(open_browser=Browser(), timeout=10)
+    flow.session(token).refresh()  # Basic auth with the environment's secret
+    assert x_emulator.stats.refreshes == 1
+
+
+def test_no_client_id_anywhere_says_where_to_put_one(no_settings):
+    with pytest.raises(ConfigurationError, match="REFRESHER_CLIENT_ID"):
+        LoginFlow()
+
+
 # -- open_session and the default store ----------------------------------------------------------
 
 
@@ -443,9 +520,9 @@ def test_notebook_recipe(x_emulator_factory, tmp_path, monkeypatch):
     import refresher
 
     flow = refresher.LoginFlow(DEFAULT_CLIENT_ID, authorize_url=x.authorize_url,
-                               token_url=x.token_url, api_base_url=x.api_url)
+                               token_url=x.token_url, api_url=x.api_url)
     token = flow.run_local_server(port=0, open_browser=Browser())
-    session = flow.session(token, store=refresher.JSONTokenStore("tokens.json"), account="me")
+    session = flow.session(token, store="tokens.json", account="me")
     shown = repr(session)  # what the cell displays
     assert "account='me'" in shown and "expires in" in shown
     assert token["access_token"] not in shown and token["refresh_token"] not in shown
@@ -454,7 +531,7 @@ def test_notebook_recipe(x_emulator_factory, tmp_path, monkeypatch):
     time.sleep(1.1)
     assert session.me()["username"] == "emulated_user"
     # In [1] again (re-run): the dict `token` is spent, the store's pair wins
-    session = flow.session(token, store=refresher.JSONTokenStore("tokens.json"), account="me")
+    session = flow.session(token, store="tokens.json", account="me")
     assert session.me()["username"] == "emulated_user"
     assert x.stats.refreshes >= 1 and x.stats.reused_refresh_tokens == 0
     assert x.stats.unauthorized == 0

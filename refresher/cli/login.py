@@ -54,7 +54,7 @@ def run_login(args: argparse.Namespace) -> int:
 
     flow = LoginFlow(client_id, secret, redirect_uri=urls["redirect_uri"], scopes=scopes,
                      authorize_url=urls["authorize_url"], token_url=urls["token_url"],
-                     api_base_url=urls["api_url"])
+                     api_url=urls["api_url"], revoke_url=urls["revoke_url"])
     # --timeout bounds the whole login from here (the secret prompt is behind us): the
     # browser and the code exchange, then the /2/users/me probe and any revoke, each given
     # only what is left.
@@ -126,7 +126,7 @@ def _who(flow: LoginFlow, token: Token, *, named: bool, clock: _Deadline) -> dic
     A plain request with the new access token, bounded by what is left of --timeout: no
     refresh here (one would spend the refresh token about to be saved).
     """
-    url = f"{flow.api_base_url.rstrip('/')}/2/users/me"
+    url = f"{flow.api_url}/2/users/me"
     left = clock.left()
     try:
         if left <= 0:

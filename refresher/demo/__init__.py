@@ -87,7 +87,7 @@ def run_demo(
             redirect_uri="http://127.0.0.1:0/callback",  # any free port
             authorize_url=x.authorize_url,
             token_url=x.token_url,
-            api_base_url=x.api_url,
+            api_url=x.api_url,
         )
         # The browser: follows the authorize URL, which the emulator approves with a 302 to
         # the callback server run_local_server is listening on.
