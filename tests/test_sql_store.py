@@ -395,7 +395,7 @@ def test_a_holder_whose_lease_lapsed_does_not_spend_the_refresh_token(
     stalled = _PausingStore(db_url)
     host_a = _session(x, stalled, seed)
     host_b = _session(x, make_store())
-    stalled.lock_ttl = stalled._leases.lock_ttl = 0.4  # (the session checked 30 s)
+    stalled.lock_ttl = 0.4  # from now on its leases lapse quickly (the session checked 30 s)
     stalled.pause = 1.0
     x.expire_access_token(seed["access_token"])
     url = me_url(x)
@@ -740,3 +740,25 @@ def test_postgresql_restarted_in_the_middle_of_a_multi_process_run(
     assert len(after) >= 2, timeline
     assert after[-1][2] == after[0][2], after
     assert after[-1][1] > after[0][1] + 50
+
+
+def _use_in_child(store: SQLTokenStore, queue: Any) -> None:
+    with store.lock("child", timeout=10):
+        store.save("child", TOKEN)
+    queue.put(store.load(ACCOUNT))
+
+
+@pytest.mark.integration
+def test_a_forked_child_uses_connections_of_its_own(make_store) -> None:
+    import multiprocessing
+
+    store = make_store()
+    store.save(ACCOUNT, TOKEN)  # the parent's pool holds a connection now
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_use_in_child, args=(store, queue))
+    child.start()
+    assert queue.get(timeout=30) == TOKEN
+    child.join(30)
+    assert child.exitcode == 0
+    assert store.load("child") == TOKEN and store.load(ACCOUNT) == TOKEN  # parent unharmed

@@ -118,18 +118,26 @@ class SQLTokenStore(TokenStore):
                 "deadline plus %s s): sessions with the default deadline will refuse this store",
                 lock_ttl, DEFAULT_DEADLINE, LOCK_TTL_MARGIN,
             )
-        self.lock_ttl = float(lock_ttl)
         self._db = Database(url_or_engine, engine_options)
         self.server = self._db.server
         self._table = token_table(sa, table, schema)
         self.table = table
         self._table_ready = False
         self._table_guard = threading.Lock()
-        self._leases = Leases(self._db, self._table, self.lock_ttl)
+        self._leases = Leases(self._db, self._table, float(lock_ttl))
         self._build_statements(sa)
 
     def __repr__(self) -> str:
         return f"SQLTokenStore({self.server!r}, table={self.table!r})"
+
+    @property
+    def lock_ttl(self) -> float:
+        """Seconds an account's lease lives unless renewed or released."""
+        return self._leases.lock_ttl
+
+    @lock_ttl.setter
+    def lock_ttl(self, seconds: float) -> None:
+        self._leases.lock_ttl = float(seconds)
 
     @property
     def engine(self) -> sqlalchemy.Engine:

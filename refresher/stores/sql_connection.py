@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
@@ -193,6 +194,21 @@ def _engine_from_url(sa: Any, text: str, options: dict[str, Any]) -> sqlalchemy.
     return engine
 
 
+def _forget_pool_after_fork(engine: sqlalchemy.Engine) -> None:
+    """A child process made by ``fork`` (gunicorn's ``--preload``, multiprocessing) opens
+    connections of its own instead of sharing its parent's, as SQLAlchemy advises."""
+    if not hasattr(os, "register_at_fork"):
+        return
+    reference = weakref.ref(engine)
+
+    def forget() -> None:
+        forked = reference()
+        if forked is not None:
+            forked.dispose(close=False)
+
+    os.register_at_fork(after_in_child=forget)
+
+
 class Database:
     """The store's engine, with its name, its clock, and its errors translated.
 
@@ -212,6 +228,7 @@ class Database:
         if isinstance(url_or_engine, str):
             self.engine = _engine_from_url(sa, url_or_engine, options)
             self.owned = True
+            _forget_pool_after_fork(self.engine)
         elif isinstance(url_or_engine, sa.Engine):
             if options:
                 raise TypeError(f"options {sorted(options)} apply only when a URL is given, "
