@@ -4,6 +4,7 @@ any string names an account; a refresh parses the file twice and writes it once.
 
 from __future__ import annotations
 
+import json
 import stat
 import subprocess
 import sys
@@ -244,6 +245,23 @@ def test_needs_login_still_sees_a_marker_recorded_after_the_read(tmp_path) -> No
     with store.lock("a"):
         store.save("a", _token(2))  # a new login
         assert not store.needs_login("a", store.load_versioned("a").token)
+
+
+def test_the_file_is_compact_sorted_json_and_indented_files_still_read(tmp_path) -> None:
+    path = tmp_path / "tokens.json"
+    old = {"format": "refresher/1", "accounts": {
+        "b": {"token": _token(2), "updated_at": 1.0, "version": 3},
+        "a": {"token": _token(1), "updated_at": 1.0, "version": 7, "metadata": {"x": 1}}}}
+    path.write_text(json.dumps(old, indent=2))  # as versions before 0.x wrote it
+    store = JSONTokenStore(path)
+    assert store.load_versioned("a") == (_token(1), "7")
+    assert store.load_metadata("a")["x"] == 1
+    with store.lock("b"):
+        store.save_versioned("b", _token(3), "3")
+    text = path.read_text()
+    assert "\n" not in text and ": " not in text and ", " not in text
+    assert text == json.dumps(json.loads(text), separators=(",", ":"), sort_keys=True)
+    assert store.load("a") == _token(1) and store.load("b") == _token(3)
 
 
 # -- many processes, many accounts, against the emulator ------------------------------------
