@@ -182,3 +182,32 @@ def test_an_empty_file_is_reported_as_empty_and_left_untouched(tmp_path, content
         assert "not valid JSON" not in message
         assert "Delete it" in message and "backup" in message and "log in" in message
     assert path.read_text() == content
+
+
+class AuditedStore(JSONTokenStore):
+    """A subclass that wraps load and save, calling the store's own with super()."""
+
+    def __init__(self, path) -> None:
+        super().__init__(path)
+        self.calls: list[str] = []
+
+    def load(self, account):
+        self.calls.append("load")
+        return super().load(account)
+
+    def save(self, account, token) -> None:
+        self.calls.append("save")
+        super().save(account, token)
+
+
+def test_a_subclass_wrapping_load_and_save_is_called_and_does_not_recurse(tmp_path) -> None:
+    store = AuditedStore(tmp_path / "tokens.json")
+    with store.lock("alice"):
+        first = store.save_versioned("alice", TOKEN)
+        assert store.load_versioned("alice") == (TOKEN, first)
+        newer = dict(TOKEN, access_token="b" * 40)
+        JSONTokenStore(tmp_path / "tokens.json").save("alice", newer)  # someone else
+        with pytest.raises(refresher.StaleTokenError):
+            store.save_versioned("alice", dict(TOKEN, access_token="c" * 40), first)
+    assert store.load("alice") == newer
+    assert "load" in store.calls and "save" in store.calls  # the versioned ones went through

@@ -19,7 +19,14 @@ from ..errors import StaleTokenError, TokenStoreError
 from ..token import Token
 from .base import TokenStore, Versioned, content_version, overrides
 from .jsonfile_leftovers import TEMP_SUFFIX, find_leftovers, recover_leftovers, temp_prefix
-from .jsonfile_lock import account_lock_name, check_lock_file, check_write_lock, held, os_lock
+from .jsonfile_lock import (
+    account_lock_name,
+    check_lock_file,
+    check_write_lock,
+    ensure_lock_folder,
+    held,
+    os_lock,
+)
 
 __all__ = ["JSONTokenStore"]
 
@@ -154,12 +161,20 @@ class JSONTokenStore(TokenStore):
         return dict(document)
 
     def load(self, account: str) -> Token | None:
-        return JSONTokenStore.load_versioned(self, account).token
+        return self._load_versioned(account).token
 
     def load_versioned(self, account: str) -> Versioned:
         """The account's token and its version: a counter every save bumps."""
-        if overrides(self, "load", JSONTokenStore) or overrides(self, "save", JSONTokenStore):
+        if self._subclassed():
             return TokenStore.load_versioned(self, account)  # a subclass's load/save rule
+        return self._load_versioned(account)
+
+    def _subclassed(self) -> bool:
+        """A subclass overrides load or save: the versioned methods must go through them
+        (and the plain ones, which they may call with super(), must not come back)."""
+        return overrides(self, "load", JSONTokenStore) or overrides(self, "save", JSONTokenStore)
+
+    def _load_versioned(self, account: str) -> Versioned:
         entry = self._read()["accounts"].get(account)
         if account in self._thread.holds:
             # Under the account's lock nobody else changes the account, so the metadata
@@ -199,14 +214,17 @@ class JSONTokenStore(TokenStore):
     # -- writing -------------------------------------------------------------------------
 
     def save(self, account: str, token: Token) -> None:
-        JSONTokenStore.save_versioned(self, account, token)
+        self._save_versioned(account, token, None)
 
     def save_versioned(self, account: str, token: Token,
                        expected_version: str | None = None) -> str:
         """Store ``token``, refusing with :class:`~refresher.StaleTokenError` when the
         account's version is no longer ``expected_version`` (checked under the file lock)."""
-        if overrides(self, "load", JSONTokenStore) or overrides(self, "save", JSONTokenStore):
+        if self._subclassed():
             return TokenStore.save_versioned(self, account, token, expected_version)
+        return self._save_versioned(account, token, expected_version)
+
+    def _save_versioned(self, account: str, token: Token, expected_version: str | None) -> str:
         with self._file_held():
             document = self._read()
             entry = document["accounts"].setdefault(account, {})
@@ -279,21 +297,6 @@ class JSONTokenStore(TokenStore):
                     f"cannot create the folder of token store {self._where}: {exc.strerror}"
                 ) from None
 
-    def _ensure_locks_folder(self) -> None:
-        """Create the per-account locks' folder, mode 0700, unless it exists (one mkdir)."""
-        try:
-            os.mkdir(self.locks_folder, 0o700)
-        except FileExistsError:
-            pass
-        except FileNotFoundError:
-            self._ensure_folder()
-            self.locks_folder.mkdir(mode=0o700, exist_ok=True)
-        except OSError as exc:
-            raise TokenStoreError(
-                f"cannot create the lock folder {self.locks_folder} of token store "
-                f"{self._where}: {exc.strerror}"
-            ) from None
-
     def _lock_object(self) -> filelock.FileLock:
         """The file lock (see the class docstring), shared by every store on this path."""
         if self._file_lock is None:
@@ -321,7 +324,7 @@ class JSONTokenStore(TokenStore):
         seconds (``None``: wait for ever). Re-entrant within a thread.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._ensure_locks_folder()
+        ensure_lock_folder(self.locks_folder, self._where)
         lock_path = self.account_lock_path(account)
         lock = os_lock(lock_path)
         with held(lock, lock_path, f"{self._where} (account {account!r})",

@@ -28,7 +28,7 @@ import filelock
 
 from ..errors import LockLost, LockTimeout, TokenStoreError
 
-__all__ = ["account_lock_name", "os_lock", "held", "acquire_lock",
+__all__ = ["account_lock_name", "ensure_lock_folder", "os_lock", "held", "acquire_lock",
            "acquire_current_lock_file", "holds_current_lock_file", "check_lock_file",
            "check_write_lock"]
 
@@ -46,6 +46,26 @@ def account_lock_name(account: str) -> str:
     (slashes, dots, 10,000 characters, the empty one) makes a safe name of fixed length."""
     digest = hashlib.sha256(account.encode("utf-8", "surrogatepass")).hexdigest()
     return digest + ".lock"
+
+
+def ensure_lock_folder(folder: Path, where: str) -> None:
+    """Create ``folder`` (the accounts' lock files) mode 0700, and the store's folder too
+    when missing, unless it exists: one mkdir when it does. ``where`` names the store."""
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError):  # the store's own folder is missing too
+            try:
+                folder.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                folder.mkdir(mode=0o700, exist_ok=True)
+                return
+            except OSError as again:
+                exc = again
+        raise TokenStoreError(
+            f"cannot create the lock folder {folder} of token store {where}: {exc.strerror}"
+        ) from None
 
 
 def os_lock(path: Path) -> filelock.FileLock:
