@@ -368,6 +368,103 @@ def test_refresh_rotates_the_pair_now_with_nothing_but_the_store(cli, x_emulator
     _no_secret_in([done.stdout, done.stderr], [*_tokens(cli.store), before["refresh_token"]])
 
 
+def _refresh_tokens(store: Path) -> dict[str, str]:
+    return {name: JSONTokenStore(store).load(name)["refresh_token"]
+            for name in JSONTokenStore(store).accounts()}
+
+
+def test_refresh_all_refreshes_every_account_not_waiting_for_a_login(cli, x_emulator):
+    for name in ("alice", "bob", "carol", "dave"):
+        cli.login(x_emulator, "--account", name)
+    store = JSONTokenStore(cli.store)
+    with store.lock("carol"):  # X refused it earlier: marked, and not sent again
+        store.mark_needs_login("carol", store.load("carol")["refresh_token"])
+    # dave's pair was revoked at X (on another machine, say): found out by refreshing it
+    TokenEndpoint(x_emulator.token_url, DEFAULT_CLIENT_ID).revoke(
+        x_emulator.revoke_url, store.load("dave")["refresh_token"], "refresh_token")
+    before = _refresh_tokens(cli.store)
+    x_emulator.reset_stats()
+
+    done = cli.run("refresh", "--all", "--store", str(cli.store))
+    assert done.returncode == 1, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 4 and lines[0].startswith(
+        "Refreshed account 'alice' (@emulated_user): access token sha256:")
+    assert lines[1].startswith("Refreshed account 'bob' (@emulated_user)")
+    assert lines[2] == ("Account 'carol' (@emulated_user) needs a login, not refreshed: X "
+                        "refused its refresh token (spent or revoked); log in again: "
+                        "refresher login --account carol")
+    assert lines[3] == ("Account 'dave' (@emulated_user) needs a login, not refreshed: log "
+                        "in again: refresher login --account dave")
+    _one_clear_line(done, 1, "2 of 4 accounts not refreshed (carol, dave)")
+    after = _refresh_tokens(cli.store)
+    assert [name for name in before if after[name] != before[name]] == ["alice", "bob"]
+    stats = x_emulator.stats
+    assert stats.refreshes == 2 and stats.reused_refresh_tokens == 0
+    assert stats.token_requests == 3  # carol's refresh token was not even sent
+    assert JSONTokenStore(cli.store).needs_login("dave")  # marked for the other processes
+    _no_secret_in([done.stdout, done.stderr], [*before.values(), *after.values()])
+
+    as_json = cli.run("refresh", "--all", "--json", "--store", str(cli.store))
+    assert as_json.returncode == 1
+    rows = {row["account"]: row for row in json.loads(as_json.stdout)["accounts"]}
+    assert rows["alice"]["refreshed"] is True and 7000 < rows["alice"]["expires_in"] <= 7200
+    assert rows["alice"]["fingerprint"] == fingerprint(store.load("alice")["access_token"])
+    assert rows["carol"] == {"account": "carol", "user": "emulated_user", "refreshed": False,
+                             "needs_login": True, "error": "X refused its refresh token "
+                             "(spent or revoked)", "fingerprint": None, "expires_in": None}
+    assert rows["dave"]["needs_login"] is True and rows["bob"]["error"] is None
+
+    for name in ("carol", "dave"):  # logged in again: everything refreshes, exit 0
+        cli.login(x_emulator, "--account", name)
+    done = cli.run("refresh", "--all", "--store", str(cli.store))
+    assert done.returncode == 0, done.stderr
+    assert [line.split()[2] for line in done.stdout.splitlines()] == [
+        "'alice'", "'bob'", "'carol'", "'dave'"]
+    assert cli.run("refresh", "--all", "--account", "alice").returncode == 2
+    one = cli.run("refresh", "--json", "--account", "bob", "--store", str(cli.store))
+    assert [row["account"] for row in json.loads(one.stdout)["accounts"]] == ["bob"]
+    empty = cli.run("refresh", "--all", "--store", str(cli.store) + ".empty")
+    assert empty.returncode == 0 and empty.stdout.startswith("No accounts in ")
+
+
+def test_refresh_all_in_two_processes_at_once_never_reuses_a_refresh_token(cli, x_emulator):
+    for name in ("a", "b", "c"):
+        cli.login(x_emulator, "--account", name)
+    x_emulator.reset_stats()
+    runs = [subprocess.Popen([*COMMAND, "refresh", "--all", "--store", str(cli.store)],
+                             env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(2)]
+    results = [run.communicate(timeout=60) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], results
+    assert x_emulator.stats.refreshes == 6 and x_emulator.stats.reused_refresh_tokens == 0
+
+
+WEEKLY_CRON = "0 4 * * 1  cd /srv/bot && .venv/bin/refresher refresh --all --store tokens.json"
+
+
+def test_weekly_cron_recipe_keeps_untouched_accounts_alive(cli, x_emulator, tmp_path):
+    readme = (Path(__file__).resolve().parent.parent / "README.rst").read_text()
+    assert f"    {WEEKLY_CRON}\n" in readme
+    folder = tmp_path / "srv-bot"
+    folder.mkdir()
+    for name in ("alice", "bob"):
+        cli.login(x_emulator, "--account", name, REFRESHER_STORE=str(folder / "tokens.json"))
+    before = _refresh_tokens(folder / "tokens.json")
+    argv = WEEKLY_CRON.split("&& ", 1)[1].split()
+    assert argv[0] == ".venv/bin/refresher"
+    for _week in range(3):  # cron's environment: none of the REFRESHER_* variables
+        done = subprocess.run([*COMMAND, *argv[1:]], cwd=folder, env=cli.env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert len(done.stdout.splitlines()) == 2
+    after = _refresh_tokens(folder / "tokens.json")
+    assert all(after[name] != before[name] for name in before)
+    assert x_emulator.stats.refreshes == 6 and x_emulator.stats.reused_refresh_tokens == 0
+    for name in after:  # every pair still works
+        assert _refreshable(x_emulator, after[name])
+
+
 def test_logout_revokes_at_x_and_removes_the_account(cli, x_emulator):
     cli.login(x_emulator)
     cli.login(x_emulator, "--account", "other")

@@ -1,8 +1,9 @@
 """``refresher status``, ``refresher refresh`` and ``refresher logout``: the stored accounts.
 
 ``status`` shows them (never a token: a short fingerprint of it); ``refresh`` refreshes one
-now, coordinated with every process sharing the store; ``logout`` revokes one at X and
-removes it from the store.
+now, or with ``--all`` every one not waiting for a login (a weekly cron job keeps idle
+accounts' pairs alive), coordinated with every process sharing the store; ``logout``
+revokes one at X and removes it from the store.
 """
 
 from __future__ import annotations
@@ -14,13 +15,17 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import RevokeError
+from oauthlib.oauth2 import OAuth2Error
+
+from ..errors import ReauthorizationRequired, RefresherError, RevokeError
 from ..session import RefreshingSession
 from ..settings import describe_store, resolve_setting
+from ..stores import TokenStore
 from ..token import fingerprint
 from .common import (
     LOCK_TIMEOUT,
     Failure,
+    UsageError,
     account_for,
     client_id_for,
     duration,
@@ -112,27 +117,91 @@ def _is_number(value: Any) -> bool:
 
 
 def run_refresh(args: argparse.Namespace) -> int:
-    """``refresher refresh``: refresh the account's token now, under the store's lock."""
+    """``refresher refresh [--all] [--json]``: refresh now, under the store's lock.
+
+    One account (``--account``, or the store's only one), or with ``--all`` every account
+    that is not waiting for a login, each reported on a line of its own; exit 1 when one
+    needs a login or failed.
+    """
     store = store_for(args)
-    account = account_for(store, args)
-    meta = store.load_metadata(account)
-    client_id = client_id_for(args, meta)
-    secret = read_client_secret(args.client_secret, needed=bool(meta.get("confidential")),
-                                client_id=client_id)
-    session = RefreshingSession(
-        client_id, client_secret=secret, store=store, account=account,
-        token_url=resolve_setting("token_url", args.token_url, meta) or "",
-        api_base_url=resolve_setting("api_url", args.api_url, meta) or "",
-        lock_timeout=LOCK_TIMEOUT,
-    )
-    try:
-        token = session.refresh()
-    finally:
-        session.close()
-    user = f" (@{meta['username']})" if meta.get("username") else ""
-    print(f"Refreshed account {account!r}{user}: access token "
-          f"{fingerprint(token.get('access_token'))} expires {expiry(token)}.")
+    if args.all:
+        if args.account:
+            raise UsageError("--all refreshes every account of the store: leave --account out")
+        names = store.accounts()
+        secret = read_client_secret(args.client_secret, needed=False, client_id="this store")
+    else:
+        names = [account_for(store, args)]
+        meta = store.load_metadata(names[0])
+        secret = read_client_secret(args.client_secret, needed=bool(meta.get("confidential")),
+                                    client_id=client_id_for(args, meta))
+    results = [_refresh_account(store, name, args, secret, skip_needs_login=args.all)
+               for name in names]
+    if not args.all:
+        problem = results[0].get("problem")
+        if problem:  # one account: a failure as it came, one line on stderr
+            raise problem
+    if args.json:
+        print(json.dumps({"store": describe_store(store), "accounts": [
+            {k: v for k, v in row.items() if k not in ("problem", "line")}
+            for row in results]}, indent=2))
+    elif not results:
+        print(f"No accounts in {describe_store(store)}.")
+    else:
+        for row in results:
+            print(row["line"])
+    failed = [row["account"] for row in results if not row["refreshed"]]
+    if failed:
+        raise Failure(f"{len(failed)} of {len(results)} accounts not refreshed "
+                      f"({', '.join(failed)}): see the lines above")
     return 0
+
+
+def _refresh_account(store: TokenStore, account: str, args: argparse.Namespace,
+                     secret: str | None, *, skip_needs_login: bool) -> dict[str, Any]:
+    """Refresh one account (coordinated: a RefreshingSession); what became of it."""
+    meta = store.load_metadata(account)
+    user = f" (@{meta['username']})" if meta.get("username") else ""
+    row: dict[str, Any] = {"account": account, "user": meta.get("username"),
+                           "refreshed": False, "needs_login": False, "error": None,
+                           "fingerprint": None, "expires_in": None}
+    relogin = f"log in again: refresher login --account {account}"
+    if skip_needs_login and store.needs_login(account):
+        row.update(needs_login=True, error="X refused its refresh token (spent or revoked)",
+                   line=f"Account {account!r}{user} needs a login, not refreshed: X refused "
+                        f"its refresh token (spent or revoked); {relogin}")
+        return row
+    try:
+        client_id = client_id_for(args, meta)
+        confidential = bool(meta.get("confidential"))
+        if confidential and not secret:
+            raise UsageError(f"{client_id} is a confidential client: give its secret with "
+                             "REFRESHER_CLIENT_SECRET or --client-secret -")
+        session = RefreshingSession(
+            client_id, client_secret=secret if confidential or not args.all else None,
+            store=store, account=account,
+            token_url=resolve_setting("token_url", args.token_url, meta) or "",
+            api_url=resolve_setting("api_url", args.api_url, meta) or "",
+            lock_timeout=LOCK_TIMEOUT,
+        )
+        try:
+            token = session.refresh()
+        finally:
+            session.close()
+    except ReauthorizationRequired as exc:
+        row.update(needs_login=True, error=str(exc), problem=exc,
+                   line=f"Account {account!r}{user} needs a login, not refreshed: {relogin}")
+        return row
+    except (RefresherError, OAuth2Error, UsageError, ValueError, OSError) as exc:
+        message = " ".join((str(exc) or type(exc).__name__).split())
+        row.update(error=message, problem=exc,
+                   line=f"Account {account!r}{user} was not refreshed: {message}")
+        return row
+    left, _ = seconds_left(token)
+    row.update(refreshed=True, fingerprint=fingerprint(token.get("access_token")),
+               expires_in=None if left is None else round(left, 1),
+               line=f"Refreshed account {account!r}{user}: access token "
+                    f"{fingerprint(token.get('access_token'))} expires {expiry(token)}.")
+    return row
 
 
 def run_logout(args: argparse.Namespace) -> int:

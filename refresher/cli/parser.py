@@ -110,8 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     refresh = commands.add_parser(
         "refresh", parents=[common, client, store, account],
-        help="refresh an account's token now",
-        description="Refresh now, coordinated with every process sharing the store.")
+        help="refresh an account's token now (or every account's: --all)",
+        description="Refresh now, coordinated with every process sharing the store. With "
+                    "--all, every account of the store that is not waiting for a login, one "
+                    "line each; exit status 1 when any needs a login or failed. Run weekly "
+                    "from cron, it keeps a working pair in accounts no program touches.")
+    refresh.add_argument("--all", action="store_true",
+                         help="refresh every account of the store (not with --account)")
+    refresh.add_argument("--json", action="store_true", help="print JSON instead of lines")
     url(refresh, "token-url", "token endpoint")
     url(refresh, "api-url", "API base URL")
     refresh.set_defaults(run=run_refresh)
