@@ -24,9 +24,8 @@ import logging
 import os
 import secrets
 import sys
-import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -34,18 +33,10 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import requests
 
 from ._constants import DEFAULT_DEADLINE, DEFAULT_SCOPES, DEFAULT_TIMEOUT
-from ._transport import is_loopback_host, require_secure_transport
+from ._transport import require_secure_transport
 from .endpoint import TokenEndpoint
 from .errors import ConfigurationError, LoginError, RefreshError
-from .loopback import (
-    DEFAULT_REDIRECT_URI,
-    CallbackServer,
-    OpenBrowser,
-    PendingLogin,
-    callback_params,
-    read_pasted,
-    send_user,
-)
+from .loopback import DEFAULT_REDIRECT_URI, OpenBrowser, callback_params, wait_for_login
 from .session import RefreshingSession
 from .settings import default_store_location, open_session, resolve_setting
 from .stores import MemoryTokenStore, TokenStore
@@ -207,7 +198,8 @@ class LoginFlow:
         ``state`` in it must be the link's (:class:`~refresher.LoginError` otherwise: a
         stale tab or a forged request); ``error=access_denied`` (the user refused) and a
         code the token endpoint rejects raise :class:`~refresher.LoginError` too. Returns
-        the token dict, with ``expires_at``.
+        the token, with ``expires_at``: a :class:`~refresher.Token`, a dict whose ``repr``
+        shows fingerprints instead of the tokens.
 
         ``timeout`` bounds the whole exchange in seconds, retries included (default: the
         token endpoint's own bounds, 10 s an answer and 15 s in all); a
@@ -270,7 +262,7 @@ class LoginFlow:
                         "scopes, or the account stops working when this token expires",
                         token.get("scope", ""))
         log.info("logged in: client %s, scopes %s", self.client_id, token.get("scope", ""))
-        return token
+        return Token(token)  # a dict whose repr shows fingerprints: a notebook displays it
 
     # -- the whole flow on this machine --------------------------------------------------
 
@@ -302,35 +294,13 @@ class LoginFlow:
         Raises :class:`~refresher.LoginError` on a timeout, a refusal, a state mismatch,
         a failed exchange, or a port that cannot be listened on, and
         :class:`~refresher.ConfigurationError` for a redirect URI it cannot serve. Returns the
-        token dict.
+        token (a :class:`~refresher.Token`, its ``repr`` masked).
 
         >>> token = LoginFlow("my-client-id").run_local_server()  # doctest: +SKIP
         Opening https://x.com/i/oauth2/authorize?... in your browser.
         """
-        deadline = time.monotonic() + timeout
-        stream = out if out is not None else sys.stdout
-        parts = urlsplit(self.redirect_uri)
-        host = parts.hostname or ""
-        if parts.scheme != "http" or not is_loopback_host(host):
-            raise ConfigurationError(
-                "run_local_server needs a loopback http redirect URI such as "
-                f"{DEFAULT_REDIRECT_URI} (registered with your X app); got {self.redirect_uri!r}"
-            )
-        bind = "127.0.0.1" if host == "localhost" else host
-        wanted = parts.port if port is None else port
-        if wanted is None:
-            wanted = 80
-        try:
-            server = CallbackServer((bind, wanted), parts.path or "/")
-        except OSError as exc:
-            raise LoginError(
-                f"cannot listen for the login callback on {bind}:{wanted}: {exc.strerror}; "
-                "is another login running? Free that port or choose another one (the "
-                "callback URL registered with your X app must name the same port)"
-            ) from None
-        try:
-            netloc = f"[{host}]:{server.port}" if ":" in host else f"{host}:{server.port}"
-            redirect_uri = urlunsplit(parts._replace(netloc=netloc))
+
+        def begin(redirect_uri: str) -> tuple[str, Callable[[str, float], Token]]:
             link = self.authorization_url(redirect_uri=redirect_uri)
 
             def exchange(callback_url: str, seconds_left: float) -> Token:
@@ -338,27 +308,12 @@ class LoginFlow:
                                      code_verifier=link.code_verifier,
                                      redirect_uri=link.redirect_uri, timeout=seconds_left)
 
-            pending = PendingLogin(exchange, deadline)
-            server.start(pending)
-            if paste_from is not None:
-                threading.Thread(target=read_pasted, args=(paste_from, pending, stream),
-                                 name="refresher-login-paste", daemon=True).start()
-            send_user(link.url, open_browser, stream, redirect_uri, pasting=paste_from is not None)
-            if not pending.done.wait(max(0.0, deadline - time.monotonic())):
-                exchanging = pending.abandon()
-                if exchanging:
-                    raise LoginError(
-                        f"the browser came back, but the code exchange at {self.token_url} "
-                        f"did not finish within the login's {timeout:g} s timeout; start the "
-                        "login again, and allow it more time if X is slow"
-                    )
-                raise LoginError(
-                    f"no login within {timeout:g} s: nobody came back to {redirect_uri}; "
-                    "run the login again and approve it in the browser"
-                )
-        finally:
-            server.close()
-        return pending.result()
+            return link.url, exchange
+
+        return wait_for_login(
+            self.redirect_uri, port, begin, open_browser=open_browser, timeout=timeout,
+            out=out if out is not None else sys.stdout, paste_from=paste_from,
+            token_url=self.token_url)
 
     # -- after the login -----------------------------------------------------------------
 

@@ -1,9 +1,10 @@
 """The loopback half of a login: a small HTTP server on this machine that X redirects to.
 
-:meth:`refresher.LoginFlow.run_local_server` listens with a :class:`CallbackServer`, sends
-the user to X (:func:`send_user`) and waits on a :class:`PendingLogin`: the first callback
-to arrive, from the browser or pasted by hand (:func:`read_pasted`), is exchanged for the
-token, and the browser is shown a short page saying how it went.
+:meth:`refresher.LoginFlow.run_local_server` calls :func:`wait_for_login`, which listens
+with a :class:`CallbackServer`, sends the user to X (:func:`send_user`) and waits on a
+:class:`PendingLogin`: the first callback to arrive, from the browser or pasted by hand
+(:func:`read_pasted`), is exchanged for the token, and the browser is shown a short page
+saying how it went.
 
 A callback's query carries the code and the state: nothing here logs or prints it.
 """
@@ -19,9 +20,10 @@ import time
 import webbrowser
 from collections.abc import Callable
 from typing import Any, TextIO
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-from .errors import LoginError
+from ._transport import is_loopback_host
+from .errors import ConfigurationError, LoginError
 from .token import Token
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "callback_params",
     "read_pasted",
     "send_user",
+    "wait_for_login",
 ]
 
 log = logging.getLogger(__name__)
@@ -266,3 +269,67 @@ def read_pasted(stream: TextIO, pending: PendingLogin, out: TextIO) -> None:
             return
     except (OSError, ValueError):  # the stream was closed under us
         return
+
+
+def wait_for_login(
+    redirect_uri: str,
+    port: int | None,
+    begin: Callable[[str], tuple[str, Callable[[str, float], Token]]],
+    *,
+    open_browser: OpenBrowser,
+    timeout: float,
+    out: TextIO,
+    paste_from: TextIO | None,
+    token_url: str,
+) -> Token:
+    """Serve the callback of ``redirect_uri`` on loopback, send the user to X, wait, exchange.
+
+    ``port`` overrides the redirect URI's (0: a free one). ``begin(redirect_uri)`` is given
+    the URI with the port listened on, and returns the authorize URL and the function that
+    exchanges a callback's code (``exchange(callback_url, seconds_left)``). The rest as
+    :meth:`refresher.LoginFlow.run_local_server` says; ``token_url`` is for its messages.
+    """
+    deadline = time.monotonic() + timeout
+    parts = urlsplit(redirect_uri)
+    host = parts.hostname or ""
+    if parts.scheme != "http" or not is_loopback_host(host):
+        raise ConfigurationError(
+            "run_local_server needs a loopback http redirect URI such as "
+            f"{DEFAULT_REDIRECT_URI} (registered with your X app); got {redirect_uri!r}"
+        )
+    bind = "127.0.0.1" if host == "localhost" else host
+    wanted = parts.port if port is None else port
+    if wanted is None:
+        wanted = 80
+    try:
+        server = CallbackServer((bind, wanted), parts.path or "/")
+    except OSError as exc:
+        raise LoginError(
+            f"cannot listen for the login callback on {bind}:{wanted}: {exc.strerror}; "
+            "is another login running? Free that port or choose another one (the "
+            "callback URL registered with your X app must name the same port)"
+        ) from None
+    try:
+        netloc = f"[{host}]:{server.port}" if ":" in host else f"{host}:{server.port}"
+        listening = urlunsplit(parts._replace(netloc=netloc))
+        url, exchange = begin(listening)
+        pending = PendingLogin(exchange, deadline)
+        server.start(pending)
+        if paste_from is not None:
+            threading.Thread(target=read_pasted, args=(paste_from, pending, out),
+                             name="refresher-login-paste", daemon=True).start()
+        send_user(url, open_browser, out, listening, pasting=paste_from is not None)
+        if not pending.done.wait(max(0.0, deadline - time.monotonic())):
+            if pending.abandon():
+                raise LoginError(
+                    f"the browser came back, but the code exchange at {token_url} did not "
+                    f"finish within the login's {timeout:g} s timeout; start the login "
+                    "again, and allow it more time if X is slow"
+                )
+            raise LoginError(
+                f"no login within {timeout:g} s: nobody came back to {listening}; "
+                "run the login again and approve it in the browser"
+            )
+    finally:
+        server.close()
+    return pending.result()

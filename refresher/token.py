@@ -1,8 +1,11 @@
 """The token model: requests-oauthlib's token dict, and what refresher needs to know of it.
 
-A token is a plain ``dict`` (``access_token``, ``refresh_token``, ``token_type``,
+A token is a ``dict`` (``access_token``, ``refresh_token``, ``token_type``,
 ``expires_in``, ``expires_at`` in epoch seconds, ``scope``) so that it stays
 interchangeable with requests-oauthlib, tweepy and whatever database a user syncs it to.
+:class:`Token` is a ``dict`` subclass whose ``repr`` shows fingerprints instead of the
+tokens (a notebook displays what a cell returns); the login hands out one. Everything
+else may hand out plain dicts, so to type checkers ``Token`` is ``dict[str, Any]``.
 
 Two ways in, with two different rules:
 
@@ -20,11 +23,46 @@ import hashlib
 import math
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidTokenError
 
-Token = dict[str, Any]
+if TYPE_CHECKING:
+    # What every function annotated Token may return: a plain dict does (only the login
+    # builds the subclass below), and a Token is one.
+    Token = dict[str, Any]
+else:
+
+    class Token(dict):
+        """A token dict whose ``repr`` (and ``str``) shows fingerprints, never a token.
+
+        The same keys and values as the token endpoint's answer: equal to that dict,
+        ``json.dumps`` and ``pickle`` work as for any dict, ``dict(token)`` is a plain
+        copy. Each ``*_token`` field shows as ``<sha256:...>`` (:func:`fingerprint`).
+
+        >>> Token({"access_token": "secret-a", "expires_in": 7200})
+        Token({'access_token': <sha256:8766b9cb>, 'expires_in': 7200})
+        >>> Token({"access_token": "secret-a"}) == {"access_token": "secret-a"}
+        True
+        """
+
+        __slots__ = ()
+
+        def __repr__(self):
+            shown = ", ".join(
+                f"{key!r}: <{fingerprint(str(value))}>"
+                if isinstance(key, str) and key.endswith("token") and value
+                else f"{key!r}: {value!r}"
+                for key, value in self.items()
+            )
+            return f"Token({{{shown}}})"
+
+        def _repr_pretty_(self, printer, cycle):  # IPython and Jupyter display this
+            printer.text(repr(self))
+
+        def copy(self):
+            """A shallow copy that is a Token too (its ``repr`` masked as well)."""
+            return Token(self)
 
 __all__ = [
     "Token",

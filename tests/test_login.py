@@ -109,6 +109,45 @@ def test_run_local_server_logs_in_and_the_token_works(x_emulator):
     assert flow.session(token).me()["username"] == "emulated_user"
 
 
+def test_the_login_returns_a_token_whose_repr_shows_only_fingerprints(x_emulator, tmp_path):
+    import json
+    import pickle
+    import pprint
+
+    from refresher.token import fingerprint
+
+    token = _flow(x_emulator).run_local_server(port=0, open_browser=Browser(), timeout=10)
+    secrets = [token["access_token"], token["refresh_token"]]
+    assert isinstance(token, refresher.Token) and isinstance(token, dict)
+    shown = [repr(token), str(token), f"{token}", pprint.pformat(token), repr([token]),
+             repr(token.copy()), repr(pickle.loads(pickle.dumps(token)))]
+    for text in shown:
+        assert [s for s in secrets if s in text] == [], text
+        assert f"'access_token': <{fingerprint(token['access_token'])}>" in text
+        assert f"'refresh_token': <{fingerprint(token['refresh_token'])}>" in text
+        assert "'token_type': 'bearer'" in text and "'expires_in': 7200" in text
+
+    class Printer:  # what IPython and Jupyter hand to _repr_pretty_
+        def __init__(self) -> None:
+            self.shown: list[str] = []
+
+        def text(self, value: str) -> None:
+            self.shown.append(value)
+
+    printer = Printer()
+    token._repr_pretty_(printer, False)
+    assert printer.shown == [repr(token)]
+    # Everything else: the dict it always was.
+    plain = dict(token)
+    assert token == plain and plain == token and type(plain) is dict
+    assert json.loads(json.dumps(token)) == plain
+    assert pickle.loads(pickle.dumps(token)) == plain
+    session = _flow(x_emulator).session(token, store=str(tmp_path / "t.json"), account="me")
+    assert json.loads((tmp_path / "t.json").read_text())["accounts"]["me"]["token"][
+        "access_token"] == token["access_token"]
+    assert session.me()["username"] == "emulated_user"
+
+
 def test_the_callback_server_is_gone_afterwards(x_emulator):
     port = free_port()
     _flow(x_emulator).run_local_server(port=port, open_browser=Browser(), timeout=10)
