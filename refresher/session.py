@@ -17,37 +17,22 @@ from urllib.parse import urlsplit
 import requests
 from requests_oauthlib import OAuth2Session
 
+from ._build import UNSET, build_coordinator, resolve_policy, resolve_store
 from ._constants import DEFAULT_API_TIMEOUT, X_API_URL, X_TOKEN_URL
 from ._transport import require_secure_transport
 from .adapter import BearerFromAdapter, RefreshingAdapter
 from .clock import Clock
 from .coordinator import RefreshCoordinator
-from .endpoint import TokenEndpoint
 from .errors import InsecureTransport
-from .policy import DEFAULT_POLICY, RefreshPolicy
-from .stores import MemoryTokenStore, TokenStore, open_store
+from .policy import RefreshPolicy
+from .stores import TokenStore
 from .token import Token, validate_token
 
 __all__ = ["RefreshingSession"]
 
 log = logging.getLogger(__name__)
 
-_UNSET: Any = object()
 _BEARER_FROM_ADAPTER = BearerFromAdapter()
-
-
-def _policy(policy: RefreshPolicy | None, *, leeway: float | None, lock_timeout: Any,
-            refresh_status_codes: Collection[int] | None) -> RefreshPolicy:
-    """``policy`` (or the default) with the keyword arguments given explicitly applied."""
-    changes: dict[str, Any] = {}
-    if leeway is not None:
-        changes["leeway"] = leeway
-    if lock_timeout is not _UNSET:
-        changes["lock_timeout"] = lock_timeout
-    if refresh_status_codes is not None:
-        changes["refresh_status_codes"] = frozenset(refresh_status_codes)
-    base = policy if policy is not None else DEFAULT_POLICY
-    return base.replace(**changes) if changes else base
 
 
 class RefreshingSession(OAuth2Session):
@@ -96,7 +81,7 @@ class RefreshingSession(OAuth2Session):
         api_url: str | None = None,
         refresh_status_codes: Collection[int] | None = None,
         leeway: float | None = None,
-        lock_timeout: Any = _UNSET,
+        lock_timeout: Any = UNSET,
         on_token_update: Callable[[Token], Any] | None = None,
         on_refresh_error: Callable[[BaseException], Any] | None = None,
         on_refresh_start: Callable[[], Any] | None = None,
@@ -110,8 +95,8 @@ class RefreshingSession(OAuth2Session):
         manages_tokens = store is not None or on_token_update is not None
         if token and manages_tokens:
             token = validate_token(token)  # refused before oauthlib or a store sees it
-        policy = _policy(policy, leeway=leeway, lock_timeout=lock_timeout,
-                         refresh_status_codes=refresh_status_codes)
+        policy = resolve_policy(policy, leeway=leeway, lock_timeout=lock_timeout,
+                                refresh_status_codes=refresh_status_codes)
         super().__init__(
             client_id=client_id,
             client=client,
@@ -133,21 +118,13 @@ class RefreshingSession(OAuth2Session):
         if not manages_tokens:
             return  # plain OAuth2Session
 
-        if store is None:
-            store = MemoryTokenStore()
-        elif isinstance(store, (str, os.PathLike)):
-            store = open_store(store)
-        self.store = store
-        endpoint = TokenEndpoint(
-            token_url, client_id or getattr(client, "client_id", None), client_secret,
-            session=refresh_session, policy=policy, clock=clock,
-        )
-        coordinator = RefreshCoordinator(
-            store, account, endpoint, policy=policy, clock=clock,
+        self.store = store = resolve_store(store)
+        coordinator = build_coordinator(
+            client_id or getattr(client, "client_id", None), client_secret=client_secret,
+            store=store, account=account, token=token, token_url=token_url, policy=policy,
             on_token_update=on_token_update, on_refresh_error=on_refresh_error,
-            on_refresh_start=on_refresh_start,
+            on_refresh_start=on_refresh_start, refresh_session=refresh_session, clock=clock,
         )
-        coordinator.load(seed=dict(token) if token else None)
         self._coordinator = coordinator
         adapter = RefreshingAdapter(coordinator)
         self.mount("https://", adapter)
