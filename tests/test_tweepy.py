@@ -1,11 +1,21 @@
-"""The tweepy recipe: ``client.session = session`` makes tweepy's calls refresh transparently."""
+"""The tweepy recipe: ``client.session = session`` makes tweepy's calls refresh transparently;
+``route_to_emulator`` sends tweepy's fixed host to an emulator, given as an object or a URL."""
 
 from __future__ import annotations
 
-import pytest
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
 
-from refresher import MemoryTokenStore
-from refresher.testing import route_to_emulator
+import pytest
+import requests
+
+from refresher import JSONTokenStore, LoginFlow, MemoryTokenStore
+from refresher.testing import DEFAULT_CLIENT_ID, route_to_emulator
 
 tweepy = pytest.importorskip("tweepy")
 
@@ -45,3 +55,57 @@ def test_route_to_emulator_works_on_a_plain_session(x_emulator) -> None:
     response = session.get("https://api.x.com/2/users/me",
                            headers={"Authorization": f"Bearer {token['access_token']}"})
     assert response.json()["data"]["id"] == "1000000001"
+
+
+def test_route_to_emulator_takes_the_emulators_url(x_emulator, make_session):
+    session = make_session()
+    route_to_emulator(session, x_emulator.url + "/")  # a URL, as another process serves it
+    client = tweepy.Client(bearer_token="unused")
+    client.session = session
+    x_emulator.expire_access_token(session.token["access_token"])
+    assert client.get_me(user_auth=False).data.username == "emulated_user"
+    assert x_emulator.stats.refreshes == 1
+    for wrong in ("127.0.0.1:8000", "", None, object()):
+        with pytest.raises(ValueError, match="an XEmulator or its URL"):
+            route_to_emulator(requests.Session(), wrong)
+
+
+def _readme_blocks() -> list[str]:
+    """The tweepy section's two Python blocks: the recipe, and the lines for the emulator."""
+    readme = (Path(__file__).resolve().parent.parent / "README.rst").read_text()
+    heading = "\ntweepy\n======\n"
+    section = readme[readme.index(heading) + len(heading):]
+    section = section[:section.index("\n=====")]  # up to the next section's heading
+    blocks = re.findall(r"\.\. code-block:: python\n\n((?:(?: {4}.*)?\n)+)", section)
+    return [textwrap.dedent(block).strip("\n") + "\n" for block in blocks]
+
+
+@pytest.mark.integration
+def test_the_readme_recipe_as_printed_against_an_emulator(x_emulator_factory, tmp_path):
+    """The reader's steps: log in as alice (to an emulator whose tokens live a second), put
+    the README's offline lines after ``client.session = session``, run the script."""
+    x = x_emulator_factory(access_ttl=1.0)
+    store = tmp_path / "tokens.json"
+    flow = LoginFlow(DEFAULT_CLIENT_ID, redirect_uri="http://127.0.0.1:0/callback",
+                     authorize_url=x.authorize_url, token_url=x.token_url, api_url=x.api_url,
+                     scopes="tweet.read tweet.write users.read offline.access")
+    token = flow.run_local_server(open_browser=lambda url: requests.get(url, timeout=10))
+    flow.session(token, store=str(store), account="alice").close()
+    JSONTokenStore(store).save_metadata("alice", {  # what `refresher login` records
+        "client_id": DEFAULT_CLIENT_ID, "token_url": x.token_url, "api_url": x.api_url})
+
+    recipe, offline = _readme_blocks()
+    anchor = "client.session = session\n"
+    assert anchor in recipe and "route_to_emulator(session, os.environ[" in offline
+    script = tmp_path / "bot.py"
+    script.write_text(recipe.replace(anchor, anchor + offline))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REFRESHER_")}
+    env.update(REFRESHER_STORE=str(store), REFRESHER_API_URL=x.api_url)  # the exports
+    time.sleep(1.1)  # the script starts with an expired access token (X refuses a duplicate
+    # tweet, so it runs once)
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(r"@emulated_user tweeted \d+\n", done.stdout)
+    assert x.stats.refreshes >= 1 and x.stats.reused_refresh_tokens == 0
+    assert x.stats.unauthorized == 0  # refreshed before sending, never a 401 at all
