@@ -321,7 +321,8 @@ class JSONTokenStore(TokenStore):
         """Hold ``account``'s refresh lock (not the file lock: other accounts go on).
 
         Raises :class:`~refresher.LockTimeout` when it is not had within ``timeout``
-        seconds (``None``: wait for ever). Re-entrant within a thread.
+        seconds (``None``: wait for ever). Re-entrant within a thread. Code that holds two
+        accounts' locks at once must take them in the same order everywhere.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         ensure_lock_folder(self.locks_folder, self._where)
