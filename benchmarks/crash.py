@@ -339,8 +339,8 @@ def marked_needs_login(store: Any, token: dict[str, Any] | None) -> bool:
 
 
 def leftovers(store: Any) -> list[Path]:
-    """Files beside the store other than the store and its lock file."""
-    keep = {store.path.name, store.lock_path.name}
+    """Files beside the store other than the store, its lock file and its account locks."""
+    keep = {store.path.name, store.lock_path.name, store.locks_folder.name}
     return sorted(p for p in store.path.parent.iterdir() if p.name not in keep)
 
 
