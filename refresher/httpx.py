@@ -1,0 +1,181 @@
+"""RefreshingAuth: an ``httpx.Auth`` that keeps the bearer token alive, sync and async.
+
+.. code-block:: python
+
+    auth = RefreshingAuth("my-client-id", store="tokens.json", account="alice")
+    async with httpx.AsyncClient(auth=auth) as client:     # or httpx.Client(auth=auth)
+        me = (await client.get("https://api.x.com/2/users/me")).json()
+
+The rule is :class:`~refresher.RefreshingAdapter`'s, in httpx's own shape (one generator):
+the bearer on (refreshed first when expiring), send, and on a 401/403 that the coordinator
+says a refresh may cure, refresh once and replay once. The async flow never blocks the
+event loop: a FRESH token is read on the loop, anything else goes to a worker thread
+(:class:`~refresher._async.AsyncTokens`). Needs the ``[httpx]`` extra.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, Generator
+
+import httpx
+
+from ._async import FrontEnd
+from ._transport import require_secure_transport
+from .token import Token
+
+__all__ = ["RefreshingAuth"]
+
+log = logging.getLogger(__name__)
+
+_BEARER = "bearer "
+
+
+class RefreshingAuth(FrontEnd, httpx.Auth):
+    """An :class:`httpx.Auth` for :class:`httpx.Client` and :class:`httpx.AsyncClient`.
+
+    Takes :class:`~refresher.RefreshingSession`'s arguments (``client_id``, ``store``,
+    ``account``, ``token``, ``token_url``, ``policy``, the hooks, ``refresh_session``,
+    ``clock``...). Each request:
+
+    1. gets ``Authorization: Bearer <token>``, the token refreshed first when it is
+       expiring; plain http is refused except to this machine
+       (:class:`~refresher.InsecureTransport`);
+    2. is answered as it is, unless the coordinator says a refresh may cure the answer: a
+       401/403 to the request that carried this token (httpx drops the header on a
+       redirect to another origin, so that host's 401 refreshes nothing), not a 403 about
+       the request, not a 401 on the brake;
+    3. else refresh once (coordinated: a sibling's newer token is adopted) and replay once.
+       A body that cannot be sent again (a generator, a file passed as ``content=``) is not
+       resent: the 401/403 is returned and the next request uses the new token. A replay
+       answered 401 puts that endpoint and token on the brake.
+    """
+
+    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request,
+                                                                   httpx.Response, None]:
+        coordinator = self.coordinator
+        require_secure_transport(str(request.url))
+        _put_bearer(request, coordinator.token_for_request())
+        response = yield request
+
+        sent = self._sent_and_refusable(response)
+        if sent is None:
+            return
+        if response.status_code == 403:
+            response.read()  # its problem type says whether it is about the token
+        if not coordinator.may_cure(response.status_code, sent, _endpoint(response.request),
+                                    _problem_type(response)):
+            return
+        replayable = _replayable(request)
+        log.info("%s answered %d; refreshing the token", _endpoint(request),
+                 response.status_code)
+        fresh = coordinator.refresh(replacing=sent)
+        if not self._will_replay(request, response, replayable):
+            return
+        _put_bearer(request, fresh)
+        answer = yield request
+        self._judge_replay(answer, fresh)
+
+    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request,
+                                                                                httpx.Response]:
+        coordinator = self.coordinator
+        require_secure_transport(str(request.url))
+        _put_bearer(request, await self.tokens.token_for_request())
+        response = yield request
+
+        sent = self._sent_and_refusable(response)
+        if sent is None:
+            return
+        if response.status_code == 403:
+            await response.aread()  # its problem type says whether it is about the token
+        if not coordinator.may_cure(response.status_code, sent, _endpoint(response.request),
+                                    _problem_type(response)):
+            return
+        replayable = _replayable(request)
+        log.info("%s answered %d; refreshing the token", _endpoint(request),
+                 response.status_code)
+        fresh = await self.tokens.refresh(replacing=sent)
+        if not self._will_replay(request, response, replayable):
+            return
+        _put_bearer(request, fresh)
+        answer = yield request
+        self._judge_replay(answer, fresh)
+
+    # -- the steps both flows share ------------------------------------------------------
+
+    def _sent_and_refusable(self, response: httpx.Response) -> str | None:
+        """The token the answered request carried, if its status may be a refused token.
+
+        ``response.request`` is the last hop of any redirects: a hop to another origin
+        carried no token (httpx strips it), so its 401 gives ``None`` here.
+        """
+        if response.status_code not in self.policy.refresh_status_codes:
+            return None
+        return _bearer(response.request)
+
+    @staticmethod
+    def _will_replay(request: httpx.Request, response: httpx.Response,
+                     replayable: bool) -> bool:
+        if not replayable:
+            log.warning("%s has a body that cannot be replayed (a generator?); returning the "
+                        "%d, the next request uses the new token", _endpoint(request),
+                        response.status_code)
+        return replayable
+
+    def _judge_replay(self, answer: httpx.Response, fresh: Token) -> None:
+        access = fresh.get("access_token")
+        if answer.status_code == 401 and access and _bearer(answer.request) == access:
+            # Refused again with a token just refreshed: this 401 is not about the token.
+            self.coordinator.refused_after_refresh(access, _endpoint(answer.request))
+
+
+def _put_bearer(request: httpx.Request, token: Token) -> None:
+    request.headers["Authorization"] = f"Bearer {token['access_token']}"
+
+
+def _bearer(request: httpx.Request) -> str | None:
+    value: str | None = request.headers.get("Authorization")
+    if not value or not value.lower().startswith(_BEARER):
+        return None
+    return value[len(_BEARER):]
+
+
+def _endpoint(request: httpx.Request) -> str:
+    """Method, scheme, host and path: enough to name the call, without the query string."""
+    return f"{request.method} {request.url.copy_with(query=None, fragment=None)}"
+
+
+def _problem_type(response: httpx.Response) -> str | None:
+    """The problem+json ``type`` of a 403 (what X says the refusal is about), if any."""
+    if response.status_code != 403:
+        return None
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    kind = body.get("type") if isinstance(body, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+def _replayable(request: httpx.Request) -> bool:
+    """Whether the body can be sent again whole: bytes (``content=`` bytes, ``json=``,
+    ``data=`` a form: httpx keeps them as a ByteStream, as it does a body already read), or
+    multipart whose files httpx can seek back to their start. Not a generator, nor a file
+    passed as ``content=``: those are read once."""
+    stream = request.stream
+    if isinstance(stream, httpx.ByteStream):
+        return True
+    fields = getattr(stream, "fields", None)  # httpx's multipart stream
+    if isinstance(fields, list):
+        return all(_rewindable(getattr(field, "file", b"")) for field in fields)
+    return False
+
+
+def _rewindable(file: object) -> bool:
+    if isinstance(file, (bytes, str)):
+        return True
+    seekable = getattr(file, "seekable", None)
+    try:
+        return bool(seekable()) if callable(seekable) else False
+    except (OSError, ValueError):
+        return False
