@@ -1,0 +1,148 @@
+"""RefreshingMiddleware: an aiohttp client middleware that keeps the bearer token alive.
+
+.. code-block:: python
+
+    middleware = RefreshingMiddleware("my-client-id", store="tokens.json", account="alice")
+    async with aiohttp.ClientSession(middlewares=[middleware]) as session:
+        async with session.get("https://api.x.com/2/users/me") as response:
+            me = await response.json()
+
+tweepy's ``AsyncClient`` takes such a session (``client.session = session``): its calls
+then carry refresher's token, whatever ``bearer_token`` it was given. The rule is
+:class:`~refresher.RefreshingAdapter`'s: the bearer on (refreshed first when expiring),
+send, and on a 401/403 that the coordinator says a refresh may cure, refresh once and
+replay once, never blocking the event loop (:class:`~refresher._async.AsyncTokens`).
+Needs aiohttp 3.12 or later (client middlewares): the ``[aiohttp]`` extra.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+
+import aiohttp
+from yarl import URL
+
+from ._async import FrontEnd
+from ._transport import require_secure_transport
+from .token import Token
+
+__all__ = ["RefreshingMiddleware"]
+
+log = logging.getLogger(__name__)
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+# aiohttp runs a session's middlewares again for every hop of a redirect, each hop a new
+# request. A hop to another origin must not get the token (aiohttp drops the caller's
+# Authorization there), nor any hop after it: the origin the next hop goes to is noted
+# here, in the task's context, which the hop's middleware call shares.
+_NEXT_HOP: contextvars.ContextVar[URL | None] = contextvars.ContextVar(
+    "refresher_aiohttp_next_hop", default=None)
+
+
+class RefreshingMiddleware(FrontEnd):
+    """An aiohttp client middleware: ``aiohttp.ClientSession(middlewares=[it])``.
+
+    Takes :class:`~refresher.RefreshingSession`'s arguments (``client_id``, ``store``,
+    ``account``, ``token``, ``token_url``, ``policy``, the hooks, ``refresh_session``,
+    ``clock``...). Each request:
+
+    1. gets ``Authorization: Bearer <token>`` (replacing any the caller set, such as
+       tweepy's), the token refreshed first when it is expiring; plain http is refused
+       except to this machine (:class:`~refresher.InsecureTransport`). A redirect hop to
+       another origin, and every hop after it, goes without the token;
+    2. is answered as it is, unless the coordinator says a refresh may cure the answer: a
+       401/403 to a request that carried this token, not a 403 about the request, not a
+       401 on the brake;
+    3. else refresh once (coordinated: a sibling's newer token is adopted) and replay once.
+       A body aiohttp cannot send again (an async generator) is not resent: the 401/403 is
+       returned and the next request uses the new token. A replay answered 401 puts that
+       endpoint and token on the brake.
+    """
+
+    async def __call__(self, request: aiohttp.ClientRequest,
+                       handler: aiohttp.ClientHandlerType) -> aiohttp.ClientResponse:
+        if _redirected_away(request):
+            request.headers.pop("Authorization", None)
+            return _noted(request, await handler(request), away=True)
+        require_secure_transport(str(request.url))
+        token = await self.tokens.token_for_request()
+        sent = token["access_token"]
+        _put_bearer(request, token)
+        response = _noted(request, await handler(request), away=False)
+
+        endpoint = _endpoint(request)
+        if response.status not in self.policy.refresh_status_codes or not (
+                self.coordinator.may_cure(response.status, sent, endpoint,
+                                          await _problem_type(response))):
+            return response
+        replayable = _replayable(request)
+        log.info("%s answered %d; refreshing the token", endpoint, response.status)
+        fresh = await self.tokens.refresh(replacing=sent)
+        if not replayable:
+            log.warning("%s has a body that cannot be replayed (an async generator?); "
+                        "returning the %d, the next request uses the new token", endpoint,
+                        response.status)
+            return response
+
+        response.release()
+        _put_bearer(request, fresh)
+        answer = _noted(request, await handler(request), away=False)
+        if answer.status == 401:
+            # Refused again with a token just refreshed: this 401 is not about the token.
+            self.coordinator.refused_after_refresh(fresh["access_token"], endpoint)
+        return answer
+
+
+def _redirected_away(request: aiohttp.ClientRequest) -> bool:
+    """Whether ``request`` is the hop of a redirect that left the token's origin."""
+    hop = _NEXT_HOP.get()
+    if hop is None:
+        return False
+    _NEXT_HOP.set(None)
+    return hop == request.url.origin()
+
+
+def _noted(request: aiohttp.ClientRequest, response: aiohttp.ClientResponse, *,
+           away: bool) -> aiohttp.ClientResponse:
+    """Note where a redirect's next hop goes when it must not get the token: to another
+    origin than ``request``'s, or anywhere from a hop that is already ``away``."""
+    location = response.headers.get("Location") if response.status in _REDIRECTS else None
+    if location:
+        try:
+            target = request.url.join(URL(location)).origin()
+        except ValueError:
+            return response  # aiohttp refuses to follow it
+        if away or target != request.url.origin():
+            _NEXT_HOP.set(target)
+    return response
+
+
+def _put_bearer(request: aiohttp.ClientRequest, token: Token) -> None:
+    request.headers["Authorization"] = f"Bearer {token['access_token']}"
+
+
+def _endpoint(request: aiohttp.ClientRequest) -> str:
+    """Method, scheme, host and path: enough to name the call, without the query string."""
+    return f"{request.method} {request.url.with_query(None).with_fragment(None)}"
+
+
+async def _problem_type(response: aiohttp.ClientResponse) -> str | None:
+    """The problem+json ``type`` of a 403 (what X says the refusal is about), if any. The
+    body stays readable for the caller."""
+    if response.status != 403:
+        return None
+    try:
+        body = await response.json(content_type=None)
+    except (ValueError, aiohttp.ClientError):
+        return None
+    kind = body.get("type") if isinstance(body, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+def _replayable(request: aiohttp.ClientRequest) -> bool:
+    """Whether the body can be sent again: none, bytes, a form, JSON, a seekable file
+    (aiohttp seeks it back to where it started); not an async generator."""
+    body = request.body
+    return isinstance(body, bytes) or not body.consumed
