@@ -1,0 +1,388 @@
+"""refresher.httpx.RefreshingAuth: the adapter's rule for httpx.Client and httpx.AsyncClient,
+against the emulator over loopback; and the async guarantees (one refresh for many tasks,
+a loop that never stalls behind the token endpoint)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import threading
+import time
+
+import pytest
+
+from refresher import InsecureTransport, MemoryTokenStore
+from refresher.testing import DEFAULT_CLIENT_ID
+
+httpx = pytest.importorskip("httpx")
+from refresher.httpx import RefreshingAuth  # noqa: E402
+
+KINDS = ["sync", "async"]
+
+
+@pytest.fixture
+def make_auth(x_emulator):
+    """``make_auth(store=None, token="fresh", emulator=None, **kw)``: a RefreshingAuth wired
+    to the emulator, seeded with a fresh token unless ``token`` is given."""
+    made = []
+
+    def make(store=None, token="fresh", emulator=None, **kw):
+        x = emulator or x_emulator
+        if isinstance(token, str) and token == "fresh":
+            token = x.issue_token()
+        kw.setdefault("token_url", x.token_url)
+        kw.setdefault("api_url", x.api_url)
+        auth = RefreshingAuth(DEFAULT_CLIENT_ID, store=store if store is not None
+                              else MemoryTokenStore(), token=token, **kw)
+        made.append(auth)
+        return auth
+
+    yield make
+    for auth in made:
+        auth.close()
+
+
+def send(kind, auth, method, url, **kw):
+    """One request through an httpx.Client (``kind`` "sync") or an httpx.AsyncClient."""
+    if kind == "sync":
+        with httpx.Client(auth=auth) as client:
+            return client.request(method, url, **kw)
+
+    async def go():
+        async with httpx.AsyncClient(auth=auth) as client:
+            return await client.request(method, url, **kw)
+
+    return asyncio.run(go())
+
+
+def _expired(x):
+    """A token that the client and the emulator both know has expired."""
+    token = x.issue_token()
+    token["expires_at"] = time.time() - 1
+    x.expire_access_token(token["access_token"])
+    return token
+
+
+def _old_token(x):
+    """A valid token that the client believes is in the second half of its life."""
+    token = x.issue_token()
+    token["expires_at"] = time.time() + 600
+    return token
+
+
+# -- the bearer, and refreshing before sending -------------------------------------------------
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_request_carries_the_current_bearer(kind, x_emulator, make_auth):
+    auth = make_auth()
+    response = send(kind, auth, "GET", x_emulator.api_url + "/2/users/me",
+                    headers={"Authorization": "Bearer someone-elses"})
+    assert response.status_code == 200
+    assert response.request.headers["Authorization"] == f"Bearer {auth.token['access_token']}"
+    assert x_emulator.stats.refreshes == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_token_expiring_within_the_leeway_is_refreshed_before_sending(kind, x_emulator,
+                                                                        make_auth):
+    token = x_emulator.issue_token()
+    token["expires_at"] = time.time() + 20  # 20 s left, leeway 60 s: waits for the refresh
+    auth = make_auth(token=token)
+    response = send(kind, auth, "GET", x_emulator.api_url + "/2/users/me")
+    assert response.status_code == 200
+    assert x_emulator.stats.refreshes == 1
+    assert x_emulator.stats.unauthorized == 0  # refreshed first, not after a 401
+    assert response.request.headers["Authorization"] != f"Bearer {token['access_token']}"
+
+
+# -- 401/403: one refresh, one replay, no storm ------------------------------------------------
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_401_refreshes_once_and_replays(kind, x_emulator, make_auth):
+    store = MemoryTokenStore()
+    auth = make_auth(store=store)
+    old = auth.token["access_token"]
+    x_emulator.expire_access_token(old)  # the client still thinks it has two hours
+    response = send(kind, auth, "GET", x_emulator.api_url + "/2/users/me")
+    assert response.status_code == 200
+    assert x_emulator.stats.refreshes == 1 and x_emulator.stats.unauthorized == 1
+    assert auth.token["access_token"] != old
+    assert store.load("default")["access_token"] == auth.token["access_token"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_six_calls_to_an_always_401_endpoint_cost_one_refresh(kind, x_emulator, make_auth):
+    auth = make_auth()
+    for _ in range(6):
+        response = send(kind, auth, "GET", x_emulator.api_url + "/2/emulator/unauthorized")
+        assert response.status_code == 401
+    assert x_emulator.stats.refreshes == 1  # then the brake: not about the token
+    assert send(kind, auth, "GET", x_emulator.api_url + "/2/users/me").status_code == 200
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_six_calls_to_an_always_403_endpoint_cost_at_most_one_refresh(kind, x_emulator,
+                                                                      make_auth):
+    auth = make_auth(token=_old_token(x_emulator))
+    for _ in range(6):
+        response = send(kind, auth, "GET", x_emulator.api_url + "/2/emulator/forbidden/plain")
+        assert response.status_code == 403
+        assert response.json()["title"] == "Forbidden"  # the body is still there to read
+    assert x_emulator.stats.refreshes == 1  # the old token got one chance
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_403_problems_not_about_the_token_and_young_tokens_refresh_nothing(kind, x_emulator,
+                                                                           make_auth):
+    old = make_auth(token=_old_token(x_emulator))
+    for _ in range(3):
+        response = send(kind, old, "GET",
+                        x_emulator.api_url + "/2/emulator/forbidden/client-forbidden")
+        assert response.status_code == 403
+    young = make_auth()
+    assert send(kind, young, "GET", x_emulator.api_url + "/2/emulator/forbidden/plain"
+                ).status_code == 403
+    assert x_emulator.stats.refreshes == 0
+
+
+# -- what a replay sends --------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_json_and_form_bodies_are_replayed_whole(kind, x_emulator, make_auth):
+    auth = make_auth()
+    x_emulator.expire_access_token(auth.token["access_token"])
+    payload = {"text": "héllo", "list": list(range(100))}
+    response = send(kind, auth, "POST", x_emulator.api_url + "/2/emulator/echo", json=payload)
+    assert response.status_code == 200, response.text
+    assert json.loads(response.json()["body"]) == payload
+    x_emulator.expire_access_token(auth.token["access_token"])
+    response = send(kind, auth, "PUT", x_emulator.api_url + "/2/emulator/echo?q=1",
+                    data={"a": "1", "b": "two words"})
+    assert response.json()["body"] == "a=1&b=two+words"
+    assert x_emulator.stats.refreshes == 2 and x_emulator.stats.unauthorized == 2
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_multipart_upload_is_replayed_whole(kind, x_emulator, make_auth):
+    auth = make_auth()
+    x_emulator.expire_access_token(auth.token["access_token"])
+    media = b"\x89PNG" * 5000
+    response = send(kind, auth, "POST", x_emulator.api_url + "/2/emulator/echo",
+                    files={"media": ("a.png", io.BytesIO(media))})
+    body = response.json()
+    assert response.status_code == 200
+    assert body["content_type"].startswith("multipart/form-data")
+    assert body["body_length"] > len(media)
+    assert x_emulator.stats.refreshes == 1
+
+
+def test_a_generator_body_is_not_resent_but_the_store_has_the_fresh_token(x_emulator,
+                                                                           make_auth):
+    store = MemoryTokenStore()
+    auth = make_auth(store=store)
+    old = auth.token["access_token"]
+    x_emulator.expire_access_token(old)
+
+    def chunks():
+        yield b"part one, "
+        yield b"part two"
+
+    response = send("sync", auth, "POST", x_emulator.api_url + "/2/emulator/echo",
+                    content=chunks())
+    assert response.status_code == 401
+    assert x_emulator.stats.refreshes == 1
+    assert store.load("default")["access_token"] != old
+    assert send("sync", auth, "GET", x_emulator.api_url + "/2/users/me").status_code == 200
+
+
+def test_an_async_generator_body_is_not_resent(x_emulator, make_auth):
+    auth = make_auth()
+    x_emulator.expire_access_token(auth.token["access_token"])
+
+    async def chunks():
+        yield b"part one, "
+        yield b"part two"
+
+    response = send("async", auth, "POST", x_emulator.api_url + "/2/emulator/echo",
+                    content=chunks())
+    assert response.status_code == 401
+    assert x_emulator.stats.refreshes == 1 and x_emulator.stats.unauthorized == 1
+    assert send("async", auth, "GET", x_emulator.api_url + "/2/users/me").status_code == 200
+
+
+# -- the token stays with its host ------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_redirect_to_another_host_carries_no_token_and_its_401_refreshes_nothing(
+        kind, x_emulator_factory, make_auth):
+    home = x_emulator_factory()
+    elsewhere = x_emulator_factory()  # another host: localhost instead of 127.0.0.1
+    other = elsewhere.url.replace("127.0.0.1", "localhost") + "/2/users/me"
+    auth = make_auth(emulator=home)
+    response = send(kind, auth, "GET", home.api_url + "/2/emulator/redirect",
+                    params={"to": other}, follow_redirects=True)
+    assert response.status_code == 401  # the other host saw no token of ours
+    assert response.history and response.history[0].status_code == 302
+    assert "Authorization" not in response.request.headers
+    assert home.stats.refreshes == 0
+    assert elsewhere.stats.unauthorized == 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_plain_http_to_another_machine_is_refused_before_anything_is_sent(kind, x_emulator,
+                                                                          make_auth,
+                                                                          monkeypatch):
+    monkeypatch.delenv("OAUTHLIB_INSECURE_TRANSPORT", raising=False)
+    auth = make_auth()
+    with pytest.raises(InsecureTransport):
+        send(kind, auth, "GET", "http://example.invalid/2/users/me")
+    assert send(kind, auth, "GET", x_emulator.api_url + "/2/users/me").status_code == 200
+
+
+def test_repr_shows_the_account_and_expiry_never_the_token(make_auth):
+    auth = make_auth()
+    shown = repr(auth)
+    assert "RefreshingAuth account='default'" in shown and "expires in" in shown
+    assert auth.token["access_token"] not in shown
+
+
+# -- many tasks, one refresh, a loop that never stalls ------------------------------------------
+
+def _counting_threads(monkeypatch):
+    """Count the coordinator calls sent to worker threads (asyncio.to_thread)."""
+    calls = []
+    real = asyncio.to_thread
+
+    async def to_thread(func, /, *args, **kwargs):
+        calls.append(getattr(func, "__name__", repr(func)))
+        return await real(func, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", to_thread)
+    return calls
+
+
+def test_200_tasks_on_an_expired_token_cause_one_refresh(x_emulator, make_auth, monkeypatch):
+    auth = make_auth(token=_expired(x_emulator))
+    threads = _counting_threads(monkeypatch)
+
+    async def main():
+        async with httpx.AsyncClient(auth=auth, limits=httpx.Limits(max_connections=20)) as c:
+            return await asyncio.gather(*(c.get(x_emulator.api_url + "/2/users/me")
+                                          for _ in range(200)))
+
+    answers = asyncio.run(main())
+    assert [a.status_code for a in answers] == [200] * 200
+    assert x_emulator.stats.refreshes == 1
+    assert x_emulator.stats.unauthorized == 0
+    assert threads == ["token_for_request"]  # the 199 queued behind it took its token
+
+
+def test_a_fresh_token_is_sent_without_a_worker_thread(x_emulator, make_auth, monkeypatch):
+    auth = make_auth()
+    threads = _counting_threads(monkeypatch)
+
+    async def main():
+        async with httpx.AsyncClient(auth=auth) as client:
+            for _ in range(50):
+                assert (await client.get(x_emulator.api_url + "/2/users/me")).status_code == 200
+
+    asyncio.run(main())
+    assert threads == []
+
+
+def test_the_loop_keeps_ticking_while_a_refresh_waits_on_a_slow_token_endpoint(
+        x_emulator_factory, make_auth):
+    x = x_emulator_factory(token_delay=2.0)
+    auth = make_auth(emulator=x, token=_expired(x))
+    ticks = []
+
+    async def heartbeat(stop):
+        while not stop.is_set():
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.02)
+
+    async def main():
+        stop = asyncio.Event()
+        beat = asyncio.create_task(heartbeat(stop))
+        started = time.monotonic()
+        async with httpx.AsyncClient(auth=auth) as client:
+            answers = await asyncio.gather(*(client.get(x.api_url + "/2/users/me")
+                                             for _ in range(20)))
+        took = time.monotonic() - started
+        stop.set()
+        await beat
+        return answers, took
+
+    answers, took = asyncio.run(main())
+    assert [a.status_code for a in answers] == [200] * 20
+    assert took >= 2.0 and x.stats.refreshes == 1
+    gaps = [b - a for a, b in zip(ticks, ticks[1:])]
+    assert len(ticks) > 50 and max(gaps) < 0.5, f"largest gap {max(gaps):.3f} s"
+
+
+def test_a_task_cancelled_while_refreshing_still_leaves_the_new_pair_saved(x_emulator_factory,
+                                                                           make_auth):
+    x = x_emulator_factory(token_delay=1.0)
+    store = MemoryTokenStore()
+    auth = make_auth(emulator=x, store=store, token=_expired(x))
+
+    async def main():
+        async with httpx.AsyncClient(auth=auth) as client:
+            task = asyncio.create_task(client.get(x.api_url + "/2/users/me"))
+            await asyncio.sleep(0.3)  # the refresh is under way in its worker thread
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return await client.get(x.api_url + "/2/users/me")  # waits for that refresh
+
+    assert asyncio.run(main()).status_code == 200
+    assert x.stats.refreshes == 1 and x.stats.reused_refresh_tokens == 0
+    assert store.load("default")["access_token"] == auth.token["access_token"]
+
+
+def test_two_event_loops_in_two_threads_share_one_auth_and_one_refresh(x_emulator, make_auth):
+    auth = make_auth(token=_expired(x_emulator))
+    results = []
+
+    def loop_in_thread():
+        async def main():
+            async with httpx.AsyncClient(auth=auth) as client:
+                return await asyncio.gather(*(client.get(x_emulator.api_url + "/2/users/me")
+                                              for _ in range(20)))
+        results.extend(a.status_code for a in asyncio.run(main()))
+
+    threads = [threading.Thread(target=loop_in_thread) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert results == [200] * 40
+    assert x_emulator.stats.refreshes == 1 and x_emulator.stats.unauthorized == 0
+
+
+def test_sync_client_in_many_threads_refreshes_once(x_emulator, make_auth):
+    auth = make_auth(token=_expired(x_emulator))
+    statuses = []
+
+    with httpx.Client(auth=auth) as client:
+        def call():
+            statuses.append(client.get(x_emulator.api_url + "/2/users/me").status_code)
+
+        threads = [threading.Thread(target=call) for _ in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    assert statuses == [200] * 16
+    assert x_emulator.stats.refreshes == 1
+
+
+def test_the_body_hash_of_a_replayed_upload_matches(x_emulator, make_auth):
+    auth = make_auth()
+    x_emulator.expire_access_token(auth.token["access_token"])
+    data = bytes(range(256)) * 1024
+    response = send("async", auth, "POST", x_emulator.api_url + "/2/emulator/echo", content=data)
+    assert response.json()["body_sha256"] == hashlib.sha256(data).hexdigest()
+    assert x_emulator.stats.refreshes == 1
