@@ -42,7 +42,7 @@ from refresher.token import fingerprint
 _SCRIPT = shutil.which("refresher", path=os.path.dirname(sys.executable))
 COMMAND = [_SCRIPT] if _SCRIPT else [sys.executable, "-m", "refresher"]
 JSON_KEYS = ["requests", "failed", "refreshes", "windows", "reused_refresh_tokens",
-             "processes", "seconds"]
+             "processes", "threads", "seconds", "access_ttl"]
 
 
 class CLI:
@@ -866,9 +866,80 @@ def test_demo_json_via_python_m_refresher(cli, tmp_path):
     result = json.loads(done.stdout)  # the only thing on stdout: one JSON object
     assert list(result) == JSON_KEYS
     assert result["processes"] == 2 and result["seconds"] == 3 and result["windows"] == 3
+    assert result["threads"] == 2 and result["access_ttl"] == 1
     assert result["failed"] == 0 and result["reused_refresh_tokens"] == 0
     assert result["requests"] > 50 and 2 <= result["refreshes"] <= 6
     assert JSONTokenStore(store).accounts() == ["demo"]  # --store: the login went there
+
+
+def test_demo_never_touches_a_real_account_nor_makes_folders(cli, x_emulator, tmp_path):
+    cli.login(x_emulator, "--account", "demo")  # someone's real account, named 'demo'
+    kept = cli.store.read_text()
+    small = ["--processes", "1", "--threads", "1", "--seconds", "1"]
+    done = cli.run("demo", *small, "--store", str(cli.store))
+    _one_clear_line(done, 2, f"{cli.store} already holds an account named 'demo', which the "
+                             "demo would replace: choose another store, or pass --force")
+    assert cli.store.read_text() == kept
+    forced = cli.run("demo", *small, "--store", str(cli.store), "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert JSONTokenStore(cli.store).load_metadata("demo").get("username") == "emulated_user"
+
+    missing = tmp_path / "nonexistent" / "dir"
+    done = cli.run("demo", *small, "--store", str(missing / "tokens.json"))
+    _one_clear_line(done, 2, f"the folder of {missing / 'tokens.json'} does not exist; the "
+                             "demo creates no folder")
+    assert not (tmp_path / "nonexistent").exists()
+    text = " ".join(cli.run("demo", "--help", env=dict(cli.env, COLUMNS="200")).stdout.split())
+    assert "the demo writes an account named 'demo' there, and refuses a store that already " \
+        "holds one (--force)" in text
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "kill -INT, SIGINT ignored"])
+def test_demo_interrupted_prints_the_counts_so_far_and_exits_130(cli, how):
+    """Ctrl-C at a terminal sends SIGINT to the whole process group, workers included;
+    `kill -INT` to a background job of a script reaches a process that ignores SIGINT."""
+    argv = [*COMMAND, "demo", "--processes", "2", "--threads", "1", "--seconds", "60"]
+    if how != "ctrl-c":
+        argv = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *argv]  # exec keeps SIG_IGN
+    child = subprocess.Popen(argv, env=cli.env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert child.stderr is not None
+        progress = 0
+        while progress < 2:
+            line = child.stderr.readline()
+            assert line, "the demo ended before its progress lines"
+            progress += " requests " in line
+        sent = time.monotonic()
+        if how == "ctrl-c":
+            os.killpg(child.pid, signal.SIGINT)
+        else:
+            child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+    assert child.returncode == 130, err
+    assert time.monotonic() - sent < 15
+    numbers = {line[:24].strip(): line[24:].strip() for line in out.splitlines()[1:-1]}
+    assert int(numbers["requests"]) > 0 and numbers["reused refresh tokens"] == "0"
+    assert re.fullmatch(r"INTERRUPTED after \d+(\.\d)? s: the counts so far\.",
+                        out.splitlines()[-1])
+    assert err.splitlines()[-1].startswith("refresher: interrupted after ")
+    assert "Traceback" not in err and err.endswith("\n")
+
+
+def test_demo_progress_is_plain_lines_ending_in_a_newline_off_a_terminal(x_emulator):
+    from refresher.demo import _ProgressLine
+
+    log = io.StringIO()  # stderr redirected to a file or a pipe
+    line = _ProgressLine(log, 2, x_emulator)
+    line(5, 0, 0.5)
+    line(10, 1, 2.0)
+    line.finish()
+    text = log.getvalue()
+    assert "\r" not in text and "\x1b" not in text and text.endswith(" reused\n")
+    assert len(text.splitlines()) == 2 and (line.done, line.failed) == (10, 1)
 
 
 def test_demo_progress_rewrites_one_line_on_a_terminal(x_emulator):

@@ -99,16 +99,21 @@ def emulator_store() -> str:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """``refresher demo``: the offline demo; exit 0 only when nothing failed."""
+    """``refresher demo``: the offline demo; exit 0 only when nothing failed, 130 when
+    interrupted (Ctrl-C), after the counts so far."""
     from .. import demo
 
     result = demo.run_demo(processes=args.processes, threads=args.threads,
                            seconds=args.seconds, access_ttl=args.access_ttl, store=args.store,
-                           progress=sys.stderr)
+                           force=args.force, progress=sys.stderr)
     if args.json:
         print(json.dumps(result.public()))
     else:
         print(demo.format_table(result))
     for error in result.errors[:5]:
         print(f"refresher: worker error: {error.strip()}", file=sys.stderr)
+    if result.interrupted:
+        print(f"refresher: interrupted after {result.summary['seconds']:g} s: the counts "
+              "above are those so far", file=sys.stderr)
+        return 130
     return 0 if result.ok else 1

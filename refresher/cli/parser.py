@@ -164,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "approves), then run PROCESSES worker processes of THREADS threads each "
                     "calling the API through one shared JSON token store while access tokens "
                     "expire every few seconds. Exit 0 only when no request failed and no "
-                    "refresh token was spent twice.")
+                    "refresh token was spent twice; Ctrl-C prints the counts so far and "
+                    "exits 130. With --store it writes an account named 'demo' in that "
+                    "store.")
     demo.add_argument("--processes", type=_positive_int, default=4, help="default 4")
     demo.add_argument("--threads", type=_positive_int, default=3, help="per process; default 3")
     demo.add_argument("--seconds", type=_positive_float, default=10.0,
@@ -172,8 +174,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--access-ttl", type=_positive_float, default=2.0, metavar="SECONDS",
                       help="access token lifetime; default 2")
     demo.add_argument("--store", metavar="PATH",
-                      help="token store to use (default: a JSON file in a temporary folder)")
-    demo.add_argument("--json", action="store_true", help="print one JSON object")
+                      help="token store to use: the demo writes an account named 'demo' "
+                           "there, and refuses a store that already holds one (--force); a "
+                           "JSON file's folder must exist (default: a JSON file in a "
+                           "temporary folder, removed afterwards)")
+    demo.add_argument("--force", action="store_true",
+                      help="replace the 'demo' account of --store if it holds one")
+    demo.add_argument("--json", action="store_true",
+                      help="print one JSON object: requests, failed, refreshes, windows, "
+                           "reused_refresh_tokens, processes, threads, seconds, access_ttl")
     demo.set_defaults(run=run_demo)
     return parser
 

@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import os
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,21 +30,22 @@ from typing import Any, TextIO
 
 import requests
 
-from ..errors import LoginError
+from ..errors import ConfigurationError, LoginError
 from ..login import LoginFlow
 from ..settings import describe_store
 from ..stores import open_store
 from ..testing.emulator import DEFAULT_CLIENT_ID, XEmulator
-from .workload import WorkloadSpec, run_workers, summarize
+from .workload import WorkerReport, WorkloadSpec, run_workers, summarize
 
-__all__ = ["DemoResult", "run_demo", "format_table", "JSON_KEYS"]
+__all__ = ["ACCOUNT", "DemoResult", "run_demo", "format_table", "JSON_KEYS"]
 
 log = logging.getLogger(__name__)
 
 #: The keys of ``refresher demo --json``, in order.
 JSON_KEYS = ("requests", "failed", "refreshes", "windows", "reused_refresh_tokens",
-             "processes", "seconds")
-_ACCOUNT = "demo"
+             "processes", "threads", "seconds", "access_ttl")
+#: The account the demo writes in its store.
+ACCOUNT = "demo"
 
 
 @dataclass
@@ -53,15 +57,19 @@ class DemoResult:
     access_ttl: float
     user: dict[str, Any] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    #: Stopped by Ctrl-C: the counts are those so far, ``summary["seconds"]`` the time run.
+    interrupted: bool = False
 
     @property
     def ok(self) -> bool:
-        """No failed request and no refresh token spent twice."""
-        return bool(self.summary["failed"] == 0 and self.summary["reused_refresh_tokens"] == 0)
+        """Ran to the end, with no failed request and no refresh token spent twice."""
+        return bool(not self.interrupted and self.summary["failed"] == 0
+                    and self.summary["reused_refresh_tokens"] == 0)
 
     def public(self) -> dict[str, Any]:
         """The ``--json`` object: exactly :data:`JSON_KEYS`."""
-        return {key: self.summary[key] for key in JSON_KEYS}
+        run = dict(self.summary, threads=self.threads, access_ttl=self.access_ttl)
+        return {key: run[key] for key in JSON_KEYS}
 
 
 def run_demo(
@@ -71,16 +79,28 @@ def run_demo(
     seconds: float = 10.0,
     access_ttl: float = 2.0,
     store: str | None = None,
+    force: bool = False,
     progress: TextIO | None = None,
 ) -> DemoResult:
     """Run the demo; ``progress`` (a stream such as ``sys.stderr``) gets a live status line.
 
     ``store`` is a token store location (a JSON file or ``redis://`` URL); by default a
-    JSON file in a temporary folder, removed afterwards.
+    JSON file in a temporary folder, removed afterwards. The demo writes the account
+    :data:`ACCOUNT` there: a store that already holds one is refused unless ``force``, and
+    a JSON file's folder must exist (:class:`~refresher.ConfigurationError` otherwise).
+    A ``KeyboardInterrupt`` (Ctrl-C) while the workers run stops them, and the result
+    holds the counts so far (``interrupted``).
     """
     say = _Say(progress)
-    with XEmulator(host="127.0.0.1", port=0, access_ttl=access_ttl) as x, \
-            _location(store) as location:
+    with _location(store) as location:
+        if store:
+            _check_store(location, force)
+        return _run(location, processes, threads, seconds, access_ttl, say, progress)
+
+
+def _run(location: str, processes: int, threads: int, seconds: float, access_ttl: float,
+         say: _Say, progress: TextIO | None) -> DemoResult:
+    with XEmulator(host="127.0.0.1", port=0, access_ttl=access_ttl) as x:
         say(f"X emulator on {x.url}; access tokens live {access_ttl:g} s.")
         flow = LoginFlow(
             DEFAULT_CLIENT_ID,
@@ -94,7 +114,7 @@ def run_demo(
         token = flow.run_local_server(open_browser=_browse, timeout=30.0)
         token_store = open_store(location)
         try:
-            session = flow.session(token, store=token_store, account=_ACCOUNT)
+            session = flow.session(token, store=token_store, account=ACCOUNT)
             user = session.me()
             session.close()
             where = describe_store(token_store)
@@ -104,19 +124,71 @@ def run_demo(
             f"token saved in {where}.")
         x.reset_stats()  # count the run only
 
-        spec = WorkloadSpec(store=location, account=_ACCOUNT, client_id=DEFAULT_CLIENT_ID,
+        spec = WorkloadSpec(store=location, account=ACCOUNT, client_id=DEFAULT_CLIENT_ID,
                             token_url=x.token_url, api_url=x.api_url, threads=threads,
                             seconds=seconds)
         say(f"Starting {processes} worker processes x {threads} threads for {seconds:g} s...")
         line = _ProgressLine(progress, seconds, x)
+        before = set(multiprocessing.active_children())
         try:
-            reports = run_workers(spec, processes, progress=line)
+            with _interruptible():
+                reports = run_workers(spec, processes, progress=line)
+        except KeyboardInterrupt:  # Ctrl-C: stop the workers, keep the counts so far
+            _stop(set(multiprocessing.active_children()) - before)
+            so_far = WorkerReport(requests=line.done, failed=line.failed)
+            summary = summarize([so_far], x.stats.as_dict(), processes=processes,
+                                seconds=round(line.elapsed, 1), access_ttl=access_ttl)
+            return DemoResult(summary, threads, access_ttl, user, interrupted=True)
         finally:
             line.finish()
         summary = summarize(reports, x.stats.as_dict(), processes=processes, seconds=seconds,
                             access_ttl=access_ttl)
     errors = [error for report in reports for error in report.errors]
     return DemoResult(summary, threads, access_ttl, user, errors)
+
+
+def _check_store(location: str, force: bool) -> None:
+    """Refuse a store the demo could harm: a missing folder, an account named 'demo'."""
+    if "://" not in location:
+        folder = os.path.dirname(location)
+        if not os.path.isdir(folder):
+            raise ConfigurationError(
+                f"the folder of {location} does not exist; the demo creates no folder: "
+                "create it, or leave --store out (a temporary folder)"
+            )
+    token_store = open_store(location)
+    try:
+        taken = ACCOUNT in token_store.accounts()
+        where = describe_store(token_store)
+    finally:
+        token_store.close()
+    if taken and not force:
+        raise ConfigurationError(
+            f"{where} already holds an account named {ACCOUNT!r}, which the demo would "
+            "replace: choose another store, or pass --force to replace it"
+        )
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt here, even in a process started with it ignored (a
+    background job of a script, as ``refresher.testing.serve`` explains)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _stop(workers: set[multiprocessing.process.BaseProcess]) -> None:
+    for worker in workers:
+        worker.terminate()
+    for worker in workers:
+        worker.join(timeout=5)
 
 
 def format_table(result: DemoResult) -> str:
@@ -134,7 +206,9 @@ def format_table(result: DemoResult) -> str:
             f"{s['seconds']:g} s, access tokens living {result.access_ttl:g} s, one shared store")
     width = max(len(value) for _, value in rows)
     lines = [head] + [f"  {name:<22} {value:>{width}}" for name, value in rows]
-    if result.ok:
+    if result.interrupted:
+        lines.append(f"INTERRUPTED after {s['seconds']:g} s: the counts so far.")
+    elif result.ok:
         lines.append("OK: every request succeeded, and no refresh token was spent twice.")
     else:
         lines.append("FAILED: some requests failed or a refresh token was spent twice.")
@@ -182,8 +256,12 @@ class _ProgressLine:
         self._wrote = False
         self._last = 0.0
         self._text = ""
+        #: The latest counts, shown or not (an interrupted demo reports them).
+        self.done = self.failed = 0
+        self.elapsed = 0.0
 
     def __call__(self, done: int, failed: int, elapsed: float) -> None:
+        self.done, self.failed, self.elapsed = done, failed, elapsed
         if self.stream is None:
             return
         now = time.monotonic()
