@@ -296,7 +296,8 @@ class TokenEndpoint:
         if response.status_code == 401 and self._client_secret:
             parts.append("— check the client id and client secret")
         elif response.status_code == 401:
-            parts.append("— this client may be confidential: pass client_secret")
+            parts.append("— X does not know this client id, or it is a confidential "
+                         "client's: check the client id, or pass client_secret")
         elif response.status_code >= 500 or response.status_code == 429:
             parts.append("— a failure at the endpoint; the stored token is kept, try again later")
         return RefreshError(" ".join(parts), error=error, response=response)
