@@ -20,8 +20,15 @@ from __future__ import annotations
 import contextvars
 import logging
 
-import aiohttp
-from yarl import URL
+try:
+    import aiohttp
+    from yarl import URL
+except ImportError as exc:  # an optional dependency: say how to get it
+    raise ImportError("refresher.aiohttp needs aiohttp: pip install 'refresher[aiohttp]'"
+                      ) from exc
+if not hasattr(aiohttp, "ClientMiddlewareType"):
+    raise ImportError(f"refresher.aiohttp needs aiohttp 3.12 or later (client middlewares), "
+                      f"not {aiohttp.__version__}: pip install 'refresher[aiohttp]'")
 
 from ._async import FrontEnd
 from ._transport import require_secure_transport

@@ -18,7 +18,10 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncGenerator, Generator
 
-import httpx
+try:
+    import httpx
+except ImportError as exc:  # an optional dependency: say how to get it
+    raise ImportError("refresher.httpx needs httpx: pip install 'refresher[httpx]'") from exc
 
 from ._async import FrontEnd
 from ._transport import require_secure_transport

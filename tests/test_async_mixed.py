@@ -1,0 +1,204 @@
+"""Mixed fleets: sync and async programs share one store, and never spend a refresh token twice.
+
+Four processes call ``/2/users/me`` at once through one store while access tokens live one
+second: two sync (RefreshingSession, threads), one httpx.AsyncClient and one aiohttp session
+(tasks). The emulator's counters are the ground truth. Also: ``import refresher`` imports
+neither httpx nor aiohttp, and the front ends say how to install them when missing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from refresher.testing import DEFAULT_CLIENT_ID
+
+pytestmark = pytest.mark.integration  # spawns processes
+
+ROOT = Path(__file__).resolve().parent.parent
+
+WORKER = '''
+import asyncio, json, sys, threading, time
+
+mode, store, token_url, api_url, client_id, start_at, seconds, width = sys.argv[1:9]
+start_at, seconds, width = float(start_at), float(seconds), int(width)
+url = api_url + "/2/users/me"
+deadline = start_at + seconds
+counts = {"requests": 0, "failed": 0, "errors": []}
+lock = threading.Lock()
+
+
+def count(ok, error=None):
+    with lock:
+        counts["requests"] += 1
+        if not ok:
+            counts["failed"] += 1
+            if error and len(counts["errors"]) < 5:
+                counts["errors"].append(error)
+
+
+def run_sync():
+    from refresher import RefreshingSession
+
+    session = RefreshingSession(client_id, store=store, account="shared",
+                                token_url=token_url, api_url=api_url)
+
+    def loop():
+        while time.time() < deadline:
+            try:
+                r = session.get(url, timeout=30)
+                count(r.status_code == 200, f"HTTP {r.status_code}: {r.text[:100]}")
+            except Exception as exc:
+                count(False, f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=loop) for _ in range(width)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    session.close()
+
+
+async def run_httpx():
+    import httpx
+    from refresher.httpx import RefreshingAuth
+
+    auth = RefreshingAuth(client_id, store=store, account="shared", token_url=token_url,
+                          api_url=api_url)
+
+    async def loop(client):
+        while time.time() < deadline:
+            try:
+                r = await client.get(url)
+                count(r.status_code == 200, f"HTTP {r.status_code}: {r.text[:100]}")
+            except Exception as exc:
+                count(False, f"{type(exc).__name__}: {exc}")
+
+    async with httpx.AsyncClient(auth=auth, timeout=30) as client:
+        await asyncio.gather(*(loop(client) for _ in range(width)))
+    auth.close()
+
+
+async def run_aiohttp():
+    import aiohttp
+    from refresher.aiohttp import RefreshingMiddleware
+
+    middleware = RefreshingMiddleware(client_id, store=store, account="shared",
+                                      token_url=token_url, api_url=api_url)
+
+    async def loop(session):
+        while time.time() < deadline:
+            try:
+                async with session.get(url) as r:
+                    text = await r.text()
+                count(r.status == 200, f"HTTP {r.status}: {text[:100]}")
+            except Exception as exc:
+                count(False, f"{type(exc).__name__}: {exc}")
+
+    async with aiohttp.ClientSession(middlewares=[middleware]) as session:
+        await asyncio.gather(*(loop(session) for _ in range(width)))
+    middleware.close()
+
+
+def main():
+    if mode == "sync":
+        while time.time() < start_at:
+            time.sleep(0.001)
+        run_sync()
+        return
+    async def waiting(run):
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        await run()
+    asyncio.run(waiting(run_httpx if mode == "httpx" else run_aiohttp))
+
+
+main()
+print(json.dumps(counts))
+'''
+
+
+def run_fleet(x, store: str, tmp_path: Path, *, seconds: float = 6.0) -> dict:
+    from refresher import RefreshingSession
+
+    RefreshingSession(DEFAULT_CLIENT_ID, store=store, account="shared", token=x.issue_token(),
+                      token_url=x.token_url, api_url=x.api_url).close()  # the first pair
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    start_at = time.time() + 3.0  # interpreters (and httpx, aiohttp) need a moment
+    modes = [("sync", 3), ("sync", 3), ("httpx", 8), ("aiohttp", 8)]
+    workers = [subprocess.Popen(
+        [sys.executable, str(script), mode, store, x.token_url, x.api_url, DEFAULT_CLIENT_ID,
+         str(start_at), str(seconds), str(width)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for mode, width in modes]
+    reports = {}
+    for (mode, _), worker in zip(modes, workers):
+        out, err = worker.communicate(timeout=seconds + 90)
+        assert worker.returncode == 0, err[-3000:]
+        reports.setdefault(mode, []).append(json.loads(out.strip().splitlines()[-1]))
+    stats = x.stats
+    result = {
+        "requests": {mode: sum(r["requests"] for r in rs) for mode, rs in reports.items()},
+        "failed": sum(r["failed"] for rs in reports.values() for r in rs),
+        "errors": [e for rs in reports.values() for r in rs for e in r["errors"]][:5],
+        "refreshes": stats.refreshes,
+        "reused_refresh_tokens": stats.reused_refresh_tokens,
+        "windows": seconds / x.access_ttl,
+    }
+    print(result)
+    return result
+
+
+def _assert_coordinated(result: dict) -> None:
+    assert result["failed"] == 0, result["errors"]
+    assert result["reused_refresh_tokens"] == 0
+    assert all(n > 50 for n in result["requests"].values()), result["requests"]
+    # about one refresh per token lifetime (the leeway makes it a little more), never one
+    # per process per window
+    assert 0.7 * result["windows"] <= result["refreshes"] <= 1.6 * result["windows"] + 1, result
+
+
+def test_sync_and_async_processes_share_one_json_store_with_1_second_tokens(
+        x_emulator_factory, tmp_path):
+    x = x_emulator_factory(access_ttl=1.0)
+    _assert_coordinated(run_fleet(x, str(tmp_path / "tokens.json"), tmp_path))
+
+
+def test_sync_and_async_processes_share_one_redis_store_with_1_second_tokens(
+        x_emulator_factory, redis_server, tmp_path):
+    pytest.importorskip("redis")
+    x = x_emulator_factory(access_ttl=1.0)
+    _assert_coordinated(run_fleet(x, redis_server.url, tmp_path))
+
+
+def test_importing_refresher_imports_neither_httpx_nor_aiohttp() -> None:
+    code = ("import sys, refresher\n"
+            "from refresher import *  # noqa\n"
+            "assert 'httpx' not in sys.modules, 'import refresher imported httpx'\n"
+            "assert 'aiohttp' not in sys.modules, 'import refresher imported aiohttp'\n"
+            "import refresher.httpx, refresher.aiohttp\n"
+            "assert 'httpx' in sys.modules and 'aiohttp' in sys.modules\n"
+            "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("module, extra", [("httpx", "httpx"), ("aiohttp", "aiohttp")])
+def test_without_the_library_the_error_says_which_extra_to_install(module, extra) -> None:
+    code = (f"import sys\n"
+            f"sys.modules[{module!r}] = None  # as if it were not installed\n"
+            f"try:\n"
+            f"    import refresher.{module}\n"
+            f"except ImportError as exc:\n"
+            f"    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert f"pip install 'refresher[{extra}]'" in done.stdout
