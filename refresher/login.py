@@ -274,6 +274,7 @@ class LoginFlow:
         *,
         out: TextIO | None = None,
         paste_from: TextIO | None = None,
+        remind_after: float | None = 20.0,
     ) -> Token:
         """Log in through the browser: serve the callback on loopback, wait, exchange.
 
@@ -285,7 +286,11 @@ class LoginFlow:
         page saying how it went.
 
         ``timeout`` bounds the whole login in seconds: waiting for the browser, and the code
-        exchange, which gets only the time left when the browser comes back.
+        exchange, which gets only the time left when the browser comes back. X sends the
+        browser back only when all is well: for an unknown client id, or a callback URL not
+        registered exactly, it shows an error page and the login can only wait. So after
+        ``remind_after`` seconds (``None``: never) ``out`` is told once what to check, and
+        the timeout's error says it too.
 
         ``out`` is where the URL and instructions go (default ``sys.stdout``). With
         ``paste_from`` (a text stream such as ``sys.stdin``), the redirected URL may also be
@@ -313,7 +318,7 @@ class LoginFlow:
         return wait_for_login(
             self.redirect_uri, port, begin, open_browser=open_browser, timeout=timeout,
             out=out if out is not None else sys.stdout, paste_from=paste_from,
-            token_url=self.token_url)
+            token_url=self.token_url, client_id=self.client_id, remind_after=remind_after)
 
     # -- after the login -----------------------------------------------------------------
 

@@ -35,6 +35,7 @@ __all__ = [
     "read_pasted",
     "send_user",
     "wait_for_login",
+    "what_to_check",
 ]
 
 log = logging.getLogger(__name__)
@@ -281,12 +282,16 @@ def wait_for_login(
     out: TextIO,
     paste_from: TextIO | None,
     token_url: str,
+    client_id: str,
+    remind_after: float | None = None,
 ) -> Token:
     """Serve the callback of ``redirect_uri`` on loopback, send the user to X, wait, exchange.
 
     ``port`` overrides the redirect URI's (0: a free one). ``begin(redirect_uri)`` is given
     the URI with the port listened on, and returns the authorize URL and the function that
-    exchanges a callback's code (``exchange(callback_url, seconds_left)``). The rest as
+    exchanges a callback's code (``exchange(callback_url, seconds_left)``). When nobody has
+    come back after ``remind_after`` seconds, ``out`` is told once what to check (see
+    :func:`what_to_check`), as the timeout's error is. The rest as
     :meth:`refresher.LoginFlow.run_local_server` says; ``token_url`` is for its messages.
     """
     deadline = time.monotonic() + timeout
@@ -319,6 +324,13 @@ def wait_for_login(
             threading.Thread(target=read_pasted, args=(paste_from, pending, out),
                              name="refresher-login-paste", daemon=True).start()
         send_user(url, open_browser, out, listening, pasting=paste_from is not None)
+        checks = what_to_check(client_id, listening)
+        if remind_after is not None and remind_after < deadline - time.monotonic() \
+                and not pending.done.wait(max(0.0, remind_after)):
+            print(f"\nStill waiting for the browser to come back to {listening}. If the "
+                  f"authorize page showed an error, or nothing happened, check {checks}.",
+                  file=out)
+            out.flush()
         if not pending.done.wait(max(0.0, deadline - time.monotonic())):
             if pending.abandon():
                 raise LoginError(
@@ -327,9 +339,24 @@ def wait_for_login(
                     "again, and allow it more time if X is slow"
                 )
             raise LoginError(
-                f"no login within {timeout:g} s: nobody came back to {listening}; "
-                "run the login again and approve it in the browser"
+                f"no login within {timeout:g} s: nobody came back to {listening}. Check "
+                f"{checks}; then run the login again and approve it in the browser"
             )
     finally:
         server.close()
     return pending.result()
+
+
+def what_to_check(client_id: str, redirect_uri: str) -> str:
+    """Why X may never send the browser back, in the words of a message: its authorize page
+    shows an error instead, for an unknown client id or a callback URL not registered
+    exactly, and the login can only wait.
+
+    >>> what_to_check("my-client", "http://127.0.0.1:8765/callback")[:33]
+    'the client id (my-client: the app'
+    """
+    return (f"the client id ({client_id}: the app's OAuth 2.0 Client ID, on its Keys and "
+            "tokens page); the callback URL registered with the app, which must be exactly "
+            f"{redirect_uri} (the same host, port and path: localhost is not 127.0.0.1); "
+            "and what the authorize page in the browser says: X shows its errors there and "
+            "never comes back")

@@ -237,6 +237,27 @@ def test_the_login_timeout_bounds_a_slow_code_exchange(cli, x_emulator_factory):
     assert "did not finish within" in done.stderr and "timeout" in done.stderr
 
 
+def test_a_wrong_client_id_says_what_to_check_instead_of_waiting_in_silence(cli, x_emulator):
+    started = time.monotonic()
+    done = cli.run("login", "--port", "0", "--timeout", "3",
+                   env=cli.emulated(x_emulator, REFRESHER_CLIENT_ID="not-my-client"))
+    assert time.monotonic() - started < 15
+    _ends_with_one_clear_line(done, 1, "no login within 3 s: nobody came back to")
+    assert done.stderr.count("Still waiting for the browser") == 1  # after half the timeout
+    for text in (done.stderr.splitlines()[-1], done.stderr):
+        assert "the client id (not-my-client: the app's OAuth 2.0 Client ID" in text
+        assert "the callback URL registered with the app, which must be exactly" in text
+        assert "what the authorize page in the browser says" in text
+
+
+def test_refresh_with_an_unknown_client_id_says_both_possibilities(cli, x_emulator):
+    cli.login(x_emulator)
+    done = cli.run("refresh", "--store", str(cli.store), "--client-id", "not-my-client")
+    _one_clear_line(done, 1, "HTTP 401 unauthorized_client")
+    assert ("X does not know this client id, or it is a confidential client's: check the "
+            "client id, or pass client_secret") in done.stderr
+
+
 def _refreshable(x: XEmulator, refresh_token: str) -> bool:
     try:
         TokenEndpoint(x.token_url, DEFAULT_CLIENT_ID).refresh(refresh_token)
@@ -905,11 +926,12 @@ def test_demo_interrupted_prints_the_counts_so_far_and_exits_130(cli, how):
                              stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert child.stderr is not None
-        progress = 0
-        while progress < 2:
+        seen = 0
+        while not seen:  # a progress line that counted requests
             line = child.stderr.readline()
             assert line, "the demo ended before its progress lines"
-            progress += " requests " in line
+            match = re.search(r" (\d+) requests ", line)
+            seen = int(match[1]) if match else 0
         sent = time.monotonic()
         if how == "ctrl-c":
             os.killpg(child.pid, signal.SIGINT)
@@ -922,7 +944,7 @@ def test_demo_interrupted_prints_the_counts_so_far_and_exits_130(cli, how):
     assert child.returncode == 130, err
     assert time.monotonic() - sent < 15
     numbers = {line[:24].strip(): line[24:].strip() for line in out.splitlines()[1:-1]}
-    assert int(numbers["requests"]) > 0 and numbers["reused refresh tokens"] == "0"
+    assert int(numbers["requests"]) >= seen and numbers["reused refresh tokens"] == "0"
     assert re.fullmatch(r"INTERRUPTED after \d+(\.\d)? s: the counts so far\.",
                         out.splitlines()[-1])
     assert err.splitlines()[-1].startswith("refresher: interrupted after ")

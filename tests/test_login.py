@@ -187,6 +187,41 @@ def test_nobody_coming_back_times_out_and_frees_the_port(x_emulator):
         pass  # listening again works: the flow closed its server
 
 
+@pytest.mark.parametrize("why", ["unknown client id", "callback URL not registered"])
+def test_a_login_x_never_sends_back_says_what_to_check(x_emulator_factory, why):
+    """X shows an error page instead of sending the browser back: the login says, once after
+    a while and again when it gives up, what to check, instead of waiting in silence."""
+    if why == "unknown client id":
+        x, client_id = x_emulator_factory(), "not-my-client"
+    else:  # X wants the registered callback URL exactly; port 0 picks another
+        x = x_emulator_factory(redirect_uris=["http://127.0.0.1:8765/callback"])
+        client_id = DEFAULT_CLIENT_ID
+    browser, out = Browser(), io.StringIO()
+    with pytest.raises(LoginError) as caught:
+        _flow(x, client_id).run_local_server(port=0, open_browser=browser, timeout=1.0,
+                                             out=out, remind_after=0.3)
+    page = browser.pages[0]
+    assert page.status_code == 400 and "Something went wrong" in page.text
+    callback = _query(browser.urls[0])["redirect_uri"]
+    message = str(caught.value)
+    assert message.startswith(f"no login within 1 s: nobody came back to {callback}. Check ")
+    for cause in (f"the client id ({client_id}: the app's OAuth 2.0 Client ID",
+                  f"must be exactly {callback} (the same host, port and path: localhost is "
+                  "not 127.0.0.1)", "what the authorize page in the browser says"):
+        assert cause in message and cause in out.getvalue()
+    assert out.getvalue().count("Still waiting for the browser to come back") == 1
+
+
+def test_no_reminder_when_the_login_comes_back_or_none_is_wanted(x_emulator):
+    out = io.StringIO()
+    _flow(x_emulator).run_local_server(port=0, open_browser=Browser(), timeout=10, out=out,
+                                       remind_after=0.01)  # back within it: nothing to say
+    with pytest.raises(LoginError):
+        _flow(x_emulator).run_local_server(port=0, open_browser=lambda url: None, timeout=0.3,
+                                           out=out, remind_after=None)
+    assert "Still waiting" not in out.getvalue()
+
+
 def _in_the_background(url: str) -> None:
     """A browser that comes back on its own time, as a real one does."""
     threading.Thread(target=lambda: requests.get(url, timeout=30), daemon=True).start()

@@ -30,6 +30,8 @@ __all__ = ["run_login"]
 # The longest the login's /2/users/me probe waits for its answer (less when the login's
 # --timeout has less left).
 _PROBE_TIMEOUT = 30.0
+# When a login nobody came back to says what to check (half the --timeout, if shorter).
+_REMIND_AFTER = 20.0
 
 
 def run_login(args: argparse.Namespace) -> int:
@@ -62,6 +64,7 @@ def run_login(args: argparse.Namespace) -> int:
     token = flow.run_local_server(
         port=args.port, open_browser=not args.no_browser, timeout=args.timeout,
         out=sys.stderr, paste_from=sys.stdin if args.no_browser else None,
+        remind_after=min(_REMIND_AFTER, args.timeout / 2),
     )
     user = _who(flow, token, named=bool(wanted), clock=clock)
     account = wanted or user["username"]
