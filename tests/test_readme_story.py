@@ -104,7 +104,8 @@ def login_with_curl(env: dict[str, str], *lines: str) -> subprocess.CompletedPro
     """Run ``lines`` (the last one a ``refresher login``) in bash; when the login prints the
     authorize URL, finish it as the banner says: ``curl -sSL 'URL'`` from another shell."""
     shell = subprocess.Popen(["bash", "-c", "set -e\n" + "\n".join(lines)], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
     try:
         assert shell.stderr is not None
         url, seen = "", ""
@@ -162,6 +163,14 @@ def test_the_emulators_printed_lines_then_every_readme_command_share_one_store(e
     stats = emulator.stats()
     assert stats["api_requests"] >= 30 and stats["unauthorized"] == 0
     assert stats["refreshes"] >= 1 and stats["reused_refresh_tokens"] == 0
+
+
+def test_a_no_browser_login_is_finished_by_curl_too(env, emulator):
+    exports = [line for line in emulator.printed if line.startswith("export ")]
+    login = login_with_curl(env, *exports, "refresher login --account bob --no-browser")
+    assert login.returncode == 0, login.stderr
+    assert "Open this address in a browser" in login.stderr
+    assert "Saved as account 'bob'" in login.stdout
 
 
 def test_the_readme_shows_the_banner_the_emulator_prints(env):
