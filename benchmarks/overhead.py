@@ -1,11 +1,15 @@
-"""What refresher costs per request: keep-alive GETs through four clients, side by side.
+"""What refresher costs per request: keep-alive GETs through several clients, side by side.
 
 The clients, each sending the same bearer token to the same fast local HTTP server:
 
 - ``requests.Session``: a plain session with a fixed ``Authorization`` header (the floor);
 - ``OAuth2Session``: requests-oauthlib with the token (what users would pick instead);
 - ``RefreshingSession+memory``: refresher with a MemoryTokenStore;
-- ``RefreshingSession+json``: refresher with a JSONTokenStore (a file on disk).
+- ``RefreshingSession+json``: refresher with a JSONTokenStore (a file on disk);
+- ``httpx.AsyncClient``: httpx, async, with a fixed ``Authorization`` header (the httpx rows'
+  floor), one request at a time on an event loop of its own;
+- ``RefreshingAuth+memory`` / ``RefreshingAuth+json``: the same client with
+  ``auth=refresher.httpx.RefreshingAuth`` (skipped, with a note, when httpx is missing).
 
 Rounds are interleaved (every round runs every client, in a rotating order) so that noise
 from the machine falls on all of them alike; the table shows the median of the rounds.
@@ -18,6 +22,7 @@ from the machine falls on all of them alike; the table shows the median of the r
 from __future__ import annotations
 
 import argparse
+import asyncio
 import cProfile
 import gc
 import io
@@ -42,7 +47,12 @@ FLOOR = "requests.Session"
 OAUTH2 = "OAuth2Session"
 MEMORY = "RefreshingSession+memory"
 JSON_STORE = "RefreshingSession+json"
-CLIENTS = (FLOOR, OAUTH2, MEMORY, JSON_STORE)
+HTTPX_FLOOR = "httpx.AsyncClient"
+HTTPX_MEMORY = "RefreshingAuth+memory"
+HTTPX_JSON = "RefreshingAuth+json"
+SYNC_CLIENTS = (FLOOR, OAUTH2, MEMORY, JSON_STORE)
+ASYNC_CLIENTS = (HTTPX_FLOOR, HTTPX_MEMORY, HTTPX_JSON)
+CLIENTS = SYNC_CLIENTS + ASYNC_CLIENTS
 
 
 def _token() -> dict[str, Any]:
@@ -72,6 +82,74 @@ def make_clients(base_url: str, folder: str) -> dict[str, requests.Session]:
         CLIENT_ID, store=JSONTokenStore(os.path.join(folder, "tokens.json")), **common
     )
     return {FLOOR: floor, OAUTH2: oauth2, MEMORY: memory, JSON_STORE: json_store}
+
+
+def httpx_unavailable() -> str | None:
+    """Why the httpx rows cannot run (``None`` when they can)."""
+    try:
+        import httpx  # noqa: F401
+
+        import refresher.httpx  # noqa: F401
+    except ImportError as exc:
+        return f"httpx rows skipped: {exc} (pip install '.[httpx]')"
+    return None
+
+
+class AsyncClients:
+    """The httpx rows: AsyncClients on an event loop of their own, driven from this thread
+    one request at a time (as the requests rows are), each holding the same two-hour token."""
+
+    def __init__(self, base_url: str, folder: str) -> None:
+        import httpx
+
+        from refresher.httpx import RefreshingAuth
+
+        token = _token()
+        common: dict[str, Any] = {"token_url": base_url + "/2/oauth2/token", "api_url": base_url}
+        self.auths = {
+            HTTPX_MEMORY: RefreshingAuth(CLIENT_ID, store=MemoryTokenStore(),
+                                         token=dict(token), **common),
+            HTTPX_JSON: RefreshingAuth(
+                CLIENT_ID, store=JSONTokenStore(os.path.join(folder, "httpx-tokens.json")),
+                token=dict(token), **common),
+        }
+        self.loop = asyncio.new_event_loop()
+
+        async def make() -> dict[str, Any]:
+            clients = {name: httpx.AsyncClient(auth=auth) for name, auth in self.auths.items()}
+            clients[HTTPX_FLOOR] = httpx.AsyncClient(
+                headers={"Authorization": f"Bearer {token['access_token']}"})
+            return clients
+
+        self.clients = self.loop.run_until_complete(make())
+
+    def run(self, name: str, url: str, count: int) -> tuple[float, float]:
+        """(wall seconds, CPU seconds) for ``count`` GETs through client ``name``, timed inside
+        the loop (starting the loop is not the client's cost)."""
+        gc.collect()
+        return self.loop.run_until_complete(_timed_async(self.clients[name].get, url, count))
+
+    def close(self) -> None:
+        async def close_all() -> None:
+            for client in self.clients.values():
+                await client.aclose()
+
+        self.loop.run_until_complete(close_all())
+        self.loop.close()
+        for auth in self.auths.values():
+            auth.close()
+
+
+async def _timed_async(get: Callable[..., Any], url: str, count: int) -> tuple[float, float]:
+    bad = 0
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(count):
+        if (await get(url)).status_code != 200:
+            bad += 1
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if bad:
+        raise RuntimeError(f"{bad} of {count} requests did not answer 200")
+    return wall, cpu
 
 
 class _InsecureTransportAllowed:
@@ -117,10 +195,13 @@ def _timed(get: Callable[..., requests.Response], url: str, count: int) -> tuple
     return wall, cpu
 
 
-def profile(name: str, session: requests.Session, url: str, count: int, top: int) -> str:
-    """cProfile of ``count`` requests through one client, sorted by cumulative time."""
+def profile(name: str, session: Any, url: str, count: int, top: int) -> str:
+    """cProfile of ``count`` requests through one client, sorted by cumulative time.
+    ``session`` is a requests session, or the AsyncClients for an httpx row."""
     profiler = cProfile.Profile()
-    if name == OAUTH2:
+    if isinstance(session, AsyncClients):
+        profiler.runcall(session.run, name, url, count)
+    elif name == OAUTH2:
         with _InsecureTransportAllowed():
             profiler.runcall(_timed, session.get, url, count)
     else:
@@ -137,8 +218,9 @@ def profile(name: str, session: requests.Session, url: str, count: int, top: int
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Microseconds per keep-alive GET through requests.Session, "
-        "OAuth2Session and RefreshingSession (memory and JSON stores), against a fast "
-        "local HTTP server in another process.",
+        "OAuth2Session and RefreshingSession (memory and JSON stores), and through "
+        "httpx.AsyncClient bare and with RefreshingAuth, against a fast local HTTP server "
+        "in another process.",
     )
     parser.add_argument("--requests", type=int, default=3000, metavar="N",
                         help="timed requests per client, split evenly over the rounds "
@@ -158,22 +240,36 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--requests and --rounds must be at least 1")
     per_round = max(1, args.requests // args.rounds)
 
+    skipped = httpx_unavailable()
+    names = SYNC_CLIENTS if skipped else CLIENTS
     with FastHTTPServer() as server, tempfile.TemporaryDirectory() as folder:
         url = server.url + args.path
         clients = make_clients(server.url, folder)
+        async_clients = None if skipped else AsyncClients(server.url, folder)
+
+        def measure(name: str, count: int) -> tuple[float, float]:
+            if name in ASYNC_CLIENTS:
+                assert async_clients is not None
+                return async_clients.run(name, url, count)
+            return run_round(name, clients[name], url, count)
+
         try:
-            for name, session in clients.items():
-                run_round(name, session, url, max(1, args.warmup))
+            for name in names:
+                measure(name, max(1, args.warmup))
             if args.profile:
-                print(profile(args.profile, clients[args.profile], url, args.requests,
-                              args.top))
+                if args.profile not in names:
+                    print(skipped)
+                    return 1
+                target: Any = async_clients if args.profile in ASYNC_CLIENTS else (
+                    clients[args.profile])
+                print(profile(args.profile, target, url, args.requests, args.top))
                 return 0
-            wall: dict[str, list[float]] = {name: [] for name in CLIENTS}
-            cpu: dict[str, list[float]] = {name: [] for name in CLIENTS}
+            wall: dict[str, list[float]] = {name: [] for name in names}
+            cpu: dict[str, list[float]] = {name: [] for name in names}
             for index in range(args.rounds):
-                order = CLIENTS[index % 4:] + CLIENTS[:index % 4]
-                for name in order:
-                    seconds, cpu_seconds = run_round(name, clients[name], url, per_round)
+                shift = index % len(names)
+                for name in names[shift:] + names[:shift]:
+                    seconds, cpu_seconds = measure(name, per_round)
                     wall[name].append(seconds / per_round * 1e6)
                     cpu[name].append(cpu_seconds / per_round * 1e6)
                 if (index + 1) % 10 == 0 or index + 1 == args.rounds:
@@ -181,16 +277,24 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for session in clients.values():
                 session.close()
+            if async_clients is not None:
+                async_clients.close()
 
-    # Ratios are taken round by round (the four clients of a round ran within moments of
+    # Ratios are taken round by round (the clients of a round ran within moments of
     # each other, under the same load), then their median: steadier than a ratio of medians.
     def ratio(samples: dict[str, list[float]], name: str, base: str) -> float:
         return median([a / b for a, b in zip(samples[name], samples[base], strict=True) if b > 0])
 
+    def floor_of(name: str) -> str:
+        return HTTPX_FLOOR if name in ASYNC_CLIENTS else FLOOR
+
+    def versus_oauth2(samples: dict[str, list[float]], name: str) -> float | None:
+        return None if name in ASYNC_CLIENTS else ratio(samples, name, OAUTH2)
+
     rows = [
-        [name, median(wall[name]), ratio(wall, name, OAUTH2), ratio(wall, name, FLOOR),
-         median(cpu[name]), ratio(cpu, name, OAUTH2), ratio(cpu, name, FLOOR)]
-        for name in CLIENTS
+        [name, median(wall[name]), versus_oauth2(wall, name), ratio(wall, name, floor_of(name)),
+         median(cpu[name]), versus_oauth2(cpu, name), ratio(cpu, name, floor_of(name))]
+        for name in names
     ]
     columns = ["client", "us/request", "vs OAuth2Session", "vs floor",
                "CPU us/request", "CPU vs OAuth2Session", "CPU vs floor"]
@@ -200,10 +304,19 @@ def main(argv: list[str] | None = None) -> int:
         f"{server.url}{args.path} (asyncio HTTP/1.1 server in a child process).",
         "us/request: wall clock, median of rounds. CPU: this process only (the server's "
         "work and other processes' are left out).",
-        "Ratios: median over rounds of the ratio within the round.",
+        "Ratios: median over rounds of the ratio within the round. The floor is "
+        "requests.Session for the requests rows, httpx.AsyncClient with a fixed header for "
+        "the httpx rows.",
         f"Goal: RefreshingSession+json within 5 % of OAuth2Session: "
         f"{(goal - 1) * 100:+.1f} % -> {'met' if goal <= 1.05 else 'NOT met'}.",
     ]
+    if skipped:
+        notes.append(skipped)
+    else:
+        async_goal = ratio(wall, HTTPX_JSON, HTTPX_FLOOR)
+        notes.append(f"Goal: RefreshingAuth+json within 5 % of httpx.AsyncClient with a fixed "
+                     f"header: {(async_goal - 1) * 100:+.1f} % -> "
+                     f"{'met' if async_goal <= 1.05 else 'NOT met'}.")
     emit(args.json, "overhead: microseconds per keep-alive GET (median of rounds)", columns,
          rows, notes, extra={
              "requests_per_round": per_round, "rounds": args.rounds,
