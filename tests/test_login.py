@@ -29,6 +29,13 @@ from refresher.testing import (
 from refresher.testing.net import free_port
 
 
+@pytest.fixture(autouse=True)
+def _no_refresher_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LoginFlow reads REFRESHER_*: a shell that exported the emulator's must not leak in."""
+    for name in [n for n in os.environ if n.startswith("REFRESHER_")]:
+        monkeypatch.delenv(name)
+
+
 def _flow(x: XEmulator, client_id: str = DEFAULT_CLIENT_ID, **kw: Any) -> LoginFlow:
     kw.setdefault("redirect_uri", "http://127.0.0.1:0/callback")
     return LoginFlow(client_id, authorize_url=x.authorize_url, token_url=x.token_url,

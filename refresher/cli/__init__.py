@@ -2,8 +2,9 @@
 
 ``refresher login`` runs the PKCE login in the browser and saves the token (and, beside
 it, the client id and endpoints: never the secret) in the token store; ``status``,
-``refresh`` and ``logout`` then need none of them repeated. ``emulator`` serves the local
-X emulator; ``demo`` runs the whole story against it. Every setting can also come from a
+``refresh`` (one account, or ``--all``) and ``logout`` then need none of them repeated.
+``emulator`` serves the local X emulator and prints the settings that point refresher at
+it; ``demo`` runs the whole story against one. Every setting can also come from a
 ``REFRESHER_*`` environment variable.
 
 Exit status: 0 done, 1 failed (X refused, store corrupt, port in use...), 2 bad usage
