@@ -322,6 +322,35 @@ def test_the_loop_keeps_ticking_while_a_refresh_waits_on_a_slow_token_endpoint(
     assert len(ticks) > 50 and max(gaps) < 0.5, f"largest gap {max(gaps):.3f} s"
 
 
+def test_tasks_whose_token_has_a_margin_do_not_queue_behind_a_slow_refresh(x_emulator_factory,
+                                                                            make_auth):
+    from refresher import RefreshPolicy
+
+    x = x_emulator_factory(token_delay=2.0)
+    token = x.issue_token()
+    token["expires_at"] = time.time() + 50  # inside the 60 s leeway, above half of it
+    # No background thread: the first task refreshes (2 s), the others go on with the token.
+    auth = make_auth(emulator=x, token=token, policy=RefreshPolicy(background_refresh=False))
+
+    async def timed(client):
+        started = time.monotonic()
+        response = await client.get(x.api_url + "/2/users/me")
+        return response.status_code, time.monotonic() - started
+
+    async def main():
+        async with httpx.AsyncClient(auth=auth) as client:
+            first = asyncio.create_task(timed(client))
+            await asyncio.sleep(0.2)  # its refresh is under way
+            others = await asyncio.gather(*(timed(client) for _ in range(10)))
+            return await first, others
+
+    first, others = asyncio.run(main())
+    assert first[0] == 200 and first[1] >= 2.0
+    assert [status for status, _ in others] == [200] * 10
+    assert max(took for _, took in others) < 1.0
+    assert x.stats.refreshes == 1 and x.stats.unauthorized == 0
+
+
 def test_a_task_cancelled_while_refreshing_still_leaves_the_new_pair_saved(x_emulator_factory,
                                                                            make_auth):
     x = x_emulator_factory(token_delay=1.0)
