@@ -371,6 +371,39 @@ def test_a_task_cancelled_while_refreshing_still_leaves_the_new_pair_saved(x_emu
     assert store.load("default")["access_token"] == auth.token["access_token"]
 
 
+def test_a_pair_granted_while_the_store_is_down_is_written_back_before_the_next_request(
+        x_emulator, make_auth):
+    from refresher import TokenStoreError
+
+    class FlakyStore(MemoryTokenStore):
+        down = False
+
+        def save(self, account, token):
+            if self.down:
+                raise TokenStoreError("flaky store is down")
+            super().save(account, token)
+
+    store = FlakyStore()
+    auth = make_auth(store=store)
+    store.down = True
+    x_emulator.expire_access_token(auth.token["access_token"])
+
+    async def main():
+        async with httpx.AsyncClient(auth=auth) as client:
+            with pytest.raises(TokenStoreError):  # granted, not saved: the caller hears of it
+                await client.get(x_emulator.api_url + "/2/users/me")
+            granted = auth.token
+            assert store.load("default")["access_token"] != granted["access_token"]
+            store.down = False
+            # The granted token is FRESH, but it is not sent before it is saved.
+            assert (await client.get(x_emulator.api_url + "/2/users/me")).status_code == 200
+            return granted
+
+    granted = asyncio.run(main())
+    assert store.load("default") == granted  # the only live pair was not lost
+    assert x_emulator.stats.refreshes == 1 and x_emulator.stats.reused_refresh_tokens == 0
+
+
 def test_two_event_loops_in_two_threads_share_one_auth_and_one_refresh(x_emulator, make_auth):
     auth = make_auth(token=_expired(x_emulator))
     results = []
