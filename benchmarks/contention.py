@@ -191,11 +191,17 @@ def run_once(label: str, store: str, shared: bool, args: argparse.Namespace) -> 
     return Run(reports, stats, probe.between(first, last), idle_rtt)
 
 
-def split_by_window(run: Run) -> tuple[list[float], list[float], list[Span]]:
-    """One run's request latencies inside and outside refresh windows, and its refreshes."""
+def split_by_window(run: Run, shift: float = 0.0) -> tuple[list[float], list[float], list[Span]]:
+    """One run's request latencies inside and outside refresh windows, and its refreshes.
+
+    ``shift`` moves every window that many seconds later first: with half a token lifetime,
+    the *placebo* windows fall between refreshes, where nothing happens, so their in/out
+    ratio is what the split alone gives (a long request is more likely to overlap a window
+    than a short one, and a hiccup of the machine falls in a window by chance).
+    """
     latencies = [sample for report in run.reports for sample in report.latencies]
     spans = [span for report in run.reports for span in report.refresh_spans]
-    merged = merge_spans(spans)
+    merged = merge_spans([(start + shift, end + shift) for start, end in spans])
     starts = [start for start, _ in merged]
     inside, outside = [], []
     for began, seconds in latencies:
@@ -211,10 +217,15 @@ def measure(label: str, runs: Sequence[Run], args: argparse.Namespace) -> dict[s
     inside: list[float] = []
     outside: list[float] = []
     spans: list[Span] = []
+    placebo_inside: list[float] = []
+    placebo_outside: list[float] = []
     windows = 0
     per_run = []
     for run in runs:
         run_inside, run_outside, run_spans = split_by_window(run)
+        shifted_inside, shifted_outside, _ = split_by_window(run, shift=args.ttl / 2)
+        placebo_inside += shifted_inside
+        placebo_outside += shifted_outside
         inside += run_inside
         outside += run_outside
         spans += run_spans
@@ -258,6 +269,8 @@ def measure(label: str, runs: Sequence[Run], args: argparse.Namespace) -> dict[s
         "outside_window_p99_ms": p99_outside * 1000,
         "in_out_p99_ratio": ratio,
         "ratio_target_met": ratio is not None and ratio <= args.ratio_target,
+        "placebo_in_out_p99_ratio": _ratio(percentile(placebo_inside, 99),
+                                           percentile(placebo_outside, 99)),
         "refresh_span_p50_ms": median([end - start for start, end in spans]) * 1000,
         "token_rtt_idle_ms": idle_rtt * 1000,
         "token_rtt_loaded_ms": rtt * 1000,
@@ -268,6 +281,10 @@ def measure(label: str, runs: Sequence[Run], args: argparse.Namespace) -> dict[s
         "per_run": per_run,
         "errors": errors[:3],
     }
+
+
+def _times(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
 
 
 def _ms(value: float) -> str:
@@ -434,13 +451,12 @@ def report(results: list[dict[str, Any]], notes: list[str], args: argparse.Names
     for result in results:
         ratio = result["in_out_p99_ratio"]
         verdict = "met" if result["ratio_target_met"] else "NOT met"
-        per_run = ", ".join("-" if r["in_out_p99_ratio"] is None else
-                            f"{r['in_out_p99_ratio']:.2f}" for r in result["per_run"])
+        per_run = ", ".join(_times(r["in_out_p99_ratio"]) for r in result["per_run"])
         notes.append(
             f"Target ({result['store']}): in-window p99 {_ms(result['in_window_p99_ms'])} "
             f"<= {args.ratio_target:g} x outside p99 {_ms(result['outside_window_p99_ms'])}: "
-            f"{'-' if ratio is None else f'{ratio:.2f}x'} -> {verdict}{at} "
-            f"(runs alone: {per_run})."
+            f"{_times(ratio)} -> {verdict}{at} (runs alone: {per_run}; placebo windows "
+            f"half a lifetime later: {_times(result['placebo_in_out_p99_ratio'])})."
         )
     for result in results:
         for error in result["errors"]:

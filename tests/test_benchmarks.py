@@ -137,6 +137,9 @@ def test_contention_pools_the_runs_of_a_row_and_judges_the_ratio() -> None:
         assert any(note.startswith(f"Target ({store}): in-window p99") for note in
                    document["notes"])
         assert isinstance(row["ratio_target_met"], bool)
+        assert "placebo_in_out_p99_ratio" in row
+        assert any(f"Target ({store}):" in note and "placebo windows" in note
+                   for note in document["notes"])
         if row["in_out_p99_ratio"] is not None:
             assert row["in_out_p99_ratio"] == pytest.approx(
                 row["in_window_p99_ms"] / row["outside_window_p99_ms"])
