@@ -697,7 +697,9 @@ def test_postgresql_restarted_in_the_middle_of_a_multi_process_run(
     server.create_database("tokens")
     url = server.create_user("app", "s3cret-pw", "tokens")
     x = x_emulator_factory(access_ttl=1.0)
-    seconds = 7.0
+    # Long enough for the outage and a few seconds after it, even on a loaded machine where
+    # restarting PostgreSQL takes a while.
+    seconds = 10.0
     timeline: list[tuple[float, int, int]] = []  # (time, requests, failed)
 
     def progress(done: int, bad: int, elapsed: float) -> None:
