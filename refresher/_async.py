@@ -79,14 +79,21 @@ class AsyncTokens:
         """A coordinated refresh (in a worker thread); the token to use from now on.
 
         When another task of this loop already replaced ``replacing`` while this one
-        waited, its token is taken and nothing is sent to the token endpoint.
+        waited, its token is taken and nothing is sent to the token endpoint (unless that
+        token is expiring in its turn: then it is refreshed as before a request).
         """
+        coordinator = self.coordinator
         async with self._loop_lock():
-            current = self.coordinator.token
-            if replacing is not None and _replaced(current, replacing):
+            current = coordinator.token
+            if replacing is None or not _replaced(current, replacing):
+                return await asyncio.to_thread(coordinator.refresh, replacing)
+            if self._ready(current):
                 assert current is not None
                 return current
-            return await asyncio.to_thread(self.coordinator.refresh, replacing)
+            # Replaced while this task waited, but the replacement is expiring in its turn
+            # (requests stay in flight a long time on a busy loop): replaying with it would
+            # earn another 401. The usual path refreshes it, or adopts a sibling's pair.
+            return await asyncio.to_thread(coordinator.token_for_request)
 
     def _ready(self, token: Token | None) -> bool:
         """Send ``token`` at once: it is FRESH and no granted pair waits to be written back."""
@@ -190,6 +197,16 @@ class FrontEnd:
         if "api_url" not in kwargs and "api_base_url" not in kwargs:
             kwargs["api_url"] = resolve_setting("api_url", None, metadata)
         return cls(client, client_secret=secret, store=opened, account=name, **kwargs)
+
+    def replay_refused(self, token: Token, endpoint: str) -> None:
+        """A replay with ``token`` (just refreshed or adopted) was answered 401 by
+        ``endpoint``: put that endpoint and token on the 401 brake, unless the token is no
+        longer FRESH by now. A replay that stayed in flight past its token's expiry (a busy
+        loop, a slow server) earned a 401 about the token's age, not about the endpoint."""
+        access = token.get("access_token")
+        coordinator = self.coordinator
+        if access and self.policy.state(token, coordinator.clock.time()) is TokenState.FRESH:
+            coordinator.refused_after_refresh(access, endpoint)
 
     @property
     def token(self) -> Token:

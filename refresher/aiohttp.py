@@ -98,7 +98,7 @@ class RefreshingMiddleware(FrontEnd):
         answer = _noted(request, await handler(request), away=False)
         if answer.status == 401:
             # Refused again with a token just refreshed: this 401 is not about the token.
-            self.coordinator.refused_after_refresh(fresh["access_token"], endpoint)
+            self.replay_refused(fresh, endpoint)
         return answer
 
 

@@ -126,10 +126,9 @@ class RefreshingAuth(FrontEnd, httpx.Auth):
         return replayable
 
     def _judge_replay(self, answer: httpx.Response, fresh: Token) -> None:
-        access = fresh.get("access_token")
-        if answer.status_code == 401 and access and _bearer(answer.request) == access:
+        if answer.status_code == 401 and _bearer(answer.request) == fresh.get("access_token"):
             # Refused again with a token just refreshed: this 401 is not about the token.
-            self.coordinator.refused_after_refresh(access, _endpoint(answer.request))
+            self.replay_refused(fresh, _endpoint(answer.request))
 
 
 def _put_bearer(request: httpx.Request, token: Token) -> None:

@@ -248,6 +248,28 @@ def test_repr_shows_the_account_and_expiry_never_the_token(make_auth):
     assert auth.token["access_token"] not in shown
 
 
+def test_a_replay_401_brakes_only_a_token_still_fresh_when_the_answer_came(make_auth):
+    auth = make_auth()
+    token = auth.token
+    endpoint = "GET http://127.0.0.1/2/users/me"
+    stale = dict(token, expires_at=time.time() + 1)  # 1 s left: its age may explain the 401
+    auth.replay_refused(stale, endpoint)
+    assert auth.coordinator.may_cure(401, token["access_token"], endpoint)
+    auth.replay_refused(token, endpoint)  # two hours left: the 401 is not about the token
+    assert not auth.coordinator.may_cure(401, token["access_token"], endpoint)
+
+
+@pytest.mark.parametrize("left, refreshed", [(7000, False), (20, True)])
+def test_after_a_401_a_token_another_task_got_is_taken_only_while_fresh(x_emulator, make_auth,
+                                                                        left, refreshed):
+    token = x_emulator.issue_token()
+    token["expires_at"] = time.time() + left  # 20 s: inside the leeway, past half of it
+    auth = make_auth(token=token)
+    replay_with = asyncio.run(auth.tokens.refresh(replacing="the token that got the 401"))
+    assert (replay_with["access_token"] != token["access_token"]) is refreshed
+    assert x_emulator.stats.refreshes == int(refreshed)
+
+
 # -- many tasks, one refresh, a loop that never stalls ------------------------------------------
 
 def _counting_threads(monkeypatch):
