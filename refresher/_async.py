@@ -40,7 +40,7 @@ from .coordinator import RefreshCoordinator
 from .errors import ConfigurationError
 from .policy import RefreshPolicy, TokenState
 from .stores import TokenStore
-from .token import Token
+from .token import Token, lifetime_of
 
 __all__ = ["AsyncTokens", "FrontEnd"]
 
@@ -80,17 +80,20 @@ class AsyncTokens:
 
         When another task of this loop already replaced ``replacing`` while this one
         waited, its token is taken and nothing is sent to the token endpoint (unless that
-        token is expiring in its turn: then it is refreshed as before a request).
+        token has aged into the leeway in its turn: then it is refreshed as before a
+        request).
         """
         coordinator = self.coordinator
         async with self._loop_lock():
             current = coordinator.token
             if replacing is None or not _replaced(current, replacing):
                 return await asyncio.to_thread(coordinator.refresh, replacing)
-            if self._ready(current):
-                assert current is not None
+            assert current is not None
+            if self._ready(current) or not (lifetime_of(current) or 0) > 0:
+                # A grant that was never fresh (expires_in 0) is taken as it is: refreshing
+                # it again for every queued task would rotate the pair once per task.
                 return current
-            # Replaced while this task waited, but the replacement is expiring in its turn
+            # Replaced while this task waited, but the replacement has aged into the leeway
             # (requests stay in flight a long time on a busy loop): replaying with it would
             # earn another 401. The usual path refreshes it, or adopts a sibling's pair.
             return await asyncio.to_thread(coordinator.token_for_request)

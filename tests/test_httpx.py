@@ -301,6 +301,22 @@ def test_200_tasks_on_an_expired_token_cause_one_refresh(x_emulator, make_auth, 
     assert threads == ["token_for_request"]  # the 199 queued behind it took its token
 
 
+def test_tasks_refused_together_cause_one_refresh_even_when_x_grants_dead_tokens(x_emulator,
+                                                                                 make_auth):
+    auth = make_auth()
+    x_emulator.expire_access_token(auth.token["access_token"])
+    x_emulator.access_ttl = -1.0  # every access token granted from now on is born dead
+
+    async def main():
+        async with httpx.AsyncClient(auth=auth) as client:
+            return await asyncio.gather(*(client.get(x_emulator.api_url + "/2/users/me")
+                                          for _ in range(20)))
+
+    answers = asyncio.run(main())
+    assert {a.status_code for a in answers} == {401}  # one replay each, never a loop
+    assert x_emulator.stats.refreshes == 1  # not one per task in turn
+
+
 def test_a_fresh_token_is_sent_without_a_worker_thread(x_emulator, make_auth, monkeypatch):
     auth = make_auth()
     threads = _counting_threads(monkeypatch)
