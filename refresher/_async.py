@@ -105,7 +105,7 @@ class AsyncTokens:
             return False
         # A pair granted while the store was down is written back before the next request
         # (the coordinator does it in token_for_request): that request takes the thread.
-        if getattr(coordinator, "_unsaved", None) is not None:
+        if coordinator.pending_write_back:
             return False
         return coordinator.policy.state(token, coordinator.clock.time()) is TokenState.FRESH
 

@@ -1,8 +1,7 @@
 """RefreshCoordinator: one refresh at a time, and never the same refresh token twice.
 
-It knows tokens, stores and the token endpoint; it knows nothing of HTTP requests (the
-:class:`~refresher.adapter.RefreshingAdapter` asks it questions in plain values). The whole
-rule, top to bottom, is :meth:`RefreshCoordinator.refresh`:
+It knows tokens, stores and the token endpoint, not HTTP requests (the adapters ask it
+questions in plain values). The rule, top to bottom, is :meth:`RefreshCoordinator.refresh`:
 
 1. take the thread lock (one refresh per process at a time), within ``lock_timeout``;
 2. take the store's lock for the account (one per machine, or per Redis);
@@ -14,8 +13,7 @@ rule, top to bottom, is :meth:`RefreshCoordinator.refresh`:
    release the locks, run ``on_token_update``.
 
 A failed refresh changes nothing in the store; ``on_refresh_error`` sees it first. A pair
-that X granted but the store could not take (whatever the store raised) is kept in memory,
-used, and written back before the next request.
+the store could not take (whatever it raised) is kept, used, and written back first thing.
 """
 
 from __future__ import annotations
@@ -130,6 +128,11 @@ class RefreshCoordinator:
         """The token requests are sent with now (may be ``None`` before a login)."""
         return self._token
 
+    @property
+    def pending_write_back(self) -> bool:
+        """Whether a granted pair the store could not take waits to be written back."""
+        return self._unsaved is not None
+
     def token_for_request(self) -> Token:
         """The token to send now, refreshed first when it is expiring."""
         if self._unsaved is not None:
@@ -221,8 +224,13 @@ class RefreshCoordinator:
 
         That 401 is not about the token (X has been seen answering 401 to valid tokens):
         further 401s from that endpoint to that token are returned as they come instead of
-        rotating the pair again. Other endpoints, and the next token, are not affected.
+        rotating the pair again. Other endpoints, and the next token, are not affected. A
+        token that is no longer fresh by then (it ran out in flight) is not braked.
         """
+        token = self._token
+        if (token is not None and token.get("access_token") == access_token
+                and self.policy.state(token, self.clock.time()) is not TokenState.FRESH):
+            return
         self._ledger.brake(access_token, endpoint)
         log.warning("account %r: %s still answered 401 after a refresh; not refreshing again "
                     "for its 401s while this token lives", self.account, endpoint)
@@ -326,10 +334,8 @@ class RefreshCoordinator:
 
     def _usable_replacement(self, candidate: Token | None, replacing: str | None) -> bool:
         """``candidate`` is a token other than the one being replaced, and not expiring."""
-        if not _replaced(candidate, replacing):
-            return False
-        assert candidate is not None
-        return self.policy.state(candidate, self.clock.time()) is TokenState.FRESH
+        return _replaced(candidate, replacing) and candidate is not None and (
+            self.policy.state(candidate, self.clock.time()) is TokenState.FRESH)
 
     def _adopted_after_refusal(self, refresh_token: str) -> bool:
         """X refused ``refresh_token`` as spent: adopt a sibling's pair, or record the loss."""
@@ -382,8 +388,6 @@ class RefreshCoordinator:
             self._set(stored.token, fresh=True)  # someone logged in again meanwhile: theirs wins
         self._unsaved = self._unsaved_parent = None
 
-    # -- locks and bookkeeping -----------------------------------------------------------
-
     def _store_lock(self, wait: bool = True) -> Any:
         """The store's lock for the account, within the policy's lock timeout."""
         return self._account.lock(self.policy.lock_timeout if wait else 0)
@@ -396,25 +400,20 @@ class RefreshCoordinator:
 
     def describe(self) -> dict[str, Any]:
         """Safe facts for a repr or a status line: account, expiry, fingerprint."""
-        token = self._token or {}
-        return {
-            "account": self.account,
-            "expires_in": seconds_left(token, now=self.clock.time()),
-            "fingerprint": fingerprint(token.get("access_token")),
-        }
+        t = self._token or {}
+        return {"account": self.account, "expires_in": seconds_left(t, now=self.clock.time()),
+                "fingerprint": fingerprint(t.get("access_token"))}
 
 
 def _run_hook(hook: Callable[[Any], Any] | None, argument: Any, name: str) -> None:
-    if hook is None:
-        return
     try:
-        hook(argument)
+        if hook is not None:
+            hook(argument)
     except Exception:
         log.exception("%s hook %r raised; carrying on", name, hook)
 
 
 def _replaced(current: Token | None, replacing: str | None) -> bool:
     """True when ``current`` carries an access token other than the one being replaced."""
-    if current is None or replacing is None:
-        return False
-    return current.get("access_token") not in (None, replacing)
+    return (current is not None and replacing is not None
+            and current.get("access_token") not in (None, replacing))

@@ -151,9 +151,12 @@ class TokenEndpoint:
         self, form: dict[str, str], *, secrets: Iterable[str], spent_means_reauthorize: bool
     ) -> Token:
         grant = form["grant_type"]
+        # Lifetimes count from when the request left: X starts its clock before the answer
+        # reaches us, so counting from receipt would think the token lives longer than it does.
+        sent_at = self.clock.time()
         response = self._post(self.token_url, form, secrets=secrets)
         if response.status_code == 200:
-            return self._granted(response, grant)
+            return self._granted(response, grant, sent_at)
         what = {"refresh_token": "refresh", "authorization_code": "code exchange"}[grant]
         error = self._error_for(response, what, secrets=secrets)
         if spent_means_reauthorize and _means_spent(error.error, response):
@@ -165,7 +168,7 @@ class TokenEndpoint:
             )
         raise error
 
-    def _granted(self, response: requests.Response, grant: str) -> Token:
+    def _granted(self, response: requests.Response, grant: str, sent_at: float) -> Token:
         """The pair in a 200 answer. Never raises once the answer holds a refresh token.
 
         X has rotated the pair by now: what cannot be read is repaired (an unreadable expiry
@@ -184,7 +187,7 @@ class TokenEndpoint:
                 f"({_content_type(response)}); is the token URL right?",
                 response=response,
             )
-        token, problems = parse_grant(answer, now=self.clock.time())
+        token, problems = parse_grant(answer, now=sent_at)
         for problem in problems:
             log.warning("token endpoint %s granted %s with a flaw: %s; kept what could be "
                         "read (an unreadable expiry counts as expiring)",

@@ -16,7 +16,10 @@ import pytest
 import refresher
 
 # Modules whose import needs an optional dependency, and that dependency.
-OPTIONAL = {"refresher.stores.redis": "redis"}
+OPTIONAL = {"refresher.stores.redis": "redis", "refresher.httpx": "httpx",
+            "refresher.aiohttp": "aiohttp", "refresher.stores.sql": "sqlalchemy",
+            "refresher.stores.sql_lease": "sqlalchemy",
+            "refresher.stores.sql_connection": "sqlalchemy"}
 
 
 def _modules() -> list[str]:
