@@ -36,7 +36,7 @@ def _assert_coordinated(result: dict) -> None:
 def test_4_processes_x_3_threads_share_one_json_store_with_1_second_tokens(
         x_emulator_factory, tmp_path):
     x = x_emulator_factory(access_ttl=1.0)
-    result = _run(x, str(tmp_path / "tokens.json"), processes=4, threads=3, seconds=10)
+    result = _run(x, str(tmp_path / "tokens.json"), processes=4, threads=3, seconds=5)
     _assert_coordinated(result)
 
 

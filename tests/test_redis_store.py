@@ -537,7 +537,7 @@ def _assert_coordinated(result: dict[str, Any]) -> None:
 def test_4_processes_x_3_threads_share_one_redis_store_with_1_second_tokens(
         x_emulator_factory, redis_server) -> None:
     x = x_emulator_factory(access_ttl=1.0)
-    _assert_coordinated(_run(x, redis_server, processes=4, threads=3, seconds=9))
+    _assert_coordinated(_run(x, redis_server, processes=4, threads=3, seconds=5))
 
 
 @pytest.mark.integration

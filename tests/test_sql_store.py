@@ -646,7 +646,7 @@ def _spec(x: XEmulator, url: str, *, threads: int, seconds: float) -> WorkloadSp
 def test_4_processes_x_3_threads_share_one_sql_store_with_1_second_tokens(
         x_emulator_factory, db_url) -> None:
     x = x_emulator_factory(access_ttl=1.0)
-    processes, seconds = 4, 8.0  # the workers make the table, all at once
+    processes, seconds = 4, 5.0  # the workers make the table, all at once
     reports = run_workers(_spec(x, db_url, threads=3, seconds=seconds), processes,
                           seed=x.issue_token())
     result = summarize(reports, x.stats.as_dict(), processes=processes, seconds=seconds,
