@@ -113,7 +113,7 @@ def test_contention_rows_show_what_the_shared_store_buys() -> None:
 
 def test_contention_table_in_plain_text() -> None:
     out = _run("contention.py", "-P", "1", "-T", "1", "--ttl", "1", "--seconds", "1",
-               "--stores", "json", timeout=120).stdout
+               "--runs", "1", "--stores", "json", timeout=120).stdout
     assert out.startswith("contention: processes x threads sharing one token")
     assert any(line.startswith("json file ") for line in out.splitlines())
     assert "Goal (json file)" in out
