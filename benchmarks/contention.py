@@ -165,7 +165,8 @@ class Run:
     idle_rtt: float
 
 
-def run_once(label: str, store: str, shared: bool, args: argparse.Namespace) -> Run:
+def run_once(label: str, store: str, shared: bool, args: argparse.Namespace,
+             client: str = "requests") -> Run:
     with XEmulator(host="127.0.0.1", port=0, access_ttl=args.ttl) as x:
         idle_rtt = idle_round_trip(x)
         x.reset_stats()
@@ -173,7 +174,7 @@ def run_once(label: str, store: str, shared: bool, args: argparse.Namespace) -> 
             store=store, account="benchmark", client_id=DEFAULT_CLIENT_ID,
             token_url=x.token_url, api_url=x.api_url, threads=args.threads,
             seconds=args.seconds, shared_store=shared, collect_latencies=True,
-            pause=args.pause,
+            pause=args.pause, client=client,
         )
         # The first token outlives the workers' start-up (run_workers starts them together
         # 1 + 0.25 P seconds from now) by half a lifetime: the first refresh then falls in
@@ -306,7 +307,7 @@ COLUMNS = [
     ("in_out_p99_ratio", "in/out p99"), ("token_rtt_loaded_ms", "token RTT ms"),
 ]
 
-STORES = ("json", "sqlite", "postgres", "redis", "memory")
+STORES = ("json", "json-async", "sqlite", "postgres", "redis", "memory")
 
 
 @dataclass
@@ -317,6 +318,16 @@ class Row:
     label: str
     shared: bool
     location: Callable[[int], str]
+    client: str = "requests"
+
+
+def httpx_unavailable() -> str | None:
+    """Why the async row cannot run here, or None."""
+    try:
+        import httpx  # noqa: F401
+    except ImportError:
+        return "httpx is not installed (pip install 'refresher[httpx]')"
+    return None
 
 
 def _flushed(url: str) -> str:
@@ -336,15 +347,19 @@ def plan_rows(wanted: Sequence[str], folder: str, servers: contextlib.ExitStack,
     rows: list[Row] = []
     for name in wanted:
         why = {"sqlite": sql_unavailable, "postgres": postgres_unavailable,
-               "redis": redis_unavailable}.get(name, lambda: None)()
-        label = {"json": "json file", "postgres": "postgresql",
-                 "memory": "memory per process"}.get(name, name)
+               "redis": redis_unavailable, "json-async": httpx_unavailable,
+               }.get(name, lambda: None)()
+        label = {"json": "json file", "postgres": "postgresql", "memory": "memory per process",
+                 "json-async": "json file, async"}.get(name, name)
         if why is not None:
             notes.append(f"{label} row skipped: {why}.")
             progress(notes[-1])
             continue
         if name == "json":
             rows.append(Row(label, True, lambda run: os.path.join(folder, f"tokens-{run}.json")))
+        elif name == "json-async":  # each process: tasks on an event loop, httpx.AsyncClient
+            rows.append(Row(label, True, lambda run: os.path.join(
+                folder, f"tokens-async-{run}.json"), client="httpx-async"))
         elif name == "sqlite":
             rows.append(Row(label, True, lambda run: "sqlite:///" + os.path.join(
                 folder, f"tokens-{run}.db")))
@@ -391,8 +406,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds each thread waits between requests (default 0.01; "
                         "0 sends back to back, which saturates a small machine)")
     parser.add_argument("--stores", default=",".join(STORES),
-                        help="rows to run, comma-separated: json, sqlite, postgres, redis, "
-                        "memory (default all five)")
+                        help="rows to run, comma-separated: json, json-async (each process "
+                        "runs its threads as tasks on an event loop through httpx), sqlite, "
+                        "postgres, redis, memory (default all six)")
     parser.add_argument("--ratio-target", type=float, default=1.5,
                         help="the target for in-window p99 / outside-window p99 (default 1.5)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -416,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"processes x {args.threads} threads, {args.seconds:g} s, tokens "
                          f"living {args.ttl:g} s")
                 runs[row.label].append(run_once(row.label, row.location(number), row.shared,
-                                                args))
+                                                args, row.client))
     results = [measure(row.label, runs[row.label], args) for row in rows]
     report(results, notes, args)
     return 0

@@ -264,3 +264,13 @@ def test_a_short_row_ends_in_a_note_that_spans_the_other_columns() -> None:
     assert lines[3] == "postgresql         -  skipped: no binaries"
     assert _common._row_object(columns, ["postgresql", None, "skipped: no binaries"]) == {
         "store": "postgresql", "accounts": None, "note": "skipped: no binaries"}
+
+
+def test_contention_has_an_async_row() -> None:
+    out = _run("contention.py", "-P", "2", "-T", "2", "--ttl", "1", "--seconds", "1.5",
+               "--runs", "1", "--stores", "json-async", "--json", timeout=120).stdout
+    document = json.loads(out)
+    results: dict[str, dict[str, Any]] = {r["store"]: r for r in document["results"]}
+    row = results["json file, async"]  # httpx is in the test extra
+    assert row["requests"] > 0 and row["failed"] == 0, row["errors"]
+    assert row["reused_refresh_tokens"] == 0 and row["refreshes"] >= 1

@@ -39,6 +39,7 @@ class WorkloadSpec:
     path: str = "/2/users/me"
     lock_timeout: float = 30.0
     pause: float = 0.0              # seconds each thread waits between requests
+    client: str = "requests"        # "httpx-async": tasks on an event loop instead of threads
 
 
 @dataclass
@@ -85,6 +86,14 @@ def _work(spec: WorkloadSpec, seed: dict[str, Any] | None, counters: Any, index:
         ended = time.time()
         spans.append((refresh_started.pop(threading.get_ident(), ended), ended))
 
+    if spec.client == "httpx-async":
+        from .async_load import run_async_load
+
+        run_async_load(spec, seed, store, counters, index, start_at, report,
+                       on_start, on_update)
+        report.refresh_spans = spans
+        store.close()
+        return report
     session = RefreshingSession(
         spec.client_id, client_secret=spec.client_secret, store=store, account=spec.account,
         token=seed, token_url=spec.token_url, api_url=spec.api_url,
