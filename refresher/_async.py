@@ -37,7 +37,6 @@ from ._build import UNSET, build_coordinator, resolve_policy, resolve_store
 from ._constants import X_API_URL, X_TOKEN_URL
 from .clock import Clock
 from .coordinator import RefreshCoordinator
-from .errors import ConfigurationError
 from .policy import RefreshPolicy, TokenState
 from .stores import TokenStore
 from .token import Token, lifetime_of
@@ -181,25 +180,10 @@ class FrontEnd:
         the store's only one), the client id and URLs from the arguments, the
         ``REFRESHER_*`` variables, else what the login recorded. Other keywords go to the
         constructor."""
-        from .settings import choose_account, default_store_location, resolve_setting
+        from .settings import saved_account_arguments
 
-        opened = resolve_store(store if store is not None else default_store_location())
-        name = choose_account(opened, account)
-        metadata = opened.load_metadata(name)
-        client = resolve_setting("client_id", client_id, metadata)
-        if not client:
-            raise ConfigurationError(
-                f"no client id for account {name!r}: pass client_id, set REFRESHER_CLIENT_ID, "
-                "or log the account in with `refresher login`")
-        secret = resolve_setting("client_secret", client_secret, metadata)
-        if metadata.get("confidential") and not secret:
-            raise ConfigurationError(
-                f"account {name!r} belongs to the confidential client {client!r}: pass "
-                "client_secret or set REFRESHER_CLIENT_SECRET")
-        kwargs.setdefault("token_url", resolve_setting("token_url", None, metadata))
-        if "api_url" not in kwargs and "api_base_url" not in kwargs:
-            kwargs["api_url"] = resolve_setting("api_url", None, metadata)
-        return cls(client, client_secret=secret, store=opened, account=name, **kwargs)
+        return cls(**saved_account_arguments(account, store=store, client_id=client_id,
+                                             client_secret=client_secret, **kwargs))
 
     def replay_refused(self, token: Token, endpoint: str) -> None:
         """A replay with ``token`` (just refreshed or adopted) was answered 401 by

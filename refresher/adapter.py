@@ -20,12 +20,12 @@ from requests.utils import rewind_body
 
 from .coordinator import RefreshCoordinator
 from .token import Token
+from .wire import bearer_token, problem_type
 
 __all__ = ["RefreshingAdapter", "BearerFromAdapter"]
 
 log = logging.getLogger(__name__)
 
-_BEARER = "bearer "
 _MARK = "_refresher_sends_bearer"
 
 
@@ -115,10 +115,7 @@ def _put_bearer(request: requests.PreparedRequest, token: Token) -> None:
 
 
 def _bearer(request: requests.PreparedRequest) -> str | None:
-    value = request.headers.get("Authorization")
-    if not value or not value.lower().startswith(_BEARER):
-        return None
-    return value[len(_BEARER):]
+    return bearer_token(request.headers.get("Authorization"))
 
 
 def _problem_type(response: requests.Response) -> str | None:
@@ -126,11 +123,9 @@ def _problem_type(response: requests.Response) -> str | None:
     if response.status_code != 403:
         return None
     try:
-        body = response.json()
+        return problem_type(response.json())
     except ValueError:
         return None
-    kind = body.get("type") if isinstance(body, dict) else None
-    return kind if isinstance(kind, str) else None
 
 
 def _rewind(request: requests.PreparedRequest) -> bool:

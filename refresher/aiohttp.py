@@ -33,6 +33,7 @@ if not hasattr(aiohttp, "ClientMiddlewareType"):
 from ._async import FrontEnd
 from ._transport import require_secure_transport
 from .token import Token
+from .wire import problem_type
 
 __all__ = ["RefreshingMiddleware"]
 
@@ -141,11 +142,9 @@ async def _problem_type(response: aiohttp.ClientResponse) -> str | None:
     if response.status != 403:
         return None
     try:
-        body = await response.json(content_type=None)
+        return problem_type(await response.json(content_type=None))
     except (ValueError, aiohttp.ClientError):
         return None
-    kind = body.get("type") if isinstance(body, dict) else None
-    return kind if isinstance(kind, str) else None
 
 
 def _replayable(request: aiohttp.ClientRequest) -> bool:

@@ -26,12 +26,12 @@ except ImportError as exc:  # an optional dependency: say how to get it
 from ._async import FrontEnd
 from ._transport import require_secure_transport
 from .token import Token
+from .wire import bearer_token, problem_type
 
 __all__ = ["RefreshingAuth"]
 
 log = logging.getLogger(__name__)
 
-_BEARER = "bearer "
 
 
 class RefreshingAuth(FrontEnd, httpx.Auth):
@@ -137,9 +137,7 @@ def _put_bearer(request: httpx.Request, token: Token) -> None:
 
 def _bearer(request: httpx.Request) -> str | None:
     value: str | None = request.headers.get("Authorization")
-    if not value or not value.lower().startswith(_BEARER):
-        return None
-    return value[len(_BEARER):]
+    return bearer_token(value)
 
 
 def _endpoint(request: httpx.Request) -> str:
@@ -152,11 +150,9 @@ def _problem_type(response: httpx.Response) -> str | None:
     if response.status_code != 403:
         return None
     try:
-        body = response.json()
+        return problem_type(response.json())
     except ValueError:
         return None
-    kind = body.get("type") if isinstance(body, dict) else None
-    return kind if isinstance(kind, str) else None
 
 
 def _replayable(request: httpx.Request) -> bool:

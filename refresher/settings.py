@@ -29,6 +29,7 @@ __all__ = [
     "describe_store",
     "open_session",
     "resolve_setting",
+    "saved_account_arguments",
     "wanted_account",
 ]
 
@@ -185,6 +186,22 @@ def open_session(
     >>> session.me()["username"]  # doctest: +SKIP
     'alice'
     """
+    return RefreshingSession(**saved_account_arguments(
+        account, store=store, client_id=client_id, client_secret=client_secret, **kwargs))
+
+
+def saved_account_arguments(
+    account: str | None = None,
+    *,
+    store: TokenStore | str | os.PathLike[str] | None = None,
+    client_id: str | None = None,
+    client_secret: str | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """The constructor arguments for an account ``refresher login`` saved, found as
+    :func:`open_session` describes (for a session, or an async front end's ``open()``):
+    ``client_id``, ``client_secret``, ``store`` (opened), ``account``, ``token_url``,
+    ``api_url``, and ``kwargs`` as given."""
     if store is None or isinstance(store, (str, os.PathLike)):
         store = open_store(store if store is not None else default_store_location())
     name = choose_account(store, account)
@@ -204,4 +221,4 @@ def open_session(
     kwargs.setdefault("token_url", resolve_setting("token_url", None, metadata))
     if "api_url" not in kwargs and "api_base_url" not in kwargs:
         kwargs["api_url"] = resolve_setting("api_url", None, metadata)
-    return RefreshingSession(client, client_secret=secret, store=store, account=name, **kwargs)
+    return dict(kwargs, client_id=client, client_secret=secret, store=store, account=name)
