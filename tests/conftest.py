@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -218,3 +219,18 @@ def in_thread() -> Callable[[Callable[[], Any]], Callable[..., Any]]:
         return join
 
     return start
+
+
+@pytest.fixture
+def wait_for() -> Callable[..., None]:
+    """``wait_for(condition, what, timeout=15.0)``: poll ``condition`` every 5 ms until it
+    holds; fail the test naming ``what`` after ``timeout`` seconds."""
+
+    def wait(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            time.sleep(0.005)
+
+    return wait

@@ -67,16 +67,6 @@ def _session(x: XEmulator, store: RedisTokenStore, token: Any = None,
                              token_url=x.token_url, api_base_url=x.api_url, **kw)
 
 
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
-
-
-
-
 # -- optional dependency -------------------------------------------------------------------
 
 @pytest.mark.integration
@@ -374,7 +364,7 @@ class _PausingStore(RedisTokenStore):
 
 
 def test_a_holder_whose_lock_lapsed_does_not_spend_the_refresh_token(
-        x_emulator_factory, redis_server, make_store, raw, me_url, in_thread) -> None:
+        x_emulator_factory, redis_server, make_store, raw, me_url, in_thread, wait_for) -> None:
     """Host A stalls under its lock past lock_ttl; host B takes the lock and refreshes. A
     must not send the same refresh token: it notices before the token call, takes the lock
     again and adopts B's pair."""
@@ -388,8 +378,8 @@ def test_a_holder_whose_lock_lapsed_does_not_spend_the_refresh_token(
     x.expire_access_token(seed["access_token"])
     url = me_url(x)
     first = in_thread(lambda: host_a.get(url))
-    _wait_for(lambda: raw.exists("refresher:alice:lock"), "host A's lock")
-    _wait_for(lambda: not raw.exists("refresher:alice:lock"), "host A's lock to lapse")
+    wait_for(lambda: raw.exists("refresher:alice:lock"), "host A's lock")
+    wait_for(lambda: not raw.exists("refresher:alice:lock"), "host A's lock to lapse")
     assert host_b.get(url).status_code == 200  # B refreshes while A is stalled
     assert first().status_code == 200          # A wakes, sees the lapse, adopts B's pair
     assert x.stats.refreshes == 1
@@ -398,8 +388,8 @@ def test_a_holder_whose_lock_lapsed_does_not_spend_the_refresh_token(
     stalled.close()
 
 
-def test_a_login_during_a_slow_refresh_waits_for_it_and_wins(x_emulator_factory,
-                                                            make_store, me_url, in_thread) -> None:
+def test_a_login_during_a_slow_refresh_waits_for_it_and_wins(
+        x_emulator_factory, make_store, me_url, in_thread, wait_for) -> None:
     x = x_emulator_factory()
     seed = x.issue_token()
     slow = _session(x, make_store(), seed)
@@ -408,7 +398,7 @@ def test_a_login_during_a_slow_refresh_waits_for_it_and_wins(x_emulator_factory,
     x.expire_access_token(seed["access_token"])
     url = me_url(x)
     pending = in_thread(lambda: slow.get(url))
-    _wait_for(lambda: x.stats.token_requests == 1, "the slow refresh")
+    wait_for(lambda: x.stats.token_requests == 1, "the slow refresh")
     login = x.issue_token()
     other.token = login  # a new login: it waits for the refresh under way, then replaces it
     assert pending().status_code == 200
@@ -468,7 +458,7 @@ def test_a_bad_url_is_a_TokenStoreError_without_the_password() -> None:
 
 
 def test_redis_restarted_during_a_refresh_the_granted_pair_is_written_back(
-        x_emulator_factory, redis_server, make_store, me_url, in_thread) -> None:
+        x_emulator_factory, redis_server, make_store, me_url, in_thread, wait_for) -> None:
     """Redis dies while a refresh is at X: the new pair cannot be saved, and the old refresh
     token is already spent. The session keeps the pair, requests needing the store fail with
     TokenStoreError while Redis is down, and the pair is saved once Redis is back (empty:
@@ -482,7 +472,7 @@ def test_redis_restarted_during_a_refresh_the_granted_pair_is_written_back(
     x.token_delay = 1.0
     x.expire_access_token(seed["access_token"])
     pending = in_thread(lambda: session.get(url))
-    _wait_for(lambda: x.stats.token_requests == 1, "the refresh to reach X")
+    wait_for(lambda: x.stats.token_requests == 1, "the refresh to reach X")
     redis_server.kill()
     with pytest.raises(TokenStoreError) as caught:
         pending()
@@ -541,8 +531,8 @@ def test_4_processes_x_3_threads_share_one_redis_store_with_1_second_tokens(
 
 
 @pytest.mark.integration
-def test_redis_restarted_in_the_middle_of_a_multi_process_run(x_emulator_factory,
-                                                              redis_server, raw, in_thread) -> None:
+def test_redis_restarted_in_the_middle_of_a_multi_process_run(
+        x_emulator_factory, redis_server, raw, in_thread, wait_for) -> None:
     """Redis goes away between two refreshes and comes back empty: requests that need the
     store fail with TokenStoreError while it is down, every process recovers after, and no
     refresh token is spent twice."""
@@ -556,7 +546,7 @@ def test_redis_restarted_in_the_middle_of_a_multi_process_run(x_emulator_factory
     spec = _spec(x, redis_server, threads=2, seconds=seconds)
     finished = in_thread(lambda: run_workers(spec, 3, seed=x.issue_token(),
                                               progress=progress, progress_interval=0.25))
-    _wait_for(lambda: len(timeline) > 0 and timeline[-1][1] > 50, "the run to get going", 30)
+    wait_for(lambda: len(timeline) > 0 and timeline[-1][1] > 50, "the run to get going", 30)
     time.sleep(1.0)
     # Pull the plug mid-window, well clear of a refresh: the stored pair expires in ~1 s
     # cycles and is refreshed 0.1 s before its expiry.

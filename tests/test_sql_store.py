@@ -84,14 +84,6 @@ def _session(x: XEmulator, store: SQLTokenStore, token: Any = None,
                              token_url=x.token_url, api_base_url=x.api_url, **kw)
 
 
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
-
-
 # -- optional dependency -------------------------------------------------------------------
 
 @pytest.mark.integration
@@ -386,7 +378,7 @@ class _PausingStore(SQLTokenStore):
 
 
 def test_a_holder_whose_lease_lapsed_does_not_spend_the_refresh_token(
-        x_emulator_factory, db_url, make_store, raw, me_url, in_thread) -> None:
+        x_emulator_factory, db_url, make_store, raw, me_url, in_thread, wait_for) -> None:
     """Host A stalls under its lease past lock_ttl; host B takes it and refreshes. A must
     not send the same refresh token: it notices before the token call, takes the lease
     again and adopts B's pair."""
@@ -404,7 +396,7 @@ def test_a_holder_whose_lease_lapsed_does_not_spend_the_refresh_token(
         return _rows(raw).get(ACCOUNT, {}).get("lease_owner")
 
     first = in_thread(lambda: host_a.get(url))
-    _wait_for(lambda: lease() is not None, "host A's lease")
+    wait_for(lambda: lease() is not None, "host A's lease")
     time.sleep(0.5)                            # host A's lease lapses
     assert host_b.get(url).status_code == 200  # B takes it over and refreshes
     assert first().status_code == 200          # A wakes, sees the loss, adopts B's pair
@@ -509,7 +501,7 @@ def test_a_bad_url_is_a_TokenStoreError_without_the_password(sqlalchemy_installe
 
 @pytest.mark.integration
 def test_postgresql_stopped_during_a_refresh_the_granted_pair_is_written_back(
-        x_emulator_factory, postgres_server_factory, me_url, in_thread, all_logs) -> None:
+        x_emulator_factory, postgres_server_factory, me_url, in_thread, all_logs, wait_for) -> None:
     """PostgreSQL stops while a refresh is at X: the new pair cannot be saved, and the old
     refresh token is already spent. The session keeps the pair; requests needing the store
     fail with TokenStoreError (naming the server, never the password) while it is down;
@@ -527,7 +519,7 @@ def test_postgresql_stopped_during_a_refresh_the_granted_pair_is_written_back(
     x.token_delay = 1.0
     x.expire_access_token(seed["access_token"])
     pending = in_thread(lambda: session.get(api))
-    _wait_for(lambda: x.stats.token_requests == 1, "the refresh to reach X")
+    wait_for(lambda: x.stats.token_requests == 1, "the refresh to reach X")
     server.stop()
     with pytest.raises(TokenStoreError) as caught:
         pending()
@@ -689,7 +681,7 @@ def test_16_accounts_refresh_at_once_each_under_its_own_lease(x_emulator_factory
 
 @pytest.mark.integration
 def test_postgresql_restarted_in_the_middle_of_a_multi_process_run(
-        x_emulator_factory, postgres_server_factory, in_thread) -> None:
+        x_emulator_factory, postgres_server_factory, in_thread, wait_for) -> None:
     """PostgreSQL goes away between two refreshes and comes back: requests that need the
     store fail with TokenStoreError naming the server (never the password) while it is
     down, every process recovers after, and no refresh token is spent twice."""
@@ -709,7 +701,7 @@ def test_postgresql_restarted_in_the_middle_of_a_multi_process_run(
     spec = _spec(x, url, threads=2, seconds=seconds)
     finished = in_thread(lambda: run_workers(spec, 3, seed=x.issue_token(),
                                               progress=progress, progress_interval=0.25))
-    _wait_for(lambda: len(timeline) > 0 and timeline[-1][1] > 50, "the run to get going", 30)
+    wait_for(lambda: len(timeline) > 0 and timeline[-1][1] > 50, "the run to get going", 30)
     time.sleep(1.0)
     # Pull the plug mid-window, well clear of a refresh: the stored pair expires in ~1 s
     # cycles and is refreshed 0.1 s before its expiry.
