@@ -10,6 +10,7 @@ packages ``redis-server`` and ``postgresql``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -148,31 +149,37 @@ def postgres_server_factory(postgres_bin_dir: Path) -> Iterator[Callable[[], Pos
 
 
 @pytest.fixture
-def make_session(x_emulator: XEmulator) -> Iterator[Callable[..., RefreshingSession]]:
-    """``make_session(store=None, token=None, emulator=None, **kw)``: a RefreshingSession.
+def make_wired(x_emulator: XEmulator) -> Iterator[Callable[..., Any]]:
+    """``make_wired(cls, store=None, token="fresh", emulator=None, **kw)``: a
+    ``RefreshingSession``, ``RefreshingAuth`` or ``RefreshingMiddleware`` (``cls``).
 
     Wired to ``x_emulator`` (or the given emulator), seeded with a fresh emulator token
-    unless ``token`` is given; closed after the test.
+    unless ``token`` is given, a memory store unless ``store`` is; closed after the test.
     """
-    made: list[RefreshingSession] = []
+    made: list[Any] = []
 
-    def make(store: TokenStore | None = None, token: Any = "fresh",
-             emulator: XEmulator | None = None, **kw: Any) -> RefreshingSession:
+    def make(cls: Any, store: TokenStore | None = None, token: Any = "fresh",
+             emulator: XEmulator | None = None, **kw: Any) -> Any:
         x = emulator or x_emulator
         if isinstance(token, str) and token == "fresh":
             token = x.issue_token()
         kw.setdefault("client_id", DEFAULT_CLIENT_ID)
         kw.setdefault("token_url", x.token_url)
-        kw.setdefault("api_base_url", x.api_url)
-        session = RefreshingSession(
-            store=store if store is not None else MemoryTokenStore(), token=token, **kw
-        )
-        made.append(session)
-        return session
+        kw.setdefault("api_url", x.api_url)
+        front = cls(store=store if store is not None else MemoryTokenStore(), token=token, **kw)
+        made.append(front)
+        return front
 
     yield make
-    for session in made:
-        session.close()
+    for front in made:
+        front.close()
+
+
+@pytest.fixture
+def make_session(make_wired: Callable[..., Any]) -> Callable[..., RefreshingSession]:
+    """``make_session(store=None, token="fresh", emulator=None, **kw)``: a
+    RefreshingSession from :func:`make_wired`."""
+    return functools.partial(make_wired, RefreshingSession)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ recipe as printed."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import json
 import time
@@ -23,25 +24,10 @@ from refresher.aiohttp import RefreshingMiddleware  # noqa: E402
 
 
 @pytest.fixture
-def make_middleware(x_emulator):
+def make_middleware(make_wired):
     """``make_middleware(store=None, token="fresh", emulator=None, **kw)``: a
-    RefreshingMiddleware wired to the emulator, seeded with a fresh token unless given."""
-    made = []
-
-    def make(store=None, token="fresh", emulator=None, **kw):
-        x = emulator or x_emulator
-        if isinstance(token, str) and token == "fresh":
-            token = x.issue_token()
-        kw.setdefault("token_url", x.token_url)
-        kw.setdefault("api_url", x.api_url)
-        middleware = RefreshingMiddleware(DEFAULT_CLIENT_ID, store=store if store is not None
-                                          else MemoryTokenStore(), token=token, **kw)
-        made.append(middleware)
-        return middleware
-
-    yield make
-    for middleware in made:
-        middleware.close()
+    RefreshingMiddleware wired to the emulator (conftest's ``make_wired``)."""
+    return functools.partial(make_wired, RefreshingMiddleware)
 
 
 @dataclass

@@ -5,6 +5,7 @@ a loop that never stalls behind the token endpoint)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import io
 import json
@@ -23,25 +24,10 @@ KINDS = ["sync", "async"]
 
 
 @pytest.fixture
-def make_auth(x_emulator):
-    """``make_auth(store=None, token="fresh", emulator=None, **kw)``: a RefreshingAuth wired
-    to the emulator, seeded with a fresh token unless ``token`` is given."""
-    made = []
-
-    def make(store=None, token="fresh", emulator=None, **kw):
-        x = emulator or x_emulator
-        if isinstance(token, str) and token == "fresh":
-            token = x.issue_token()
-        kw.setdefault("token_url", x.token_url)
-        kw.setdefault("api_url", x.api_url)
-        auth = RefreshingAuth(DEFAULT_CLIENT_ID, store=store if store is not None
-                              else MemoryTokenStore(), token=token, **kw)
-        made.append(auth)
-        return auth
-
-    yield make
-    for auth in made:
-        auth.close()
+def make_auth(make_wired):
+    """``make_auth(store=None, token="fresh", emulator=None, **kw)``: a RefreshingAuth wired to the
+    emulator (conftest's ``make_wired``)."""
+    return functools.partial(make_wired, RefreshingAuth)
 
 
 def send(kind, auth, method, url, **kw):
