@@ -233,3 +233,28 @@ def test_a_store_lock_ttl_shorter_than_a_grant_is_refused(clock, endpoint) -> No
     store.lock_ttl = 10.0  # type: ignore[attr-defined]
     with pytest.raises(ConfigurationError, match="lock_ttl >= 20"):
         RefreshCoordinator(store, "alice", endpoint, clock=clock)  # type: ignore[arg-type]
+
+
+def test_on_refresh_start_runs_right_before_each_token_call(clock, endpoint) -> None:
+    calls: list[int] = []
+    store = MemoryTokenStore()
+
+    def start() -> None:
+        calls.append(len(endpoint.spent))  # the token call has not happened yet
+        raise RuntimeError("a hook that raises does not fail the refresh")
+
+    coordinator = make(store, endpoint, clock, on_refresh_start=start)
+    coordinator.refresh()
+    sibling = make(store, endpoint, clock, on_refresh_start=start)
+    sibling.refresh(replacing="at-0")  # adopts the stored pair: no token call, no hook
+    assert calls == [0]
+    assert sibling.token is not None and sibling.token["access_token"] == "at-1"
+
+
+def test_a_replay_refused_after_its_token_ran_out_is_not_braked(clock, endpoint) -> None:
+    coordinator = make(MemoryTokenStore(), endpoint, clock)
+    url = "GET https://api.x.com/2/users/me"
+    fresh = coordinator.refresh(replacing="at-0")
+    clock.advance(7201)  # the replay was in flight past the token's end
+    coordinator.refused_after_refresh(fresh["access_token"], url)
+    assert coordinator.may_cure(401, fresh["access_token"], url)

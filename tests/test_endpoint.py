@@ -117,3 +117,20 @@ def test_revoke_raises_its_own_error_not_a_refresh_error(x_emulator) -> None:
     with pytest.raises(RevokeError, match="revoke URL") as unreachable:
         endpoint.revoke(f"http://127.0.0.1:{closed}/2/oauth2/revoke", "rt-secret-value")
     assert "stored token is kept" not in str(unreachable.value)
+
+
+def test_a_granted_lifetime_counts_from_when_the_request_left(x_emulator) -> None:
+    import time
+
+    from refresher.endpoint import TokenEndpoint
+    from refresher.testing import DEFAULT_CLIENT_ID
+
+    seed = x_emulator.issue_token()
+    x_emulator.token_delay = 0.3  # X issues the pair, then the answer takes a while
+    sent = time.time()
+    granted = TokenEndpoint(x_emulator.token_url, DEFAULT_CLIENT_ID).refresh(
+        seed["refresh_token"])
+    received = time.time()
+    assert received - sent >= 0.3
+    # Counted from receipt, expires_at would be at least received + expires_in.
+    assert granted["expires_at"] < received + granted["expires_in"]
