@@ -187,13 +187,9 @@ class FrontEnd:
 
     def replay_refused(self, token: Token, endpoint: str) -> None:
         """A replay with ``token`` (just refreshed or adopted) was answered 401 by
-        ``endpoint``: put that endpoint and token on the 401 brake, unless the token is no
-        longer FRESH by now. A replay that stayed in flight past its token's expiry (a busy
-        loop, a slow server) earned a 401 about the token's age, not about the endpoint."""
-        access = token.get("access_token")
-        coordinator = self.coordinator
-        if access and self.policy.state(token, coordinator.clock.time()) is TokenState.FRESH:
-            coordinator.refused_after_refresh(access, endpoint)
+        ``endpoint``: the coordinator's 401 brake, which spares a token that ran out in
+        flight (see :meth:`~refresher.RefreshCoordinator.refused_after_refresh`)."""
+        self.coordinator.refused_after_refresh(token, endpoint)
 
     @property
     def token(self) -> Token:

@@ -106,7 +106,7 @@ class RefreshingAdapter(HTTPAdapter):
         answer = super().send(replay, **kwargs)
         if answer.status_code == 401:
             # Refused again with a token just refreshed: this 401 is not about the token.
-            self.coordinator.refused_after_refresh(fresh["access_token"], endpoint)
+            self.coordinator.refused_after_refresh(fresh, endpoint)
         return answer
 
 

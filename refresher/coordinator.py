@@ -219,19 +219,20 @@ class RefreshCoordinator:
             return False
         return True
 
-    def refused_after_refresh(self, access_token: str, endpoint: str) -> None:
-        """``endpoint`` answered 401 to ``access_token`` even right after a refresh.
-
-        That 401 is not about the token (X has been seen answering 401 to valid tokens):
-        further 401s from that endpoint to that token are returned as they come instead of
-        rotating the pair again. Other endpoints, and the next token, are not affected. A
-        token that is no longer fresh by then (it ran out in flight) is not braked.
+    def refused_after_refresh(self, token: Token | str, endpoint: str) -> None:
+        """``endpoint`` answered 401 to ``token`` (the pair, or its access token) even right
+        after a refresh. That 401 is not about the token (X has been seen answering 401 to
+        valid tokens): further 401s from that endpoint to that token are returned as they
+        come instead of rotating the pair again. Other endpoints, and the next token, are not
+        affected. A token no longer fresh by then (it ran out in flight) is not braked.
         """
-        token = self._token
-        if (token is not None and token.get("access_token") == access_token
-                and self.policy.state(token, self.clock.time()) is not TokenState.FRESH):
+        if isinstance(token, str):  # judged by the live pair when it is that one
+            live = self._token or {}
+            token = live if live.get("access_token") == token else {"access_token": token}
+        access = token.get("access_token")
+        if not access or self.policy.state(token, self.clock.time()) is not TokenState.FRESH:
             return
-        self._ledger.brake(access_token, endpoint)
+        self._ledger.brake(access, endpoint)
         log.warning("account %r: %s still answered 401 after a refresh; not refreshing again "
                     "for its 401s while this token lives", self.account, endpoint)
 
