@@ -23,8 +23,10 @@ this very one (a save retried after its answer was lost), it is not a conflict. 
 is on the version, not on who holds the lease: a holder whose lease lapsed while nobody
 else wrote still saves its pair, which after a refresh is the only live one.
 
-The lease clock is the database server's on PostgreSQL and the machine's on SQLite;
-``updated_at`` is read on the same clock.
+Leases are judged on the database server's clock on PostgreSQL, and on each waiting
+store's monotonic clock elsewhere (see :mod:`~refresher.stores.sql_lease`): a wall clock
+that steps cannot hand a live lease to another process. ``updated_at`` is written on the
+server's clock on PostgreSQL, the machine's on SQLite.
 
 SQLAlchemy (and psycopg, for PostgreSQL) is an optional dependency, imported when a store
 is made: ``pip install refresher[sql]``.
@@ -40,6 +42,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .._constants import DEFAULT_DEADLINE, LOCK_TTL_MARGIN
+from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import ConfigurationError, StaleTokenError, TokenStoreError
 from ..token import Token
 from .base import TokenStore, Versioned, overrides
@@ -88,6 +91,8 @@ class SQLTokenStore(TokenStore):
     created when missing (``schema``: its PostgreSQL schema). ``lock_ttl`` is how long an
     account's lease (its refresh lock) lives when its holder dies without releasing it;
     keep it above the token endpoint's deadline plus 5 s, as the default (30 s) is.
+    ``clock`` is the :class:`~refresher.Clock` leases wait on (and, on SQLite, are
+    stamped with); tests hand one whose wall clock is shifted.
 
     SQLite suits many accounts and several processes on one machine; PostgreSQL, workers
     on many hosts. Any database failure is a :class:`~refresher.TokenStoreError` naming the
@@ -106,6 +111,7 @@ class SQLTokenStore(TokenStore):
         lock_ttl: float = DEFAULT_LOCK_TTL,
         *,
         schema: str | None = None,
+        clock: Clock = SYSTEM_CLOCK,
         **engine_options: Any,
     ) -> None:
         sa = import_sqlalchemy()
@@ -118,13 +124,13 @@ class SQLTokenStore(TokenStore):
                 "deadline plus %s s): sessions with the default deadline will refuse this store",
                 lock_ttl, DEFAULT_DEADLINE, LOCK_TTL_MARGIN,
             )
-        self._db = Database(url_or_engine, engine_options)
+        self._db = Database(url_or_engine, engine_options, clock)
         self.server = self._db.server
         self._table = token_table(sa, table, schema)
         self.table = table
         self._table_ready = False
         self._table_guard = threading.Lock()
-        self._leases = Leases(self._db, self._table, float(lock_ttl))
+        self._leases = Leases(self._db, self._table, float(lock_ttl), clock)
         self._build_statements(sa)
 
     def __repr__(self) -> str:
@@ -186,9 +192,9 @@ class SQLTokenStore(TokenStore):
         self._update_meta = t.update().where(c.account == account).values(meta=meta)
         self._insert_meta = self._db.insert_new(
             t, {"account": account, "version": 0, "meta": meta})
-        # An account whose lease someone holds keeps its row (the lease), emptied.
-        self._delete_row = t.delete().where(
-            c.account == account, sa.or_(c.lease_owner.is_(None), c.lease_until < now))
+        # An account whose lease someone holds (or a dead holder left) keeps its row (the
+        # lease), emptied: no clock decides whether a lease may be deleted.
+        self._delete_row = t.delete().where(c.account == account, c.lease_owner.is_(None))
         self._empty_row = t.update().where(c.account == account).values(
             token=None, meta=None, updated_at=None, version=c.version + 1)
 

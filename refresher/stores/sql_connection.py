@@ -15,25 +15,34 @@ Engines made from a URL get refresher's defaults (the caller's ``engine_options`
 - PostgreSQL: ``postgresql://`` uses psycopg 3 (``refresher[sql]`` installs it, not
   psycopg2); a 5 s connect timeout; ``pool_pre_ping``, so connections broken by a server
   restart are replaced instead of failing once each.
-- Both: ``hide_parameters``, so SQLAlchemy's own messages and logs never show a token.
+- Both: ``hide_parameters``, so SQLAlchemy's error messages never show a token.
+
+Logging. The store's statements run on a view of the engine (``engine.execution_options()``:
+the same pool, dialect and events) that logs on :data:`ENGINE_LOGGER` with its parameters
+hidden and never a row, even on an engine of the caller's and with ``sqlalchemy.engine``
+at DEBUG or ``echo="debug"``: SQLAlchemy logs the rows it reads at DEBUG, whatever
+``hide_parameters`` says, and a token row is a whole token pair. Statements still show at
+INFO (or with ``echo=True``), without their parameters.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-import time
 import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
+from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import ConfigurationError, TokenStoreError
 
 if TYPE_CHECKING:
     import sqlalchemy
 
-__all__ = ["Database", "import_sqlalchemy", "describe_server", "server_failure"]
+__all__ = ["Database", "ENGINE_LOGGER", "import_sqlalchemy", "describe_server",
+           "server_failure"]
 
 #: Seconds a SQLite writer waits for another's transaction before "database is locked".
 SQLITE_BUSY_TIMEOUT = 10.0
@@ -41,6 +50,27 @@ SQLITE_BUSY_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 5
 # What of a driver's message goes into ours: its first line, this long at most.
 _DETAIL_LIMIT = 300
+#: The logger SQLAlchemy logs the store's statements on (never their parameters or rows).
+ENGINE_LOGGER = "sqlalchemy.engine.Engine.refresher"
+
+
+class _NoRows(logging.Filter):
+    """Drops what SQLAlchemy logs below INFO on :data:`ENGINE_LOGGER`: the rows it read."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.INFO
+
+
+def _quiet_logger() -> None:
+    logger = logging.getLogger(ENGINE_LOGGER)
+    if not any(isinstance(f, _NoRows) for f in logger.filters):
+        logger.addFilter(_NoRows())
+        # With echo=True SQLAlchemy gives a logger without handlers a stdout one of its
+        # own: this one lets the records go up to the engine's instead (printed once).
+        logger.addHandler(logging.NullHandler())
+
+
+_quiet_logger()
 
 
 class _MissingSQLAlchemy(TokenStoreError, ImportError):
@@ -194,6 +224,17 @@ def _engine_from_url(sa: Any, text: str, options: dict[str, Any]) -> sqlalchemy.
     return engine
 
 
+def _quiet_view(engine: sqlalchemy.Engine) -> sqlalchemy.Engine:
+    """``engine`` as the store talks through it: the same pool, dialect and events, logged
+    on :data:`ENGINE_LOGGER` with parameters hidden; ``echo="debug"`` (rows) becomes
+    ``echo=True`` (statements)."""
+    view = engine.execution_options()
+    view.hide_parameters = True
+    view.logging_name = ENGINE_LOGGER.rpartition(".")[2]
+    view.echo = bool(engine.echo)  # the setter makes its logger anew, under that name
+    return view
+
+
 def _forget_pool_after_fork(engine: sqlalchemy.Engine) -> None:
     """A child process made by ``fork`` (gunicorn's ``--preload``, multiprocessing) opens
     connections of its own instead of sharing its parent's, as SQLAlchemy advises."""
@@ -216,13 +257,15 @@ class Database:
     :meth:`dispose`; ``options`` go to :func:`sqlalchemy.create_engine`) or an
     :class:`sqlalchemy.Engine` of the caller's, used as it is and left open.
 
-    ``now`` is the SQL expression leases and ``updated_at`` are read on, in epoch seconds:
-    the server's clock on PostgreSQL (``clock_timestamp()``: every host that shares the
-    database agrees on it), the client's wall clock elsewhere (on SQLite that is the clock
-    of the one machine the file lives on).
+    ``now`` is the SQL expression leases and ``updated_at`` are written on, in epoch
+    seconds: the server's clock on PostgreSQL (``clock_timestamp()``: every host that
+    shares the database agrees on it; ``clock`` is ``"database"``), ``wall.time()``
+    elsewhere (``clock`` is ``"client"``: a clock no other process may trust, see
+    :mod:`~refresher.stores.sql_lease`).
     """
 
-    def __init__(self, url_or_engine: str | sqlalchemy.Engine, options: dict[str, Any]) -> None:
+    def __init__(self, url_or_engine: str | sqlalchemy.Engine, options: dict[str, Any],
+                 wall: Clock = SYSTEM_CLOCK) -> None:
         sa = import_sqlalchemy()
         self._error: type[Exception] = sa.exc.SQLAlchemyError
         if isinstance(url_or_engine, str):
@@ -237,6 +280,7 @@ class Database:
         else:
             raise TypeError(f"a database URL or a SQLAlchemy Engine, not "
                             f"{type(url_or_engine).__name__}")
+        self._view = _quiet_view(self.engine)
         self.server = describe_server(self.engine.url)
         self._password: str | None = self.engine.url.password
         self.dialect: str = self.engine.dialect.name
@@ -247,7 +291,7 @@ class Database:
                 "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)", sa.Double)
         else:
             self.clock = "client"
-            self.now = sa.bindparam("refresher_now", callable_=time.time, type_=sa.Double)
+            self.now = sa.bindparam("refresher_now", callable_=wall.time, type_=sa.Double)
 
     def insert_new(self, table: sqlalchemy.Table,
                    values: dict[str, Any]) -> sqlalchemy.Insert:
@@ -294,7 +338,7 @@ class Database:
         """A connection in a transaction, committed at the end of the block; a database
         error is a :class:`~refresher.TokenStoreError` saying what was being done."""
         try:
-            with self.engine.begin() as connection:
+            with self._view.begin() as connection:
                 yield connection
         except self._error as exc:
             raise self.failure(doing, exc) from None

@@ -1,32 +1,52 @@
 """The SQL store's refresh lock: a lease written in the account's row.
 
-Two columns of the row hold it: ``lease_owner`` (who: host, process id and a random part,
-new for every acquisition, so two threads or two store objects never pass for each other)
-and ``lease_until`` (epoch seconds, on the database's clock: see
-:class:`~refresher.stores.sql_connection.Database`). Nothing stays open in the database
-while a lease is held (no transaction, no row lock, no connection), so a holder that dies
-(``kill -9``, a lost host) costs the others ``lock_ttl`` seconds at most, and a holder
-that hangs cannot block a database.
+Two columns of the row hold it: ``lease_owner`` (who: host, process id, a random part new
+for every acquisition, so two threads or two store objects never pass for each other, and
+the holder's ``lock_ttl``) and ``lease_until`` (epoch seconds, on the database's clock
+where there is one: see :class:`~refresher.stores.sql_connection.Database`). Nothing stays
+open in the database while a lease is held (no transaction, no row lock, no connection),
+so a holder that hangs cannot block a database, and one that dies (``kill -9``, a lost
+host) is taken over (below).
 
 - **Taking** it is one conditional UPDATE::
 
       UPDATE refresher_tokens SET lease_owner = :me, lease_until = now + :ttl
-      WHERE account = :a AND (lease_owner IS NULL OR lease_until < now OR lease_owner = :me)
+      WHERE account = :a AND (lease_owner IS NULL OR lease_owner = :me
+                              OR lease_until < now)          -- PostgreSQL only
 
   or, for an account that has no row yet, an INSERT that does nothing when the row is
   there; retried every few milliseconds (5 ms, doubling up to 25 ms) until ``timeout``,
-  then :class:`~refresher.LockTimeout`, naming the holder.
+  counted from the first look, then :class:`~refresher.LockTimeout`, naming the holder.
+- **Another's lease** is judged on the server's clock on PostgreSQL (``lease_until <
+  now``: every host agrees on it). Elsewhere (SQLite) ``now`` is the client's wall clock,
+  which no other process may trust: a process whose clock stepped 45 s ahead would find
+  every live lease expired. So there the wall clock is only written, never believed: a
+  waiting store takes another's lease once it has itself watched the same ``(lease_owner,
+  lease_until)`` stay unchanged for the holder's ``lock_ttl`` on its own monotonic clock
+  (which does not step), remembered across waits by the store object, with an UPDATE that
+  changes the row only if it still holds exactly that pair. A live holder changes the pair
+  when it renews the lease right before the token call, and a grant lasts at most its
+  deadline (15 s) after that, less than ``lock_ttl`` (at least 20 s for a session): so
+  nothing is taken from a holder that can still send.
+
+  What a dead holder costs: on PostgreSQL, ``lock_ttl`` after it last wrote the lease. On
+  SQLite, a store already waiting takes it then too; one that comes later waits up to the
+  holder's ``lock_ttl`` from its first look, however long ago ``lease_until`` passed (after
+  a crash or a reboot, once per store object). A wait shorter than that (``lock_timeout``
+  below ``lock_ttl``) ends in :class:`~refresher.LockTimeout` and the store's next wait
+  goes on watching; a process that waits only once (``refresher refresh`` from cron)
+  needs a ``lock_timeout`` of at least the holder's ``lock_ttl`` (the defaults: 30 s each).
 - **Checking** it, right before a refresh token is sent, renews it to a full ``lock_ttl``
   in the same statement: ``UPDATE ... SET lease_until = now + :ttl WHERE account = :a AND
   lease_owner = :me``. No row means someone else took the lease since (or it was
   released): :class:`~refresher.LockLost`, and nothing is sent. A lease that ran past
-  ``lease_until`` while nobody took it is still ours, and renewing it is safe: any other
-  taker would have written its own name.
+  its time while nobody took it is still ours, and renewing it is safe: any other taker
+  would have written its own name.
 - **Releasing** it clears the two columns only where ``lease_owner = :me``: a holder whose
   lease lapsed and was taken over does not free its successor's. A lease that could not be
-  released (the database went away meanwhile) lapses after ``lock_ttl`` for the others;
-  the store object that held it takes it back at once under the same name (the ``OR
-  lease_owner = :me`` above), so a pair kept in memory is written back as soon as the
+  released (the database went away meanwhile) lapses for the others as a dead holder's
+  does; the store object that held it takes it back at once under the same name (the
+  ``OR lease_owner = :me`` above), so a pair kept in memory is written back as soon as the
   database returns.
 
 The lease is re-entrant within a thread, for one store object.
@@ -36,15 +56,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import secrets
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import LockLost, LockTimeout, TokenStoreError
 from .sql_connection import Database, import_sqlalchemy
 
@@ -59,6 +80,8 @@ log = logging.getLogger(__name__)
 _FIRST_POLL = 0.005
 _MAX_POLL = 0.025
 _HOST = socket.gethostname()[:48]
+# Owner names end with the holder's lock_ttl, which is how long others watch its lease.
+_TTL_TAG = ":ttl="
 
 
 @dataclass
@@ -73,12 +96,18 @@ class Leases:
     """Per-account leases in ``table`` (columns ``account``, ``lease_owner``,
     ``lease_until``, ``token``, ``meta``), each living ``lock_ttl`` seconds unless renewed."""
 
-    def __init__(self, db: Database, table: sqlalchemy.Table, lock_ttl: float) -> None:
+    def __init__(self, db: Database, table: sqlalchemy.Table, lock_ttl: float,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         sa = import_sqlalchemy()
         self._db = db
         self.table_name = table.name
         self.lock_ttl = lock_ttl
+        self._clock = clock
         self._local = threading.local()
+        # Others' leases this store is watching (client clocks only): account -> (owner,
+        # lease_until, when first seen on the monotonic clock). Plain dict operations, no
+        # lock: a lost race only makes a watch start again later.
+        self._watched: dict[str, tuple[str, float, float]] = {}
         # Leases this object could not give back (the database was away): account -> owner.
         # Its next holder of the account takes the lease under that name, at once, instead
         # of waiting lock_ttl for its own leftover.
@@ -88,10 +117,17 @@ class Leases:
         now = db.now
         me, account = sa.bindparam("me", type_=sa.String), sa.bindparam("a", type_=sa.String)
         until = now + sa.bindparam("ttl", type_=sa.Double)
-        self._take = table.update().where(
-            c.account == account,
-            sa.or_(c.lease_owner.is_(None), c.lease_until < now, c.lease_owner == me),
+        free = [c.lease_owner.is_(None), c.lease_owner == me]
+        if db.clock == "database":
+            free.append(c.lease_until < now)
+        self._take = table.update().where(c.account == account, sa.or_(*free)) \
+            .values(lease_owner=me, lease_until=until)
+        # Another's lease, watched long enough: taken only if it is still the one watched.
+        self._take_watched = table.update().where(
+            c.account == account, c.lease_owner == sa.bindparam("seen_owner", type_=sa.String),
+            sa.func.coalesce(c.lease_until, 0.0) == sa.bindparam("seen_until", type_=sa.Double),
         ).values(lease_owner=me, lease_until=until)
+        self._lease = sa.select(c.lease_owner, c.lease_until).where(c.account == account)
         self._take_new = db.insert_new(table, {"account": account, "version": 0,
                                                "lease_owner": me, "lease_until": until})
         self._renew = table.update().where(
@@ -133,7 +169,8 @@ class Leases:
             return
         with self._unreleased_guard:
             leftover = self._unreleased.pop(account, None)
-        owner = leftover or f"{_HOST}:{os.getpid()}:{secrets.token_hex(6)}"
+        owner = leftover or (f"{_HOST}:{os.getpid()}:{secrets.token_hex(6)}"
+                             f"{_TTL_TAG}{self.lock_ttl:g}")
         try:
             self._wait_for(account, owner, timeout)
         except TokenStoreError:
@@ -148,21 +185,59 @@ class Leases:
             self._give_back(account, owner)
 
     def _wait_for(self, account: str, owner: str, timeout: float | None) -> None:
-        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
-        delay = _FIRST_POLL
+        clock, deadline, delay = self._clock, None, _FIRST_POLL
         while not self._try_take(account, owner):
-            left = None if deadline is None else deadline - time.monotonic()
+            if deadline is None and timeout is not None:
+                # Counted from the first look, which starts the watch: a timeout of the
+                # holder's lock_ttl then outlasts the watch of a dead holder's lease.
+                deadline = clock.monotonic() + max(0.0, timeout)
+            left = None if deadline is None else deadline - clock.monotonic()
             if left is not None and left <= 0:
                 raise LockTimeout(self._timeout_message(account, timeout))
-            time.sleep(delay if left is None else min(delay, left))
+            clock.sleep(delay if left is None else min(delay, left))
             delay = min(delay * 2, _MAX_POLL)
 
     def _try_take(self, account: str, owner: str) -> bool:
         params = {"a": account, "me": owner, "ttl": self.lock_ttl}
         with self._db.begin(f"lock account {account!r}") as connection:
-            if connection.execute(self._take, params).rowcount == 1:
-                return True
-            return self._db.inserted(connection, self._take_new, params)
+            taken = connection.execute(self._take, params).rowcount == 1 \
+                or self._db.inserted(connection, self._take_new, params)
+            if not taken and self._db.clock != "database":
+                taken = self._take_if_outlasted(connection, account, params)
+        if taken:
+            self._watched.pop(account, None)
+        return taken
+
+    def _take_if_outlasted(self, connection: sqlalchemy.Connection, account: str,
+                           params: dict[str, object]) -> bool:
+        """Take another's lease if this store has watched it unchanged for its holder's
+        ``lock_ttl`` on the monotonic clock (see the module's docstring); else watch it."""
+        row = connection.execute(self._lease, {"a": account}).first()
+        if row is None or row[0] is None:
+            return False  # released meanwhile: free for the next try
+        seen = (str(row[0]), 0.0 if row[1] is None else float(row[1]))
+        now = self._clock.monotonic()
+        watched = self._watched.get(account)
+        if watched is None or watched[:2] != seen:
+            self._watched[account] = (*seen, now)
+            return False
+        unchanged = now - watched[2]
+        if unchanged < self._holder_ttl(seen[0]):
+            return False
+        if connection.execute(self._take_watched, {**params, "seen_owner": seen[0],
+                                                   "seen_until": seen[1]}).rowcount != 1:
+            return False
+        log.warning("account %r: took over the SQL lease of %s, unchanged for %.1f s "
+                    "(its holder died, or hangs)", account, seen[0], unchanged)
+        return True
+
+    def _holder_ttl(self, owner: str) -> float:
+        """The ``lock_ttl`` named in ``owner``; this store's for a name without one."""
+        try:
+            ttl = float(owner.rpartition(_TTL_TAG)[2]) if _TTL_TAG in owner else -1.0
+        except ValueError:
+            ttl = -1.0
+        return ttl if 0 < ttl < math.inf else self.lock_ttl
 
     def _timeout_message(self, account: str, timeout: float | None) -> str:
         holder = ""
@@ -170,13 +245,23 @@ class Leases:
             with self._db.begin(f"read the lock of {account!r}") as connection:
                 row = connection.execute(self._holder, {"a": account}).first()
             if row is not None and row[0] is not None:
-                holder = f" (held by {row[0]}, for {max(0.0, float(row[1])):.1f} s more)"
+                holder = f" (held by {row[0]}{self._outlook(account, row)})"
         return (
             f"could not lock account {account!r} in SQL token store at {self._db.server} "
             f"(table {self.table_name!r}) within {timeout} s{holder}: another process is "
             "refreshing it, or died holding it (its lease frees itself after "
             f"lock_ttl={self.lock_ttl:g} s)"
         )
+
+    def _outlook(self, account: str, row: Any) -> str:
+        """When the holder's lease frees itself, as this store judges it."""
+        if self._db.clock == "database":
+            return f", for {max(0.0, float(row[1] or 0.0)):.1f} s more"
+        watched = self._watched.get(account)
+        so_far = self._clock.monotonic() - watched[2] \
+            if watched is not None and watched[0] == row[0] else 0.0
+        return (f"; this store takes it over once it has stayed unchanged for "
+                f"{self._holder_ttl(str(row[0])):g} s, {so_far:.1f} s so far")
 
     # -- checking and giving back ------------------------------------------------------------
 

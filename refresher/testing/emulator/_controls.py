@@ -80,6 +80,15 @@ class EmulatorControls(EmulatorState):
                 return "revoked"
             return "spent" if record.spent else "live"
 
+    def issued_secrets(self) -> set[str]:
+        """Every secret this emulator has handed out or knows: each access token, refresh
+        token and authorization code it issued (live, spent, expired or revoked alike), and
+        its clients' secrets. For tests that prove none of them reaches a log or a message."""
+        with self._lock:
+            found = set(self._access) | set(self._refresh) | self._issued_codes
+            found.update(secret for secret in self._clients.values() if secret)
+        return found
+
     # -- the token endpoint's knobs ----------------------------------------------------
 
     def fail_token_endpoint(

@@ -104,6 +104,7 @@ class OAuthEndpoints(EmulatorState):
             now = self._clock.time()
             for stale in [c for c, r in self._codes.items() if r.expires_at <= now]:
                 del self._codes[stale]
+            self._issued_codes.add(code)
             self._codes[code] = CodeRecord(
                 client_id, redirect_uri, scopes, challenge, method, self._login_user,
                 now + self.code_ttl,

@@ -124,6 +124,7 @@ class EmulatorState:
 
         self._lock = threading.Lock()
         self._codes: dict[str, CodeRecord] = {}
+        self._issued_codes: set[str] = set()  # every code handed out, pruned or not
         self._access: dict[str, AccessRecord] = {}
         self._refresh: dict[str, RefreshRecord] = {}
         self._tweets: dict[str, set[str]] = {}
