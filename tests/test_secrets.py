@@ -18,7 +18,7 @@ def _secrets_in(text: str, secrets) -> list:
 
 def test_a_whole_life_at_debug_logs_no_secret(x_emulator, make_session, all_logs,
                                               tmp_path, me_url) -> None:
-    logging.getLogger("urllib3").setLevel(logging.DEBUG)
+    all_logs.set_level(logging.DEBUG, logger="urllib3")  # put back after the test
     token = x_emulator.issue_token(client_id=DEFAULT_CONFIDENTIAL_CLIENT_ID)
     seen = [token["access_token"], token["refresh_token"], DEFAULT_CLIENT_SECRET]
     session = make_session(store=JSONTokenStore(tmp_path / "t.json"), token=token,

@@ -111,7 +111,7 @@ class SQLTokenStore(TokenStore):
         lock_ttl: float = DEFAULT_LOCK_TTL,
         *,
         schema: str | None = None,
-        clock: Clock = SYSTEM_CLOCK,
+        clock: Clock | None = None,
         **engine_options: Any,
     ) -> None:
         sa = import_sqlalchemy()
@@ -124,6 +124,7 @@ class SQLTokenStore(TokenStore):
                 "deadline plus %s s): sessions with the default deadline will refuse this store",
                 lock_ttl, DEFAULT_DEADLINE, LOCK_TTL_MARGIN,
             )
+        clock = SYSTEM_CLOCK if clock is None else clock
         self._db = Database(url_or_engine, engine_options, clock)
         self.server = self._db.server
         self._table = token_table(sa, table, schema)
