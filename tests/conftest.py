@@ -131,6 +131,17 @@ def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
     postgres_server.drop_database(name)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL for an empty database: a SQLite file, or a new PostgreSQL database (the SQL
+    store's tests run once on each)."""
+    if request.param == "sqlite":
+        request.getfixturevalue("sqlalchemy_installed")
+        return f"sqlite:///{tmp_path / 'tokens.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
 @pytest.fixture
 def postgres_server_factory(postgres_bin_dir: Path) -> Iterator[Callable[[], PostgresServer]]:
     """``make()``: a started PostgreSQL server of the test's own, to stop and start at will

@@ -49,15 +49,6 @@ class Stopped(Shifted):
         return self.now
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
-    if request.param == "sqlite":
-        request.getfixturevalue("sqlalchemy_installed")
-        return f"sqlite:///{tmp_path / 'tokens.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
 @pytest.fixture
 def sqlite_url(tmp_path: Any, sqlalchemy_installed: None) -> str:
     return f"sqlite:///{tmp_path / 'tokens.db'}"

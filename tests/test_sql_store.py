@@ -39,16 +39,6 @@ TOKEN = {"access_token": "at-1", "refresh_token": "rt-1", "token_type": "bearer"
          "expires_in": 7200, "expires_at": 2_000_000_000.0, "scope": "tweet.read"}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
-    """A URL for an empty database: a SQLite file, or a new PostgreSQL database."""
-    if request.param == "sqlite":
-        request.getfixturevalue("sqlalchemy_installed")
-        return f"sqlite:///{tmp_path / 'tokens.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
 @pytest.fixture
 def make_store(db_url: str) -> Iterator[Callable[..., SQLTokenStore]]:
     """``make_store(url=None, **options)``: an SQLTokenStore on the test's database."""
