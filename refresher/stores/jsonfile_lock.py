@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -133,12 +134,29 @@ class _LockTable:
             if (found.st_dev, found.st_ino) == (device, inode):
                 with suppress(OSError):
                     os.close(fd)
-        for lock in list(self._locks.values()):
+        inherited = list(self._locks.values())
+        for lock in inherited:
             context: Any = getattr(lock, "_context", None)  # this thread's view
             if getattr(context, "lock_file_fd", None) is not None:
                 with suppress(AttributeError, TypeError):
                     context.lock_file_fd = None
                     context.lock_counter = 0
+        _forget_held_in_filelock({id(lock) for lock in inherited})
+
+
+def _forget_held_in_filelock(lock_ids: set[int]) -> None:
+    """Remove the locks ``lock_ids`` from filelock's record of what this thread holds.
+
+    filelock 3.25 and later 3.x refuse, as a self-deadlock, a wait for a lock file that
+    record says this thread holds through another lock object; in a forked child the
+    forking thread's entries are the parent's holds, and void. (4.x clears it in a child
+    itself.) Looked up defensively, since it is not public API.
+    """
+    held = getattr(getattr(sys.modules.get("filelock._api"), "_registry", None), "held", None)
+    if isinstance(held, dict):
+        for path, owner in list(held.items()):
+            if owner in lock_ids:
+                held.pop(path, None)
 
 
 _TABLES: PerProcess[_LockTable] = PerProcess(_LockTable, discard=_LockTable.abandon)
