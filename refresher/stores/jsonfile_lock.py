@@ -14,13 +14,12 @@ whether it still is. :func:`acquire_lock` turns :mod:`filelock`'s failures into 
 errors.
 
 Across ``fork``: the lock objects are this process's own (a table per process, in place of
-:mod:`filelock`'s singleton cache, which older filelock releases hand to a child as they
-are). A child forked while a thread held a lock starts with a new, empty table; the
-descriptors its parent's threads held are closed in the child *without* unlocking them
-(an ``flock`` belongs to the open file description the two processes share: unlocking it
-in the child would free the parent's lock), and a block that was holding a lock when the
-process forked ends in the child without releasing it. filelock 4.x refuses a lock object
-inherited across fork; 3.x uses it. Neither happens here.
+:mod:`filelock`'s singleton cache). filelock 4.x (and the newest 3.x) refuse a lock object
+inherited across fork; older 3.x hand it to the child as it is, and unlocking it there
+would free the parent's lock (an ``flock`` belongs to the open file description the two
+processes share). So a child starts with a new, empty table; the descriptors its parent's
+threads held are closed in the child *without* unlocking them, and a block that was
+holding a lock when the process forked ends in the child without releasing it.
 """
 
 from __future__ import annotations
