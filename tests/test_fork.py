@@ -156,6 +156,26 @@ def child(work: Callable[[End], Any]) -> End:
     return end
 
 
+@contextlib.contextmanager
+def held_by_another_thread(lock: Any, in_thread: Callable[..., Any]) -> Iterator[None]:
+    """``lock`` held by another thread for the block: as at a fork that came while a
+    parent thread was inside it."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            holding.set()
+            assert release.wait(BOUND)
+
+    join = in_thread(hold)
+    assert holding.wait(BOUND)
+    try:
+        yield
+    finally:
+        release.set()
+        join()
+
+
 # -- stores -----------------------------------------------------------------------------------
 
 @dataclass
@@ -403,6 +423,24 @@ def test_a_child_forked_inside_a_held_lock_holds_nothing_and_frees_nothing(
         store.verify_lock(ACCOUNT)
 
 
+def test_a_child_forked_while_a_parent_thread_creates_the_sql_table_uses_the_store(
+        make_store, in_thread) -> None:
+    """A parent thread was creating the table (holding the store's guard for it) at the
+    fork: the child creates it (or finds it) itself instead of waiting for ever."""
+    store = make_store("sqlite").store
+    token = {"access_token": "child's", "refresh_token": "r", "token_type": "bearer"}
+
+    def in_the_child(end: End) -> Any:
+        store.save(ACCOUNT, token)
+        return store.load(ACCOUNT)
+
+    with held_by_another_thread(store._table_guard, in_thread):
+        end = child(in_the_child)
+        assert end.receive()["done"] == token
+    end.reap()
+    assert store.load(ACCOUNT) == token
+
+
 def test_a_child_never_takes_back_a_sql_lease_its_parent_could_not_release(
         postgres_server_factory) -> None:
     """A lease the parent could not give back (the database was away) is the parent's to
@@ -458,26 +496,6 @@ def peer_port_url() -> Iterator[str]:
     yield f"http://127.0.0.1:{server.server_port}/port"
     server.shutdown()
     server.server_close()
-
-
-@contextlib.contextmanager
-def held_by_another_thread(lock: Any, in_thread: Callable[..., Any]) -> Iterator[None]:
-    """``lock`` held by another thread for the block: as at a fork that came while a
-    parent thread was inside it."""
-    holding, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with lock:
-            holding.set()
-            assert release.wait(BOUND)
-
-    join = in_thread(hold)
-    assert holding.wait(BOUND)
-    try:
-        yield
-    finally:
-        release.set()
-        join()
 
 
 def test_a_forked_child_never_sends_on_its_parents_connections(
