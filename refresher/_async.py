@@ -35,6 +35,7 @@ import requests
 
 from ._build import UNSET, build_coordinator, resolve_policy, resolve_store
 from ._constants import X_API_URL, X_TOKEN_URL
+from ._fork import register
 from .clock import Clock
 from .coordinator import RefreshCoordinator
 from .policy import RefreshPolicy, TokenState
@@ -47,12 +48,19 @@ _F = TypeVar("_F", bound="FrontEnd")
 
 
 class AsyncTokens:
-    """``coordinator``'s questions as coroutines, safe to await from any event loop."""
+    """``coordinator``'s questions as coroutines, safe to await from any event loop (also
+    in a child forked after they were asked: it starts with no lock of its parent's)."""
 
     def __init__(self, coordinator: RefreshCoordinator) -> None:
         self.coordinator = coordinator
         self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
             weakref.WeakKeyDictionary())
+        self._guard = threading.Lock()
+        register(self)  # a forked child starts with free locks
+
+    def _after_fork_in_child(self) -> None:
+        # A parent thread may have held the guard, a parent task a loop's lock, at the fork.
+        self._locks = weakref.WeakKeyDictionary()
         self._guard = threading.Lock()
 
     async def token_for_request(self) -> Token:

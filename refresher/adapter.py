@@ -18,6 +18,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from requests.utils import rewind_body
 
+from ._fork import register
 from .coordinator import RefreshCoordinator
 from .token import Token
 from .wire import bearer_token, problem_type
@@ -61,6 +62,10 @@ class RefreshingAdapter(HTTPAdapter):
     The replay's answer is returned as it comes, whatever its status: never a loop.
     ``refresh_status_codes`` narrows the coordinator's policy for this adapter; extra
     keyword arguments go to :class:`HTTPAdapter` (``max_retries``, pool sizes).
+
+    A child forked after the adapter was used starts with empty connection pools: it never
+    sends on a keep-alive connection of its parent's (two processes on one socket read
+    each other's answers).
     """
 
     def __init__(
@@ -75,6 +80,15 @@ class RefreshingAdapter(HTTPAdapter):
             coordinator.policy.refresh_status_codes if refresh_status_codes is None
             else refresh_status_codes
         )
+        register(self)  # a forked child gets pools of its own
+
+    def _after_fork_in_child(self) -> None:
+        # As HTTPAdapter.__setstate__ does: new pool managers, the parent's dropped without
+        # a call on them (their locks may have been held by a parent thread at the fork).
+        settings = vars(self)  # requests keeps the pool sizes here (its type stubs omit them)
+        self.proxy_manager = {}
+        self.init_poolmanager(settings["_pool_connections"], settings["_pool_maxsize"],
+                              block=settings["_pool_block"])
 
     def send(  # type: ignore[override]
         self, request: requests.PreparedRequest, **kwargs: Any

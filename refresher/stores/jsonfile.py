@@ -15,6 +15,7 @@ from typing import Any
 
 import filelock
 
+from .._fork import register
 from ..errors import StaleTokenError, TokenStoreError
 from ..token import Token
 from .base import TokenStore, Versioned, content_version, overrides
@@ -83,6 +84,11 @@ class JSONTokenStore(TokenStore):
     (:class:`~refresher.TokenStoreError`, nothing written) when the file lock's file was.
     Keep the store out of folders that tmp cleaners sweep (``/tmp``, ``/var/tmp``).
 
+    A child forked from a process that used the store (gunicorn ``--preload``, celery
+    prefork, :mod:`multiprocessing`) uses it as a process of its own: new lock objects, no
+    hold of its parent's (a lock a parent thread held at the fork stays the parent's, and
+    the child waits for it like any other process), nothing of its parent's unlocked.
+
     Account lock files are never removed, not even by :meth:`delete` (another process may
     hold one, or be opening it): one empty file per account ever locked. Remove the
     ``.locks`` folder by hand only while no process uses the store.
@@ -108,6 +114,11 @@ class JSONTokenStore(TokenStore):
         #: The folder of the per-account refresh locks (see :meth:`account_lock_path`).
         self.locks_folder = Path(str(self.real_path) + ".locks")
         self._file_lock: filelock.FileLock | None = None
+        self._thread = _ThreadState()
+        register(self)  # a forked child starts with no lock object and no hold of its parent's
+
+    def _after_fork_in_child(self) -> None:
+        self._file_lock = None
         self._thread = _ThreadState()
 
     def __repr__(self) -> str:
@@ -344,7 +355,7 @@ class JSONTokenStore(TokenStore):
             try:
                 yield
             finally:
-                del self._thread.holds[account]
+                self._thread.holds.pop(account, None)  # gone already in a forked child
                 self._thread.last_read = None
 
     def verify_lock(self, account: str) -> None:

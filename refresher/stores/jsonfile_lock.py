@@ -12,6 +12,14 @@ the lock. :func:`acquire_current_lock_file` makes sure a lock just won is on the
 path names now; :func:`check_lock_file` tells, right before a refresh token is spent,
 whether it still is. :func:`acquire_lock` turns :mod:`filelock`'s failures into refresher's
 errors.
+
+Across ``fork``: the lock objects are this process's own (a table per process, in place of
+:mod:`filelock`'s singleton cache). filelock 4.x (and the newest 3.x) refuse a lock object
+inherited across fork; older 3.x hand it to the child as it is, and unlocking it there
+would free the parent's lock (an ``flock`` belongs to the open file description the two
+processes share). So a child starts with a new, empty table; the descriptors its parent's
+threads held are closed in the child *without* unlocking them, and a block that was
+holding a lock when the process forked ends in the child without releasing it.
 """
 
 from __future__ import annotations
@@ -19,13 +27,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
+import threading
 import time
+import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import filelock
 
+from .._fork import PerProcess
 from ..errors import LockLost, LockTimeout, TokenStoreError
 
 __all__ = ["account_lock_name", "ensure_lock_folder", "os_lock", "held", "acquire_lock",
@@ -68,15 +81,94 @@ def ensure_lock_folder(folder: Path, where: str) -> None:
         ) from None
 
 
-def os_lock(path: Path) -> filelock.FileLock:
-    """The process's OS lock on the lock file ``path`` (created mode 0600 when missing).
+class _LockTable:
+    """One process's lock objects, one per lock file, and the descriptors its threads hold.
 
-    ``is_singleton``: every store object on the same path in this process shares one
-    lock, re-entrant per thread, so a hook that saves through a second store object
-    cannot deadlock against the first.
+    Made per process (:data:`_TABLES`): a forked child gets a new one on first use, and
+    :meth:`abandon` deals with the one it inherited.
     """
-    return filelock.FileLock(str(path), mode=0o600, is_singleton=True,
-                             poll_interval=_LOCK_POLL_INTERVAL)
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        # Weak, as filelock's own singleton cache: a lock nobody uses any more goes.
+        self._locks: weakref.WeakValueDictionary[str, filelock.FileLock] = (
+            weakref.WeakValueDictionary())
+        # (thread, lock file) -> (descriptor, device, inode), for each outermost hold.
+        self._held: dict[tuple[int, str], tuple[int, int, int]] = {}
+
+    def lock_for(self, path: str) -> filelock.FileLock:
+        with self._guard:
+            lock = self._locks.get(path)
+            if lock is None:
+                lock = self._locks[path] = filelock.FileLock(path, mode=0o600)
+            return lock
+
+    def note_held(self, lock: filelock.FileLock) -> None:
+        """Remember the descriptor this thread's hold of ``lock`` is on (and which file)."""
+        fd = _held_descriptor(lock)
+        if fd is None:
+            return
+        with suppress(OSError):
+            found = os.fstat(fd)
+            self._held[(threading.get_ident(), lock.lock_file)] = (
+                fd, found.st_dev, found.st_ino)
+
+    def note_released(self, lock: filelock.FileLock) -> None:
+        self._held.pop((threading.get_ident(), lock.lock_file), None)
+
+    def abandon(self) -> None:
+        """In a forked child, for the table inherited from the parent: close the descriptors
+        the parent's threads held, without unlocking them, and make the lock objects look
+        unheld, so nothing (not even a finalizer) ever unlocks them here.
+
+        Takes no lock (a parent thread may have held one at the fork). A descriptor is
+        closed only if it still is the lock file it was (filelock 4.x closes its own first,
+        and a number closed may have been reused since).
+        """
+        for fd, device, inode in list(self._held.values()):
+            try:
+                found = os.fstat(fd)
+            except OSError:
+                continue
+            if (found.st_dev, found.st_ino) == (device, inode):
+                with suppress(OSError):
+                    os.close(fd)
+        inherited = list(self._locks.values())
+        for lock in inherited:
+            context: Any = getattr(lock, "_context", None)  # this thread's view
+            if getattr(context, "lock_file_fd", None) is not None:
+                with suppress(AttributeError, TypeError):
+                    context.lock_file_fd = None
+                    context.lock_counter = 0
+        _forget_held_in_filelock({id(lock) for lock in inherited})
+
+
+def _forget_held_in_filelock(lock_ids: set[int]) -> None:
+    """Remove the locks ``lock_ids`` from filelock's record of what this thread holds.
+
+    filelock 3.25 and later 3.x refuse, as a self-deadlock, a wait for a lock file that
+    record says this thread holds through another lock object; in a forked child the
+    forking thread's entries are the parent's holds, and void. (4.x clears it in a child
+    itself.) Looked up defensively, since it is not public API.
+    """
+    held = getattr(getattr(sys.modules.get("filelock._api"), "_registry", None), "held", None)
+    if isinstance(held, dict):
+        for path, owner in list(held.items()):
+            if owner in lock_ids:
+                held.pop(path, None)
+
+
+_TABLES: PerProcess[_LockTable] = PerProcess(_LockTable, discard=_LockTable.abandon)
+
+
+def os_lock(path: Path) -> filelock.FileLock:
+    """This process's OS lock on the lock file ``path`` (created mode 0600 when missing).
+
+    Every store object on the same path in this process shares one lock, re-entrant per
+    thread, so a hook that saves through a second store object cannot deadlock against
+    the first. A forked child gets lock objects of its own.
+    """
+    return _TABLES.get().lock_for(str(path))
 
 
 @contextmanager
@@ -86,17 +178,23 @@ def held(lock: filelock.FileLock, lock_path: Path, where: str, timeout: float | 
     outermost hold (a re-entrant one only counts, and checks nothing on disk).
 
     The outermost acquisition is on the file ``lock_path`` names now
-    (:func:`acquire_current_lock_file`), within ``timeout`` seconds.
+    (:func:`acquire_current_lock_file`), within ``timeout`` seconds. A block that a
+    ``fork`` splits ends in the child without releasing: the hold is the parent's.
     """
     outermost = not lock.is_locked  # per thread: filelock's holds are thread-local
     if outermost:
         acquire_current_lock_file(lock, lock_path, where, timeout, requested)
+        _TABLES.get().note_held(lock)
     else:
         acquire_lock(lock, lock_path, where, timeout, requested)
+    holder = os.getpid()
     try:
         yield outermost
     finally:
-        lock.release()
+        if os.getpid() == holder:  # in a forked child, the lock is the parent's to release
+            lock.release()
+            if outermost:
+                _TABLES.get().note_released(lock)
 
 
 def acquire_lock(lock: filelock.FileLock, lock_path: Path, where: str,
@@ -109,7 +207,8 @@ def acquire_lock(lock: filelock.FileLock, lock_path: Path, where: str,
     if requested is None:
         requested = timeout
     try:
-        lock.acquire(timeout=-1 if timeout is None else timeout)
+        lock.acquire(timeout=-1 if timeout is None else timeout,
+                     poll_interval=_LOCK_POLL_INTERVAL)
     except filelock.Timeout:
         raise LockTimeout(
             f"could not lock token store {where} within {requested} s "
@@ -161,10 +260,8 @@ def holds_current_lock_file(lock: filelock.FileLock, lock_path: Path) -> bool | 
     ``False`` when it was deleted or names another file; ``None`` when it cannot be told
     (not held, or a :mod:`filelock` that does not expose its descriptor).
     """
-    # filelock keeps the held descriptor in its (per-thread) context: _context.lock_file_fd
-    # in filelock 3.x and 4.x. Looked up defensively, since it is not public API.
-    fd = getattr(getattr(lock, "_context", None), "lock_file_fd", None)
-    if not isinstance(fd, int):
+    fd = _held_descriptor(lock)
+    if fd is None:
         return None
     try:
         held = os.fstat(fd)
@@ -177,6 +274,16 @@ def holds_current_lock_file(lock: filelock.FileLock, lock_path: Path) -> bool | 
     except OSError:
         return None
     return os.path.samestat(held, now)
+
+
+def _held_descriptor(lock: filelock.FileLock) -> int | None:
+    """The descriptor of this thread's hold of ``lock``, if it holds it.
+
+    filelock keeps it in its (per-thread) context: ``_context.lock_file_fd`` in filelock
+    3.x and 4.x. Looked up defensively, since it is not public API.
+    """
+    fd = getattr(getattr(lock, "_context", None), "lock_file_fd", None)
+    return fd if isinstance(fd, int) else None
 
 
 def check_lock_file(lock: filelock.FileLock, lock_path: Path, where: str,

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .._constants import DEFAULT_DEADLINE, LOCK_TTL_MARGIN
+from .._fork import register
 from ..errors import ConfigurationError, LockLost, LockTimeout, StaleTokenError, TokenStoreError
 from ..token import Token
 from .base import TokenStore, Versioned, overrides
@@ -111,7 +113,9 @@ class RedisTokenStore(TokenStore):
     :class:`~refresher.TokenStoreError` naming the server (never its password); waiting
     longer than ``timeout`` for a lock is :class:`~refresher.LockTimeout`.
 
-    The lock is re-entrant within a thread, for one store object.
+    The lock is re-entrant within a thread, for one store object. A child forked from a
+    process that used the store holds none of its parent's locks, and connects anew
+    (redis-py's pool notices the fork).
 
     >>> store = RedisTokenStore("redis://127.0.0.1:6379/0")  # doctest: +SKIP
     >>> session = RefreshingSession("my-client-id", store=store, account="alice")  # doctest: +SKIP
@@ -142,6 +146,12 @@ class RedisTokenStore(TokenStore):
         self.server = describe_server(self._client)
         self._password = client_password(self._client)
         self._compare_and_set = self._client.register_script(_COMPARE_AND_SET)
+        self._local = threading.local()
+        register(self)  # a forked child holds none of its parent's locks
+
+    def _after_fork_in_child(self) -> None:
+        # The forking thread's holds are the parent's locks (their owner token too). The
+        # connections need nothing: redis-py's pool notices the new pid and starts over.
         self._local = threading.local()
 
     def __repr__(self) -> str:
@@ -340,11 +350,13 @@ class RedisTokenStore(TokenStore):
                 f"died holding it (the lock frees itself after lock_ttl={self.lock_ttl:g} s)"
             )
         holds[account] = _Hold(lock)
+        holder = os.getpid()
         try:
             yield
         finally:
             del holds[account]
-            self._release(lock, account)
+            if os.getpid() == holder:  # in a forked child, the lock is the parent's to release
+                self._release(lock, account)
 
     def _release(self, lock: Any, account: str) -> None:
         try:

@@ -42,6 +42,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .._constants import DEFAULT_DEADLINE, LOCK_TTL_MARGIN
+from .._fork import register
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import ConfigurationError, StaleTokenError, TokenStoreError
 from ..token import Token
@@ -98,7 +99,9 @@ class SQLTokenStore(TokenStore):
     on many hosts. Any database failure is a :class:`~refresher.TokenStoreError` naming the
     server (never its password); waiting longer than ``timeout`` for a lease is
     :class:`~refresher.LockTimeout`. The lease is re-entrant within a thread, for one
-    store object.
+    store object. A child forked from a process that used the store opens connections of
+    its own (on an engine of yours too: its pool is replaced in the child, as SQLAlchemy
+    advises) and holds none of its parent's leases.
 
     >>> store = SQLTokenStore("sqlite:///tokens.db")  # doctest: +SKIP
     >>> session = RefreshingSession("my-client-id", store=store, account="alice")  # doctest: +SKIP
@@ -133,6 +136,11 @@ class SQLTokenStore(TokenStore):
         self._table_guard = threading.Lock()
         self._leases = Leases(self._db, self._table, float(lock_ttl), clock)
         self._build_statements(sa)
+        register(self)  # a forked child: a guard of its own (the pool and leases reset theirs)
+
+    def _after_fork_in_child(self) -> None:
+        # A parent thread may have been creating the table (holding the guard) at the fork.
+        self._table_guard = threading.Lock()
 
     def __repr__(self) -> str:
         return f"SQLTokenStore({self.server!r}, table={self.table!r})"

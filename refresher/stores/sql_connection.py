@@ -30,11 +30,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
+from .._fork import register
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import ConfigurationError, TokenStoreError
 
@@ -235,21 +235,6 @@ def _quiet_view(engine: sqlalchemy.Engine) -> sqlalchemy.Engine:
     return view
 
 
-def _forget_pool_after_fork(engine: sqlalchemy.Engine) -> None:
-    """A child process made by ``fork`` (gunicorn's ``--preload``, multiprocessing) opens
-    connections of its own instead of sharing its parent's, as SQLAlchemy advises."""
-    if not hasattr(os, "register_at_fork"):
-        return
-    reference = weakref.ref(engine)
-
-    def forget() -> None:
-        forked = reference()
-        if forked is not None:
-            forked.dispose(close=False)
-
-    os.register_at_fork(after_in_child=forget)
-
-
 class Database:
     """The store's engine, with its name, its clock, and its errors translated.
 
@@ -271,7 +256,6 @@ class Database:
         if isinstance(url_or_engine, str):
             self.engine = _engine_from_url(sa, url_or_engine, options)
             self.owned = True
-            _forget_pool_after_fork(self.engine)
         elif isinstance(url_or_engine, sa.Engine):
             if options:
                 raise TypeError(f"options {sorted(options)} apply only when a URL is given, "
@@ -283,6 +267,7 @@ class Database:
         self._view = _quiet_view(self.engine)
         self.server = describe_server(self.engine.url)
         self._password: str | None = self.engine.url.password
+        register(self)  # a forked child opens connections of its own
         self.dialect: str = self.engine.dialect.name
         self.now: sqlalchemy.ColumnElement[float]
         if self.dialect == "postgresql":
@@ -342,6 +327,12 @@ class Database:
                 yield connection
         except self._error as exc:
             raise self.failure(doing, exc) from None
+
+    def _after_fork_in_child(self) -> None:
+        # SQLAlchemy's advice for a forked child: a new pool, the parent's connections
+        # dropped unused (close=False: closing them would end the parent's sessions too).
+        # Done for an engine of the caller's as well: its pool must not cross the fork.
+        self.engine.dispose(close=False)
 
     def dispose(self) -> None:
         """Close the pooled connections, when the engine is ours. Safe to call twice."""

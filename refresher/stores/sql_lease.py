@@ -65,6 +65,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .._fork import register
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import LockLost, LockTimeout, TokenStoreError
 from .sql_connection import Database, import_sqlalchemy
@@ -113,6 +114,7 @@ class Leases:
         # of waiting lock_ttl for its own leftover.
         self._unreleased: dict[str, str] = {}
         self._unreleased_guard = threading.Lock()
+        register(self)  # a forked child holds no lease of its parent's
         c = table.c
         now = db.now
         me, account = sa.bindparam("me", type_=sa.String), sa.bindparam("a", type_=sa.String)
@@ -141,6 +143,13 @@ class Leases:
             c.lease_owner.is_(None))
         self._holder = sa.select(c.lease_owner, c.lease_until - now).where(
             c.account == account)
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's holds and unreleased leases are the parent's (their owner names
+        # embed its pid): a child that took one back under the same name would share it.
+        self._local = threading.local()
+        self._unreleased = {}
+        self._unreleased_guard = threading.Lock()
 
     def _holds(self) -> dict[str, _Hold]:
         holds: dict[str, _Hold] | None = getattr(self._local, "holds", None)
@@ -178,11 +187,13 @@ class Leases:
                 self._leftover(account, owner)
             raise
         holds[account] = _Hold(owner)
+        holder = os.getpid()
         try:
             yield
         finally:
             del holds[account]
-            self._give_back(account, owner)
+            if os.getpid() == holder:  # in a forked child, the lease is the parent's to give back
+                self._give_back(account, owner)
 
     def _wait_for(self, account: str, owner: str, timeout: float | None) -> None:
         clock, deadline, delay = self._clock, None, _FIRST_POLL
