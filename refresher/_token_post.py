@@ -1,0 +1,167 @@
+"""One token POST as a pool thread runs it, and what its failure says about the request.
+
+The endpoint's own session is gated (:mod:`refresher._sendgate`): nothing is written once the
+caller gave up, and the gate says whether anything was. A session of the caller's cannot be
+hooked below ``Session.post``; for it the worker resolves the host name itself first (the
+step that cannot be interrupted and that hiccups), checks the gate, and commits when it
+hands the request over. What remains open there: the session's own lookup (usually answered
+from the cache the first one filled) and its connect, which the per-attempt timeout bounds.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+import requests
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.util import parse_url
+
+from ._sendgate import GatedHTTPAdapter, GateState, SendGate
+
+__all__ = ["TokenPost", "BodyCutOff", "was_sent", "why_unreached", "gated_session"]
+
+# An answer larger than this is not a token: reading stops (a misconfigured URL, a hostile server).
+MAX_ANSWER_BYTES = 1 << 20
+
+
+class BodyCutOff(Exception):  # noqa: N818 — an outcome the endpoint words
+    """The answer's headers came, and its body stopped or broke before its end."""
+
+
+def gated_session() -> requests.Session:
+    """A :class:`requests.Session` whose http and https connections are gated."""
+    session = requests.Session()
+    adapter = GatedHTTPAdapter()  # no retries below ours: each try is one gated request
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+class TokenPost:
+    """The POST of one attempt: :meth:`work` is what the pool thread runs.
+
+    ``read_until`` (``time.monotonic()``) ends the body read at the latest, whether or not
+    the caller still waits (a late answer is read until then too).
+    """
+
+    def __init__(self, session: requests.Session, url: str, data: dict[str, str],
+                 auth: requests.auth.AuthBase | None, timeout: float,
+                 read_until: float) -> None:
+        self._session, self._url, self._data, self._auth = session, url, data, auth
+        self._timeout, self._read_until = timeout, read_until
+        self._proxy = _proxy_for(session, url)
+        adapter = session.get_adapter(url)
+        #: Whether the gate commits at the first written byte (else at hand-over).
+        self.exact = isinstance(adapter, GatedHTTPAdapter) and adapter.gates(self._proxy)
+
+    def gate(self) -> SendGate:
+        """A new gate for this POST."""
+        return SendGate(exact=self.exact)
+
+    def work(self, gate: SendGate) -> requests.Response:
+        """Resolve (ungated sessions), POST, read the whole body within its bounds."""
+        if not gate.exact:
+            _resolve(self._proxy or self._url)  # in the worker, where a slow lookup may stay
+            gate.commit()
+        response = self._session.post(
+            self._url, data=self._data, auth=self._auth,
+            headers={"Accept": "application/json"}, timeout=self._timeout,
+            allow_redirects=False, stream=True,
+        )
+        try:
+            self._read_body(response)
+        finally:
+            response.close()
+        return response
+
+    def _read_body(self, response: requests.Response) -> None:
+        body = bytearray()
+        try:
+            for chunk in response.iter_content(chunk_size=8192):
+                body += chunk
+                if time.monotonic() > self._read_until:
+                    raise BodyCutOff("the deadline passed while the body was arriving")
+                if len(body) > MAX_ANSWER_BYTES:
+                    raise BodyCutOff(f"more than {MAX_ANSWER_BYTES} bytes: not a token answer")
+        except requests.RequestException as exc:
+            raise BodyCutOff(type(exc).__name__) from None
+        response._content = bytes(body)
+        setattr(response, "_content_consumed", True)  # noqa: B010 — not in requests' stubs
+
+
+def _proxy_for(session: requests.Session, url: str) -> str | None:
+    settings = session.merge_environment_settings(url, {}, None, None, None)
+    proxy = requests.utils.select_proxy(url, settings.get("proxies") or {})
+    return proxy or None
+
+
+def _resolve(url: str) -> None:
+    parsed = parse_url(url)
+    host = (parsed.host or "").strip("[]")
+    if host:
+        socket.getaddrinfo(host, parsed.port or 443, type=socket.SOCK_STREAM)
+
+
+def was_sent(gate: SendGate, error: BaseException | None,
+             session: requests.Session, url: str) -> bool | None:
+    """Whether the request of an attempt that ended in ``error`` reached the socket.
+
+    Gated: the gate knows. Handed over to a caller's session: a failure to connect proves
+    nothing was written by the last try, and by earlier ones too when the session never
+    resends a POST after writing it (its retries, if any, do not allow POST).
+    """
+    if gate.state is not GateState.SENT:
+        return False
+    if gate.exact:
+        return True
+    if isinstance(error, (requests.Timeout, BodyCutOff)) and not isinstance(
+            error, requests.ConnectTimeout):
+        return True
+    if _connect_failure(error) is not None and _never_resends_post(session, url):
+        return False
+    return None
+
+
+def why_unreached(error: BaseException | None) -> str | None:
+    """A plain reason when ``error`` is a failure to resolve or connect, else ``None``."""
+    reason = _connect_failure(error)
+    if isinstance(reason, NameResolutionError):
+        host = getattr(getattr(reason, "conn", None), "host", None)
+        return f"the name {host!r} did not resolve" if host else "the host name did not resolve"
+    if isinstance(reason, socket.gaierror):
+        return f"the name did not resolve ({reason})"
+    if isinstance(reason, NewConnectionError):
+        return "connection refused" if "refused" in str(reason).lower() else \
+            f"cannot connect ({str(reason).rsplit(': ', 1)[-1]})"
+    if reason is not None:
+        return "connecting timed out"
+    return None
+
+
+def _connect_failure(error: BaseException | None) -> BaseException | None:
+    """The urllib3 error (or the worker's own lookup's) behind a failure to connect."""
+    if isinstance(error, socket.gaierror):
+        return error
+    if isinstance(error, requests.ConnectTimeout) and not _reason(error):
+        return error
+    reason = _reason(error)
+    return reason if isinstance(reason, (NewConnectionError, ConnectTimeoutError)) else None
+
+
+def _reason(error: BaseException | None) -> BaseException | None:
+    inner: Any = error.args[0] if isinstance(error, requests.RequestException) and \
+        error.args else None
+    reason = getattr(inner, "reason", inner)
+    return reason if isinstance(reason, BaseException) else None
+
+
+def _never_resends_post(session: requests.Session, url: str) -> bool:
+    retry: Any = getattr(session.get_adapter(url), "max_retries", None)
+    if retry is None:
+        return False
+    if not retry.total and retry.total is not None:  # 0 or False: one try only
+        return True
+    allowed: Any = getattr(retry, "allowed_methods", None)  # None or False: every method
+    return bool(allowed) and "POST" not in {str(m).upper() for m in allowed}
