@@ -156,11 +156,12 @@ class LateAnswers:
 
 class AttemptAbandoned(Exception):  # noqa: N818 — an outcome, handled by the endpoint
     """The caller's deadline came before the attempt ended. ``state`` is where its request
-    stood: ``ABANDONED`` (never written, never will be) or ``SENT``."""
+    stood: ``ABANDONED`` (never written, never will be) or ``SENT``; ``started`` whether a
+    pool thread had taken it up (else it was still queued behind busy threads)."""
 
-    def __init__(self, state: GateState) -> None:
+    def __init__(self, state: GateState, started: bool) -> None:
         super().__init__(state.value)
-        self.state = state
+        self.state, self.started = state, started
 
 
 class Attempt(Generic[_R]):
@@ -180,7 +181,7 @@ class Attempt(Generic[_R]):
         self._give_up_at, self._late_until = give_up_at, late_until
         self._lock = threading.Lock()
         self._done = threading.Event()
-        self._finished = self._orphaned = False
+        self._finished = self._orphaned = self._started = False
         self._result: _R | None = None
         self._error: BaseException | None = None
 
@@ -194,7 +195,7 @@ class Attempt(Generic[_R]):
                     if state is GateState.SENT:
                         self._orphaned = True
                         self._late_answers.add(id(self), self._late_until)
-                    raise AttemptAbandoned(state)
+                    raise AttemptAbandoned(state, self._started)
         if self._error is not None:
             raise self._error
         return self._result  # type: ignore[return-value]
@@ -202,6 +203,7 @@ class Attempt(Generic[_R]):
     def _serve(self) -> None:
         if self.gate.state is GateState.ABANDONED:
             return  # its caller gave up while it waited in the queue: never started
+        self._started = True
         result: _R | None = None
         error: BaseException | None = None
         try:

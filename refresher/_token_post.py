@@ -20,8 +20,10 @@ from urllib3.util import parse_url
 
 from ._sendgate import GatedHTTPAdapter, GateState, SendGate
 
-__all__ = ["TokenPost", "BodyCutOff", "was_sent", "why_unreached", "gated_session"]
+__all__ = ["TokenPost", "BodyCutOff", "was_sent", "why_unreached", "gated_session", "MIN_TIMEOUT"]
 
+#: The shortest timeout a connect or a read gets.
+MIN_TIMEOUT = 0.1
 # An answer larger than this is not a token: reading stops (a misconfigured URL, a hostile server).
 MAX_ANSWER_BYTES = 1 << 20
 
@@ -42,15 +44,17 @@ def gated_session() -> requests.Session:
 class TokenPost:
     """The POST of one attempt: :meth:`work` is what the pool thread runs.
 
-    ``read_until`` (``time.monotonic()``) ends the body read at the latest, whether or not
-    the caller still waits (a late answer is read until then too).
+    Connecting must end by ``ends``, the caller's deadline (time spent queued counts); each
+    read may take ``timeout`` seconds, past that deadline too: a sent request's answer is
+    still wanted after its caller gave up. ``read_until`` (``time.monotonic()``) ends the
+    body read at the latest, whether or not the caller still waits.
     """
 
     def __init__(self, session: requests.Session, url: str, data: dict[str, str],
-                 auth: requests.auth.AuthBase | None, timeout: float,
+                 auth: requests.auth.AuthBase | None, *, timeout: float, ends: float,
                  read_until: float) -> None:
         self._session, self._url, self._data, self._auth = session, url, data, auth
-        self._timeout, self._read_until = timeout, read_until
+        self._timeout, self._ends, self._read_until = timeout, ends, read_until
         self._proxy = _proxy_for(session, url)
         adapter = session.get_adapter(url)
         #: Whether the gate commits at the first written byte (else at hand-over).
@@ -65,9 +69,10 @@ class TokenPost:
         if not gate.exact:
             _resolve(self._proxy or self._url)  # in the worker, where a slow lookup may stay
             gate.commit()
+        connect = max(MIN_TIMEOUT, min(self._timeout, self._ends - time.monotonic()))
         response = self._session.post(
             self._url, data=self._data, auth=self._auth,
-            headers={"Accept": "application/json"}, timeout=self._timeout,
+            headers={"Accept": "application/json"}, timeout=(connect, self._timeout),
             allow_redirects=False, stream=True,
         )
         try:

@@ -20,7 +20,14 @@ from . import _endpoint_words as words
 from ._attempts import Attempt, AttemptAbandoned, LateAnswers, token_request_pool
 from ._constants import DEFAULT_DEADLINE, DEFAULT_TIMEOUT
 from ._fork import PerProcess
-from ._token_post import BodyCutOff, TokenPost, gated_session, was_sent, why_unreached
+from ._token_post import (
+    MIN_TIMEOUT,
+    BodyCutOff,
+    TokenPost,
+    gated_session,
+    was_sent,
+    why_unreached,
+)
 from ._transport import require_secure_transport
 from .clock import SYSTEM_CLOCK, Clock
 from .errors import ReauthorizationRequired, RefreshError, RevokeError
@@ -36,8 +43,7 @@ log = logging.getLogger(__name__)
 #: pair is lost whether or not we retry, and the retry is refused as a spent token; when X did
 #: not act, the retry saves the account.
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
-# The shortest per-read timeout an attempt gets, and the time a retry must leave for its answer.
-_MIN_TIMEOUT = 0.1
+# The time a retry must leave for its answer.
 _RETRY_HEADROOM = 0.5
 _WORDING = {"refresh_token": words.REFRESH, "authorization_code": words.EXCHANGE}
 
@@ -294,15 +300,15 @@ class TokenEndpoint:
         give_up_at = self.clock.monotonic() + self.deadline
         secret_list = self._secrets(secrets)
         while True:
-            left = give_up_at - self.clock.monotonic()
-            timeout = max(_MIN_TIMEOUT, min(self.timeout, left))
             # Real time: this waits on threads and sockets, whatever clock the caller reads.
-            ends = time.monotonic() + max(0.0, left)
-            post = TokenPost(session, url, data, auth, timeout, read_until=ends + self.timeout)
+            ends = time.monotonic() + max(0.0, give_up_at - self.clock.monotonic())
+            timeout = max(MIN_TIMEOUT, self.timeout)
+            post = TokenPost(session, url, data, auth, timeout=timeout, ends=ends,
+                             read_until=ends + timeout)
             gate = post.gate()
             try:
                 response = Attempt(post.work, gate, give_up_at=ends,
-                                   late_until=ends + self.timeout,
+                                   late_until=ends + timeout,
                                    late=self._late_handler(url, late),
                                    late_answers=self._late).run(pool)
             except (AttemptAbandoned, BodyCutOff, requests.RequestException, OSError) as exc:
@@ -325,7 +331,12 @@ class TokenEndpoint:
                  timeout: float, wording: words.Wording, secrets: Iterable[str],
                  earlier_status: int | None) -> RefreshError:
         unreached = why_unreached(exc)
-        if isinstance(exc, AttemptAbandoned):
+        if isinstance(exc, AttemptAbandoned) and sent is False:
+            stage = ("resolving its name or connecting took too long" if exc.started else
+                     f"all {self.request_threads} token request threads were busy")
+            head = (f"{url} was not reached within the {self.deadline:g} s deadline "
+                    f"(attempt {attempt + 1}: {stage})")
+        elif isinstance(exc, AttemptAbandoned):
             head = (f"{url} gave no complete answer within the {self.deadline:g} s deadline "
                     f"(attempt {attempt + 1})")
         elif isinstance(exc, BodyCutOff):
