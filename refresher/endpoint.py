@@ -16,9 +16,19 @@ from urllib.parse import quote
 import requests
 from requests.adapters import DEFAULT_POOLBLOCK, DEFAULT_POOLSIZE, HTTPAdapter
 
-from . import _endpoint_words as words
 from ._attempts import Attempt, AttemptAbandoned, LateAnswers, token_request_pool
 from ._constants import DEFAULT_DEADLINE, DEFAULT_TIMEOUT
+from ._endpoint_words import (
+    EXCHANGE,
+    REFRESH,
+    REVOKE,
+    Wording,
+    content_type,
+    failure,
+    means_spent,
+    refusal,
+    scrub,
+)
 from ._fork import PerProcess
 from ._token_post import (
     MIN_TIMEOUT,
@@ -45,7 +55,7 @@ log = logging.getLogger(__name__)
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
 # The time a retry must leave for its answer.
 _RETRY_HEADROOM = 0.5
-_WORDING = {"refresh_token": words.REFRESH, "authorization_code": words.EXCHANGE}
+_WORDING = {"refresh_token": REFRESH, "authorization_code": EXCHANGE}
 
 #: ``on_late_grant(pair)``: a pair X granted after the caller stopped waiting for it.
 LateGrant = Callable[[Token], Any]
@@ -176,12 +186,12 @@ class TokenEndpoint:
         refuses or cannot be reached."""
         form = {"token": token, "token_type_hint": token_type_hint}
         try:
-            response = self._post(revoke_url, form, secrets=(token,), wording=words.REVOKE)
+            response = self._post(revoke_url, form, secrets=(token,), wording=REVOKE)
         except RefreshError as exc:
             raise RevokeError(str(exc), error=exc.error, response=exc.response,
                               request_sent=exc.request_sent) from None
         if response.status_code != 200:
-            refused = words.refusal(response, words.REVOKE, revoke_url, secrets=self._secrets(
+            refused = refusal(response, REVOKE, revoke_url, secrets=self._secrets(
                 (token,)), confidential=self.confidential)
             raise RevokeError(str(refused), error=refused.error, response=response)
 
@@ -210,9 +220,9 @@ class TokenEndpoint:
         response = self._post(self.token_url, form, secrets=secrets, wording=wording, late=late)
         if response.status_code == 200:
             return self._pair(response, form, sent_at)
-        error = words.refusal(response, wording, self.token_url,
+        error = refusal(response, wording, self.token_url,
                               secrets=self._secrets(secrets), confidential=self.confidential)
-        if grant == "refresh_token" and words.means_spent(error.error, response):
+        if grant == "refresh_token" and means_spent(error.error, response):
             raise ReauthorizationRequired(
                 f"{error} — the refresh token is spent or revoked; log in again "
                 "(for example with `refresher login`)",
@@ -271,7 +281,7 @@ class TokenEndpoint:
         ):
             raise RefreshError(
                 f"token endpoint {self.token_url} answered 200 without a token "
-                f"({words.content_type(response)}); is the token URL right?",
+                f"({content_type(response)}); is the token URL right?",
                 response=response,
             )
         token, problems = parse_grant(answer, now=sent_at)
@@ -283,7 +293,7 @@ class TokenEndpoint:
         return token
 
     def _post(self, url: str, form: Mapping[str, str], *, secrets: Iterable[str],
-              wording: words.Wording,
+              wording: Wording,
               late: Callable[[requests.Response], None] | None = None) -> requests.Response:
         """POST ``form``; the answer with its body read, all within ``deadline`` seconds.
 
@@ -328,7 +338,7 @@ class TokenEndpoint:
             return response
 
     def _failure(self, exc: BaseException, url: str, sent: bool | None, attempt: int,
-                 timeout: float, wording: words.Wording, secrets: Iterable[str],
+                 timeout: float, wording: Wording, secrets: Iterable[str],
                  earlier_status: int | None) -> RefreshError:
         unreached = why_unreached(exc)
         if isinstance(exc, AttemptAbandoned) and sent is False:
@@ -349,7 +359,7 @@ class TokenEndpoint:
             head = f"the connection to {url} failed: {unreached or _describe(exc, secrets)}"
         else:
             head = f"request to {url} failed: {_describe(exc, secrets)}"
-        return words.failure(head, sent, wording, earlier_status=earlier_status,
+        return failure(head, sent, wording, earlier_status=earlier_status,
                              unreachable=unreached is not None or sent is False)
 
     def _late_handler(self, url: str, late: Callable[[requests.Response], None] | None
@@ -389,7 +399,7 @@ class TokenEndpoint:
 
 
 def _describe(exc: BaseException, secrets: Iterable[str]) -> str:
-    return words.scrub(f"{type(exc).__name__}: {exc}", secrets)
+    return scrub(f"{type(exc).__name__}: {exc}", secrets)
 
 
 def _drop_inherited_pools(session: requests.Session) -> None:
