@@ -1,26 +1,34 @@
-"""One token POST as a pool thread runs it, and what its failure says about the request.
+"""One token POST as a pool thread runs it, the sessions it goes through, and what its
+failure says about the request.
 
 The endpoint's own session is gated (:mod:`refresher._sendgate`): nothing is written once the
 caller gave up, and the gate says whether anything was. A session of the caller's cannot be
 hooked below ``Session.post``; for it the worker resolves the host name itself first (the
 step that cannot be interrupted and that hiccups), checks the gate, and commits when it
-hands the request over. What remains open there: the session's own lookup (usually answered
-from the cache the first one filled) and its connect, which the per-attempt timeout bounds.
+hands the request over. What remains open there: the session's own second lookup (instant
+with a caching resolver, as slow as the first without one) and its connect (bounded by the
+deadline). A request that goes out late that way is a late answer, handed on as any other;
+its error says ``request_sent=None``.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from typing import Any
 
 import requests
+from requests.adapters import DEFAULT_POOLBLOCK, DEFAULT_POOLSIZE, HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 from urllib3.util import parse_url
 
 from ._sendgate import GatedHTTPAdapter, GateState, SendGate
 
-__all__ = ["TokenPost", "BodyCutOff", "was_sent", "why_unreached", "gated_session", "MIN_TIMEOUT"]
+__all__ = ["TokenPost", "BodyCutOff", "was_sent", "why_unreached", "gated_session",
+           "fresh_pools", "MIN_TIMEOUT"]
+
+log = logging.getLogger(__name__)
 
 #: The shortest timeout a connect or a read gets.
 MIN_TIMEOUT = 0.1
@@ -94,6 +102,23 @@ class TokenPost:
             raise BodyCutOff(type(exc).__name__) from None
         response._content = bytes(body)
         setattr(response, "_content_consumed", True)  # noqa: B010 — not in requests' stubs
+
+
+def fresh_pools(session: requests.Session) -> None:
+    """New, empty connection pools for ``session``'s HTTPAdapters (as requests does when it
+    unpickles one), so a forked child does not reuse the parent's sockets. The old pools are
+    dropped unused: closing them could take a lock a parent thread held at the fork."""
+    for adapter in list(session.adapters.values()):
+        if not isinstance(adapter, HTTPAdapter):
+            continue
+        try:
+            adapter.init_poolmanager(getattr(adapter, "_pool_connections", DEFAULT_POOLSIZE),
+                                     getattr(adapter, "_pool_maxsize", DEFAULT_POOLSIZE),
+                                     block=getattr(adapter, "_pool_block", DEFAULT_POOLBLOCK))
+            adapter.proxy_manager = {}
+        except Exception:  # a subclass of the caller's: its pools stay as they are
+            log.warning("could not give %s new connection pools after a fork", adapter,
+                        exc_info=True)
 
 
 def _proxy_for(session: requests.Session, url: str) -> str | None:

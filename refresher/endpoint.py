@@ -14,7 +14,6 @@ from typing import Any
 from urllib.parse import quote
 
 import requests
-from requests.adapters import DEFAULT_POOLBLOCK, DEFAULT_POOLSIZE, HTTPAdapter
 
 from ._attempts import Attempt, AttemptAbandoned, LateAnswers, token_request_pool
 from ._constants import DEFAULT_DEADLINE, DEFAULT_TIMEOUT
@@ -34,6 +33,7 @@ from ._token_post import (
     MIN_TIMEOUT,
     BodyCutOff,
     TokenPost,
+    fresh_pools,
     gated_session,
     was_sent,
     why_unreached,
@@ -137,7 +137,7 @@ class TokenEndpoint:
         if session is None:
             return self._own_session.get()
         if self._session_pid != os.getpid():
-            _drop_inherited_pools(session)
+            fresh_pools(session)
             self._session_pid = os.getpid()
         return session
 
@@ -401,19 +401,3 @@ class TokenEndpoint:
 def _describe(exc: BaseException, secrets: Iterable[str]) -> str:
     return scrub(f"{type(exc).__name__}: {exc}", secrets)
 
-
-def _drop_inherited_pools(session: requests.Session) -> None:
-    """New, empty connection pools for ``session``'s HTTPAdapters (as requests does when it
-    unpickles one), so a forked child does not reuse the parent's sockets. The old pools are
-    dropped unused: closing them could take a lock a parent thread held at the fork."""
-    for adapter in list(session.adapters.values()):
-        if not isinstance(adapter, HTTPAdapter):
-            continue
-        try:
-            adapter.init_poolmanager(getattr(adapter, "_pool_connections", DEFAULT_POOLSIZE),
-                                     getattr(adapter, "_pool_maxsize", DEFAULT_POOLSIZE),
-                                     block=getattr(adapter, "_pool_block", DEFAULT_POOLBLOCK))
-            adapter.proxy_manager = {}
-        except Exception:  # a subclass of the caller's: its pools stay as they are
-            log.warning("could not give %s new connection pools after a fork", adapter,
-                        exc_info=True)
