@@ -14,10 +14,12 @@ answer may still come.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -41,8 +43,8 @@ class TokenRequestPool:
     """At most ``size`` threads run token requests; more jobs wait in a FIFO queue.
 
     Threads start on demand and end after idling a while. They are daemon threads: an idle
-    one must not hold up the process's exit (a written request's late answer is waited for
-    by :meth:`LateAnswers.wait`, which whoever shuts down can call).
+    one must not hold up the process's exit. A written request whose answer may still come
+    is waited for at exit instead, within its bound (:class:`LateAnswers`).
     """
 
     def __init__(self, size: int) -> None:
@@ -66,12 +68,24 @@ class TokenRequestPool:
         with self._lock:
             self._jobs.append(job)
             if len(self._jobs) > self._idle and self._threads < self.size:
-                self._threads += 1
-                self._started += 1
-                threading.Thread(target=self._serve, daemon=True,
-                                 name=f"{POOL_THREAD_NAME}-{self._started}").start()
+                self._start_thread()
             else:
                 self._jobs_ready.notify()
+
+    def _start_thread(self) -> None:
+        self._started += 1
+        thread = threading.Thread(target=self._serve, daemon=True,
+                                  name=f"{POOL_THREAD_NAME}-{self._started}")
+        try:
+            thread.start()
+        except RuntimeError:  # the OS refuses another thread: the busy ones will get to it
+            if self._threads == 0:
+                self._jobs.pop()
+                raise
+            log.warning("could not start another token request thread; the request waits "
+                        "for one of the %d running", self._threads)
+            return
+        self._threads += 1
 
     def _serve(self) -> None:
         while True:
@@ -103,6 +117,23 @@ def token_request_pool(size: int) -> TokenRequestPool:
     return pool
 
 
+_every_late: weakref.WeakSet[LateAnswers] = weakref.WeakSet()
+
+
+def _wait_at_exit() -> None:
+    """At interpreter exit, give answers still on their way the bound they have left: the
+    pool's threads are daemons, and a grant dropped with the process loses the account."""
+    for late in list(_every_late):
+        left = late.latest() - time.monotonic()
+        if left > 0:
+            log.warning("waiting up to %.1f s for a token answer that came after its caller "
+                        "gave up", left)
+            late.wait(left)
+
+
+atexit.register(_wait_at_exit)
+
+
 class LateAnswers:
     """The attempts whose request went out after their caller gave up, until their answer
     (or failure) has been handled; :meth:`wait` waits for them, within a bound."""
@@ -113,6 +144,7 @@ class LateAnswers:
         self._until: dict[int, float] = {}  # id(attempt) -> when its worker gives up (monotonic)
         self._inherited_until = 0.0
         register(self)
+        _every_late.add(self)
 
     def add(self, key: int, until: float) -> None:
         """An attempt whose answer may come until ``until`` (``time.monotonic()``)."""
@@ -128,6 +160,11 @@ class LateAnswers:
     def pending(self) -> int:
         """How many late answers may still come."""
         return len(self._until)
+
+    def latest(self) -> float:
+        """When the last of them may still come, at the latest (``time.monotonic()``)."""
+        with self._lock:
+            return max([*self._until.values(), 0.0])
 
     def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds until no late answer may come; True if none may."""
@@ -188,17 +225,29 @@ class Attempt(Generic[_R]):
     def run(self, pool: TokenRequestPool) -> _R:
         """The work's result, or its exception; :class:`AttemptAbandoned` at the deadline."""
         pool.submit(self._serve)
-        if not self._done.wait(max(0.0, self._give_up_at - time.monotonic())):
-            with self._lock:
-                if not self._finished:
-                    state = self.gate.abandon()
-                    if state is GateState.SENT:
-                        self._orphaned = True
-                        self._late_answers.add(id(self), self._late_until)
-                    raise AttemptAbandoned(state, self._started)
+        try:
+            finished = self._done.wait(max(0.0, self._give_up_at - time.monotonic()))
+        except BaseException:  # KeyboardInterrupt, SystemExit: the caller is gone too
+            self._give_up()
+            raise
+        if not finished:
+            gave_up = self._give_up()
+            if gave_up is not None:
+                raise gave_up
         if self._error is not None:
             raise self._error
         return self._result  # type: ignore[return-value]
+
+    def _give_up(self) -> AttemptAbandoned | None:
+        """Abandon the gate unless the work finished; ``None`` if it had."""
+        with self._lock:
+            if self._finished:
+                return None
+            state = self.gate.abandon()
+            if state is GateState.SENT:
+                self._orphaned = True
+                self._late_answers.add(id(self), self._late_until)
+            return AttemptAbandoned(state, self._started)
 
     def _serve(self) -> None:
         if self.gate.state is GateState.ABANDONED:

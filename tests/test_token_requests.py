@@ -388,3 +388,39 @@ def test_a_child_forked_while_a_late_answer_may_come_waits_it_out(x_emulator) ->
 
     assert _in_child(child) == (False, True)
     assert endpoint.wait_for_late_answers(15) and len(late) == 1  # the parent took it
+
+
+_EXITS_RIGHT_AFTER = """
+import json, sys
+from refresher.endpoint import TokenEndpoint
+from refresher import RefreshError
+endpoint = TokenEndpoint(sys.argv[1], sys.argv[2], deadline=0.5)
+def keep(pair):
+    with open(sys.argv[4], "w") as out:
+        json.dump(dict(pair), out)
+try:
+    endpoint.refresh(sys.argv[3], on_late_grant=keep)
+except RefreshError as exc:
+    print("gave up; sent:", exc.request_sent)
+"""
+
+
+@pytest.mark.integration
+def test_a_process_that_exits_after_giving_up_still_takes_the_late_grant(
+        x_emulator, tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    seed = x_emulator.issue_token()
+    x_emulator.token_delay = 1.5
+    kept = tmp_path / "late.json"
+    done = subprocess.run([sys.executable, "-c", _EXITS_RIGHT_AFTER, x_emulator.token_url,
+                           DEFAULT_CLIENT_ID, seed["refresh_token"], str(kept)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "gave up; sent: True" in done.stdout, done.stderr
+    assert kept.exists(), "the process exited without the pair X granted"
+    pair = json.loads(kept.read_text())
+    x_emulator.token_delay = 0.0
+    TokenEndpoint(x_emulator.token_url, DEFAULT_CLIENT_ID).refresh(pair["refresh_token"])
+    assert x_emulator.stats.refreshes == 2 and x_emulator.stats.reused_refresh_tokens == 0
