@@ -51,7 +51,8 @@ class CallerGaveUp(Exception):  # noqa: N818 — a signal, not an error
 
 class SendGate:
     """One attempt's gate. ``exact`` is False when the commit happens at hand-over to a
-    session that may resolve and connect after it (a caller's own session)."""
+    session that may resolve and connect after it (a caller's own session); the worker sets
+    it before it commits."""
 
     def __init__(self, *, exact: bool = True) -> None:
         self.exact = exact

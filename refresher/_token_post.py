@@ -63,19 +63,15 @@ class TokenPost:
                  read_until: float) -> None:
         self._session, self._url, self._data, self._auth = session, url, data, auth
         self._timeout, self._ends, self._read_until = timeout, ends, read_until
-        self._proxy = _proxy_for(session, url)
-        adapter = session.get_adapter(url)
-        #: Whether the gate commits at the first written byte (else at hand-over).
-        self.exact = isinstance(adapter, GatedHTTPAdapter) and adapter.gates(self._proxy)
-
-    def gate(self) -> SendGate:
-        """A new gate for this POST."""
-        return SendGate(exact=self.exact)
 
     def work(self, gate: SendGate) -> requests.Response:
         """Resolve (ungated sessions), POST, read the whole body within its bounds."""
+        # Here, not in the caller: finding the proxy may resolve names on some platforms.
+        proxy = _proxy_for(self._session, self._url)
+        adapter = self._session.get_adapter(self._url)
+        gate.exact = isinstance(adapter, GatedHTTPAdapter) and adapter.gates(proxy)
         if not gate.exact:
-            _resolve(self._proxy or self._url)  # in the worker, where a slow lookup may stay
+            _resolve(proxy or self._url)  # in the worker, where a slow lookup may stay
             gate.commit()
         connect = max(MIN_TIMEOUT, min(self._timeout, self._ends - time.monotonic()))
         response = self._session.post(

@@ -29,6 +29,7 @@ from ._endpoint_words import (
     scrub,
 )
 from ._fork import PerProcess
+from ._sendgate import SendGate
 from ._token_post import (
     MIN_TIMEOUT,
     BodyCutOff,
@@ -220,8 +221,8 @@ class TokenEndpoint:
         response = self._post(self.token_url, form, secrets=secrets, wording=wording, late=late)
         if response.status_code == 200:
             return self._pair(response, form, sent_at)
-        error = refusal(response, wording, self.token_url,
-                              secrets=self._secrets(secrets), confidential=self.confidential)
+        error = refusal(response, wording, self.token_url, secrets=self._secrets(secrets),
+                        confidential=self.confidential)
         if grant == "refresh_token" and means_spent(error.error, response):
             raise ReauthorizationRequired(
                 f"{error} — the refresh token is spent or revoked; log in again "
@@ -315,7 +316,7 @@ class TokenEndpoint:
             timeout = max(MIN_TIMEOUT, self.timeout)
             post = TokenPost(session, url, data, auth, timeout=timeout, ends=ends,
                              read_until=ends + timeout)
-            gate = post.gate()
+            gate = SendGate()
             try:
                 response = Attempt(post.work, gate, give_up_at=ends,
                                    late_until=ends + timeout,
