@@ -349,8 +349,15 @@ def _in_child(work: Callable[[], Any]) -> Any:
     return value
 
 
-def _adapter_pools(session: requests.Session) -> int:
-    return id(session.get_adapter("http://127.0.0.1/").poolmanager)
+def _marks(session: requests.Session) -> tuple[str | None, str | None]:
+    """What was written on ``session`` and on its http adapter's pools (:func:`_mark`)."""
+    pools = session.get_adapter("http://127.0.0.1/").poolmanager
+    return getattr(session, "mark", None), getattr(pools, "mark", None)
+
+
+def _mark(session: requests.Session, mark: str) -> None:
+    session.mark = mark  # type: ignore[attr-defined]
+    session.get_adapter("http://127.0.0.1/").poolmanager.mark = mark
 
 
 @pytest.mark.parametrize("callers_session", [False, True], ids=["own-session", "callers-session"])
@@ -359,18 +366,18 @@ def test_a_forked_child_uses_sessions_and_threads_of_its_own(
     given = requests.Session() if callers_session else None
     endpoint = TokenEndpoint(x_emulator.token_url, DEFAULT_CLIENT_ID, session=given)
     endpoint.refresh(x_emulator.issue_token()["refresh_token"])  # pools and threads in use
-    parents = (id(endpoint.session), _adapter_pools(endpoint.session))
+    _mark(endpoint.session, "parent's")
     for_child = x_emulator.issue_token()
 
-    def child() -> tuple[int, int, dict[str, Any]]:
+    def child() -> tuple[tuple[str | None, str | None], dict[str, Any]]:
         pair = endpoint.refresh(for_child["refresh_token"])
-        return id(endpoint.session), _adapter_pools(endpoint.session), dict(pair)
+        return _marks(endpoint.session), dict(pair)
 
-    session_id, pools_id, pair = _in_child(child)
-    assert pair["access_token"] and pools_id != parents[1]
-    assert (session_id == parents[0]) is callers_session  # the caller's stays theirs
+    (session_mark, pools_mark), pair = _in_child(child)
+    assert pair["access_token"] and pools_mark is None  # no pooled socket of the parent's
+    assert (session_mark == "parent's") is callers_session  # the caller's stays theirs
     endpoint.refresh(x_emulator.issue_token()["refresh_token"])  # the parent is unharmed
-    assert (id(endpoint.session), _adapter_pools(endpoint.session)) == parents
+    assert _marks(endpoint.session) == ("parent's", "parent's")
     assert x_emulator.stats.refreshes == 3 and x_emulator.stats.reused_refresh_tokens == 0
 
 
