@@ -7,20 +7,43 @@ and description (with any secret scrubbed out), never the form that was sent.
 from __future__ import annotations
 
 import logging
-import threading
+import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
 
 import requests
 
+from ._attempts import Attempt, AttemptAbandoned, LateAnswers, token_request_pool
 from ._constants import DEFAULT_DEADLINE, DEFAULT_TIMEOUT
+from ._endpoint_words import (
+    EXCHANGE,
+    REFRESH,
+    REVOKE,
+    Wording,
+    content_type,
+    failure,
+    means_spent,
+    refusal,
+    scrub,
+)
+from ._fork import PerProcess
+from ._sendgate import SendGate
+from ._token_post import (
+    MIN_TIMEOUT,
+    BodyCutOff,
+    TokenPost,
+    fresh_pools,
+    gated_session,
+    was_sent,
+    why_unreached,
+)
 from ._transport import require_secure_transport
 from .clock import SYSTEM_CLOCK, Clock
 from .errors import ReauthorizationRequired, RefreshError, RevokeError
 from .policy import DEFAULT_POLICY, RefreshPolicy
-from .token import Token, parse_grant
+from .token import Token, fingerprint, parse_grant
 
 __all__ = ["TokenEndpoint", "DEFAULT_TIMEOUT", "DEFAULT_DEADLINE"]
 
@@ -31,13 +54,12 @@ log = logging.getLogger(__name__)
 #: pair is lost whether or not we retry, and the retry is refused as a spent token; when X did
 #: not act, the retry saves the account.
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
-# The shortest per-read timeout an attempt gets, and the time a retry must leave for its answer.
-_MIN_TIMEOUT = 0.1
+# The time a retry must leave for its answer.
 _RETRY_HEADROOM = 0.5
-# An answer larger than this is not a token: reading stops (a misconfigured URL, a hostile server).
-_MAX_ANSWER_BYTES = 1 << 20
-# How X (and others) say a refresh token is spent, revoked or unknown.
-_SPENT_DESCRIPTIONS = ("value passed for the token was invalid",)
+_WORDING = {"refresh_token": REFRESH, "authorization_code": EXCHANGE}
+
+#: ``on_late_grant(pair)``: a pair X granted after the caller stopped waiting for it.
+LateGrant = Callable[[Token], Any]
 
 
 class TokenEndpoint:
@@ -46,13 +68,20 @@ class TokenEndpoint:
     A confidential client (``client_secret`` set) authenticates with HTTP Basic over the
     percent-encoded id and secret (RFC 6749 §2.3.1); a public client sends ``client_id``
     in the form. ``session`` is the :class:`requests.Session` every POST goes through, so
-    callers can hand in their own retries, proxies or rate limiting.
+    callers can hand in their own retries, proxies or rate limiting; without one, the
+    endpoint uses a session of its own (one per process).
 
     Only a connection that was never made, and the answers 429, 502, 503 and 504, are
     retried, ``retries`` times with exponential backoff. A timeout or a connection broken
     after the request went out is never retried: a refresh token is single-use, and X may
-    have spent it. The whole grant (connect, send, the full answer, retries and backoff) ends
-    within ``deadline`` seconds of wall-clock time, whatever the server does.
+    have spent it. The whole grant (waiting for a thread, resolving the name, connecting,
+    sending, the full answer, retries and backoff) ends within ``deadline`` seconds of
+    wall-clock time, whatever the server does.
+
+    Requests run on a bounded pool of threads per process (the policy's
+    ``token_request_threads``). A request whose caller gave up is never written: the
+    endpoint's own session checks right before the first byte. Errors say whether anything
+    was sent (:attr:`~refresher.EndpointError.request_sent`).
 
     >>> endpoint = TokenEndpoint("https://api.x.com/2/oauth2/token", "my-client-id")
     >>> new_pair = endpoint.refresh(old_pair["refresh_token"])  # doctest: +SKIP
@@ -76,13 +105,17 @@ class TokenEndpoint:
         self.token_url = token_url
         self.client_id = client_id
         self._client_secret = client_secret
-        self._owns_session = session is None
-        self.session = session if session is not None else requests.Session()
+        # Our own session is gated and per process: a forked child makes its own.
+        self._own_session: PerProcess[requests.Session] = PerProcess(gated_session)
+        self._callers_session = session
+        self._session_pid = os.getpid()
         self.timeout = policy.token_timeout if timeout is None else timeout
         self.deadline = policy.token_deadline if deadline is None else deadline
         self.retries = policy.token_retries if retries is None else retries
         self.backoff = policy.token_backoff if backoff is None else backoff
+        self.request_threads = policy.token_request_threads
         self.clock = clock if clock is not None else SYSTEM_CLOCK
+        self._late = LateAnswers()
 
     def __repr__(self) -> str:
         kind = "confidential" if self._client_secret else "public"
@@ -93,28 +126,49 @@ class TokenEndpoint:
         """True when the client authenticates with a secret."""
         return bool(self._client_secret)
 
+    @property
+    def session(self) -> requests.Session:
+        """The session POSTs go through: the caller's, or this process's own gated one.
+
+        A caller's session used again in a forked child first gets new, empty connection
+        pools in its :class:`~requests.adapters.HTTPAdapter` s (same settings), so the child
+        never talks on a socket it shares with the parent.
+        """
+        session = self._callers_session
+        if session is None:
+            return self._own_session.get()
+        if self._session_pid != os.getpid():
+            fresh_pools(session)
+            self._session_pid = os.getpid()
+        return session
+
+    @session.setter
+    def session(self, session: requests.Session) -> None:
+        self._callers_session, self._session_pid = session, os.getpid()
+
     def close(self) -> None:
         """Close the HTTP session, if this endpoint created it."""
-        if self._owns_session:
-            self.session.close()
+        own = self._own_session.peek()
+        if own is not None:
+            own.close()
 
     # -- grants --------------------------------------------------------------------------
 
-    def refresh(self, refresh_token: str) -> Token:
+    def refresh(self, refresh_token: str, *, on_late_grant: LateGrant | None = None) -> Token:
         """Spend ``refresh_token`` for a new pair.
 
         Raises :class:`ReauthorizationRequired` when the endpoint says the refresh token
         is spent, revoked or unknown, and :class:`RefreshError` for every other failure.
+
+        If the deadline passes after the request went out, X may still answer: a 200 that
+        comes later is parsed as usual and handed to ``on_late_grant(pair)``, in a worker
+        thread (what it raises is logged); without it, the lost pair is logged at ERROR.
+        :meth:`wait_for_late_answers` waits for such answers.
         """
-        answer = self._token_request(
+        return self._token_request(
             {"grant_type": "refresh_token", "refresh_token": refresh_token},
-            secrets=(refresh_token,),
-            spent_means_reauthorize=True,
+            secrets=(refresh_token,), on_late_grant=on_late_grant,
         )
-        if not answer.get("refresh_token"):
-            # An endpoint that does not rotate keeps the old one valid (RFC 6749 §6).
-            answer["refresh_token"] = refresh_token
-        return answer
 
     def exchange(self, code: str, *, redirect_uri: str, code_verifier: str) -> Token:
         """Trade an authorization code (PKCE) for the first token pair."""
@@ -126,7 +180,6 @@ class TokenEndpoint:
                 "code_verifier": code_verifier,
             },
             secrets=(code, code_verifier),
-            spent_means_reauthorize=False,
         )
 
     def revoke(self, revoke_url: str, token: str, token_type_hint: str = "refresh_token") -> None:
@@ -134,32 +187,43 @@ class TokenEndpoint:
         refuses or cannot be reached."""
         form = {"token": token, "token_type_hint": token_type_hint}
         try:
-            response = self._post(revoke_url, form, secrets=(token,))
+            response = self._post(revoke_url, form, secrets=(token,), wording=REVOKE)
         except RefreshError as exc:
-            message = str(exc).replace("; the stored token is kept", "").replace(
-                " — check the URL and the network", " — check the revoke URL and the network")
-            raise RevokeError(message, error=exc.error, response=exc.response) from None
+            raise RevokeError(str(exc), error=exc.error, response=exc.response,
+                              request_sent=exc.request_sent) from None
         if response.status_code != 200:
-            refused = self._error_for(response, "revoke", secrets=(token,))
-            raise RevokeError(str(refused).replace(
-                "; the stored token is kept, try again later", "; try again later"),
-                error=refused.error, response=response)
+            refused = refusal(response, REVOKE, revoke_url, secrets=self._secrets(
+                (token,)), confidential=self.confidential)
+            raise RevokeError(str(refused), error=refused.error, response=response)
+
+    def wait_for_late_answers(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until no request whose caller gave up after it was
+        sent may still be answered (its ``on_late_grant`` has run); True if none may.
+
+        Call it before spending a refresh token, so a token whose answer may still come is
+        not sent again. In a forked child it waits out what the parent had in flight.
+        """
+        return self._late.wait(timeout)
 
     # -- plumbing ------------------------------------------------------------------------
 
-    def _token_request(
-        self, form: dict[str, str], *, secrets: Iterable[str], spent_means_reauthorize: bool
-    ) -> Token:
+    def _token_request(self, form: dict[str, str], *, secrets: Iterable[str],
+                       on_late_grant: LateGrant | None = None) -> Token:
         grant = form["grant_type"]
+        wording = _WORDING[grant]
         # Lifetimes count from when the request left: X starts its clock before the answer
         # reaches us, so counting from receipt would think the token lives longer than it does.
         sent_at = self.clock.time()
-        response = self._post(self.token_url, form, secrets=secrets)
+
+        def late(response: requests.Response) -> None:
+            self._late_answer(response, form, sent_at, on_late_grant)
+
+        response = self._post(self.token_url, form, secrets=secrets, wording=wording, late=late)
         if response.status_code == 200:
-            return self._granted(response, grant, sent_at)
-        what = {"refresh_token": "refresh", "authorization_code": "code exchange"}[grant]
-        error = self._error_for(response, what, secrets=secrets)
-        if spent_means_reauthorize and _means_spent(error.error, response):
+            return self._pair(response, form, sent_at)
+        error = refusal(response, wording, self.token_url, secrets=self._secrets(secrets),
+                        confidential=self.confidential)
+        if grant == "refresh_token" and means_spent(error.error, response):
             raise ReauthorizationRequired(
                 f"{error} — the refresh token is spent or revoked; log in again "
                 "(for example with `refresher login`)",
@@ -167,6 +231,40 @@ class TokenEndpoint:
                 response=response,
             )
         raise error
+
+    def _pair(self, response: requests.Response, form: Mapping[str, str],
+              sent_at: float) -> Token:
+        token = self._granted(response, form["grant_type"], sent_at)
+        if form["grant_type"] == "refresh_token" and not token.get("refresh_token"):
+            # An endpoint that does not rotate keeps the old one valid (RFC 6749 §6).
+            token["refresh_token"] = form["refresh_token"]
+        return token
+
+    def _late_answer(self, response: requests.Response, form: Mapping[str, str],
+                     sent_at: float, on_late_grant: LateGrant | None) -> None:
+        """The answer to a request whose caller had given up after it was sent (a worker
+        thread): a grant is handed to ``on_late_grant``, never thrown away unsaid."""
+        grant = form["grant_type"]
+        if response.status_code != 200:
+            log.warning("token endpoint %s answered HTTP %d to a %s request after its caller "
+                        "had given up", self.token_url, response.status_code, grant)
+            return
+        try:
+            pair = self._pair(response, form, sent_at)
+        except RefreshError as exc:
+            log.error("a late answer to a %s request is unusable: %s", grant, exc)
+            return
+        access = fingerprint(pair.get("access_token"))
+        if on_late_grant is None:
+            log.error("token endpoint %s granted a %s after its caller had given up, and "
+                      "nobody takes late grants: the new pair (access token %s) is lost",
+                      self.token_url, grant, access)
+            return
+        try:
+            on_late_grant(pair)
+        except Exception:
+            log.exception("on_late_grant raised on the pair granted late (access token %s)",
+                          access)
 
     def _granted(self, response: requests.Response, grant: str, sent_at: float) -> Token:
         """The pair in a 200 answer. Never raises once the answer holds a refresh token.
@@ -184,7 +282,7 @@ class TokenEndpoint:
         ):
             raise RefreshError(
                 f"token endpoint {self.token_url} answered 200 without a token "
-                f"({_content_type(response)}); is the token URL right?",
+                f"({content_type(response)}); is the token URL right?",
                 response=response,
             )
         token, problems = parse_grant(answer, now=sent_at)
@@ -195,72 +293,95 @@ class TokenEndpoint:
         log.debug("token endpoint granted %s", grant)
         return token
 
-    def _post(
-        self, url: str, form: Mapping[str, str], *, secrets: Iterable[str]
-    ) -> requests.Response:
+    def _post(self, url: str, form: Mapping[str, str], *, secrets: Iterable[str],
+              wording: Wording,
+              late: Callable[[requests.Response], None] | None = None) -> requests.Response:
         """POST ``form``; the answer with its body read, all within ``deadline`` seconds.
 
-        Each attempt runs in a worker thread and is waited for only until the deadline, so
-        a server that trickles its headers or body cannot hold the caller (and the locks it
-        holds) longer than that. The worker stops reading a trickled body at the deadline.
+        Each attempt is a job on the process's pool of token request threads, waited for
+        only until the deadline, so a slow resolver, connect or server cannot hold the
+        caller (and the locks it holds) longer than that. Nothing is sent once the caller
+        gave up; a request sent before keeps its worker, which hands a late answer to
+        ``late`` and reads at most ``timeout`` seconds past the deadline.
         """
         require_secure_transport(url)
-        data = dict(form)
-        auth: requests.auth.HTTPBasicAuth | None = None
-        if self._client_secret:
-            auth = requests.auth.HTTPBasicAuth(
-                quote(self.client_id or "", safe=""), quote(self._client_secret, safe="")
-            )
-        elif self.client_id:
-            data["client_id"] = self.client_id
-        attempt = 0
+        data, auth = self._form_and_auth(form)
+        session, pool = self.session, token_request_pool(self.request_threads)
+        attempt, earlier_status = 0, None
         give_up_at = self.clock.monotonic() + self.deadline
         secret_list = self._secrets(secrets)
         while True:
-            timeout = max(_MIN_TIMEOUT, min(self.timeout, give_up_at - self.clock.monotonic()))
+            # Real time: this waits on threads and sockets, whatever clock the caller reads.
+            ends = time.monotonic() + max(0.0, give_up_at - self.clock.monotonic())
+            timeout = max(MIN_TIMEOUT, self.timeout)
+            post = TokenPost(session, url, data, auth, timeout=timeout, ends=ends,
+                             read_until=ends + timeout)
+            gate = SendGate()
             try:
-                response = _Attempt(self.session, url, data, auth, timeout,
-                                    give_up_at - self.clock.monotonic()).run()
-            except _DeadlinePassed:
-                raise RefreshError(
-                    f"{url} gave no complete answer within the {self.deadline:g} s deadline "
-                    f"(attempt {attempt + 1}); the stored token is kept. If X received the "
-                    "request it may have rotated the pair; the next refresh will tell"
-                ) from None
-            except _BodyCutOff as exc:
-                raise RefreshError(
-                    f"the answer from {url} broke off before its end ({exc}); X may already "
-                    "have acted on the request. The stored token is kept; the next refresh "
-                    "will tell whether it is still valid"
-                ) from None
-            except requests.ConnectionError as exc:
-                if _never_sent(exc) and self._may_retry(attempt, give_up_at):
+                response = Attempt(post.work, gate, give_up_at=ends,
+                                   late_until=ends + timeout,
+                                   late=self._late_handler(url, late),
+                                   late_answers=self._late).run(pool)
+            except (AttemptAbandoned, BodyCutOff, requests.RequestException, OSError) as exc:
+                sent = was_sent(gate, exc, session, url)
+                if (sent is False and isinstance(exc, (requests.ConnectionError, OSError))
+                        and self._may_retry(attempt, give_up_at)):
                     attempt += 1
                     self._sleep(attempt, f"cannot connect to {url}", give_up_at)
                     continue
-                if _never_sent(exc):
-                    raise RefreshError(
-                        f"cannot reach {url}: {_describe(exc, secret_list)} — check the URL "
-                        "and the network; the stored token is kept"
-                    ) from None
-                raise RefreshError(
-                    f"the connection to {url} failed after the request was sent: "
-                    f"{_describe(exc, secret_list)}; X may already have acted on it. The "
-                    "stored token is kept; the next refresh will tell whether it is still valid"
-                ) from None
-            except requests.Timeout:
-                raise RefreshError(
-                    f"{url} did not answer within {timeout:.1f} s; the stored token is kept"
-                ) from None
-            except requests.RequestException as exc:
-                raise RefreshError(
-                    f"request to {url} failed: {_describe(exc, secret_list)}"
-                ) from None
+                raise self._failure(exc, url, sent, attempt, timeout, wording,
+                                    secret_list, earlier_status) from None
             if response.status_code in _RETRY_STATUSES and self._may_retry(attempt, give_up_at):
                 attempt += 1
+                earlier_status = response.status_code
                 self._sleep(attempt, f"{url} answered {response.status_code}", give_up_at)
                 continue
             return response
+
+    def _failure(self, exc: BaseException, url: str, sent: bool | None, attempt: int,
+                 timeout: float, wording: Wording, secrets: Iterable[str],
+                 earlier_status: int | None) -> RefreshError:
+        unreached = why_unreached(exc)
+        if isinstance(exc, AttemptAbandoned) and sent is False:
+            stage = ("resolving its name or connecting took too long" if exc.started else
+                     f"all {self.request_threads} token request threads were busy")
+            head = (f"{url} was not reached within the {self.deadline:g} s deadline "
+                    f"(attempt {attempt + 1}: {stage})")
+        elif isinstance(exc, AttemptAbandoned):
+            head = (f"{url} gave no complete answer within the {self.deadline:g} s deadline "
+                    f"(attempt {attempt + 1})")
+        elif isinstance(exc, BodyCutOff):
+            head = f"the answer from {url} broke off before its end ({exc})"
+        elif unreached is not None and sent is False:
+            head = f"cannot reach {url}: {unreached}"
+        elif isinstance(exc, requests.Timeout) and unreached is None:
+            head = f"{url} did not answer within {timeout:.1f} s"
+        elif isinstance(exc, (requests.ConnectionError, OSError)):
+            head = f"the connection to {url} failed: {unreached or _describe(exc, secrets)}"
+        else:
+            head = f"request to {url} failed: {_describe(exc, secrets)}"
+        return failure(head, sent, wording, earlier_status=earlier_status,
+                             unreachable=unreached is not None or sent is False)
+
+    def _late_handler(self, url: str, late: Callable[[requests.Response], None] | None
+                      ) -> Callable[[requests.Response | None, BaseException | None], None]:
+        def handle(response: requests.Response | None, error: BaseException | None) -> None:
+            if response is not None and late is not None:
+                late(response)
+            elif error is not None:
+                log.warning("the request to %s whose caller had given up got no answer: %s",
+                            url, type(error).__name__)
+        return handle
+
+    def _form_and_auth(self, form: Mapping[str, str]
+                       ) -> tuple[dict[str, str], requests.auth.HTTPBasicAuth | None]:
+        data = dict(form)
+        if self._client_secret:
+            return data, requests.auth.HTTPBasicAuth(
+                quote(self.client_id or "", safe=""), quote(self._client_secret, safe=""))
+        if self.client_id:
+            data["client_id"] = self.client_id
+        return data, None
 
     def _may_retry(self, attempt: int, give_up_at: float) -> bool:
         """Another try is allowed, and its backoff leaves time for an answer."""
@@ -277,136 +398,7 @@ class TokenEndpoint:
     def _secrets(self, extra: Iterable[str]) -> tuple[str, ...]:
         return tuple(s for s in (*extra, self._client_secret) if s)
 
-    def _error_for(
-        self, response: requests.Response, what: str, *, secrets: Iterable[str]
-    ) -> RefreshError:
-        body: Any
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        error = body.get("error") if isinstance(body, dict) else None
-        description = body.get("error_description") if isinstance(body, dict) else None
-        if not isinstance(error, str):
-            error = None
-        parts = [f"{what} at {response.url or self.token_url} failed: HTTP {response.status_code}"]
-        if error:
-            parts.append(error)
-        if isinstance(description, str) and description:
-            parts.append(f"({_scrub(description, self._secrets(secrets))})")
-        elif body is None:
-            parts.append(f"({_content_type(response)} body)")
-        if response.status_code == 401 and self._client_secret:
-            parts.append("— check the client id and client secret")
-        elif response.status_code == 401:
-            parts.append("— X does not know this client id, or it is a confidential "
-                         "client's: check the client id, or pass client_secret")
-        elif response.status_code >= 500 or response.status_code == 429:
-            parts.append("— a failure at the endpoint; the stored token is kept, try again later")
-        return RefreshError(" ".join(parts), error=error, response=response)
-
-
-def _means_spent(error: str | None, response: requests.Response) -> bool:
-    if error == "invalid_grant":
-        return True
-    if error != "invalid_request":
-        return False
-    try:
-        description = str(response.json().get("error_description", "")).lower()
-    except (ValueError, AttributeError):
-        return False
-    return any(text in description for text in _SPENT_DESCRIPTIONS)
-
-
-def _never_sent(exc: requests.ConnectionError) -> bool:
-    """True when the connection failed before the request could reach the server."""
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return True
-    text = repr(exc)
-    return "NewConnectionError" in text or "Connection refused" in text
-
-
-def _content_type(response: requests.Response) -> str:
-    return response.headers.get("Content-Type", "no content type").split(";")[0]
-
-
-def _scrub(text: str, secrets: Iterable[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "[redacted]")
-    return text[:300]
-
 
 def _describe(exc: BaseException, secrets: Iterable[str]) -> str:
-    return _scrub(f"{type(exc).__name__}: {exc}", secrets)
+    return scrub(f"{type(exc).__name__}: {exc}", secrets)
 
-
-class _DeadlinePassed(Exception):
-    """The attempt had no complete answer at the grant's deadline."""
-
-
-class _BodyCutOff(Exception):
-    """The answer's headers came, and its body stopped or broke before its end."""
-
-
-class _Attempt:
-    """One POST, run in a daemon thread and waited for at most ``budget`` seconds.
-
-    The thread streams the body in chunks and stops at the deadline, so a server that
-    trickles its body is dropped then. One that trickles its *headers* keeps the thread
-    (never the caller) until the per-read ``timeout`` ends it: requests reads headers in
-    one call that nothing outside can interrupt.
-    """
-
-    def __init__(self, session: requests.Session, url: str, data: dict[str, str],
-                 auth: requests.auth.HTTPBasicAuth | None, timeout: float,
-                 budget: float) -> None:
-        self._session, self._url, self._data, self._auth = session, url, data, auth
-        # Real time: this waits on a thread and a socket, whatever clock the caller reads.
-        self._timeout, self._give_up_at = timeout, time.monotonic() + max(0.0, budget)
-        self._done = threading.Event()
-        self._abandoned = threading.Event()
-        self._response: requests.Response | None = None
-        self._error: BaseException | None = None
-
-    def run(self) -> requests.Response:
-        worker = threading.Thread(target=self._work, name="refresher-token-request",
-                                  daemon=True)
-        worker.start()
-        if not self._done.wait(max(0.0, self._give_up_at - time.monotonic())):
-            self._abandoned.set()
-            raise _DeadlinePassed()
-        if self._error is not None:
-            raise self._error
-        assert self._response is not None
-        return self._response
-
-    def _work(self) -> None:
-        try:
-            response = self._session.post(
-                self._url, data=self._data, auth=self._auth,
-                headers={"Accept": "application/json"}, timeout=self._timeout,
-                allow_redirects=False, stream=True,
-            )
-            try:
-                self._read_body(response)
-            finally:
-                response.close()
-            self._response = response
-        except BaseException as exc:  # handed to the waiting thread
-            self._error = exc
-        finally:
-            self._done.set()
-
-    def _read_body(self, response: requests.Response) -> None:
-        body = bytearray()
-        try:
-            for chunk in response.iter_content(chunk_size=8192):
-                body += chunk
-                if self._abandoned.is_set() or time.monotonic() > self._give_up_at:
-                    raise _BodyCutOff("the deadline passed while the body was arriving")
-                if len(body) > _MAX_ANSWER_BYTES:
-                    raise _BodyCutOff(f"more than {_MAX_ANSWER_BYTES} bytes: not a token answer")
-        except requests.RequestException as exc:
-            raise _BodyCutOff(type(exc).__name__) from None
-        response._content = bytes(body)
-        setattr(response, "_content_consumed", True)  # noqa: B010 — not in requests' stubs

@@ -40,6 +40,12 @@ class EndpointError(RefresherError):
     ``error`` is the OAuth error code the endpoint sent (``"invalid_request"``,
     ``"unauthorized_client"``...) or ``None`` when it sent none (a 5xx, a timeout, a
     non-JSON answer). ``response`` is the :class:`requests.Response`, when there was one.
+
+    ``request_sent`` says whether the request reached the network: ``False`` when refresher
+    knows nothing was written to the socket (the name did not resolve, the connection was
+    refused or timed out, the caller gave up first), so a refresh token in it is still good;
+    ``True`` when it was written (X may have acted on it); ``None`` when refresher cannot
+    tell (a session of the caller's, with its own retries, failed after it was handed over).
     """
 
     def __init__(
@@ -48,10 +54,12 @@ class EndpointError(RefresherError):
         *,
         error: str | None = None,
         response: requests.Response | None = None,
+        request_sent: bool | None = None,
     ) -> None:
         super().__init__(message)
         self.error = error
         self.response = response
+        self.request_sent = True if response is not None else request_sent
 
 
 class RefreshError(EndpointError):

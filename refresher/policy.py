@@ -83,6 +83,11 @@ class RefreshPolicy:
       whole grant on the wall clock, retries included; ``token_retries`` and
       ``token_backoff``: retries of failures that prove X did not act, with exponential
       backoff.
+    - ``token_request_threads``: at most this many threads per process send token requests
+      (refreshes, code exchanges, revokes), however many accounts refresh at once; more
+      requests wait in a queue, and that wait counts against their deadline (one still
+      queued when its caller gives up is never sent). Endpoints whose policies name the
+      same number share one pool.
     - ``lock_ttl_margin``: a store lock that lapses by itself must outlive the deadline by
       this much.
     """
@@ -104,6 +109,7 @@ class RefreshPolicy:
     token_deadline: float = DEFAULT_DEADLINE
     token_retries: int = 2
     token_backoff: float = 0.25
+    token_request_threads: int = 8
     lock_ttl_margin: float = LOCK_TTL_MARGIN
 
     def __post_init__(self) -> None:
@@ -127,6 +133,11 @@ class RefreshPolicy:
             raise ConfigurationError("RefreshPolicy.lock_timeout must be >= 0 seconds, or None")
         if self.token_retries < 0:
             raise ConfigurationError("RefreshPolicy.token_retries must be >= 0")
+        if (not isinstance(self.token_request_threads, int)
+                or isinstance(self.token_request_threads, bool) or self.token_request_threads < 1):
+            raise ConfigurationError(
+                "RefreshPolicy.token_request_threads must be a whole number of threads >= 1, "
+                f"not {self.token_request_threads!r}")
 
     def replace(self, **changes: Any) -> RefreshPolicy:
         """A copy with ``changes`` applied (the policy itself never changes)."""
