@@ -129,9 +129,9 @@ def _child(args: argparse.Namespace) -> int:
         coordinator = session.coordinator
         endpoint_refresh = coordinator.endpoint.refresh
 
-        def refresh(refresh_token: str) -> dict[str, Any]:
+        def refresh(refresh_token: str, **options: Any) -> dict[str, Any]:
             _mark(CALL)
-            granted: dict[str, Any] = endpoint_refresh(refresh_token)
+            granted: dict[str, Any] = endpoint_refresh(refresh_token, **options)
             _mark(ANSWERED)
             return granted
 

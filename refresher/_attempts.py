@@ -15,7 +15,6 @@ answer may still come.
 from __future__ import annotations
 
 import atexit
-import collections
 import logging
 import threading
 import time
@@ -24,9 +23,10 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from ._fork import PerProcess, register
+from ._pool import BoundedPool
 from ._sendgate import GateState, SendGate, active
 
-__all__ = ["TokenRequestPool", "token_request_pool", "LateAnswers", "Attempt",
+__all__ = ["token_request_pool", "LateAnswers", "Attempt",
            "AttemptAbandoned", "POOL_THREAD_NAME"]
 
 log = logging.getLogger(__name__)
@@ -39,81 +39,19 @@ POOL_THREAD_NAME = "refresher-token-request"
 _IDLE_SECONDS = 10.0
 
 
-class TokenRequestPool:
-    """At most ``size`` threads run token requests; more jobs wait in a FIFO queue.
-
-    Threads start on demand and end after idling a while. They are daemon threads: an idle
-    one must not hold up the process's exit. A written request whose answer may still come
-    is waited for at exit instead, within its bound (:class:`LateAnswers`).
-    """
-
-    def __init__(self, size: int) -> None:
-        if size < 1:
-            raise ValueError("a token request pool needs at least one thread")
-        self.size = size
-        self._lock = threading.Lock()
-        self._jobs_ready = threading.Condition(self._lock)
-        self._jobs: collections.deque[Callable[[], object]] = collections.deque()
-        self._threads = 0
-        self._idle = 0
-        self._started = 0
-
-    @property
-    def threads(self) -> int:
-        """How many pool threads exist now."""
-        return self._threads
-
-    def submit(self, job: Callable[[], object]) -> None:
-        """Queue ``job``; a thread is started if all are busy and the bound allows."""
-        with self._lock:
-            self._jobs.append(job)
-            if len(self._jobs) > self._idle and self._threads < self.size:
-                self._start_thread()
-            else:
-                self._jobs_ready.notify()
-
-    def _start_thread(self) -> None:
-        self._started += 1
-        thread = threading.Thread(target=self._serve, daemon=True,
-                                  name=f"{POOL_THREAD_NAME}-{self._started}")
-        try:
-            thread.start()
-        except RuntimeError:  # the OS refuses another thread: the busy ones will get to it
-            if self._threads == 0:
-                self._jobs.pop()
-                raise
-            log.warning("could not start another token request thread; the request waits "
-                        "for one of the %d running", self._threads)
-            return
-        self._threads += 1
-
-    def _serve(self) -> None:
-        while True:
-            with self._lock:
-                while not self._jobs:
-                    self._idle += 1
-                    woken = self._jobs_ready.wait(_IDLE_SECONDS)
-                    self._idle -= 1
-                    if not woken and not self._jobs:
-                        self._threads -= 1
-                        return
-                job = self._jobs.popleft()
-            try:
-                job()
-            except BaseException:  # a job hands its own errors on; this is a last resort
-                log.exception("token request job failed")
+_pools: PerProcess[dict[int, BoundedPool]] = PerProcess(dict)
 
 
-_pools: PerProcess[dict[int, TokenRequestPool]] = PerProcess(dict)
-
-
-def token_request_pool(size: int) -> TokenRequestPool:
+def token_request_pool(size: int) -> BoundedPool:
     """This process's pool of ``size`` threads (endpoints asking for the same size share
-    it; a forked child gets new ones, nothing of the parent's is used)."""
+    it; a forked child gets new ones, nothing of the parent's is used). Its threads are
+    daemons that idle a while: a written request whose answer may still come is waited for
+    at exit instead, within its bound (:class:`LateAnswers`)."""
     pools = _pools.get()
     pool = pools.get(size)
-    if pool is None:
-        pool = pools.setdefault(size, TokenRequestPool(size))  # atomic: one pool per size
+    if pool is None:  # setdefault is atomic: one pool per size
+        pool = pools.setdefault(size, BoundedPool(size, POOL_THREAD_NAME, daemon=True,
+                                                  idle_seconds=_IDLE_SECONDS))
     return pool
 
 
@@ -222,7 +160,7 @@ class Attempt(Generic[_R]):
         self._result: _R | None = None
         self._error: BaseException | None = None
 
-    def run(self, pool: TokenRequestPool) -> _R:
+    def run(self, pool: BoundedPool) -> _R:
         """The work's result, or its exception; :class:`AttemptAbandoned` at the deadline."""
         pool.submit(self._serve)
         try:

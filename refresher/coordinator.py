@@ -8,12 +8,16 @@ questions in plain values). The rule, top to bottom, is :meth:`RefreshCoordinato
 3. read the store with its version: if a sibling already replaced the token that failed,
    use theirs; if X already refused the stored refresh token, say a login is needed
    without resending it;
-4. check the store's lock is still held, then spend the *stored* refresh token;
+4. run ``on_refresh_start``, then check the store's lock is still held, and spend the
+   *stored* refresh token: nothing stands between that check and the token request;
 5. save the new pair before anything else (a compare-and-set on the version read in 3),
    release the locks, run ``on_token_update``.
 
 A failed refresh changes nothing in the store; ``on_refresh_error`` sees it first. A pair
 the store could not take (whatever it raised) is kept, used, and written back first thing.
+So is a pair X granted after the caller gave up waiting (it had been sent before the
+deadline): the endpoint hands it over, and it is saved under the store's lock; until that
+answer came or can no longer come, the refresh token it spent is not sent again.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from .background import OneAtATime
+from ._fork import register
+from .background import BackgroundRun
 from .clock import SYSTEM_CLOCK, Clock
 from .endpoint import TokenEndpoint
 from .errors import (
@@ -34,7 +39,8 @@ from .errors import (
     RefreshError,
     TokenStoreError,
 )
-from .ledger import TokenLedger
+from .judge import CureJudge
+from .pending import WriteBack
 from .policy import DEFAULT_POLICY, RefreshPolicy, TokenState
 from .stores.base import TokenStore
 from .stores.guarded import GuardedAccount
@@ -79,13 +85,21 @@ class RefreshCoordinator:
         self.on_refresh_start = on_refresh_start
         policy.check_lock_ttl(store, endpoint.deadline)
         self._token: Token | None = None
-        # A pair we were granted but could not save (store down): written back first thing.
-        self._unsaved: Token | None = None
-        self._unsaved_parent: str | None = None
-        self._ledger = TokenLedger(policy.remembered_tokens, policy.remembered_refusals)
+        # A pair we were granted but could not save (store down, or it came after its
+        # caller gave up): written back first thing.
+        self._write_back = WriteBack(
+            self._account, policy.lock_timeout, lambda token: self._set(token, fresh=True),
+            lambda pair: _run_hook(self.on_token_update, dict(pair), "on_token_update"))
+        self._judge = CureJudge(policy, self.clock, account)
         self.refreshes = 0
         self._next_early_try = 0.0
-        self._background = OneAtATime(f"refresher-refresh-{account}")
+        self._background = BackgroundRun(policy.background_threads)
+        register(self)
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's background run and its locks stayed there (they reset themselves);
+        # a pair it was granted and saves is adopted from the store by the next refresh.
+        self._next_early_try = 0.0
 
     @property
     def store(self) -> TokenStore:
@@ -118,7 +132,7 @@ class RefreshCoordinator:
         token = validate_token(token, now=self.clock.time())
         with self._account.thread_held(self.policy.lock_timeout), self._store_lock():
             self._account.save_versioned(token, None)
-            self._unsaved = None
+            self._write_back.pending.forget()
             self._set(token, fresh=True)
 
     # -- the hot path --------------------------------------------------------------------
@@ -131,12 +145,12 @@ class RefreshCoordinator:
     @property
     def pending_write_back(self) -> bool:
         """Whether a granted pair the store could not take waits to be written back."""
-        return self._unsaved is not None
+        return self._write_back.waiting
 
     def token_for_request(self) -> Token:
         """The token to send now, refreshed first when it is expiring."""
-        if self._unsaved is not None:
-            self._write_back()
+        if self._write_back.waiting:
+            self._write_back.now()
         token = self._token
         if token is None:
             token = self.load()
@@ -200,24 +214,7 @@ class RefreshCoordinator:
         :meth:`refused_after_refresh`), and for a 403 the policy says is not about the token
         (``problem_type`` is the problem+json ``type`` of the answer, if any).
         """
-        if (status not in self.policy.refresh_status_codes
-                or not self._ledger.handed_out(access_token)):
-            return False
-        if status == 403:
-            token = self._token
-            current = token if token and token.get("access_token") == access_token else None
-            cure = self.policy.may_cure_403(problem_type, current, self.clock.time(),
-                                            refreshed_here=self._ledger.refreshed_here(
-                                                access_token))
-            if not cure:
-                log.debug("403 (%s) from %s is not about the token; no refresh",
-                          problem_type or "no problem type", endpoint)
-            return cure
-        if self.policy.brake_401 and self._ledger.braked(access_token, endpoint):
-            log.debug("%d from %s to a token it refused after a refresh; no refresh",
-                      status, endpoint)
-            return False
-        return True
+        return self._judge.may_cure(status, access_token, endpoint, problem_type, self._token)
 
     def refused_after_refresh(self, token: Token | str, endpoint: str) -> None:
         """``endpoint`` answered 401 to ``token`` (the pair, or its access token) even right
@@ -226,15 +223,7 @@ class RefreshCoordinator:
         come instead of rotating the pair again. Other endpoints, and the next token, are not
         affected. A token no longer fresh by then (it ran out in flight) is not braked.
         """
-        if isinstance(token, str):  # judged by the live pair when it is that one
-            live = self._token or {}
-            token = live if live.get("access_token") == token else {"access_token": token}
-        access = token.get("access_token")
-        if not access or self.policy.state(token, self.clock.time()) is not TokenState.FRESH:
-            return
-        self._ledger.brake(access, endpoint)
-        log.warning("account %r: %s still answered 401 after a refresh; not refreshing again "
-                    "for its 401s while this token lives", self.account, endpoint)
+        self._judge.refused_after_refresh(token, endpoint, self._token)
 
     # -- the refresh ---------------------------------------------------------------------
 
@@ -267,8 +256,10 @@ class RefreshCoordinator:
             finally:
                 self._account.thread_lock.release()
         except RefresherError as exc:
+            self._write_back.announce_due()
             _run_hook(self.on_refresh_error, exc, "on_refresh_error")
             raise
+        self._write_back.announce_due()
         if granted is not None:
             # The pair is saved: a failing hook is logged, and must not fail the request.
             _run_hook(self.on_token_update, dict(granted), "on_token_update")
@@ -278,6 +269,8 @@ class RefreshCoordinator:
 
     def _refresh_under_lock(self, replacing: str | None, wait: bool) -> Token | None:
         """Returns the granted pair, or ``None`` when a sibling's token was adopted."""
+        if not self._late_answers_done(wait):
+            return None  # a refresh whose answer may still come: the current token still works
         with contextlib.ExitStack() as held:
             try:
                 held.enter_context(self._store_lock(wait=wait))
@@ -285,8 +278,7 @@ class RefreshCoordinator:
                 if wait:
                     raise
                 return None  # a sibling is refreshing; the current token still works
-            if self._unsaved is not None:
-                self._write_back_locked()
+            self._write_back.locked()
             stored = self._account.load_versioned()
             if self._usable_replacement(stored.token, replacing):
                 assert stored.token is not None
@@ -306,15 +298,17 @@ class RefreshCoordinator:
                     f"spent or revoked (recorded in {self.store!r}); it is not sent again. "
                     "Log in again (for example with `refresher login`)"
                 )
-            # A holder whose lock lapsed must not spend the token: the next holder may be.
-            self._account.verify_lock()
             if self.on_refresh_start is not None:
                 try:
                     self.on_refresh_start()  # for metrics: the token call starts now
                 except Exception:
                     log.exception("on_refresh_start hook raised; carrying on")
+            # A holder whose lock lapsed (a hook that blocked, a paused process) must not
+            # spend the token: the next holder may be. Nothing runs between this and the send.
+            self._account.verify_lock()
             try:
-                granted = self.endpoint.refresh(refresh_token)
+                granted = self.endpoint.refresh(
+                    refresh_token, on_late_grant=lambda pair: self._late_grant(pair, refresh_token))
             except ReauthorizationRequired:
                 if self._adopted_after_refusal(refresh_token):
                     return None
@@ -363,31 +357,31 @@ class RefreshCoordinator:
         except TokenStoreError:
             # The old refresh token is spent: this pair is now the only way into the
             # account. Keep it and write it back as soon as the store answers again.
-            self._unsaved, self._unsaved_parent = granted, parent
+            self._write_back.pending.keep(granted, parent)
             log.error("account %r: could not save the new token; keeping it in memory "
                       "and retrying the save before the next request", self.account)
             raise
         finally:
             self._set(granted, fresh=True)
 
-    def _write_back(self) -> None:
-        with self._account.thread_held(self.policy.lock_timeout):
-            if self._unsaved is None:
-                return
-            with self._store_lock():
-                self._write_back_locked()
+    def _late_answers_done(self, wait: bool) -> bool:
+        """Whether no answer to an earlier refresh of ours may still come (after waiting for
+        one, within the bound a refresh has, when ``wait``); raises when one still may."""
+        bound = self.endpoint.deadline + self.policy.token_timeout
+        if self.policy.lock_timeout is not None:
+            bound = min(bound, self.policy.lock_timeout)
+        if self.endpoint.wait_for_late_answers(bound if wait else 0.0):
+            return True
+        if not wait:
+            return False
+        raise RefreshError(
+            f"account {self.account!r}: the answer to an earlier refresh, sent before its "
+            "caller gave up, may still come; its refresh token is not sent again meanwhile "
+            "(nothing was sent now). Try again shortly", request_sent=False)
 
-    def _write_back_locked(self) -> None:
-        unsaved = self._unsaved
-        assert unsaved is not None
-        stored = self._account.load_versioned()
-        if stored.token is None or stored.token.get("refresh_token") == self._unsaved_parent:
-            self._account.save_versioned(unsaved, stored.version)
-            log.info("account %r: saved the token kept in memory while the store was down",
-                     self.account)
-        else:
-            self._set(stored.token, fresh=True)  # someone logged in again meanwhile: theirs wins
-        self._unsaved = self._unsaved_parent = None
+    def _late_grant(self, granted: Token, parent: str) -> None:
+        self.refreshes += 1
+        self._write_back.late(granted, parent)
 
     def _store_lock(self, wait: bool = True) -> Any:
         """The store's lock for the account, within the policy's lock timeout."""
@@ -397,7 +391,7 @@ class RefreshCoordinator:
         self._token = token
         access = token.get("access_token")
         if access:
-            self._ledger.record(access, refreshed_here=fresh)
+            self._judge.record(access, refreshed_here=fresh)
 
     def describe(self) -> dict[str, Any]:
         """Safe facts for a repr or a status line: account, expiry, fingerprint."""

@@ -61,8 +61,11 @@ class RefreshPolicy:
     - ``wait_margin_fraction``: a token with more than this fraction of the leeway left is
       sent as it is while the refresh runs elsewhere; nearer to expiry the request waits.
     - ``background_refresh``: while that margin lasts, the refresh runs in one background
-      thread per account, so no request stalls behind the token endpoint (off: the request
-      that notices the expiry refreshes, the others go on with the current token).
+      thread, so no request stalls behind the token endpoint (off: the request that notices
+      the expiry refreshes, the others go on with the current token).
+    - ``background_threads``: at most this many background refreshes run at once per
+      process, however many accounts enter their refresh window together; the others queue,
+      and their requests go on with their still-valid tokens meanwhile.
     - ``lock_timeout``: the longest wait for the thread lock and the store's lock
       (``None``: no limit), then :class:`~refresher.LockTimeout`.
     - ``early_retry`` / ``early_retry_fraction``: after a refresh ahead of expiry failed,
@@ -96,6 +99,7 @@ class RefreshPolicy:
     leeway_max_fraction: float = LEEWAY_MAX_FRACTION
     wait_margin_fraction: float = 0.5
     background_refresh: bool = True
+    background_threads: int = 4
     lock_timeout: float | None = 30.0
     early_retry: float = 5.0
     early_retry_fraction: float = 0.25
@@ -133,11 +137,11 @@ class RefreshPolicy:
             raise ConfigurationError("RefreshPolicy.lock_timeout must be >= 0 seconds, or None")
         if self.token_retries < 0:
             raise ConfigurationError("RefreshPolicy.token_retries must be >= 0")
-        if (not isinstance(self.token_request_threads, int)
-                or isinstance(self.token_request_threads, bool) or self.token_request_threads < 1):
-            raise ConfigurationError(
-                "RefreshPolicy.token_request_threads must be a whole number of threads >= 1, "
-                f"not {self.token_request_threads!r}")
+        for name in ("token_request_threads", "background_threads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigurationError(
+                    f"RefreshPolicy.{name} must be a whole number of threads >= 1, not {value!r}")
 
     def replace(self, **changes: Any) -> RefreshPolicy:
         """A copy with ``changes`` applied (the policy itself never changes)."""

@@ -37,7 +37,7 @@ class FakeEndpoint:
         return {"access_token": f"at-{n}", "refresh_token": f"rt-{n}", "token_type": "bearer",
                 "expires_in": self.lifetime, "expires_at": self.clock.time() + self.lifetime}
 
-    def refresh(self, refresh_token: str) -> dict[str, Any]:
+    def refresh(self, refresh_token: str, *, on_late_grant: Any = None) -> dict[str, Any]:
         self.spent.append(refresh_token)
         if self.fail_with is not None:
             raise self.fail_with
@@ -47,6 +47,9 @@ class FakeEndpoint:
         self.count += 1
         self.live.add(f"rt-{self.count}")
         return self.pair(self.count)
+
+    def wait_for_late_answers(self, timeout: float) -> bool:
+        return True
 
     def close(self) -> None:
         pass

@@ -637,3 +637,39 @@ def test_the_json_fork_cases_pass_under_filelock_3(
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert " passed" in run.stdout and "skipped" not in run.stdout.splitlines()[-1], \
         run.stdout[-2000:]
+
+
+# -- a fork while a background refresh holds the coordinator's locks ---------------------------
+
+@pytest.mark.parametrize("kind", ["json", "sqlite", "redis"])
+def test_a_child_forked_during_a_background_refresh_starts_free_and_adopts_the_parents_pair(
+        kind, make_store, make_session, x_emulator_factory, me_url, wait_for) -> None:
+    from refresher import RefreshPolicy
+
+    x = x_emulator_factory(token_delay=1.5)
+    backend = make_store(kind)
+    # 100-second tokens with 8 s left: inside the leeway, outside its wait margin, so the
+    # request goes out as it is and a background run refreshes.
+    seed = dict(x.issue_token(), expires_in=100, expires_at=time.time() + 8)
+    session = make_session(store=backend.store, token=seed, emulator=x,
+                           policy=RefreshPolicy(lock_timeout=10.0))
+    coordinator = session.coordinator
+    assert session.get(me_url(x)).status_code == 200
+    wait_for(lambda: x.stats.token_requests == 1, "the background refresh to reach X")
+    assert coordinator._background.running  # it holds the thread lock and the store's lock
+
+    def in_the_child(end: End) -> dict[str, Any]:
+        phantom = coordinator._background.running
+        # A refresh of the token the parent is replacing: the thread lock is free here; the
+        # store's lock is the parent's until it has saved, and then its pair is adopted.
+        token = coordinator.refresh(replacing=seed["access_token"])
+        return {"phantom": phantom, "token": token}
+
+    end = child(in_the_child)
+    done = end.receive()["done"]
+    end.reap()
+    assert done["phantom"] is False
+    assert coordinator.wait_for_background(BOUND)
+    assert done["token"]["refresh_token"] == session.token["refresh_token"]
+    assert backend.store.load(ACCOUNT)["refresh_token"] == session.token["refresh_token"]
+    assert (x.stats.refreshes, x.stats.reused_refresh_tokens) == (1, 0)

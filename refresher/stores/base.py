@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
+from .._fork import register
 from ..errors import LockTimeout, StaleTokenError
 from ..token import Token, fingerprint
 
@@ -180,6 +181,13 @@ class MemoryTokenStore(TokenStore):
         self._tokens: dict[str, Token] = {}
         self._metadata: dict[str, dict[str, Any]] = {}
         self._locks: dict[str, threading.RLock] = {}
+        self._guard = threading.Lock()
+        register(self)
+
+    def _after_fork_in_child(self) -> None:
+        # The child has its own copy of the tokens; locks held by parent threads at the fork
+        # would stay held here for ever.
+        self._locks = {}
         self._guard = threading.Lock()
 
     def __repr__(self) -> str:

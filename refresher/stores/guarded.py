@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+from .._fork import register
 from ..errors import LockTimeout, RefresherError, TokenStoreError
 from ..token import Token
 from .base import TokenStore, Versioned
@@ -32,11 +33,16 @@ class GuardedAccount:
     """``store``'s methods for ``account``, each failure a :class:`~refresher.TokenStoreError`;
     and the process's thread lock for the account."""
 
-    def __init__(self, store: TokenStore, account: str,
-                 thread_lock: threading.Lock | None = None) -> None:
+    def __init__(self, store: TokenStore, account: str) -> None:
         self.store = store
         self.account = account
-        self.thread_lock = thread_lock if thread_lock is not None else threading.Lock()
+        self.thread_lock = threading.Lock()
+        register(self)
+
+    def _after_fork_in_child(self) -> None:
+        # A parent thread (a background refresh) may have held it at the fork: the thread
+        # stayed in the parent, and nothing would ever release the copy held here.
+        self.thread_lock = threading.Lock()
 
     def acquire_thread_lock(self, timeout: float | None, *, wait: bool = True) -> bool:
         """Take the thread lock: False at once when ``wait`` is off and it is taken;

@@ -25,6 +25,7 @@ class EmulatorControls(EmulatorState):
 
     # Settings, set by XEmulator and read at each token request.
     token_delay: float
+    answer_delay: float
     token_trickle: float
 
     # -- tokens ------------------------------------------------------------------------
@@ -115,8 +116,9 @@ class EmulatorControls(EmulatorState):
             self._faults.extend([fault] * times)
 
     def _bent(self, request: Request, answer: Callable[[Request], Response]) -> Response:
-        """``answer(request)``, or a queued fault instead, after ``token_delay`` and trickled
-        at ``token_trickle``; every request is counted, faults included."""
+        """``answer(request)``, or a queued fault instead, after ``token_delay``, held back
+        ``answer_delay`` more seconds once decided, and trickled at ``token_trickle``; every
+        request is counted, faults included."""
         self._counts.add("token_requests")
         delay = self.token_delay
         if delay > 0:
@@ -129,5 +131,7 @@ class EmulatorControls(EmulatorState):
             response = fault
         else:
             response = answer(request)
+        if self.answer_delay > 0:
+            time.sleep(self.answer_delay)  # X has acted (spent the token); the answer is slow
         response.trickle = self.token_trickle
         return response

@@ -36,16 +36,19 @@ class XEmulator(EmulatorControls, OAuthEndpoints, ApiEndpoints, MediaEndpoints):
 
     ``clients`` maps client ids to secrets (``None`` for a public client). ``redirect_uris``
     of ``None`` accepts any loopback ``http`` redirect URI; a list demands an exact match, as
-    X does. ``token_delay`` holds each token answer back that many seconds;
+    X does. ``token_delay`` holds each token answer back that many seconds before X acts on
+the request; ``answer_delay`` holds it back after (the refresh token is spent, the new pair
+issued, and the answer slow to arrive);
     ``token_trickle`` sends its headers at once and then its body one byte every that many
     seconds (a server that never quite answers). ``enforce_rate_limits`` makes
     ``/2/users/me`` answer X's 429 past its documented limit, 75 calls per 15 minutes per
     user (the ``x-rate-limit-*`` headers are sent either way; off by default, so that demos
-    are not limited). ``access_ttl``, ``token_delay``, ``token_trickle``, ``auto_approve``,
-    ``invalidate_access_on_refresh`` and ``enforce_rate_limits`` may be changed while the
-    emulator runs. ``/2/emulator/unauthorized`` answers 401 to every token, as X has been
-    seen to do to valid ones. ``POST /2/media/upload`` takes X's chunked upload (INIT,
-    APPEND, FINALIZE; see ``_media``), and :meth:`media_appends` shows the chunks it got.
+    are not limited). ``access_ttl``, ``token_delay``, ``answer_delay``, ``token_trickle``,
+    ``auto_approve``, ``invalidate_access_on_refresh`` and ``enforce_rate_limits`` may be
+    changed while the emulator runs. ``/2/emulator/unauthorized`` answers 401 to every
+    token, as X has been seen to do to valid ones. ``POST /2/media/upload`` takes X's
+    chunked upload (INIT, APPEND, FINALIZE; see ``_media``), and :meth:`media_appends`
+    shows the chunks it got.
 
     ``clock`` (a :class:`refresher.clock.Clock`, the system clock by default) is what the
     emulator reads the time from: token and code expiry, issue times, rate-limit windows.
@@ -57,8 +60,8 @@ class XEmulator(EmulatorControls, OAuthEndpoints, ApiEndpoints, MediaEndpoints):
         token = x.issue_token()
         clock.advance(x.access_ttl)  # X now answers 401 to token["access_token"]
 
-    ``token_delay`` and ``token_trickle`` stay real waits: they are there for the client's
-    socket timeouts, which no clock of ours moves.
+    ``token_delay``, ``answer_delay`` and ``token_trickle`` stay real waits: they are there
+    for the client's socket timeouts, which no clock of ours moves.
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class XEmulator(EmulatorControls, OAuthEndpoints, ApiEndpoints, MediaEndpoints):
         auto_approve: bool = True,
         invalidate_access_on_refresh: bool = False,
         token_delay: float = 0.0,
+        answer_delay: float = 0.0,
         redirect_uris: list[str] | None = None,
         token_trickle: float = 0.0,
         clock: Clock | None = None,
@@ -85,6 +89,7 @@ class XEmulator(EmulatorControls, OAuthEndpoints, ApiEndpoints, MediaEndpoints):
         self.auto_approve = auto_approve
         self.invalidate_access_on_refresh = invalidate_access_on_refresh
         self.token_delay = token_delay
+        self.answer_delay = answer_delay
         self.token_trickle = token_trickle
         self.enforce_rate_limits = enforce_rate_limits
         self._redirect_uris = list(redirect_uris) if redirect_uris is not None else None
