@@ -150,10 +150,12 @@ class Front:
                          api_url=x.api_url)
 
     def get_for(self, url: str, seconds: float) -> list[int]:
-        """GET ``url`` again and again for ``seconds``; the statuses."""
+        """GET ``url`` again and again for ``seconds``, at least once (a loaded machine may
+        take longer than ``seconds`` to open a client); the statuses."""
         until = time.monotonic() + seconds
         if self.kind == "requests":
             statuses = []
+            statuses.append(self.front.get(url, timeout=10).status_code)
             while time.monotonic() < until:
                 statuses.append(self.front.get(url, timeout=10).status_code)
             return statuses
@@ -161,7 +163,7 @@ class Front:
             import httpx
 
             with httpx.Client(auth=self.front, timeout=10) as client:
-                statuses = []
+                statuses = [client.get(url).status_code]
                 while time.monotonic() < until:
                     statuses.append(client.get(url).status_code)
                 return statuses
@@ -171,6 +173,7 @@ class Front:
         statuses: list[int] = []
 
         async def worker(get: Callable[[], Any]) -> None:
+            statuses.append(await get())
             while time.monotonic() < until:
                 statuses.append(await get())
 
