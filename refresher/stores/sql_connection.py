@@ -169,9 +169,6 @@ def _engine_from_url(sa: Any, text: str, options: dict[str, Any]) -> sqlalchemy.
             )
         connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT)
         if not url.query.get("uri"):
-            # The file named now: a chdir later must not move the store to another file.
-            database = os.path.abspath(database)
-            url = url.set(database=database)
             try:
                 _prepare_sqlite_file(database)
             except OSError as exc:
