@@ -107,6 +107,24 @@ def test_a_refusal_to_another_client_id_does_not_bind_the_accounts_client(x_emul
     assert x.stats.refreshes == 1 and x.stats.reused_refresh_tokens == 0
 
 
+def test_a_record_from_before_refusals_named_their_client_binds_every_process(x_emulator,
+                                                                              tmp_path):
+    path = tmp_path / "tokens.json"
+    store = logged_in(path, x_emulator)
+    metadata = store.load_metadata("alice")
+    metadata["needs_login"] = {"refresh_token": fingerprint(store.load("alice")["refresh_token"]),
+                               "since": time.time() - 3600}  # as an older refresher wrote it
+    store.save_metadata("alice", metadata)
+    [refusal] = store.refusals("alice")
+    assert (refusal.client_id, refusal.token_url) == (None, None)
+    with session_at(path, x_emulator) as session:
+        with pytest.raises(ReauthorizationRequired, match="an unrecorded client id"):
+            session.refresh()
+        assert x_emulator.stats.token_requests == 0
+        session.refresh(retry_refused=True)
+    assert JSONTokenStore(path).refusals("alice") == [] and x_emulator.stats.refreshes == 1
+
+
 def test_retry_refused_probes_once_and_a_grant_clears_the_record(x_emulator, tmp_path):
     path = tmp_path / "tokens.json"
     store = logged_in(path, x_emulator)
