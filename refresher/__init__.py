@@ -31,6 +31,7 @@ from .errors import (
     TokenStoreError,
 )
 from .policy import RefreshPolicy, TokenState
+from .refusal import Refusal
 from .session import RefreshingSession
 from .stores import JSONTokenStore, MemoryTokenStore, TokenStore, Versioned, open_store
 from .token import Token
@@ -57,6 +58,7 @@ __all__ = [
     "Clock",
     "TokenStore",
     "Versioned",
+    "Refusal",
     "MemoryTokenStore",
     "JSONTokenStore",
     "RedisTokenStore",

@@ -82,19 +82,21 @@ class AsyncTokens:
                 return current  # the task before this one refreshed: take its token
             return await asyncio.to_thread(coordinator.token_for_request)
 
-    async def refresh(self, replacing: str | None = None) -> Token:
+    async def refresh(self, replacing: str | None = None, *,
+                      retry_refused: bool = False) -> Token:
         """A coordinated refresh (in a worker thread); the token to use from now on.
 
         When another task of this loop already replaced ``replacing`` while this one
         waited, its token is taken and nothing is sent to the token endpoint (unless that
         token has aged into the leeway in its turn: then it is refreshed as before a
-        request).
+        request). ``retry_refused``: as :meth:`refresher.RefreshingSession.refresh`.
         """
         coordinator = self.coordinator
         async with self._loop_lock():
             current = coordinator.token
             if replacing is None or not _replaced(current, replacing):
-                return await asyncio.to_thread(coordinator.refresh, replacing)
+                return await asyncio.to_thread(coordinator.refresh, replacing,
+                                               retry_refused=retry_refused)
             assert current is not None
             if self._ready(current) or not (lifetime_of(current) or 0) > 0:
                 # A grant that was never fresh (expires_in 0) is taken as it is: refreshing
@@ -204,10 +206,11 @@ class FrontEnd:
         """A copy of the token requests are sent with now (the live pair is the store's)."""
         return dict(self.coordinator.token or {})
 
-    def refresh(self) -> Token:
+    def refresh(self, *, retry_refused: bool = False) -> Token:
         """Refresh now, coordinated with every sibling sharing the store (blocking: from a
-        coroutine, ``await front.tokens.refresh()``); the new token."""
-        return dict(self.coordinator.refresh())
+        coroutine, ``await front.tokens.refresh()``); the new token. ``retry_refused``: as
+        :meth:`refresher.RefreshingSession.refresh`."""
+        return dict(self.coordinator.refresh(retry_refused=retry_refused))
 
     def close(self) -> None:
         """Close the token endpoint's HTTP session, if this front end created it."""

@@ -15,9 +15,11 @@ from typing import Any
 
 import requests
 
+from ._transport import require_secure_transport
 from .clock import Clock
 from .coordinator import RefreshCoordinator
 from .endpoint import TokenEndpoint
+from .errors import ConfigurationError
 from .policy import DEFAULT_POLICY, RefreshPolicy
 from .stores import MemoryTokenStore, TokenStore, open_store
 from .token import Token
@@ -70,7 +72,23 @@ def build_coordinator(
 ) -> RefreshCoordinator:
     """The coordinator of ``account`` in ``store``, its token loaded (``token`` seeds an
     empty account; a token already stored wins; one that is not usable raises
-    :class:`~refresher.InvalidTokenError` before anything is saved). Reads the store."""
+    :class:`~refresher.InvalidTokenError` before anything is saved). Reads the store.
+
+    Without ``client_id``, the one ``refresher login`` recorded for the account, else
+    ``$REFRESHER_CLIENT_ID`` (as :func:`~refresher.settings.resolve_setting` orders them);
+    none at all raises :class:`~refresher.ConfigurationError`, and a token URL that may not
+    carry a token (plain http to another machine) :class:`~refresher.InsecureTransport`,
+    here rather than at the first refresh.
+    """
+    client_id = client_id or _recorded_client_id(store, account)
+    if not client_id:
+        raise ConfigurationError(
+            "a refreshing session needs your X app's client id (its OAuth 2.0 Client ID, on "
+            "the Keys and tokens page of the X developer portal): pass client_id, or set "
+            "REFRESHER_CLIENT_ID; for an account `refresher login` saved, "
+            "refresher.open_session() finds it"
+        )
+    require_secure_transport(token_url)  # InsecureTransport: the https message, at once
     endpoint = TokenEndpoint(token_url, client_id, client_secret, session=refresh_session,
                              policy=policy, clock=clock)
     coordinator = RefreshCoordinator(
@@ -80,3 +98,14 @@ def build_coordinator(
     )
     coordinator.load(seed=dict(token) if token else None)
     return coordinator
+
+
+def _recorded_client_id(store: TokenStore, account: str) -> str | None:
+    """The account's recorded client id, else ``$REFRESHER_CLIENT_ID`` (``None``: neither)."""
+    from .settings import resolve_setting  # above this module: imported when needed
+
+    try:
+        recorded = store.load_metadata(account)
+    except Exception:  # the load that follows reports a store that fails
+        recorded = {}
+    return resolve_setting("client_id", None, recorded)

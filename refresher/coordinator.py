@@ -6,8 +6,8 @@ questions in plain values). The rule, top to bottom, is :meth:`RefreshCoordinato
 1. take the thread lock (one refresh per process at a time), within ``lock_timeout``;
 2. take the store's lock for the account (one per machine, or per Redis);
 3. read the store with its version: if a sibling already replaced the token that failed,
-   use theirs; if X already refused the stored refresh token, say a login is needed
-   without resending it;
+   use theirs; if X already refused the stored refresh token to this client id at this
+   token URL, say a login is needed without resending it;
 4. run ``on_refresh_start``, then check the store's lock is still held, and spend the
    *stored* refresh token: nothing stands between that check and the token request;
 5. save the new pair before anything else (a compare-and-set on the version read in 3),
@@ -78,7 +78,8 @@ class RefreshCoordinator:
         self.policy = policy
         self.clock = clock if clock is not None else SYSTEM_CLOCK
         self.account = account
-        self._account = GuardedAccount(store, account)
+        self._account = GuardedAccount(store, account,
+                                       sender=(endpoint.client_id, endpoint.token_url))
         self.endpoint = endpoint
         self.on_token_update = on_token_update
         self.on_refresh_error = on_refresh_error
@@ -227,13 +228,15 @@ class RefreshCoordinator:
 
     # -- the refresh ---------------------------------------------------------------------
 
-    def refresh(self, replacing: str | None = None, *, wait: bool = True) -> Token:
+    def refresh(self, replacing: str | None = None, *, wait: bool = True,
+                retry_refused: bool = False) -> Token:
         """A coordinated refresh; returns the token to use from now on.
 
         ``replacing`` is the access token that failed or is expiring: when another thread,
         or the store, already holds a different usable token, that one is adopted and no
         refresh token is spent. ``None`` refreshes whatever is stored. With ``wait=False``, a
         refresh already under way elsewhere is not waited for: the current token is returned.
+        ``retry_refused`` sends once on purpose a refresh token X refused (:mod:`.refusal`).
         """
         try:
             if not self._account.acquire_thread_lock(self.policy.lock_timeout, wait=wait):
@@ -248,11 +251,11 @@ class RefreshCoordinator:
                     assert current is not None
                     return current
                 try:
-                    granted = self._refresh_under_lock(replacing, wait)
+                    granted = self._refresh_under_lock(replacing, wait, retry_refused)
                 except LockLost as lost:
                     # Nothing was spent; whoever holds the lock now may have refreshed.
                     log.warning("account %r: %s; taking the lock again", self.account, lost)
-                    granted = self._refresh_under_lock(replacing, wait)
+                    granted = self._refresh_under_lock(replacing, wait, retry_refused)
             finally:
                 self._account.thread_lock.release()
         except RefresherError as exc:
@@ -267,7 +270,7 @@ class RefreshCoordinator:
         assert self._token is not None
         return self._token
 
-    def _refresh_under_lock(self, replacing: str | None, wait: bool) -> Token | None:
+    def _refresh_under_lock(self, replacing: str | None, wait: bool, retry: bool) -> Token | None:
         """Returns the granted pair, or ``None`` when a sibling's token was adopted."""
         if not self._late_answers_done(wait):
             return None  # a refresh whose answer may still come: the current token still works
@@ -292,12 +295,7 @@ class RefreshCoordinator:
                     f"account {self.account!r} has no refresh token in {self.store!r} "
                     "(was offline.access in the scopes?); log in again"
                 )
-            if stored.token is not None and self._account.needs_login(stored.token):
-                raise ReauthorizationRequired(
-                    f"account {self.account!r}: X already refused its stored refresh token as "
-                    f"spent or revoked (recorded in {self.store!r}); it is not sent again. "
-                    "Log in again (for example with `refresher login`)"
-                )
+            self._account.check_refusals(stored.token, retry=retry)
             if self.on_refresh_start is not None:
                 try:
                     self.on_refresh_start()  # for metrics: the token call starts now
@@ -316,6 +314,7 @@ class RefreshCoordinator:
             # X has rotated the pair: saving it comes before anything else that can fail.
             self.refreshes += 1
             self._save_or_keep(granted, parent=refresh_token, expected=stored.version)
+            self._account.forget_refusals()  # X granted: a recorded refusal of it is moot
             log.info("account %r: refreshed, access token %s, expires in %.0f s",
                      self.account, fingerprint(granted.get("access_token")),
                      seconds_left(granted, now=self.clock.time()) or 0.0)

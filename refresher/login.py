@@ -35,7 +35,7 @@ import requests
 from ._constants import DEFAULT_DEADLINE, DEFAULT_SCOPES, DEFAULT_TIMEOUT
 from ._transport import require_secure_transport
 from .endpoint import TokenEndpoint
-from .errors import ConfigurationError, LoginError, RefreshError
+from .errors import ConfigurationError, InsecureTransport, LoginError, RefreshError
 from .loopback import DEFAULT_REDIRECT_URI, OpenBrowser, callback_params, wait_for_login
 from .session import RefreshingSession
 from .settings import default_store_location, open_session, resolve_setting
@@ -86,7 +86,9 @@ class LoginFlow:
     :func:`open_session`: ``REFRESHER_CLIENT_ID``, ``REFRESHER_REDIRECT_URI``,
     ``REFRESHER_AUTHORIZE_URL``, ``REFRESHER_TOKEN_URL``, ``REFRESHER_API_URL``,
     ``REFRESHER_REVOKE_URL``, else X's own. ``REFRESHER_CLIENT_SECRET`` is read only when
-    the client id came from ``REFRESHER_CLIENT_ID`` too: a secret belongs to its client.
+    the client id came from ``REFRESHER_CLIENT_ID`` too: a secret belongs to its client. A
+    URL that may not carry a token (plain http to another machine) raises
+    :class:`~refresher.InsecureTransport` here, before any browser is opened.
 
     >>> flow = LoginFlow("my-client-id")
     >>> token = flow.run_local_server()  # doctest: +SKIP
@@ -134,6 +136,13 @@ class LoginFlow:
         self.api_url = (resolve_setting("api_url", api_url or api_base_url, {}) or "").rstrip("/")
         self.revoke_url = resolve_setting("revoke_url", revoke_url, {}) or ""
         self.http_session = http_session
+        # Refused now, not after the user approved in the browser: each of them carries a
+        # token or a code.
+        for name in ("authorize_url", "token_url", "api_url", "revoke_url"):
+            try:
+                require_secure_transport(getattr(self, name))
+            except InsecureTransport as exc:
+                raise InsecureTransport(f"{name}: {exc}") from None
 
     @property
     def api_base_url(self) -> str:

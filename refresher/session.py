@@ -235,10 +235,16 @@ class RefreshingSession(OAuth2Session):
         )
         return response
 
-    def refresh(self) -> Token:
-        """Refresh now (coordinated with every sibling sharing the store); the new token."""
+    def refresh(self, *, retry_refused: bool = False) -> Token:
+        """Refresh now (coordinated with every sibling sharing the store); the new token.
+
+        A refresh token X already refused to this client id at this token URL is not sent
+        again (:class:`~refresher.ReauthorizationRequired`); ``retry_refused=True`` sends it
+        once on purpose, as when that refusal came from a misconfigured process, and a grant
+        clears the record (see :mod:`refresher.refusal`).
+        """
         coordinator = self._require_coordinator("refresh")
-        return dict(coordinator.refresh())
+        return dict(coordinator.refresh(retry_refused=retry_refused))
 
     def me(self, *, timeout: float | None = DEFAULT_API_TIMEOUT) -> dict[str, Any]:
         """``GET {api_url}/2/users/me``: the ``data`` object (id, name, username).

@@ -1,9 +1,12 @@
 """Settings for scripts, cron jobs and the command line, and :func:`open_session`.
 
-A setting comes from an explicit value, else its ``REFRESHER_*`` environment variable
-(:data:`ENVIRONMENT`), else what ``refresher login`` recorded in the store beside the
-token (client id, endpoints: never the secret), else X's default. The store itself is
-found at :func:`default_store_location`, and the account chosen by :func:`choose_account`.
+A setting comes from an explicit value, else what ``refresher login`` recorded in the store
+beside the account's token (client id, endpoints: never the secret), else its
+``REFRESHER_*`` environment variable (:data:`ENVIRONMENT`), else X's default: the client and
+server an account was logged in with outrank a variable left over from another shell (an
+emulator's token URL, another app's client id), which could only be refused there. The store
+itself is found at :func:`default_store_location`, and the account chosen by
+:func:`choose_account`.
 
 :func:`open_session` puts them together: a :class:`~refresher.RefreshingSession` for an
 account that ``refresher login`` saved, with nothing repeated.
@@ -11,6 +14,7 @@ account that ``refresher login`` saved, with nothing repeated.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -21,6 +25,8 @@ from .errors import ConfigurationError, ReauthorizationRequired
 from .loopback import DEFAULT_REDIRECT_URI
 from .session import RefreshingSession
 from .stores import TokenStore, open_store
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ENVIRONMENT",
@@ -73,25 +79,60 @@ def default_store_location() -> str:
     return os.path.join(base, "refresher", "tokens.json")
 
 
-def resolve_setting(name: str, explicit: str | None,
-                    metadata: Mapping[str, Any]) -> str | None:
-    """One setting (a key of :data:`ENVIRONMENT`): ``explicit``, else its ``REFRESHER_*``
-    variable, else the store's record (``metadata``), else X's default (``None`` if none).
+def resolve_setting(name: str, explicit: str | None, metadata: Mapping[str, Any], *,
+                    new_login: bool = False) -> str | None:
+    """One setting (a key of :data:`ENVIRONMENT`): ``explicit``, else the account's record
+    (``metadata``: what ``refresher login`` saved beside its token), else its
+    ``REFRESHER_*`` variable, else X's default (``None`` if none).
 
-    The client secret is never taken from the store's record.
+    The record outranks the variable: an account's refresh token is spent with the client id
+    and at the token URL it was issued to (anywhere else it can only be refused), and its
+    API and revoke URLs belong to the same server. A variable that disagrees with the record
+    is logged as a WARNING naming both values (never a secret; once per process), and an
+    explicit value outranks both. ``new_login``: a login that is about to replace the
+    record, which chooses its client and server anew, so the variable outranks the old
+    record (the disagreement is logged all the same). The client secret is never taken from
+    the record.
 
     >>> resolve_setting("token_url", "http://127.0.0.1:8000/2/oauth2/token", {})
     'http://127.0.0.1:8000/2/oauth2/token'
+    >>> resolve_setting("client_id", None, {"client_id": "the-logged-in-app"})
+    'the-logged-in-app'
     """
     if explicit:
         return explicit
-    from_env = os.environ.get(ENVIRONMENT[name])
-    if from_env:
-        return from_env
+    variable = ENVIRONMENT[name]
+    from_env = os.environ.get(variable) or None
     recorded = metadata.get(name) if name != "client_secret" else None
-    if isinstance(recorded, str) and recorded:
-        return recorded
-    return _DEFAULTS.get(name)
+    if not (isinstance(recorded, str) and recorded):
+        return from_env or _DEFAULTS.get(name)
+    if from_env is not None and from_env != recorded and _first_time(
+            (variable, from_env, recorded)):
+        label = _LABELS.get(name, name)
+        if new_login:
+            log.warning("%s=%s replaces the %s the account was logged in with (%s)",
+                        variable, from_env, label, recorded)
+        else:
+            log.warning("%s=%s is not the %s the account was logged in with (%s): using the "
+                        "account's; give it as an argument or option to use another",
+                        variable, from_env, label, recorded)
+    return from_env if new_login and from_env else recorded
+
+
+_LABELS = {"client_id": "client id", "token_url": "token URL", "api_url": "API URL",
+           "authorize_url": "authorize URL", "revoke_url": "revoke URL",
+           "redirect_uri": "redirect URI"}
+_warned: set[tuple[str, str, str]] = set()
+
+
+def _first_time(disagreement: tuple[str, str, str]) -> bool:
+    """Whether this disagreement is new in this process (each is logged once, not at every
+    open_session of a long-running program). Remembers a bounded number."""
+    if disagreement in _warned:
+        return False
+    if len(_warned) < 256:
+        _warned.add(disagreement)
+    return True
 
 
 def wanted_account(explicit: str | None = None) -> str | None:
@@ -173,8 +214,9 @@ def open_session(
 
     ``store`` is a store or a location (default :func:`default_store_location`);
     ``account`` defaults to ``$REFRESHER_ACCOUNT``, else the store's only account. The
-    client id and the token and API URLs come from the arguments, else the
-    ``REFRESHER_*`` environment variables, else what the login recorded in the store; the
+    client id and the token and API URLs come from the arguments, else what the login
+    recorded in the store, else the ``REFRESHER_*`` environment variables (see
+    :func:`resolve_setting`); the
     secret of a confidential client from ``client_secret`` or ``$REFRESHER_CLIENT_SECRET``
     (the store never holds it). Other keywords go to :class:`~refresher.RefreshingSession`.
 

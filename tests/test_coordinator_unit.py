@@ -23,6 +23,7 @@ class FakeEndpoint:
     """Grants numbered pairs; each refresh token works once, as at X."""
 
     token_url = "https://api.x.com/2/oauth2/token"
+    client_id = "cid"
     deadline = 15.0
 
     def __init__(self, clock: FakeClock, lifetime: int = 7200) -> None:

@@ -104,6 +104,8 @@ def _configure_logging(debug: bool) -> None:
         else "refresher: %(levelname)s: %(message)s"))
     logger.addHandler(_handler)
     # The command prints its own warnings; the library's (retries...) would make more than
-    # the one line an error deserves.
+    # the one line an error deserves. A setting overruled by the account's record is one.
     logger.setLevel(logging.DEBUG if debug else logging.ERROR)
+    logging.getLogger("refresher.settings").setLevel(logging.NOTSET if debug
+                                                     else logging.WARNING)
 

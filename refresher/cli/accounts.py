@@ -12,12 +12,13 @@ import argparse
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from oauthlib.oauth2 import OAuth2Error
 
 from ..errors import ReauthorizationRequired, RefresherError, RevokeError
+from ..refusal import Refusal, binding
 from ..session import RefreshingSession
 from ..settings import describe_store, resolve_setting
 from ..stores import TokenStore
@@ -27,6 +28,7 @@ from .common import (
     Failure,
     UsageError,
     account_for,
+    check_urls,
     client_id_for,
     duration,
     expiry,
@@ -55,6 +57,11 @@ def run_status(args: argparse.Namespace) -> int:
         updated = meta.get("updated_at")
         access = token.get("access_token")
         scope = token.get("scope")
+        refusals = store.refusals(name, token)
+        # Judged for the client id and token URL the account was logged in with (any, when
+        # none was recorded): another client's or server's refusal does not bind them.
+        sender = (_recorded(meta, "client_id"), _recorded(meta, "token_url"))
+        bound = binding(refusals, *sender)
         rows.append({
             "account": name,
             "user": meta.get("username"),
@@ -66,12 +73,15 @@ def run_status(args: argparse.Namespace) -> int:
             "expires_at": None if invalid else token.get("expires_at"),
             "expiry_invalid": invalid,
             "refreshable": bool(token.get("refresh_token")),
-            "needs_login": bool(store.needs_login(name, token)),
+            "needs_login": bound is not None,
+            "refused": [refusal.as_dict() for refusal in refusals],
             "last_refresh": updated if _is_number(updated) else None,
             "fingerprint": fingerprint(str(access) if access else None),
+            "notes": _refusal_notes(name, refusals, bound, sender),
         })
     if args.json:
-        print(json.dumps({"store": where, "accounts": rows}, indent=2))
+        print(json.dumps({"store": where, "accounts": [
+            {k: v for k, v in row.items() if k != "notes"} for row in rows]}, indent=2))
         return 0
     if not rows:
         print(f"No accounts in {where}. Log in with: refresher login --client-id YOUR_CLIENT_ID")
@@ -102,13 +112,37 @@ def run_status(args: argparse.Namespace) -> int:
         cells = (str(cell).ljust(width) for cell, width in zip(line, widths, strict=True))
         print("  ".join(cells).rstrip())
     for row in rows:
-        if row["needs_login"]:
-            print(f"Account {row['account']!r}: X refused its refresh token (spent or "
-                  f"revoked); log in again: refresher login --account {row['account']}")
-        elif row["expiry_invalid"]:
+        for note in row["notes"]:
+            print(note)
+        if row["expiry_invalid"] and not row["needs_login"]:
             print(f"Account {row['account']!r}: its expires_at is not a number of epoch "
                   "seconds (edited by hand?); the expiry is unknown")
     return 0
+
+
+def _recorded(meta: Mapping[str, Any], name: str) -> str | None:
+    value = meta.get(name)
+    return value if isinstance(value, str) and value else None
+
+
+def _refusal_notes(account: str, refusals: list[Refusal], bound: Refusal | None,
+                   sender: tuple[str | None, str | None]) -> list[str]:
+    """What ``status`` says of X's refusals of the account's refresh token: who was refused,
+    where and when (never a token: its fingerprint), and what to do."""
+    notes = []
+    if bound is not None:
+        notes.append(
+            f"Account {account!r}: X refused its refresh token (spent or revoked): "
+            f"{bound.describe()}; log in again: refresher login --account {account} (or, if "
+            "that refusal came from a misconfigured process, probe once: refresher refresh "
+            f"--account {account} --retry-refused)")
+    for refusal in refusals:
+        if not refusal.binds(*sender):
+            notes.append(
+                f"Account {account!r}: {refusal.describe()}, not the client id and token URL "
+                "the account was logged in with; this does not bind them (a refresh with the "
+                "account's own settings still sends it)")
+    return notes
 
 
 def _is_number(value: Any) -> bool:
@@ -165,13 +199,16 @@ def _refresh_account(store: TokenStore, account: str, args: argparse.Namespace,
                            "refreshed": False, "needs_login": False, "error": None,
                            "fingerprint": None, "expires_in": None}
     relogin = f"log in again: refresher login --account {account}"
-    if skip_needs_login and store.needs_login(account):
-        row.update(needs_login=True, error="X refused its refresh token (spent or revoked)",
-                   line=f"Account {account!r}{user} needs a login, not refreshed: X refused "
-                        f"its refresh token (spent or revoked); {relogin}")
-        return row
     try:
         client_id = client_id_for(args, meta)
+        token_url = resolve_setting("token_url", args.token_url, meta) or ""
+        check_urls({"token_url": token_url})
+        if skip_needs_login and not args.retry_refused and store.needs_login(
+                account, client_id=client_id, token_url=token_url):
+            row.update(needs_login=True, error="X refused its refresh token (spent or revoked)",
+                       line=f"Account {account!r}{user} needs a login, not refreshed: X "
+                            f"refused its refresh token (spent or revoked); {relogin}")
+            return row
         confidential = bool(meta.get("confidential"))
         if confidential and not secret:
             raise UsageError(f"{client_id} is a confidential client: give its secret with "
@@ -179,12 +216,11 @@ def _refresh_account(store: TokenStore, account: str, args: argparse.Namespace,
         session = RefreshingSession(
             client_id, client_secret=secret if confidential or not args.all else None,
             store=store, account=account,
-            token_url=resolve_setting("token_url", args.token_url, meta) or "",
-            api_url=resolve_setting("api_url", args.api_url, meta) or "",
+            token_url=token_url, api_url=resolve_setting("api_url", args.api_url, meta) or "",
             lock_timeout=LOCK_TIMEOUT,
         )
         try:
-            token = session.refresh()
+            token = session.refresh(retry_refused=args.retry_refused)
         finally:
             session.close()
     except ReauthorizationRequired as exc:
@@ -215,16 +251,17 @@ def run_logout(args: argparse.Namespace) -> int:
         print(f"Removed account {account!r} from {where} (not revoked at X).")
         return 0
     client_id = client_id_for(args, meta)
+    revoke_url = resolve_setting("revoke_url", args.revoke_url, meta) or ""
+    token_url = resolve_setting("token_url", args.token_url, meta) or ""
+    check_urls({"token_url": token_url, "revoke_url": revoke_url})
     secret = read_client_secret(args.client_secret, needed=bool(meta.get("confidential")),
                                 client_id=client_id)
-    revoke_url = resolve_setting("revoke_url", args.revoke_url, meta) or ""
     # Under the account's lock, so no sibling refreshes it between the revoke and the delete.
     with store.lock(account, timeout=LOCK_TIMEOUT):
         token = store.load(account) or {}
         try:
             note = revoke_pair(token, client_id=client_id, client_secret=secret,
-                               token_url=resolve_setting("token_url", args.token_url, meta) or "",
-                               revoke_url=revoke_url)
+                               token_url=token_url, revoke_url=revoke_url)
         except RevokeError as exc:
             raise Failure(
                 f"{exc}; account {account!r} is kept in the store. Try again later, or remove "

@@ -6,21 +6,24 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from .._constants import DEFAULT_DEADLINE, DEFAULT_TIMEOUT
+from .._transport import require_secure_transport
 from ..endpoint import TokenEndpoint
-from ..errors import RevokeError
-from ..settings import choose_account, default_store_location, resolve_setting
-from ..stores import TokenStore, open_store
+from ..errors import InsecureTransport, RevokeError
+from ..settings import ENVIRONMENT, choose_account, default_store_location, resolve_setting
+from ..stores import TokenStore, open_store, store_folder
 
 __all__ = [
     "LOCK_TIMEOUT",
     "Failure",
     "UsageError",
     "account_for",
+    "check_urls",
     "client_id_for",
     "duration",
     "expiry",
@@ -41,9 +44,23 @@ class Failure(Exception):
     """Something failed that is not a :class:`~refresher.RefresherError`: exit status 1."""
 
 
-def store_for(args: argparse.Namespace) -> TokenStore:
-    """The store of ``--store``, else the default one (``$REFRESHER_STORE``...)."""
-    return open_store(args.store or default_store_location())
+def store_for(args: argparse.Namespace, *, create: bool = False) -> TokenStore:
+    """The store of ``--store``, else the default one (``$REFRESHER_STORE``...).
+
+    A store named by ``--store`` or ``$REFRESHER_STORE`` whose folder does not exist is a
+    :class:`UsageError` that creates nothing (a typo must not leave folders behind), unless
+    ``create`` (a login, which makes the store). The default location's folder is created
+    by the first login, and reads as an empty store until then.
+    """
+    named = args.store or os.environ.get(ENVIRONMENT["store"])
+    location = named or default_store_location()
+    folder = store_folder(location) if named and not create else None
+    if folder is not None and not folder.is_dir():
+        raise UsageError(
+            f"the folder {folder} of token store {location} does not exist: check --store "
+            "(or REFRESHER_STORE), or create the store with refresher login"
+        )
+    return open_store(location)
 
 
 def account_for(store: TokenStore, args: argparse.Namespace) -> str:
@@ -55,15 +72,30 @@ def account_for(store: TokenStore, args: argparse.Namespace) -> str:
         raise UsageError(str(exc)) from None
 
 
-def client_id_for(args: argparse.Namespace, metadata: Mapping[str, Any]) -> str:
-    """``--client-id``, else ``$REFRESHER_CLIENT_ID``, else the one recorded (``metadata``)."""
-    client_id = resolve_setting("client_id", args.client_id, metadata)
+def client_id_for(args: argparse.Namespace, metadata: Mapping[str, Any], *,
+                  new_login: bool = False) -> str:
+    """``--client-id``, else the one recorded (``metadata``), else ``$REFRESHER_CLIENT_ID``
+    (for a ``new_login``, the variable before the record: see
+    :func:`~refresher.settings.resolve_setting`)."""
+    client_id = resolve_setting("client_id", args.client_id, metadata, new_login=new_login)
     if not client_id:
         raise UsageError(
             "missing client id: pass --client-id or set REFRESHER_CLIENT_ID (the OAuth 2.0 "
             "Client ID on your app's Keys and tokens page in the X developer portal)"
         )
     return client_id
+
+
+def check_urls(urls: Mapping[str, str]) -> None:
+    """A :class:`UsageError` with the https message for the first of ``urls`` (setting name
+    to URL: ``token_url``...) that may not carry a token, before anything is sent or shown."""
+    for name, url in urls.items():
+        try:
+            require_secure_transport(url)
+        except InsecureTransport as exc:
+            option = "--" + name.replace("_", "-")
+            raise UsageError(f"the {name.replace('_', ' ')} ({option}, "
+                             f"{ENVIRONMENT[name]} or the account's record): {exc}") from None
 
 
 def revoke_pair(token: Mapping[str, Any], *, client_id: str, client_secret: str | None,

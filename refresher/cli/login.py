@@ -22,7 +22,7 @@ from ..errors import RefresherError
 from ..login import LoginFlow
 from ..settings import describe_store, resolve_setting, wanted_account
 from ..token import Token, fingerprint
-from .common import Failure, client_id_for, expiry, revoke_pair, store_for
+from .common import Failure, check_urls, client_id_for, expiry, revoke_pair, store_for
 from .secrets import read_client_secret
 
 __all__ = ["run_login"]
@@ -36,20 +36,24 @@ _REMIND_AFTER = 20.0
 
 def run_login(args: argparse.Namespace) -> int:
     """``refresher login``: log in, name the account, save it; the exit status."""
-    store = store_for(args)
+    store = store_for(args, create=True)
     where = describe_store(store)
     # An empty --account is refused by the parser; an empty REFRESHER_ACCOUNT is unset.
     wanted = wanted_account(args.account)
     recorded = store.load_metadata(wanted) if wanted else {}
-    client_id = client_id_for(args, recorded)
+    # A new login chooses its client and server: REFRESHER_* outrank the previous record.
+    client_id = client_id_for(args, recorded, new_login=True)
+    urls = {name: resolve_setting(name, getattr(args, name, None), recorded, new_login=True)
+            or "" for name in ("authorize_url", "token_url", "api_url", "revoke_url",
+                               "redirect_uri")}
+    # Before the secret's prompt and the browser: a plain-http URL would fail after both.
+    check_urls({name: url for name, url in urls.items() if name != "redirect_uri"})
     same_client = recorded.get("client_id") == client_id
     secret = read_client_secret(args.client_secret,
                                 needed=same_client and bool(recorded.get("confidential")),
                                 client_id=client_id)
     scopes = _scopes(args.scope) or (recorded.get("scopes") if same_client else None) \
         or list(DEFAULT_SCOPES)
-    urls = {name: resolve_setting(name, getattr(args, name, None), recorded) or ""
-            for name in ("authorize_url", "token_url", "api_url", "revoke_url", "redirect_uri")}
     if "offline.access" not in scopes:
         print("refresher: warning: without the offline.access scope X gives no refresh token: "
               "the login lasts until the access token expires", file=sys.stderr)

@@ -44,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show tracebacks and refresher's debug log")
     store = argparse.ArgumentParser(add_help=False)
     store.add_argument("--store", metavar="PATH",
-                       help="token store: a JSON file or a redis:// URL (default: "
-                            "$REFRESHER_STORE, else ~/.config/refresher/tokens.json)")
+                       help="token store: a JSON file, a redis:// or a sqlite:/// or "
+                            "postgresql:// URL (default: $REFRESHER_STORE, else "
+                            "~/.config/refresher/tokens.json)")
     account = argparse.ArgumentParser(add_help=False)
     account.add_argument("--account", metavar="NAME", type=_account_name,
                          help="account in the store ($REFRESHER_ACCOUNT; default: the only "
@@ -118,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     refresh.add_argument("--all", action="store_true",
                          help="refresh every account of the store (not with --account)")
     refresh.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    refresh.add_argument("--retry-refused", action="store_true",
+                         help="send once, on purpose, a refresh token X refused to this client "
+                              "id and token URL (when that refusal came from a misconfigured "
+                              "process); a grant clears the refusal")
     url(refresh, "token-url", "token endpoint")
     url(refresh, "api-url", "API base URL")
     refresh.set_defaults(run=run_refresh)

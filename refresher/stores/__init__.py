@@ -3,21 +3,33 @@
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigurationError
 from .base import MemoryTokenStore, TokenStore, Versioned
 from .jsonfile import JSONTokenStore
 
-__all__ = ["TokenStore", "MemoryTokenStore", "JSONTokenStore", "Versioned", "open_store"]
+__all__ = ["TokenStore", "MemoryTokenStore", "JSONTokenStore", "Versioned", "open_store",
+           "store_folder"]
 
-# Locations that are database URLs, for SQLTokenStore.
-_SQL_SCHEMES = ("sqlite:", "sqlite+", "postgresql:", "postgresql+", "postgres:")
+# URL schemes of the stores open_store knows (SQL ones with or without a "+driver").
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+_SQL_SCHEMES = ("sqlite", "postgresql", "postgres")
+# A location's URL scheme: two characters at least, so "C:\tokens.json" stays a Windows path.
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):(//)?")
 
 
 def open_store(location: str | os.PathLike[str], **options: Any) -> TokenStore:
-    """A store from a location: a file path (JSON), a ``redis://`` / ``rediss://`` URL, or a
-    database URL (``sqlite:///tokens.db``, ``postgresql://...``, ``postgresql+psycopg://...``).
+    """A store from a location: a file path (JSON), a ``redis://`` / ``rediss://`` /
+    ``unix://`` URL, or a database URL (``sqlite:///tokens.db``, ``postgresql://...``,
+    ``postgresql+psycopg://...``).
 
+    Any other URL (``mysql://``, ``https://``, ``file://``...) raises
+    :class:`~refresher.ConfigurationError`, naming its scheme and the ones refresher knows
+    (never the rest of the URL, which may hold a password), before anything is created. A
+    path with a colon further in (``C:\\tokens.json``, ``backup:1.json``) is a JSON file.
     ``options`` go to the store's class (``RedisTokenStore``, ``SQLTokenStore``).
 
     >>> open_store("tokens.json")  # doctest: +SKIP
@@ -27,13 +39,14 @@ def open_store(location: str | os.PathLike[str], **options: Any) -> TokenStore:
     SQLTokenStore('sqlite:////home/me/tokens.db', table='refresher_tokens')
     """
     text = os.fspath(location)
+    kind = _kind(text)
     store: TokenStore
-    if text.startswith(("redis://", "rediss://", "unix://")):
+    if kind == "redis":
         from .redis import RedisTokenStore  # optional dependency: imported on demand
 
         store = RedisTokenStore(text, **options)
         return store
-    if text.startswith(_SQL_SCHEMES):
+    if kind == "sql":
         from .sql import SQLTokenStore  # optional dependency: imported on demand
 
         store = SQLTokenStore(text, **options)
@@ -43,3 +56,43 @@ def open_store(location: str | os.PathLike[str], **options: Any) -> TokenStore:
     if text == ":memory:":
         return MemoryTokenStore()
     return JSONTokenStore(text)
+
+
+def store_folder(location: str | os.PathLike[str]) -> Path | None:
+    """The folder on this machine that the store at ``location`` keeps its file in (a
+    JSON file's, a SQLite database's), or ``None`` (a server, or no file). Creates nothing.
+
+    >>> str(store_folder("/srv/bot/tokens.json"))
+    '/srv/bot'
+    """
+    text = os.fspath(location)
+    kind = _kind(text)
+    if kind == "json":
+        return Path(os.path.expanduser(text)).absolute().parent if text != ":memory:" else None
+    if kind != "sql" or not text.lower().startswith("sqlite"):
+        return None
+    rest = text.split("://", 1)[1] if "://" in text else ""
+    path, _, query = rest[1:].partition("?") if rest.startswith("/") else ("", "", "")
+    if not path or path == ":memory:" or "uri=true" in query.lower():
+        return None
+    return Path(path).absolute().parent
+
+
+def _kind(text: str) -> str:
+    """``"redis"``, ``"sql"`` or ``"json"`` (a path); ConfigurationError for an unknown URL."""
+    match = _SCHEME.match(text)
+    if match is None:
+        return "json"
+    scheme = match.group(1).lower()
+    if scheme in _REDIS_SCHEMES and match.group(2):
+        return "redis"
+    if scheme.split("+", 1)[0] in _SQL_SCHEMES:
+        return "sql"
+    if match.group(2) is None:
+        return "json"  # "backup:1.json": a file name with a colon, not a URL
+    hint = " (for a JSON file, give its path itself)" if scheme == "file" else ""
+    raise ConfigurationError(
+        f"{scheme}:// is not a token store refresher knows{hint}: a store is a JSON file's "
+        "path, a redis://, rediss:// or unix:// URL (Redis), or a sqlite:///, postgresql:// "
+        "or postgres:// URL (SQL, also with a +driver, as postgresql+psycopg://)"
+    )

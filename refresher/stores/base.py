@@ -14,7 +14,8 @@ from typing import Any, NamedTuple
 
 from .._fork import register
 from ..errors import LockTimeout, StaleTokenError
-from ..token import Token, fingerprint
+from ..refusal import NEEDS_LOGIN, Refusal, record_refusal, refusals_of, without_refusals
+from ..token import Token
 
 __all__ = ["TokenStore", "MemoryTokenStore", "Versioned", "NEEDS_LOGIN", "content_version",
            "overrides"]
@@ -30,11 +31,6 @@ class Versioned(NamedTuple):
 
     token: Token | None
     version: str | None
-
-#: Metadata key recording that X refused an account's refresh token as spent: its value is
-#: ``{"refresh_token": fingerprint, "since": epoch seconds}``. It names the refresh token it
-#: is about, so a new login (a new refresh token) clears it without anyone deleting it.
-NEEDS_LOGIN = "needs_login"
 
 
 class TokenStore(abc.ABC):
@@ -129,34 +125,58 @@ class TokenStore(abc.ABC):
         locks cannot lapse keep this default, which checks nothing.
         """
 
-    def mark_needs_login(self, account: str, refresh_token: str) -> None:
-        """Record that X refused ``refresh_token`` as spent; call under ``lock(account)``.
+    def mark_needs_login(self, account: str, refresh_token: str, *,
+                         client_id: str | None = None, token_url: str | None = None) -> None:
+        """Record that X refused ``refresh_token`` as spent when it was sent as
+        ``client_id`` to ``token_url``; call under ``lock(account)``.
 
-        Siblings then stop resending it (see :meth:`needs_login`). Kept in the metadata;
-        a store without metadata records nothing.
+        Siblings that would send it the same way then stop resending it (see
+        :meth:`needs_login` and :mod:`refresher.refusal`). Kept in the metadata; a store
+        without metadata records nothing.
         """
         try:
             metadata = dict(self.load_metadata(account))
             metadata.pop("updated_at", None)
-            metadata[NEEDS_LOGIN] = {"refresh_token": fingerprint(refresh_token),
-                                     "since": time.time()}
-            self.save_metadata(account, metadata)
+            self.save_metadata(account, record_refusal(
+                metadata, refresh_token, client_id=client_id, token_url=token_url,
+                at=time.time()))
         except NotImplementedError:
             pass
 
-    def needs_login(self, account: str, token: Token | None = None) -> bool:
-        """True when X refused the account's current refresh token: a person must log in.
+    def refusals(self, account: str, token: Token | None = None) -> list[Refusal]:
+        """X's recorded refusals of the account's current refresh token (``[]``: none).
 
         ``token`` is the account's stored token, when the caller has just loaded it.
         """
-        marker = self.load_metadata(account).get(NEEDS_LOGIN)
-        if not isinstance(marker, dict):
-            return False
+        metadata = self.load_metadata(account)  # first: a JSON store answers from one parse
+        if NEEDS_LOGIN not in metadata:
+            return []
         if token is None:
             token = self.load(account)
-        refresh_token = (token or {}).get("refresh_token")
-        return bool(refresh_token) and marker.get("refresh_token") == fingerprint(
-            str(refresh_token))
+        return refusals_of(metadata, (token or {}).get("refresh_token"))
+
+    def needs_login(self, account: str, token: Token | None = None, *,
+                    client_id: str | None = None, token_url: str | None = None) -> bool:
+        """True when X refused the account's current refresh token: a person must log in.
+
+        With ``client_id`` and ``token_url``, only a refusal to that client at that URL
+        counts (another client's or server's refusal says nothing about this one); without,
+        any refusal does. ``token`` is the account's stored token, when the caller has just
+        loaded it.
+        """
+        return any(refusal.binds(client_id, token_url)
+                   for refusal in self.refusals(account, token))
+
+    def clear_needs_login(self, account: str) -> None:
+        """Forget the account's refusal record (X granted a refresh after all); call under
+        ``lock(account)``. A store without metadata has nothing to forget."""
+        try:
+            metadata = dict(self.load_metadata(account))
+            if NEEDS_LOGIN in metadata:
+                metadata.pop("updated_at", None)
+                self.save_metadata(account, without_refusals(metadata))
+        except NotImplementedError:
+            pass
 
     def close(self) -> None:
         """Release connections or file handles the store holds. Safe to call twice."""

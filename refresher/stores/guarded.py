@@ -5,7 +5,9 @@ A store may be the user's own, whose driver raises its own exceptions
 coordinator as a :class:`~refresher.TokenStoreError` with the original chained, so the rule
 "a granted pair is kept whatever the store does" needs one ``except`` clause, not one per
 driver. The thread lock in front of the store's lock (one refresh per process at a time)
-lives here too, with the same bounded wait.
+lives here too, with the same bounded wait; and X's recorded refusals of the account's
+refresh token as they bind this sender, one client id at one token URL (the record and its
+rules are :mod:`refresher.refusal`'s).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from .._fork import register
-from ..errors import LockTimeout, RefresherError, TokenStoreError
+from ..errors import LockTimeout, ReauthorizationRequired, RefresherError, TokenStoreError
+from ..refusal import Refusal, binding
 from ..token import Token
 from .base import TokenStore, Versioned
 
@@ -31,12 +34,16 @@ _T = TypeVar("_T")
 
 class GuardedAccount:
     """``store``'s methods for ``account``, each failure a :class:`~refresher.TokenStoreError`;
-    and the process's thread lock for the account."""
+    and the process's thread lock for the account. ``sender`` is the client id and token URL
+    this process sends the refresh token with (what a refusal is recorded against)."""
 
-    def __init__(self, store: TokenStore, account: str) -> None:
+    def __init__(self, store: TokenStore, account: str, *,
+                 sender: tuple[str | None, str | None] = (None, None)) -> None:
         self.store = store
         self.account = account
         self.thread_lock = threading.Lock()
+        self.sender = sender
+        self._refusals: list[Refusal] = []  # as read by the last check_refusals
         register(self)
 
     def _after_fork_in_child(self) -> None:
@@ -79,12 +86,35 @@ class GuardedAccount:
         return self._call("save", self.store.save_versioned, self.account, token,
                           expected_version)
 
-    def needs_login(self, token: Token) -> bool:
-        return self._call("read", self.store.needs_login, self.account, token)
+    def check_refusals(self, token: Token | None, *, retry: bool) -> None:
+        """Raise :class:`~refresher.ReauthorizationRequired` when X refused ``token``'s
+        refresh token (the stored one) to this sender; with ``retry`` (a probe on purpose),
+        only say so. Another client id's or token URL's refusal does not bind this sender."""
+        self._refusals = [] if token is None else self._call(
+            "read", self.store.refusals, self.account, token)
+        refused = binding(self._refusals, *self.sender)
+        if refused is None:
+            return
+        if not retry:
+            raise ReauthorizationRequired(refused.login_needed(self.account, repr(self.store)))
+        log.warning("account %r: sending once more, on purpose, a refresh token X refused (%s)",
+                    self.account, refused.describe())
 
     def mark_needs_login(self, refresh_token: str) -> None:
+        client_id, token_url = self.sender
         self._call("record the refusal in", self.store.mark_needs_login, self.account,
-                   refresh_token)
+                   refresh_token, client_id=client_id, token_url=token_url)
+
+    def forget_refusals(self) -> None:
+        """X granted a refresh: a refusal :meth:`check_refusals` found is moot, and goes. A
+        failure is only logged (the record names the spent refresh token: it binds nobody)."""
+        if not self._refusals:
+            return
+        self._refusals = []
+        try:
+            self._call("forget the refusal in", self.store.clear_needs_login, self.account)
+        except TokenStoreError as exc:
+            log.warning("account %r: %s", self.account, exc)
 
     def verify_lock(self) -> None:
         self._call("check the lock of", self.store.verify_lock, self.account)

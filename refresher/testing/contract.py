@@ -19,7 +19,8 @@ What it checks: load/save/delete/accounts; ``load`` returns a copy; the versione
 the compare-and-set save (:meth:`~refresher.TokenStore.save_versioned` refuses a stale
 version with :class:`~refresher.StaleTokenError` and keeps the newer token); the lock
 (exclusive between threads and handles, re-entrant in a thread, :class:`~refresher.LockTimeout`
-within its timeout, ``verify_lock`` quiet while held); metadata and the needs-login marker.
+within its timeout, ``verify_lock`` quiet while held); metadata and the needs-login marker,
+with who was refused (:mod:`refresher.refusal`).
 
 This module imports pytest: import it from tests only.
 """
@@ -203,6 +204,30 @@ class TokenStoreContract:
         with store.lock("alice"):
             store.save("alice", _token(2))  # a new login: a new refresh token
         assert not store.needs_login("alice")
+
+    def test_a_refusal_is_recorded_with_who_was_refused_and_binds_only_them(
+            self, store: TokenStore) -> None:
+        url = "https://api.x.com/2/oauth2/token"
+        with store.lock("alice"):
+            store.save("alice", _token(1))
+            store.mark_needs_login("alice", _token(1)["refresh_token"], client_id="other-app",
+                                   token_url="http://127.0.0.1:8000/2/oauth2/token")
+            store.mark_needs_login("alice", _token(1)["refresh_token"], client_id="my-app",
+                                   token_url=url)
+        if not overrides(store, "save_metadata", TokenStore):
+            assert store.refusals("alice") == []
+            return
+        refusals = store.refusals("alice")
+        assert [(r.client_id, r.token_url) for r in refusals] == [
+            ("other-app", "http://127.0.0.1:8000/2/oauth2/token"), ("my-app", url)]
+        assert store.needs_login("alice", client_id="my-app", token_url=url)
+        assert not store.needs_login("alice", client_id="my-app",
+                                     token_url="https://example.com/token")
+        assert not store.needs_login("alice", client_id="a-third-app", token_url=url)
+        with store.lock("alice"):
+            store.clear_needs_login("alice")  # X granted a refresh after all
+        assert store.refusals("alice") == [] and "needs_login" not in store.load_metadata(
+            "alice")
 
     def test_close_may_be_called_twice(self, store: TokenStore) -> None:
         store.close()
