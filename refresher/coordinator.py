@@ -39,6 +39,7 @@ from .errors import (
     RefreshError,
     TokenStoreError,
 )
+from .inflight import AnswerPending, AnswerWaits
 from .judge import CureJudge
 from .pending import WriteBack
 from .policy import DEFAULT_POLICY, RefreshPolicy, TokenState
@@ -92,6 +93,7 @@ class RefreshCoordinator:
             self._account, policy.lock_timeout, lambda token: self._set(token, fresh=True),
             lambda pair: _run_hook(self.on_token_update, dict(pair), "on_token_update"))
         self._judge = CureJudge(policy, self.clock, account)
+        self._answers = AnswerWaits(account, endpoint, policy, self.clock)
         self.refreshes = 0
         self._next_early_try = 0.0
         self._background = BackgroundRun(policy.background_threads)
@@ -256,6 +258,9 @@ class RefreshCoordinator:
                     # Nothing was spent; whoever holds the lock now may have refreshed.
                     log.warning("account %r: %s; taking the lock again", self.account, lost)
                     granted = self._refresh_under_lock(replacing, wait, retry_refused)
+                except AnswerPending as pending:
+                    granted = None if not wait else self._answers.after_sibling(
+                        pending, lambda: self._refresh_under_lock(replacing, True, retry_refused))
             finally:
                 self._account.thread_lock.release()
         except RefresherError as exc:
@@ -272,7 +277,7 @@ class RefreshCoordinator:
 
     def _refresh_under_lock(self, replacing: str | None, wait: bool, retry: bool) -> Token | None:
         """Returns the granted pair, or ``None`` when a sibling's token was adopted."""
-        if not self._late_answers_done(wait):
+        if not self._answers.ours_done(wait):
             return None  # a refresh whose answer may still come: the current token still works
         with contextlib.ExitStack() as held:
             try:
@@ -296,6 +301,7 @@ class RefreshCoordinator:
                     "(was offline.access in the scopes?); log in again"
                 )
             self._account.check_refusals(stored.token, retry=retry)
+            self._account.check_answer_pending(stored.token, self.clock.time())
             if self.on_refresh_start is not None:
                 try:
                     self.on_refresh_start()  # for metrics: the token call starts now
@@ -310,6 +316,12 @@ class RefreshCoordinator:
             except ReauthorizationRequired:
                 if self._adopted_after_refusal(refresh_token):
                     return None
+                raise
+            except RefreshError as exc:
+                if exc.request_sent is not False and not self.endpoint.wait_for_late_answers(0):
+                    # X may still answer (and this process save the pair): siblings must
+                    # not resend the token meanwhile. Recorded before the lock is released.
+                    self._account.mark_answer_pending(refresh_token, self._answers.until())
                 raise
             # X has rotated the pair: saving it comes before anything else that can fail.
             self.refreshes += 1
@@ -362,21 +374,6 @@ class RefreshCoordinator:
             raise
         finally:
             self._set(granted, fresh=True)
-
-    def _late_answers_done(self, wait: bool) -> bool:
-        """Whether no answer to an earlier refresh of ours may still come (after waiting for
-        one, within the bound a refresh has, when ``wait``); raises when one still may."""
-        bound = self.endpoint.deadline + self.policy.token_timeout
-        if self.policy.lock_timeout is not None:
-            bound = min(bound, self.policy.lock_timeout)
-        if self.endpoint.wait_for_late_answers(bound if wait else 0.0):
-            return True
-        if not wait:
-            return False
-        raise RefreshError(
-            f"account {self.account!r}: the answer to an earlier refresh, sent before its "
-            "caller gave up, may still come; its refresh token is not sent again meanwhile "
-            "(nothing was sent now). Try again shortly", request_sent=False)
 
     def _late_grant(self, granted: Token, parent: str) -> None:
         self.refreshes += 1

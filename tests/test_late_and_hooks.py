@@ -78,6 +78,35 @@ def test_a_late_grant_is_saved_even_when_nobody_asks_again(x_emulator_factory, t
     assert x.stats.as_dict()["reused_refresh_tokens"] == 0
 
 
+@pytest.mark.parametrize("kind", ["json", "sqlite"])
+def test_a_sibling_does_not_resend_a_token_whose_answer_may_still_come(
+        kind, x_emulator_factory, tmp_path, me_url, request) -> None:
+    if kind == "sqlite":
+        request.getfixturevalue("sqlalchemy_installed")
+        from refresher import SQLTokenStore
+
+        def make_store() -> Any:
+            return SQLTokenStore(f"sqlite:///{tmp_path / 'tokens.db'}")
+    else:
+        def make_store() -> Any:
+            return JSONTokenStore(tmp_path / "tokens.json")
+    x = x_emulator_factory(access_ttl=30.0, answer_delay=2.0)
+    seed = _expired(x)
+    policy = RefreshPolicy(token_deadline=0.5)
+    a = _session(x, make_store(), seed, policy=policy)
+    b = _session(x, make_store(), None, policy=policy)  # another process's store object
+    with pytest.raises(RefreshError):
+        a.get(me_url(x))  # sent; A gives up at 0.5 s; X's answer comes at 2 s
+    x.answer_delay = 0.0
+    # B finds the record: it waits for A's late pair instead of resending the token.
+    assert b.get(me_url(x)).status_code == 200
+    stats = x.stats.as_dict()
+    assert stats["refreshes"] == 1 and stats["reused_refresh_tokens"] == 0, stats
+    assert b.token["refresh_token"] == make_store().load("a")["refresh_token"]
+    assert a.get(me_url(x)).status_code == 200
+    assert x.stats.as_dict()["reused_refresh_tokens"] == 0
+
+
 # -- on_refresh_start before the lock check ------------------------------------------------
 
 def _blocking_hook_run(x: XEmulator, make_store: Any, ttl: float) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from .._fork import register
 from ..errors import LockTimeout, ReauthorizationRequired, RefresherError, TokenStoreError
+from ..inflight import AnswerPending, pending_until, with_pending
 from ..refusal import Refusal, binding
 from ..token import Token
 from .base import TokenStore, Versioned
@@ -115,6 +116,26 @@ class GuardedAccount:
             self._call("forget the refusal in", self.store.clear_needs_login, self.account)
         except TokenStoreError as exc:
             log.warning("account %r: %s", self.account, exc)
+
+    def check_answer_pending(self, token: Token | None, now: float) -> None:
+        """Raise :class:`~refresher.inflight.AnswerPending` when a sibling sent ``token``'s
+        refresh token (the stored one) and its answer may still come (at epoch ``now``)."""
+        metadata = self._call("read", self.store.load_metadata, self.account)
+        until = pending_until(metadata, token, now)
+        if until is not None:
+            raise AnswerPending(self.account, until)
+
+    def mark_answer_pending(self, refresh_token: str, until: float) -> None:
+        """Record that the answer for ``refresh_token`` may still come until ``until``;
+        call under the store's lock. A store without metadata records nothing; a failure
+        is only logged (siblings then resend the token, as without the record)."""
+        try:
+            metadata = self._call("read", self.store.load_metadata, self.account)
+            self._call("record the answer awaited in", self.store.save_metadata, self.account,
+                       with_pending(metadata, refresh_token, until))
+        except TokenStoreError as exc:
+            if not isinstance(exc.__cause__, NotImplementedError):
+                log.warning("account %r: %s", self.account, exc)
 
     def verify_lock(self) -> None:
         self._call("check the lock of", self.store.verify_lock, self.account)
