@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from .._fork import register
 from ..errors import LockTimeout, ReauthorizationRequired, RefresherError, TokenStoreError
 from ..refusal import Refusal, binding
+from ..shutdown import check_not_stopping, in_flight
 from ..token import Token
 from .base import TokenStore, Versioned
 
@@ -122,11 +123,16 @@ class GuardedAccount:
     @contextlib.contextmanager
     def lock(self, timeout: float | None) -> Iterator[None]:
         """The store's lock for the account. An error that ends the block is the one
-        reported: a failure to release then is only logged."""
+        reported: a failure to release then is only logged.
+
+        Held, it is a refresh in flight (:func:`refresher.shutdown.in_flight`): SIGTERM waits
+        until it is let go, and once SIGTERM came it is not taken (nothing is sent)."""
+        check_not_stopping()
         manager = self._call("lock", self.store.lock, self.account, timeout=timeout)
         self._call("lock", manager.__enter__)
         try:
-            yield
+            with in_flight():
+                yield
         except BaseException:
             try:
                 manager.__exit__(*sys.exc_info())
