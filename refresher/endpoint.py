@@ -43,7 +43,7 @@ from ._transport import require_secure_transport
 from .clock import SYSTEM_CLOCK, Clock
 from .errors import ReauthorizationRequired, RefreshError, RevokeError
 from .policy import DEFAULT_POLICY, RefreshPolicy
-from .shutdown import answer_arrived
+from .shutdown import answer_arrived, check_not_stopping
 from .token import Token, fingerprint, parse_grant
 
 __all__ = ["TokenEndpoint", "DEFAULT_TIMEOUT", "DEFAULT_DEADLINE"]
@@ -166,6 +166,7 @@ class TokenEndpoint:
         thread (what it raises is logged); without it, the lost pair is logged at ERROR.
         :meth:`wait_for_late_answers` waits for such answers.
         """
+        check_not_stopping()  # SIGTERM came: no refresh token is spent any more
         return self._token_request(
             {"grant_type": "refresh_token", "refresh_token": refresh_token},
             secrets=(refresh_token,), on_late_grant=on_late_grant,

@@ -12,12 +12,14 @@ a :class:`SystemExit` with status 143 raised in the main thread, at a safe point
   the token request and the save, until it lets the lock go): as soon as it is done; or,
   if X has still not answered after ``wait`` seconds, then. A pair whose answer has arrived
   is always saved first, however long the save takes (the store's own timeouts bound it);
-- from the signal on, nothing new starts: a refresh not yet under the store's lock raises
-  :class:`~refresher.RefreshError` (``request_sent`` False) and sends nothing.
+- from the signal on, no refresh token is sent: a refresh that has not sent its request
+  yet raises :class:`~refresher.RefreshError` (``request_sent`` False). Saves still happen
+  (a pair kept in memory is written back, a sibling's pair is adopted).
 
-What a "refresh in flight" is, is told from two places: :class:`~refresher.stores.guarded.
-GuardedAccount` holds an :func:`in_flight` section while it holds the store's lock, and the
-token endpoint calls :func:`answer_arrived` when X's answer is in. Nothing else needs to know.
+What a "refresh in flight" is, is told from the two places that know: :class:`~refresher.
+stores.guarded.GuardedAccount` holds an :func:`in_flight` section while it holds the store's
+lock, and the token endpoint calls :func:`check_not_stopping` before it spends a refresh
+token and :func:`answer_arrived` when X's answer is in. The coordinator needs to know nothing.
 
 Python runs signal handlers in the main thread only, between two bytecodes, possibly while
 that thread holds a lock; so the handler takes no lock and starts no :class:`threading.Thread`
@@ -103,12 +105,10 @@ class _Shutdown:
     # -- sections ------------------------------------------------------------------------
 
     def enter(self) -> Flight:
-        check_not_stopping()
+        # Registered before its token request checks check_not_stopping(): the handler sets
+        # ``requested`` before it looks at the sections, so one of the two sees the other.
         flight = Flight()
         self.flights[id(flight)] = flight
-        if self.requested:  # the signal came meanwhile, and may not have seen us
-            self.flights.pop(id(flight), None)
-            check_not_stopping()
         return flight
 
     def leave(self, flight: Flight) -> None:
@@ -183,7 +183,6 @@ def _wake_main_thread() -> None:
 def in_flight() -> Iterator[Flight]:
     """A section SIGTERM waits for: a store lock held for a refresh, a revoke and its delete.
 
-    Refused with :class:`~refresher.RefreshError` once SIGTERM came (nothing is started).
     Leaving the last section after SIGTERM, in the main thread, raises :class:`Terminated`.
     """
     flight = _state.enter()
@@ -195,7 +194,7 @@ def in_flight() -> Iterator[Flight]:
 
 def check_not_stopping() -> None:
     """Raise :class:`~refresher.RefreshError` (``request_sent`` False) once SIGTERM asked the
-    process to stop: nothing new that would spend a refresh token starts then."""
+    process to stop: no refresh token is spent (nor a logout started) then."""
     if _state.requested:
         raise RefreshError(
             "not started: the process is shutting down (SIGTERM); nothing was sent, and "
@@ -229,7 +228,7 @@ def graceful_shutdown(wait: float = DEFAULT_WAIT) -> bool:
     in flight in any thread have saved their pairs; one whose answer X has not sent within
     ``wait`` seconds (default 5: inside docker's 10 s grace period) is not waited for
     longer. A pair whose answer arrived is saved before the exit, whatever the bound. From
-    the signal on, no new refresh starts.
+    the signal on, no refresh token is sent.
 
     Returns True when refresher's handler is in place (installed now, or before: a second
     call only sets ``wait``), False when another disposition was left alone. Undo it with

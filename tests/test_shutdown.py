@@ -245,7 +245,8 @@ PROGRAM = textwrap.dedent("""\
             print("terminated while waiting", flush=True)
             raise
     elif mode in ("worker thread", "nothing new"):
-        threading.Thread(target=session().refresh).start()
+        # A daemon thread (a server's request thread): the exit does not wait for it.
+        threading.Thread(target=session().refresh, daemon=True).start()
         if mode == "nothing new":
             while not terminating():
                 time.sleep(0.005)
@@ -281,8 +282,8 @@ def program(tmp_path: Path) -> Callable[..., subprocess.Popen[str]]:
 @pytest.mark.parametrize("mode", ["main thread", "worker thread"])
 def test_graceful_shutdown_saves_the_pair_in_flight_then_exits_143(
         mode, program, x_emulator_factory, tmp_path):
-    """The refresh in the main thread, or in another one (SIGTERM goes to the main thread,
-    which waits for it)."""
+    """The refresh in the main thread, or in a daemon thread (SIGTERM goes to the main
+    thread, which waits for it: the exit would not)."""
     x = x_emulator_factory(token_delay=1.0)
     _seed(x, tmp_path / "tokens.json", "a")
     child = program(x, mode)
@@ -391,3 +392,21 @@ def test_the_commands_handler_is_theirs_for_the_command_only(default_sigterm):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # started with SIGTERM ignored: kept so
     with sigterm_handled() as installed:
         assert not installed and signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+
+
+def test_after_sigterm_saves_go_on_and_no_refresh_token_is_sent(x_emulator, monkeypatch,
+                                                                in_thread):
+    """A pair to write back, a login to save, a sibling's pair to adopt still need the
+    store's lock after the signal; only spending a refresh token stops. (In a thread other
+    than the main one, where the exit itself is not raised.)"""
+    from refresher import RefreshError, shutdown
+
+    session = RefreshingSession(DEFAULT_CLIENT_ID, store=refresher.MemoryTokenStore(),
+                                token=x_emulator.issue_token(), token_url=x_emulator.token_url,
+                                api_url=x_emulator.api_url)
+    monkeypatch.setattr(shutdown._state, "requested", True)  # as the handler leaves it
+    in_thread(lambda: session.coordinator.replace(x_emulator.issue_token()))()  # saved
+    with pytest.raises(RefreshError, match="shutting down") as refused:
+        in_thread(session.refresh)()
+    assert refused.value.request_sent is False
+    assert x_emulator.stats.token_requests == 0

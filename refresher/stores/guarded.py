@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from .._fork import register
 from ..errors import LockTimeout, ReauthorizationRequired, RefresherError, TokenStoreError
 from ..refusal import Refusal, binding
-from ..shutdown import check_not_stopping, in_flight
+from ..shutdown import in_flight
 from ..token import Token
 from .base import TokenStore, Versioned
 
@@ -126,8 +126,7 @@ class GuardedAccount:
         reported: a failure to release then is only logged.
 
         Held, it is a refresh in flight (:func:`refresher.shutdown.in_flight`): SIGTERM waits
-        until it is let go, and once SIGTERM came it is not taken (nothing is sent)."""
-        check_not_stopping()
+        until it is let go (within the bound while X's answer is awaited)."""
         manager = self._call("lock", self.store.lock, self.account, timeout=timeout)
         self._call("lock", manager.__enter__)
         try:
