@@ -33,6 +33,7 @@ from .errors import (
 from .policy import RefreshPolicy, TokenState
 from .refusal import Refusal
 from .session import RefreshingSession
+from .shutdown import Terminated, graceful_shutdown
 from .stores import JSONTokenStore, MemoryTokenStore, TokenStore, Versioned, open_store
 from .token import Token
 
@@ -77,6 +78,8 @@ __all__ = [
     "ConfigurationError",
     "InvalidTokenError",
     "InsecureTransport",
+    "graceful_shutdown",
+    "Terminated",
     "LoginFlow",
     "open_session",
     "AuthorizationLink",

@@ -43,6 +43,7 @@ from ._transport import require_secure_transport
 from .clock import SYSTEM_CLOCK, Clock
 from .errors import ReauthorizationRequired, RefreshError, RevokeError
 from .policy import DEFAULT_POLICY, RefreshPolicy
+from .shutdown import answer_arrived, check_not_stopping
 from .token import Token, fingerprint, parse_grant
 
 __all__ = ["TokenEndpoint", "DEFAULT_TIMEOUT", "DEFAULT_DEADLINE"]
@@ -165,6 +166,7 @@ class TokenEndpoint:
         thread (what it raises is logged); without it, the lost pair is logged at ERROR.
         :meth:`wait_for_late_answers` waits for such answers.
         """
+        check_not_stopping()  # SIGTERM came: no refresh token is spent any more
         return self._token_request(
             {"grant_type": "refresh_token", "refresh_token": refresh_token},
             secrets=(refresh_token,), on_late_grant=on_late_grant,
@@ -219,6 +221,7 @@ class TokenEndpoint:
             self._late_answer(response, form, sent_at, on_late_grant)
 
         response = self._post(self.token_url, form, secrets=secrets, wording=wording, late=late)
+        answer_arrived()  # a SIGTERM now waits for this answer's pair to be saved
         if response.status_code == 200:
             return self._pair(response, form, sent_at)
         error = refusal(response, wording, self.token_url, secrets=self._secrets(secrets),

@@ -915,12 +915,14 @@ def test_demo_never_touches_a_real_account_nor_makes_folders(cli, x_emulator, tm
         "holds one (--force)" in text
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", "kill -INT, SIGINT ignored"])
+@pytest.mark.parametrize("how", ["ctrl-c", "kill -INT, SIGINT ignored", "kill -TERM"])
 def test_demo_interrupted_prints_the_counts_so_far_and_exits_130(cli, how):
     """Ctrl-C at a terminal sends SIGINT to the whole process group, workers included;
-    `kill -INT` to a background job of a script reaches a process that ignores SIGINT."""
+    `kill -INT` to a background job of a script reaches a process that ignores SIGINT;
+    `docker stop` sends SIGTERM to the demo alone, which stops its workers in order and
+    exits 143."""
     argv = [*COMMAND, "demo", "--processes", "2", "--threads", "1", "--seconds", "60"]
-    if how != "ctrl-c":
+    if how == "kill -INT, SIGINT ignored":
         argv = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *argv]  # exec keeps SIG_IGN
     child = subprocess.Popen(argv, env=cli.env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -936,18 +938,20 @@ def test_demo_interrupted_prints_the_counts_so_far_and_exits_130(cli, how):
         if how == "ctrl-c":
             os.killpg(child.pid, signal.SIGINT)
         else:
-            child.send_signal(signal.SIGINT)
+            child.send_signal(signal.SIGTERM if how == "kill -TERM" else signal.SIGINT)
         out, err = child.communicate(timeout=30)
     finally:
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGKILL)
-    assert child.returncode == 130, err
+    term = how == "kill -TERM"
+    assert child.returncode == (143 if term else 130), err
     assert time.monotonic() - sent < 15
     numbers = {line[:24].strip(): line[24:].strip() for line in out.splitlines()[1:-1]}
     assert int(numbers["requests"]) >= seen and numbers["reused refresh tokens"] == "0"
-    assert re.fullmatch(r"INTERRUPTED after \d+(\.\d)? s: the counts so far\.",
-                        out.splitlines()[-1])
-    assert err.splitlines()[-1].startswith("refresher: interrupted after ")
+    assert re.fullmatch(rf"{'TERMINATED' if term else 'INTERRUPTED'} after \d+(\.\d)? s: "
+                        r"the counts so far\.", out.splitlines()[-1])
+    assert err.splitlines()[-1].startswith(
+        "refresher: terminated (SIGTERM) after " if term else "refresher: interrupted after ")
     assert "Traceback" not in err and err.endswith("\n")
 
 

@@ -9,9 +9,10 @@ it; ``demo`` runs the whole story against one. Every setting can also come from 
 
 Exit status: 0 done, 1 failed (X refused, store corrupt, port in use...), 2 bad usage
 or configuration (unknown account, missing client id, a name or URL refresher cannot use:
-a :class:`~refresher.ConfigurationError` or another ``ValueError``), 130 interrupted. One
-line on stderr says what to do, whatever went wrong; ``--debug`` adds the traceback and
-refresher's debug log.
+a :class:`~refresher.ConfigurationError` or another ``ValueError``), 130 interrupted, 143
+terminated (SIGTERM: after a refresh in flight has saved its pair). One line on stderr
+says what to do, whatever went wrong; ``--debug`` adds the traceback and refresher's debug
+log.
 
 The package has one module per job: :mod:`~refresher.cli.parser` (the options),
 :mod:`~refresher.cli.login` (``login``), :mod:`~refresher.cli.accounts` (``status``,
@@ -30,6 +31,7 @@ from collections.abc import Sequence
 from oauthlib.oauth2 import OAuth2Error
 
 from ..errors import ConfigurationError, RefresherError
+from ..shutdown import EXIT_STATUS, Terminated, sigterm_handled
 from .common import Failure, UsageError
 from .parser import build_parser
 
@@ -54,11 +56,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = bool(getattr(args, "debug", False))
     _configure_logging(debug)
     try:
-        status: int = args.run(args)
+        # SIGTERM (docker stop, systemd, timeout) ends the command at a safe point: after a
+        # refresh in flight has saved its pair (see refresher.shutdown).
+        with sigterm_handled():
+            status: int = args.run(args)
         return status
     except KeyboardInterrupt:
         print("\nrefresher: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("refresher: terminated (SIGTERM)", file=sys.stderr)
+        return EXIT_STATUS
     except UsageError as exc:
         return _report(exc, debug, 2)
     except (ConfigurationError, ValueError) as exc:  # a name, setting or token refused

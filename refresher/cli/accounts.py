@@ -21,6 +21,7 @@ from ..errors import ReauthorizationRequired, RefresherError, RevokeError
 from ..refusal import Refusal, binding
 from ..session import RefreshingSession
 from ..settings import describe_store, resolve_setting
+from ..shutdown import Terminated, check_not_stopping, in_flight
 from ..stores import TokenStore
 from ..token import fingerprint
 from .common import (
@@ -168,8 +169,18 @@ def run_refresh(args: argparse.Namespace) -> int:
         meta = store.load_metadata(names[0])
         secret = read_client_secret(args.client_secret, needed=bool(meta.get("confidential")),
                                     client_id=client_id_for(args, meta))
-    results = [_refresh_account(store, name, args, secret, skip_needs_login=args.all)
-               for name in names]
+    results = []
+    for name in names:
+        try:
+            results.append(_refresh_account(store, name, args, secret,
+                                            skip_needs_login=args.all))
+        except Terminated:  # right after the refresh in flight ended (and saved its pair)
+            if args.all and not args.json:
+                print(f"Account {name!r}: SIGTERM came while it was being refreshed; "
+                      "refresher status shows where it stands.", flush=True)
+            raise
+        if args.all and not args.json:  # as it happens: a SIGTERM keeps the lines so far
+            print(results[-1]["line"], flush=True)
     if not args.all:
         problem = results[0].get("problem")
         if problem:  # one account: a failure as it came, one line on stderr
@@ -180,9 +191,8 @@ def run_refresh(args: argparse.Namespace) -> int:
             for row in results]}, indent=2))
     elif not results:
         print(f"No accounts in {describe_store(store)}.")
-    else:
-        for row in results:
-            print(row["line"])
+    elif not args.all:
+        print(results[0]["line"])
     failed = [row["account"] for row in results if not row["refreshed"]]
     if failed:
         raise Failure(f"{len(failed)} of {len(results)} accounts not refreshed "
@@ -256,8 +266,10 @@ def run_logout(args: argparse.Namespace) -> int:
     check_urls({"token_url": token_url, "revoke_url": revoke_url})
     secret = read_client_secret(args.client_secret, needed=bool(meta.get("confidential")),
                                 client_id=client_id)
-    # Under the account's lock, so no sibling refreshes it between the revoke and the delete.
-    with store.lock(account, timeout=LOCK_TIMEOUT):
+    # Under the account's lock, so no sibling refreshes it between the revoke and the delete;
+    # in flight, so a SIGTERM does not leave a pair revoked at X in the store.
+    check_not_stopping()
+    with store.lock(account, timeout=LOCK_TIMEOUT), in_flight() as flight:
         token = store.load(account) or {}
         try:
             note = revoke_pair(token, client_id=client_id, client_secret=secret,
@@ -267,6 +279,7 @@ def run_logout(args: argparse.Namespace) -> int:
                 f"{exc}; account {account!r} is kept in the store. Try again later, or remove "
                 f"it without revoking: refresher logout --account {account} --forget-only"
             ) from None
+        flight.arrived()
         store.delete(account)
     user = f" (@{meta['username']})" if meta.get("username") else ""
     print(f"Logged out account {account!r}{user}: revoked at {revoke_url} and removed "

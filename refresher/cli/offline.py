@@ -16,6 +16,7 @@ import tempfile
 from typing import TYPE_CHECKING
 
 from ..loopback import DEFAULT_REDIRECT_URI
+from ..shutdown import EXIT_STATUS
 from .common import Failure
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ def emulator_store() -> str:
 
 def run_demo(args: argparse.Namespace) -> int:
     """``refresher demo``: the offline demo; exit 0 only when nothing failed, 130 when
-    interrupted (Ctrl-C), after the counts so far."""
+    interrupted (Ctrl-C), 143 when terminated (SIGTERM), after the counts so far."""
     from .. import demo
 
     result = demo.run_demo(processes=args.processes, threads=args.threads,
@@ -113,7 +114,8 @@ def run_demo(args: argparse.Namespace) -> int:
     for error in result.errors[:5]:
         print(f"refresher: worker error: {error.strip()}", file=sys.stderr)
     if result.interrupted:
-        print(f"refresher: interrupted after {result.summary['seconds']:g} s: the counts "
+        how = "terminated (SIGTERM)" if result.terminated else "interrupted"
+        print(f"refresher: {how} after {result.summary['seconds']:g} s: the counts "
               "above are those so far", file=sys.stderr)
-        return 130
+        return EXIT_STATUS if result.terminated else 130
     return 0 if result.ok else 1

@@ -33,6 +33,7 @@ import requests
 from ..errors import ConfigurationError, LoginError
 from ..login import LoginFlow
 from ..settings import describe_store
+from ..shutdown import DEFAULT_WAIT, Terminated
 from ..stores import open_store
 from ..testing.emulator import DEFAULT_CLIENT_ID, XEmulator
 from .workload import WorkerReport, WorkloadSpec, run_workers, summarize
@@ -59,6 +60,8 @@ class DemoResult:
     errors: list[str] = field(default_factory=list)
     #: Stopped by Ctrl-C: the counts are those so far, ``summary["seconds"]`` the time run.
     interrupted: bool = False
+    #: Stopped by SIGTERM (``interrupted`` too): the workers saved what they had in flight.
+    terminated: bool = False
 
     @property
     def ok(self) -> bool:
@@ -88,8 +91,10 @@ def run_demo(
     JSON file in a temporary folder, removed afterwards. The demo writes the account
     :data:`ACCOUNT` there: a store that already holds one is refused unless ``force``, and
     a JSON file's folder must exist (:class:`~refresher.ConfigurationError` otherwise).
-    A ``KeyboardInterrupt`` (Ctrl-C) while the workers run stops them, and the result
-    holds the counts so far (``interrupted``).
+    A ``KeyboardInterrupt`` (Ctrl-C), or :class:`~refresher.shutdown.Terminated` (SIGTERM,
+    with the handler of :func:`refresher.graceful_shutdown` or the ``refresher`` command),
+    while the workers run stops them, and the result holds the counts so far
+    (``interrupted``; ``terminated`` for SIGTERM).
     """
     say = _Say(progress)
     with _location(store) as location:
@@ -133,12 +138,13 @@ def _run(location: str, processes: int, threads: int, seconds: float, access_ttl
         try:
             with _interruptible():
                 reports = run_workers(spec, processes, progress=line)
-        except KeyboardInterrupt:  # Ctrl-C: stop the workers, keep the counts so far
+        except (KeyboardInterrupt, Terminated) as stop:  # stop the workers, keep the counts
             _stop(set(multiprocessing.active_children()) - before)
             so_far = WorkerReport(requests=line.done, failed=line.failed)
             summary = summarize([so_far], x.stats.as_dict(), processes=processes,
                                 seconds=round(line.elapsed, 1), access_ttl=access_ttl)
-            return DemoResult(summary, threads, access_ttl, user, interrupted=True)
+            return DemoResult(summary, threads, access_ttl, user, interrupted=True,
+                              terminated=isinstance(stop, Terminated))
         finally:
             line.finish()
         summary = summarize(reports, x.stats.as_dict(), processes=processes, seconds=seconds,
@@ -185,10 +191,17 @@ def _interruptible() -> Iterator[None]:
 
 
 def _stop(workers: set[multiprocessing.process.BaseProcess]) -> None:
+    """SIGTERM to each worker, which ends after its request under way (a refresh in flight
+    saves its pair); one still running after the shutdown bound is killed."""
     for worker in workers:
         worker.terminate()
+    give_up_at = time.monotonic() + DEFAULT_WAIT + 1.0
     for worker in workers:
-        worker.join(timeout=5)
+        worker.join(timeout=max(0.0, give_up_at - time.monotonic()))
+    for worker in workers:
+        if worker.is_alive():
+            worker.kill()
+            worker.join(timeout=5)
 
 
 def format_table(result: DemoResult) -> str:
@@ -207,7 +220,8 @@ def format_table(result: DemoResult) -> str:
     width = max(len(value) for _, value in rows)
     lines = [head] + [f"  {name:<22} {value:>{width}}" for name, value in rows]
     if result.interrupted:
-        lines.append(f"INTERRUPTED after {s['seconds']:g} s: the counts so far.")
+        how = "TERMINATED" if result.terminated else "INTERRUPTED"
+        lines.append(f"{how} after {s['seconds']:g} s: the counts so far.")
     elif result.ok:
         lines.append("OK: every request succeeded, and no refresh token was spent twice.")
     else:

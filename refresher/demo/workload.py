@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..shutdown import Terminated, sigterm_handled, terminating
+
 __all__ = ["WorkloadSpec", "WorkerReport", "run_workers", "summarize"]
 
 
@@ -60,7 +62,12 @@ def _worker(spec: WorkloadSpec, seed: dict[str, Any] | None, counters: Any, inde
             start_at: float, queue: Any) -> None:
     report = WorkerReport()
     try:
-        report = _work(spec, seed, counters, index, start_at)
+        # SIGTERM (the parent stopping us) ends the run at a safe point: after a refresh in
+        # flight has saved its pair; the threads end after their request under way.
+        with sigterm_handled():
+            report = _work(spec, seed, counters, index, start_at)
+    except Terminated:
+        pass  # stopped before it started: nothing to report
     except BaseException:  # the parent must hear of it, whatever it was
         report.errors.append(traceback.format_exc(limit=5))
         report.failed += 1
@@ -112,7 +119,7 @@ def _work(spec: WorkloadSpec, seed: dict[str, Any] | None, counters: Any, index:
         errors: list[str] = []
         while True:
             began = time.time()
-            if began >= deadline:
+            if began >= deadline or terminating():
                 break
             try:
                 response = session.get(url, timeout=30)
@@ -141,8 +148,12 @@ def _work(spec: WorkloadSpec, seed: dict[str, Any] | None, counters: Any, index:
     threads = [threading.Thread(target=loop) for _ in range(spec.threads)]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join()
+    try:
+        for thread in threads:
+            thread.join()
+    except Terminated:  # SIGTERM: each thread ends after its request under way
+        for thread in threads:
+            thread.join()
     report.refreshes = coordinator.refreshes if coordinator is not None else 0
     report.refresh_spans = spans
     session.close()

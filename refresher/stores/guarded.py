@@ -23,6 +23,7 @@ from .._fork import register
 from ..errors import LockTimeout, ReauthorizationRequired, RefresherError, TokenStoreError
 from ..inflight import AnswerPending, pending_until, with_pending
 from ..refusal import Refusal, binding
+from ..shutdown import in_flight
 from ..token import Token
 from .base import TokenStore, Versioned
 
@@ -143,11 +144,15 @@ class GuardedAccount:
     @contextlib.contextmanager
     def lock(self, timeout: float | None) -> Iterator[None]:
         """The store's lock for the account. An error that ends the block is the one
-        reported: a failure to release then is only logged."""
+        reported: a failure to release then is only logged.
+
+        Held, it is a refresh in flight (:func:`refresher.shutdown.in_flight`): SIGTERM waits
+        until it is let go (within the bound while X's answer is awaited)."""
         manager = self._call("lock", self.store.lock, self.account, timeout=timeout)
         self._call("lock", manager.__enter__)
         try:
-            yield
+            with in_flight():
+                yield
         except BaseException:
             try:
                 manager.__exit__(*sys.exc_info())
