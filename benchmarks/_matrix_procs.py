@@ -173,12 +173,16 @@ class Child:
 # -- kill -9 ----------------------------------------------------------------------------------
 
 def _survivors(lab: Lab) -> None:
-    """Two processes that come after a crash, one after the other: a request each."""
+    """Two processes that come after a crash, one after the other: a request, then a
+    refresh, each (the refresh whatever the state of the access token)."""
     for n in (1, 2):
-        try:
-            lab.note(f"survivor {n}: {lab.front().get(lab.api)}")
-        except RefresherError as exc:
-            lab.note(f"survivor {n}: {type(exc).__name__}")
+        survivor = lab.front()
+        for step, call in (("GET", survivor.get), ("refresh", survivor.front.refresh)):
+            try:
+                call(*([lab.api] if step == "GET" else []))
+                lab.note(f"survivor {n}: {step} ok")
+            except RefresherError as exc:
+                lab.note(f"survivor {n}: {step} {type(exc).__name__}")
 
 
 def _killed(lab: Lab, hold: str | None, at_x: bool = False) -> None:
