@@ -213,22 +213,23 @@ def _shown(result: Result) -> str:
     return f"{result.lost} / {result.reused}{mark}"
 
 
-def table(results: Sequence[Result]) -> str:
-    """An RST table: a row per fault (and front end, where it runs through each), a column
-    per store, each cell ``lost / reused`` (``!``: outside what the fault may cost)."""
-    rows: list[list[str]] = []
+def table(results: Sequence[Result], merge_fronts: bool = False) -> str:
+    """An RST table: a row per fault and front end, a column per store, each cell
+    ``lost / reused`` (``!``: beyond what the fault may cost). ``merge_fronts``: one row
+    for a fault whose every front end gave the same counts."""
     keys: list[tuple[str, str]] = []
-    by_key: dict[tuple[str, str], dict[str, Result]] = {}
+    by_key: dict[tuple[str, str], dict[str, str]] = {}
     for result in results:
         key = (result.fault, result.front)
         if key not in by_key:
             keys.append(key)
             by_key[key] = {}
-        by_key[key][result.store] = result
-    for fault, front in keys:
-        row = by_key[(fault, front)]
-        rows.append([fault, front] + [_shown(row[s]) if s in row else "-" for s in STORES])
-    header = ["fault", "front end", *("json" if s == "json" else s for s in STORES)]
+        by_key[key][result.store] = _shown(result)
+    rows = [[fault, front] + [by_key[(fault, front)].get(s, "-") for s in STORES]
+            for fault, front in keys]
+    if merge_fronts:
+        rows = _merged(rows)
+    header = ["fault", "front end", *STORES]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     rule = "  ".join("=" * w for w in widths)
 
@@ -236,3 +237,16 @@ def table(results: Sequence[Result]) -> str:
         return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
     return "\n".join([rule, line(header), rule, *map(line, rows), rule])
+
+
+def _merged(rows: list[list[str]]) -> list[list[str]]:
+    """Rows of one fault with the same counts on every front end, as one row."""
+    merged: list[list[str]] = []
+    for row in rows:
+        same = [r for r in rows if r[0] == row[0]]
+        if len(same) > 1 and all(r[2:] == row[2:] for r in same):
+            if row is same[0]:
+                merged.append([row[0], f"each of {len(same)}", *row[2:]])
+        else:
+            merged.append(row)
+    return merged

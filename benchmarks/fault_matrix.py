@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="cells run side by side (default 6)")
     parser.add_argument("--awaiting", action="store_true",
                         help="also run the faults whose interface is still on another branch")
+    parser.add_argument("--per-front-end", action="store_true",
+                        help="a row per front end even where all gave the same counts")
     parser.add_argument("--json", action="store_true", help="print JSON instead of RST")
     args = parser.parse_args(argv)
     faults = _matrix.FAULTS + (_matrix.AWAITING if args.awaiting else [])
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"seconds": round(time.monotonic() - started, 1),
                           "cells": [r.as_dict() for r in merged]}, indent=1))
     else:
-        print(_matrix.table(merged))
+        print(_matrix.table(merged, merge_fronts=not args.per_front_end))
         print(f"\n{len(merged)} cells, {time.monotonic() - started:.0f} s; each cell: lost "
               "pairs / reused refresh tokens ('!': more than the fault may cost)")
     return 0 if all(r.ok or r.missing for r in merged) else 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -132,14 +133,36 @@ def test_every_fault_is_one_function_and_one_line() -> None:
     assert {cell.store for cell in CELLS} == set(_matrix.STORES)
 
 
+def test_the_table_has_a_row_per_fault_and_front_end_or_one_where_all_agree() -> None:
+    agree = [_matrix.Result("a", store, front, 0, 0) for front in ("requests", "httpx")
+             for store in ("json", "sqlite")]
+    differ = [_matrix.Result("c", "json", "requests", 0, 0),
+              _matrix.Result("c", "json", "httpx", 0, 1)]
+    lines = _matrix.table(agree + differ, merge_fronts=True).splitlines()
+    assert lines[1].split() == ["fault", "front", "end", *_matrix.STORES]
+    assert lines[3].split() == ["a", "each", "of", "2", "0", "/", "0", "0", "/", "0", "-", "-"]
+    assert lines[4].split()[:5] == ["c", "requests", "0", "/", "0"]
+    assert lines[5].split()[:6] == ["c", "httpx", "0", "/", "1", "!"]
+    assert len(_matrix.table(agree).splitlines()) == 3 + 2 + 1
+
+
+def test_the_script_runs_the_cells_asked_for() -> None:
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "fault_matrix.py"
+    done = subprocess.run([sys.executable, str(script), "--json", "--stores", "json",
+                           "--faults", "lock file deleted"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    [cell] = json.loads(done.stdout)["cells"]
+    assert (cell["fault"], cell["store"], cell["ok"]) == ("lock file deleted", "json", True)
+    assert (cell["lost"], cell["reused"]) == (0, 0)
+
+
 @pytest.mark.soak
 def test_kill_cells_soak(tmp_path: Path, missing: Callable[[str], NoReturn]) -> None:
     """The kill -9 cells, many times each: never more than the physical limit."""
     trials = int(os.environ.get("REFRESHER_SOAK_TRIALS", "25"))
     faults = [f for f in _matrix.FAULTS if f.allowed == _matrix.PHYSICAL]
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "fault_matrix.py"
-    import subprocess
-
     done = subprocess.run(
         [sys.executable, str(script), "--json", "--soak", str(trials),
          "--faults", ",".join(f.name for f in faults)],
