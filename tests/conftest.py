@@ -87,6 +87,17 @@ def redis_server(redis_server_factory: Callable[..., RedisServer]) -> RedisServe
 
 
 @pytest.fixture(scope="session")
+def shared_redis_server(redis_binary: str, tmp_path_factory: pytest.TempPathFactory
+                        ) -> Iterator[RedisServer]:
+    """One redis-server for the whole run, for tests that keep to keys (and ACL users) of
+    their own; stopped at the end."""
+    server = RedisServer(redis_binary, tmp_path_factory.mktemp("redis-shared"))
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture(scope="session")
 def sqlalchemy_installed() -> None:
     """Skip the test (fail it in CI) when SQLAlchemy or psycopg, the ``[sql]`` extra, is
     missing."""
