@@ -12,7 +12,6 @@ Guarantees).
 from __future__ import annotations
 
 import concurrent.futures
-import inspect
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -23,7 +22,6 @@ import _matrix_faults as inproc
 import _matrix_procs as procs
 from _matrix_env import FRONTS, STORES, Lab, Missing, Servers
 
-import refresher
 from refresher.testing import DEFAULT_CLIENT_ID
 
 #: What a cell may show: nothing lost and nothing reused; or, for a kill -9 that falls
@@ -32,17 +30,12 @@ from refresher.testing import DEFAULT_CLIENT_ID
 NOTHING, PHYSICAL = "0 lost, 0 reused", "at most 1 reused per lost pair"
 
 
-class NotBuiltYet(AssertionError):
-    """The scenario needs an interface that has not landed on this branch."""
-
-
 @dataclass(frozen=True)
 class Fault:
     """One registry line: a fault's name, its scenario, where it applies, what it may cost.
 
     ``fronts``: the front ends it runs through (one, "requests", when the fault acts below
-    them). ``exclusive``: runs with no other cell beside it (it forks). ``needs``: a check
-    that raises :class:`NotBuiltYet` while an interface it needs is missing.
+    them). ``exclusive``: runs with no other cell beside it (it forks).
     """
 
     name: str
@@ -52,23 +45,10 @@ class Fault:
     allowed: str = NOTHING
     exclusive: bool = False
     emulator: dict[str, Any] = field(default_factory=dict)
-    needs: Callable[[], None] | None = None
     meaning: str = ""
     #: A hole found and not fixed yet: what it is. The cell shows what it costs today, and
     #: its test is an expected failure until the fix lands (then it fails: drop this).
     hole: str = ""
-
-
-def _graceful_shutdown() -> None:
-    if not hasattr(refresher, "graceful_shutdown"):
-        raise NotBuiltYet("not built yet: refresher.graceful_shutdown() (issue 15, item 10: "
-                          "SIGTERM is not kill -9) is not on this branch")
-
-
-def _refusal_scope() -> None:
-    if "retry_refused" not in inspect.signature(refresher.RefreshingSession.refresh).parameters:
-        raise NotBuiltYet("not built yet: refusals bound to a client id and token URL, "
-                          "refresh(retry_refused=True) (issue 15, item 5) are not on this branch")
 
 
 FAULTS: list[Fault] = [
@@ -76,9 +56,7 @@ FAULTS: list[Fault] = [
     Fault("kill -9 in the save", procs.kill_in_save, allowed=PHYSICAL),
     Fault("trickle", inproc.trickle, fronts=FRONTS),
     Fault("late answer", inproc.late_answer, fronts=FRONTS),
-    Fault("late answer, another process meanwhile", inproc.late_answer_other_process,
-          hole="the caller releases the store's lock at its deadline while X's answer may "
-               "still come; another process then sends the refresh token X already spent"),
+    Fault("late answer, another process meanwhile", inproc.late_answer_other_process),
     Fault("store down", inproc.store_down, fronts=FRONTS),
     Fault("lock file deleted", inproc.lock_file_deleted, stores=("json",)),
     Fault("fork after use", procs.fork_after_use, fronts=FRONTS, exclusive=True),
@@ -88,15 +66,11 @@ FAULTS: list[Fault] = [
           meaning="JSON: its lock never lapses; the other process waits, then adopts"),
     Fault("clock step", procs.clock_step,
           meaning="JSON: a flock has no expiry; the stepped process waits for it"),
-]
-
-#: Faults whose interface is on another branch (issue 15, items 10 and 5): each line moves
-#: into FAULTS once that branch is merged (tests/test_fault_matrix.py says when).
-AWAITING: list[Fault] = [
-    Fault("SIGTERM in the token call", procs.sigterm_in_token_call, needs=_graceful_shutdown),
-    Fault("foreign-client refusal", procs.foreign_client_refusal, needs=_refusal_scope,
+    Fault("SIGTERM in the token call", procs.sigterm_in_token_call),
+    Fault("foreign-client refusal", procs.foreign_client_refusal,
           emulator={"clients": {DEFAULT_CLIENT_ID: None, procs.OTHER_CLIENT_ID: None}}),
 ]
+
 
 
 @dataclass(frozen=True)
@@ -152,8 +126,6 @@ def run_cell(cell: Cell, servers: Servers) -> Result:
     result = Result(cell.fault.name, cell.store, cell.front, allowed=cell.fault.allowed)
     started = time.monotonic()
     try:
-        if cell.fault.needs is not None:
-            cell.fault.needs()
         lab = Lab(cell.store, cell.front, servers, cell.slug, **cell.fault.emulator)
     except Missing as exc:
         result.missing = str(exc)

@@ -338,7 +338,7 @@ def fork_mid_refresh(lab: Lab) -> None:
     exercised(lab.x.stats.refreshes == 1, "one refresh, in the parent")
 
 
-# -- awaiting other branches ------------------------------------------------------------------
+# -- SIGTERM, and a refusal to another client -----------------------------------------------
 
 def sigterm_in_token_call(lab: Lab) -> None:
     """SIGTERM (docker stop, systemd) while X has the token request, SIGKILL 10 s later: a

@@ -66,13 +66,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="run the kill -9 cells N times each (default 1)")
     parser.add_argument("--workers", type=int, default=6,
                         help="cells run side by side (default 6)")
-    parser.add_argument("--awaiting", action="store_true",
-                        help="also run the faults whose interface is still on another branch")
     parser.add_argument("--per-front-end", action="store_true",
                         help="a row per front end even where all gave the same counts")
     parser.add_argument("--json", action="store_true", help="print JSON instead of RST")
     args = parser.parse_args(argv)
-    faults = _matrix.FAULTS + (_matrix.AWAITING if args.awaiting else [])
+    faults = _matrix.FAULTS
     if args.faults:
         wanted = {name.strip() for name in args.faults.split(",")}
         unknown = wanted - {f.name for f in faults}

@@ -100,20 +100,6 @@ def test_cell(cell: _matrix.Cell, matrix: dict[str, _matrix.Result],
                        f"{result.allowed}; {result.facts}")
 
 
-@pytest.mark.parametrize("fault", _matrix.AWAITING, ids=lambda fault: fault.name)
-def test_a_fault_awaiting_its_interface_says_so_until_it_lands(fault: _matrix.Fault) -> None:
-    """A fault whose interface is on another branch fails its cells with "not built yet";
-    once the interface is here, this test fails until its line moves into FAULTS."""
-    assert fault.needs is not None
-    try:
-        fault.needs()
-    except _matrix.NotBuiltYet as exc:
-        assert "not built yet" in str(exc)
-        return
-    pytest.fail(f"{fault.name!r}: its interface has landed: move its line from AWAITING "
-                "into FAULTS in benchmarks/_matrix.py")
-
-
 def test_a_cell_beyond_what_its_fault_may_cost_is_not_ok() -> None:
     physical, nothing = _matrix.PHYSICAL, _matrix.NOTHING
     assert _matrix.Result("f", "json", "requests", 0, 0, nothing).ok
@@ -126,9 +112,9 @@ def test_a_cell_beyond_what_its_fault_may_cost_is_not_ok() -> None:
 
 
 def test_every_fault_is_one_function_and_one_line() -> None:
-    names = [fault.name for fault in _matrix.FAULTS + _matrix.AWAITING]
+    names = [fault.name for fault in _matrix.FAULTS]
     assert len(names) == len(set(names))
-    for fault in _matrix.FAULTS + _matrix.AWAITING:
+    for fault in _matrix.FAULTS:
         assert callable(fault.scenario) and fault.scenario.__doc__, fault.name
     assert {cell.store for cell in CELLS} == set(_matrix.STORES)
 
