@@ -208,10 +208,10 @@ class JSONTokenStore(TokenStore):
         )
 
     def load_metadata(self, account: str) -> dict[str, Any]:
-        """What was recorded beside the token; right after :meth:`load_versioned` of the
-        same account under its lock (as :meth:`needs_login` runs in a refresh), from that
-        same parse."""
-        last_read, self._thread.last_read = self._thread.last_read, None
+        """What was recorded beside the token; after :meth:`load_versioned` of the same
+        account under its lock (as a refresh reads its refusals and any answer pending), from
+        that same parse until the next read or write of the file or the lock's release."""
+        last_read = self._thread.last_read
         if last_read is not None and last_read[0] == account:
             entry = last_read[1] or {}
         else:
