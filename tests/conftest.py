@@ -14,9 +14,13 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -307,89 +311,187 @@ class Workload:
         apart = (1 - RefreshPolicy().leeway_max_fraction) * result["access_ttl"]
         assert 1 <= result["refreshes"] <= result["active_seconds"] / apart + 2, result
 
-    def run_with_outage(self, x: XEmulator, store: str, *, processes: int, threads: int,
-                        seconds: float, stored_expiry: Callable[[], float],
-                        stop: Callable[[], None], start: Callable[[], None],
-                        down_for: float = 2.0) -> Outage:
-        """Run workers, and take the store away (``stop``) for ``down_for`` seconds in the
-        middle of a pair's life, then bring it back (``start``).
+    def outage(self, x: XEmulator, store: str, *, processes: int, threads: int,
+               stored_expiry: Callable[[], float], stop: Callable[[], None],
+               start: Callable[[], None]) -> Outage:
+        """Worker processes using the account through ``store``; the store taken away
+        (``stop``) in the middle of a pair's life and brought back (``start``).
 
-        The outage starts once the second pair is stored (every process has had a token
-        lifetime to start and take it), 0.45 of a lifetime before that pair expires: clear
-        of its refresh (in the last 0.1), and 0.45 of a lifetime after the previous pair
-        ran out (so a process that sent anything since holds the current one). It outlasts
-        the pair, so requests need the store while it is down.
+        Each step waits for what it needs instead of a clock: the store goes down once
+        every process has had a request through since the previous pair ran out (so each
+        holds the current pair), 0.45 of a lifetime before that pair expires (clear of its
+        refresh, in the last 0.1); it stays down until every process has had a request
+        refused for want of it (the pair ran out meanwhile); the workers end once every
+        process has had requests through again, with a refresh after the restart.
         """
-        timeline: list[tuple[float, int, int]] = []
-        outcome: dict[str, Any] = {}
-        spec = self.spec(x, store, threads=threads, seconds=seconds)
+        RefreshingSession(DEFAULT_CLIENT_ID, store=store, account="shared",
+                          token=x.issue_token(), token_url=x.token_url,
+                          api_url=x.api_url).close()  # the first pair
+        ttl = x.access_ttl
+        users = StoreUsers(x, store, processes, threads)
+        try:
+            users.wait(lambda: all(users.through_since(i, 0.0) for i in users.indexes),
+                       "a request through in every process")
+            while True:  # a pair in mid-life that every process holds
+                expires_at = stored_expiry()
+                target = expires_at - 0.45 * ttl
+                users.wait(lambda: time.time() >= target or all(
+                    users.through_since(i, expires_at - 0.9 * ttl) for i in users.indexes),
+                    "requests through with the current pair")
+                if time.time() < target:
+                    break
+                users.wait(lambda: stored_expiry() != expires_at, "the next pair")
+            time.sleep(max(0.0, target - time.time()))
+            stop()
+            down_at = time.time()
+            users.wait(lambda: all(users.refused_since(i, down_at) for i in users.indexes),
+                       "a request refused in every process while the store is down")
+            start()
+            up_at = time.time()
+            users.wait(lambda: all(users.through_since(i, up_at) for i in users.indexes),
+                       "a request through in every process after the restart")
+            refreshed = x.stats.refreshes
+            again = time.time()
+            users.wait(lambda: x.stats.refreshes > refreshed and all(
+                users.through_since(i, again) for i in users.indexes), "the next refresh")
+        finally:
+            users.stop()
+        print(f"down {up_at - down_at:.1f} s", users.summary())
+        return Outage(users, expires_at - ttl, down_at, up_at)
 
-        def run() -> None:
+
+class StoreUsers:
+    """Worker processes calling ``/2/users/me`` through one store, each in ``threads``
+    threads, until stopped; what each saw, as (time the request began, error or None)."""
+
+    _SCRIPT = """
+import json, sys, threading, time
+from refresher import RefreshingSession, open_store
+store, token_url, api_url, client_id, threads = sys.argv[1:6]
+session = RefreshingSession(client_id, store=open_store(store), account="shared",
+                            token_url=token_url, api_url=api_url)
+url, stop, lock, last = api_url + "/2/users/me", threading.Event(), threading.Lock(), [0.0]
+
+def loop():
+    while not stop.is_set():
+        began = time.time()
+        try:
+            answer = session.get(url, timeout=30)
+            error = None if answer.status_code == 200 else f"HTTP {answer.status_code}"
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        with lock:  # every refusal, and a request through every 20 ms
+            if error is not None or began - last[0] >= 0.02:
+                last[0] = max(last[0], began)
+                print(json.dumps([began, error]), flush=True)
+
+loops = [threading.Thread(target=loop) for _ in range(int(threads))]
+for thread in loops:
+    thread.start()
+sys.stdin.read()  # until the test closes it
+stop.set()
+for thread in loops:
+    thread.join()
+session.close()
+"""
+
+    def __init__(self, x: XEmulator, store: str, processes: int, threads: int) -> None:
+        self.indexes = range(processes)
+        self.seen: list[list[tuple[float, str | None]]] = [[] for _ in self.indexes]
+        # A file, not a pipe: warnings logged while the store is down must never block.
+        self._stderr = [tempfile.TemporaryFile("w+") for _ in self.indexes]
+        self.processes = [subprocess.Popen(
+            [sys.executable, "-c", self._SCRIPT, store, x.token_url, x.api_url,
+             DEFAULT_CLIENT_ID, str(threads)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr[i], text=True)
+            for i in self.indexes]
+        self._readers = [threading.Thread(target=self._read, args=(i,), daemon=True)
+                         for i in self.indexes]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, i: int) -> None:
+        stdout = self.processes[i].stdout
+        assert stdout is not None
+        for line in stdout:
+            began, error = json.loads(line)
+            self.seen[i].append((began, error))
+
+    def through_since(self, i: int, moment: float) -> bool:
+        """Whether process ``i`` had a request through that began at ``moment`` or later."""
+        return any(error is None and began >= moment for began, error in self.seen[i])
+
+    def refused_since(self, i: int, moment: float) -> bool:
+        """Whether process ``i`` had a request refused that began at ``moment`` or later."""
+        return any(error is not None and began >= moment for began, error in self.seen[i])
+
+    def errors(self) -> list[str]:
+        """Every refusal's error, in every process."""
+        return [error for seen in self.seen for _, error in seen if error is not None]
+
+    def wait(self, condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+        """Wait for ``condition``; fail naming ``what`` (and what a process said, if one
+        ended) after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            ended = [i for i in self.indexes if self.processes[i].poll() is not None]
+            if ended or time.monotonic() > deadline:
+                said = self._said(ended[0]) if ended else ""
+                raise AssertionError(f"timed out waiting for {what}; {self.summary()} {said}")
+            time.sleep(0.01)
+
+    def _said(self, i: int) -> str:
+        self._stderr[i].seek(0)
+        return self._stderr[i].read()[-3000:]
+
+    def stop(self) -> None:
+        """Let the workers end, and check that they ended well."""
+        for process in self.processes:
+            if process.stdin is not None:
+                process.stdin.close()
+        for i, process in enumerate(self.processes):
             try:
-                outcome["reports"] = run_workers(
-                    spec, processes, seed=x.issue_token(), progress_interval=0.25,
-                    progress=lambda done, bad, _: timeline.append((time.time(), done, bad)))
-            except BaseException as exc:  # raised in the test's thread below
-                outcome["error"] = exc
+                process.wait(30)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+            self._readers[i].join(10)
+            said = self._said(i)
+            self._stderr[i].close()
+            assert process.returncode == 0, said
 
-        runner = threading.Thread(target=run, daemon=True)
-        runner.start()
-        _wait(lambda: x.stats.refreshes >= 2, "the second pair", 60)
-        while True:
-            expires_at = stored_expiry()
-            target = expires_at - 0.45 * x.access_ttl
-            if target > time.time() + 0.01:
-                break
-            time.sleep(0.05)
-        time.sleep(target - time.time())
-        stop()
-        down_at = time.time()
-        time.sleep(down_for)
-        start()
-        up_at = time.time()
-        runner.join(seconds + 90)
-        assert not runner.is_alive(), "the workers still run: they hang"
-        if "error" in outcome:
-            raise outcome["error"]
-        reports: list[WorkerReport] = outcome["reports"]
-        result = self.summary(reports, x, seconds=seconds)
-        print(f"down {up_at - down_at:.1f} s")
-        return Outage(result, reports, timeline, expires_at - x.access_ttl, down_at, up_at)
+    def summary(self) -> dict[str, Any]:
+        """Lines seen and refusals, per process; the first errors."""
+        return {"lines": [len(seen) for seen in self.seen],
+                "refused": [sum(e is not None for _, e in seen) for seen in self.seen],
+                "errors": self.errors()[:3]}
 
 
 @dataclasses.dataclass
 class Outage:
-    """What :meth:`Workload.run_with_outage` saw: the summary, each process's report, the
-    progress (time, requests, failed) every 0.25 s, and when the pair stored at the outage
+    """What :meth:`Workload.outage` saw: the workers, and when the pair stored at the outage
     was granted, the store went down and came back."""
 
-    result: dict[str, Any]
-    reports: list[WorkerReport]
-    timeline: list[tuple[float, int, int]]
+    users: StoreUsers
     granted_at: float
     down_at: float
     up_at: float
 
     def assert_nothing_spent_twice(self, x: XEmulator) -> None:
-        """No refresh token reused or refused. (Were one reused, the message says which
-        processes sent no request between the pair's grant and the outage: a process
-        starved that long still held the previous pair when the store came back.)"""
-        took_part = [any(self.granted_at < began < self.down_at for began, _ in r.latencies)
-                     for r in self.reports]
-        assert self.result["reused_refresh_tokens"] == 0, (self.result, took_part)
-        assert x.stats.invalid_refresh_tokens == 0, (self.result, took_part)
+        """No refresh token reused or refused at X."""
+        assert x.stats.reused_refresh_tokens == 0, self.users.summary()
+        assert x.stats.invalid_refresh_tokens == 0, self.users.summary()
 
-    def assert_recovered(self, grace: float = 1.0) -> None:
-        """From ``grace`` seconds after the store came back to the end, no request failed,
-        and every process sent requests."""
-        after = [sample for sample in self.timeline if sample[0] >= self.up_at + grace]
-        assert after, ("the run ended before the store had been back for "
-                       f"{grace} s", self.timeline)
-        since, _, failed_then = after[0]
-        assert self.result["failed"] == failed_then, (after, self.result["errors"])
-        for i, report in enumerate(self.reports):
-            assert any(began >= since for began, _ in report.latencies), \
-                f"process {i} sent no request after the store came back"
+    def assert_recovered(self) -> None:
+        """Once a process had a request through after the store came back, none of its
+        requests failed."""
+        for i in self.users.indexes:
+            back = min(began for began, error in self.users.seen[i]
+                       if error is None and began >= self.up_at)
+            late = [(began - self.up_at, error) for began, error in self.users.seen[i]
+                    if error is not None and began > back]
+            assert late == [], f"process {i} failed after it was through again: {late[:3]}"
 
 
 @pytest.fixture
