@@ -40,8 +40,9 @@ def test_a_trickling_token_endpoint_ends_the_grant_at_its_deadline(
     join = in_thread(lambda: session.get(me_url(x)))
     with pytest.raises(RefreshError, match="within the 2 s deadline"):
         join(30)
-    # On the wall clock: the deadline, plus scheduling slack, not the answer's 100+ s.
-    assert time.monotonic() - started < 2.0 + 3.0
+    # On the wall clock: the deadline, plus generous slack for a busy machine, not the
+    # answer's 100+ s.
+    assert time.monotonic() - started < 2.0 + 8.0
 
 
 def test_threads_waiting_for_a_stuck_refresh_get_LockTimeout(

@@ -86,7 +86,9 @@ def test_a_user_logs_in_and_the_app_keeps_their_token_alive(make_app, x_emulator
     assert "Hello @emulated_user" in client.get("/").get_data(as_text=True)
     assert store.load("1000000001")["refresh_token"] != first["refresh_token"]
     stats = x.stats
-    assert stats.exchanges == 1 and stats.refreshes == 1
+    # One refresh for the page after the sleep; a busy machine that took 0.9 s to show the
+    # first page refreshed there too (one per page at most, never reusing a token).
+    assert stats.exchanges == 1 and 1 <= stats.refreshes <= 2
     assert stats.reused_refresh_tokens == 0
 
     client.get("/logout")

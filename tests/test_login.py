@@ -235,23 +235,25 @@ def _in_the_background(url: str) -> None:
 
 
 def test_the_timeout_bounds_a_slow_code_exchange_too(x_emulator_factory):
-    x = x_emulator_factory(token_delay=5)  # the token endpoint answers after 5 s
+    x = x_emulator_factory(token_delay=10)  # the token endpoint answers after 10 s
     started = time.monotonic()
-    with pytest.raises(LoginError, match=r"code exchange at .* did not finish within the "
-                                         r"login's 1 s timeout"):
+    # Which of the two clocks of one deadline notices first (the login's wait, or the
+    # exchange's own deadline, set to what is left of the login) is up to the scheduler.
+    with pytest.raises(LoginError, match=r"code exchange at .* did not finish within (the "
+                                         r"login's 1 s|its \d\.\d s) timeout"):
         _flow(x).run_local_server(port=0, open_browser=_in_the_background, timeout=1)
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 6  # not the 10 s answer: slack for a busy machine
 
 
 def test_exchange_takes_a_timeout(x_emulator_factory):
-    x = x_emulator_factory(token_delay=5)
+    x = x_emulator_factory(token_delay=10)
     flow = _flow(x, redirect_uri="http://127.0.0.1:5000/callback")
     link = flow.authorization_url()
     back = _redirect_back(link)
     started = time.monotonic()
     with pytest.raises(LoginError, match=r"did not finish within its 0.5 s timeout"):
         flow.exchange(back, state=link.state, code_verifier=link.code_verifier, timeout=0.5)
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 6  # not the 10 s answer: slack for a busy machine
     with pytest.raises(LoginError, match="timeout ran out"):
         flow.exchange(back, state=link.state, code_verifier=link.code_verifier, timeout=0)
 
@@ -267,7 +269,7 @@ def test_a_browser_command_that_never_returns_does_not_hold_the_login(x_emulator
                                               out=io.StringIO())
     finally:
         stuck.set()
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 10  # not the browser's 30 s: slack for a busy machine
 
 
 def test_a_port_in_use_is_a_clear_login_error(x_emulator):
@@ -609,6 +611,7 @@ def test_notebook_recipe(x_emulator_factory, tmp_path, monkeypatch):
     assert token["access_token"] not in shown and token["refresh_token"] not in shown
     # In [2]: ... and later cells, long after the first token expired
     assert session.me()["username"] == "emulated_user"
+    x.access_ttl = 60  # the pairs granted from now on cannot run out in flight, however busy
     time.sleep(1.1)
     assert session.me()["username"] == "emulated_user"
     # In [1] again (re-run): the dict `token` is spent, the store's pair wins

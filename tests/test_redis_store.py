@@ -24,7 +24,6 @@ from refresher import (
     TokenStoreError,
     open_store,
 )
-from refresher.demo.workload import WorkloadSpec, run_workers, summarize
 from refresher.endpoint import DEFAULT_TIMEOUT
 from refresher.stores.redis import DEFAULT_LOCK_TTL
 from refresher.testing import DEFAULT_CLIENT_ID, XEmulator
@@ -499,94 +498,41 @@ def test_redis_restarted_during_a_refresh_the_granted_pair_is_written_back(
 
 # -- many processes --------------------------------------------------------------------------
 
-def _spec(x: XEmulator, server: RedisServer, *, threads: int, seconds: float) -> WorkloadSpec:
-    return WorkloadSpec(store=server.url, account="shared", client_id=DEFAULT_CLIENT_ID,
-                        token_url=x.token_url, api_url=x.api_url, threads=threads,
-                        seconds=seconds)
-
-
-def _run(x: XEmulator, server: RedisServer, *, processes: int, threads: int,
-         seconds: float) -> dict[str, Any]:
-    reports = run_workers(_spec(x, server, threads=threads, seconds=seconds), processes,
-                          seed=x.issue_token())
-    result = summarize(reports, x.stats.as_dict(), processes=processes, seconds=seconds,
-                       access_ttl=x.access_ttl)
-    result["errors"] = [e for r in reports for e in r.errors][:5]
-    print(result)
-    return result
-
-
-def _assert_coordinated(result: dict[str, Any]) -> None:
-    assert result["failed"] == 0, result["errors"]
-    assert result["reused_refresh_tokens"] == 0
-    assert result["requests"] > 100
-    assert 0.8 <= result["refreshes_per_window"] <= 1.5, result
-
-
 @pytest.mark.integration
 def test_4_processes_x_3_threads_share_one_redis_store_with_1_second_tokens(
-        x_emulator_factory, redis_server) -> None:
+        x_emulator_factory, redis_server, workload) -> None:
     x = x_emulator_factory(access_ttl=1.0)
-    _assert_coordinated(_run(x, redis_server, processes=4, threads=3, seconds=5))
+    workload.assert_coordinated(workload.run(x, redis_server.url, processes=4, threads=3,
+                                             seconds=5))
 
 
 @pytest.mark.integration
 def test_redis_restarted_in_the_middle_of_a_multi_process_run(
-        x_emulator_factory, redis_server, raw, in_thread, wait_for) -> None:
+        x_emulator_factory, redis_server, raw, workload) -> None:
     """Redis goes away between two refreshes and comes back empty: requests that need the
     store fail with TokenStoreError while it is down, every process recovers after, and no
     refresh token is spent twice."""
-    x = x_emulator_factory(access_ttl=1.0)
-    seconds = 7.0
-    timeline: list[tuple] = []  # (time, requests, failed)
-
-    def progress(done: int, bad: int, elapsed: float) -> None:
-        timeline.append((time.time(), done, bad))
-
-    spec = _spec(x, redis_server, threads=2, seconds=seconds)
-    finished = in_thread(lambda: run_workers(spec, 3, seed=x.issue_token(),
-                                              progress=progress, progress_interval=0.25))
-    wait_for(lambda: len(timeline) > 0 and timeline[-1][1] > 50, "the run to get going", 30)
-    time.sleep(1.0)
-    # Pull the plug mid-window, well clear of a refresh: the stored pair expires in ~1 s
-    # cycles and is refreshed 0.1 s before its expiry.
-    while True:
-        expires_at = json.loads(raw.hget("refresher:shared", "token"))["expires_at"]
-        target = expires_at - 0.55
-        if target > time.time() + 0.01:
-            break
-        time.sleep(0.05)
-    time.sleep(target - time.time())
-    redis_server.kill()
-    down_at = time.time()
-    time.sleep(1.5)
-    redis_server.start()
-    up_at = time.time()
-    reports = finished()
-    result = summarize(reports, x.stats.as_dict(), processes=3, seconds=seconds,
-                       access_ttl=x.access_ttl)
-    errors = [e for r in reports for e in r.errors]
-    result["errors"] = errors[:3]
-    print(result, f"down {up_at - down_at:.1f} s")
-    assert result["failed"] > 0  # some requests needed the store while it was down
-    assert all(e.startswith("TokenStoreError: Redis token store at redis://127.0.0.1:")
-               for e in errors), errors[:5]
-    assert result["reused_refresh_tokens"] == 0
-    assert x.stats.invalid_refresh_tokens == 0
-    # Recovered: no failure counted from a second after Redis came back to the end.
-    after = [(t, done, bad) for t, done, bad in timeline if t >= up_at + 1.0]
-    assert len(after) >= 2, timeline
-    assert after[-1][2] == after[0][2], after
-    assert after[-1][1] > after[0][1] + 50
+    x = x_emulator_factory(access_ttl=2.0)
+    outage = workload.outage(
+        x, redis_server.url, processes=3, threads=2,
+        stored_expiry=lambda: json.loads(raw.hget("refresher:shared", "token"))["expires_at"],
+        stop=redis_server.kill, start=redis_server.start)
+    errors = outage.users.errors()  # some requests needed the store while it was down
+    assert errors and all(
+        e.startswith("TokenStoreError: Redis token store at redis://127.0.0.1:")
+        for e in errors), errors[:5]
+    outage.assert_nothing_spent_twice(x)
+    outage.assert_recovered()
     assert raw.hexists("refresher:shared", "token")  # written again after the restart
 
 
 @pytest.mark.soak
 @pytest.mark.integration
 def test_soak_6_processes_x_4_threads_share_one_redis_store_for_60_seconds(
-        x_emulator_factory, redis_server) -> None:
+        x_emulator_factory, redis_server, workload) -> None:
     x = x_emulator_factory(access_ttl=1.0)
-    _assert_coordinated(_run(x, redis_server, processes=6, threads=4, seconds=60))
+    workload.assert_coordinated(workload.run(x, redis_server.url, processes=6, threads=4,
+                                             seconds=60))
 
 
 def test_a_client_of_your_own_is_used_as_is_and_left_open(redis_server) -> None:
