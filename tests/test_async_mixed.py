@@ -125,7 +125,7 @@ print(json.dumps(counts))
 '''
 
 
-def run_fleet(x, store: str, tmp_path: Path, *, seconds: float = 4.0) -> dict:
+def run_fleet(x, store: str, tmp_path: Path, *, seconds: float = 3.0) -> dict:
     from refresher import RefreshingSession
 
     RefreshingSession(DEFAULT_CLIENT_ID, store=store, account="shared", token=x.issue_token(),

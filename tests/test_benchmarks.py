@@ -80,10 +80,15 @@ def test_overhead_profile_names_refresher_on_the_hot_path() -> None:
     assert "token_for_request" in out
 
 
-def test_contention_rows_show_what_the_shared_store_buys() -> None:
+@pytest.mark.parametrize("stores", [
+    "json,memory",
+    pytest.param("json,sqlite,redis,memory", marks=pytest.mark.soak),
+])
+def test_contention_rows_show_what_the_shared_store_buys(stores: str) -> None:
+    """The shared rows against the per-process baseline (the SQL and Redis rows under
+    ``-m soak``: their stores' own multi-process tests run by default)."""
     out = _run("contention.py", "-P", "2", "-T", "2", "--ttl", "1", "--seconds", "2",
-               "--runs", "1", "--stores", "json,sqlite,redis,memory", "--json",
-               timeout=180).stdout
+               "--runs", "1", "--stores", stores, "--json", timeout=180).stdout
     document = json.loads(out)
     results: dict[str, dict[str, Any]] = {r["store"]: r for r in document["results"]}
     for column in ("requests", "failed", "refreshes", "windows", "per window", "reused RT",
@@ -94,6 +99,8 @@ def test_contention_rows_show_what_the_shared_store_buys() -> None:
     shared = ["json file"]
     for label, why in (("sqlite", _common.sql_unavailable()),
                        ("redis", _common.redis_unavailable())):
+        if label not in stores:
+            continue
         if why is None:
             shared.append(label)
         else:
@@ -119,8 +126,10 @@ def test_contention_table_in_plain_text() -> None:
     assert "Goal (json file)" in out
 
 
-def test_contention_pools_the_runs_of_a_row_and_judges_the_ratio() -> None:
-    stores = "json,postgres" if _common.postgres_unavailable() is None else "json"
+@pytest.mark.parametrize("with_postgres", [False, pytest.param(True, marks=pytest.mark.soak)])
+def test_contention_pools_the_runs_of_a_row_and_judges_the_ratio(with_postgres: bool) -> None:
+    postgres = with_postgres and _common.postgres_unavailable() is None
+    stores = "json,postgres" if postgres else "json"
     out = _run("contention.py", "-P", "2", "-T", "2", "--ttl", "1", "--seconds", "1.5",
                "--runs", "2", "--stores", stores, "--json", timeout=180).stdout
     document = json.loads(out)
@@ -143,7 +152,7 @@ def test_contention_pools_the_runs_of_a_row_and_judges_the_ratio() -> None:
         if row["in_out_p99_ratio"] is not None:
             assert row["in_out_p99_ratio"] == pytest.approx(
                 row["in_window_p99_ms"] / row["outside_window_p99_ms"])
-    if "postgres" not in stores:  # the row says why it cannot run, and the rest goes on
+    if with_postgres and not postgres:  # the row says why it cannot run, the rest goes on
         out = _run("contention.py", "--stores", "postgres", "--seconds", "1", "--runs",
                    "1").stdout
         assert "postgresql row skipped: " in out

@@ -39,6 +39,13 @@ FRONTS = ["requests", "httpx-sync", "httpx-async", "aiohttp"]
 # Whose records each store and front end must show, so that a quiet run proves nothing.
 EXPECTED = {"sqlite": "sqlalchemy.engine", "postgresql": "sqlalchemy.engine",
             "requests": "urllib3", "httpx-sync": "httpx", "httpx-async": "httpx"}
+# The default run pairs each store with one front end so that every store and every front
+# end lives a whole life (what a store and a front end log do not depend on each other);
+# ``-m soak`` runs every other pair too.
+DEFAULT_PAIRS = set(zip(STORES, FRONTS, strict=True))
+PAIRS = [pytest.param(store, front, id=f"{store}-{front}",
+                      marks=[] if (store, front) in DEFAULT_PAIRS else [pytest.mark.soak])
+         for store in STORES for front in FRONTS]
 
 
 class Capture(logging.Handler):
@@ -229,8 +236,7 @@ class _Quiet:
 # -- the test ------------------------------------------------------------------------------
 
 @pytest.mark.integration
-@pytest.mark.parametrize("front_kind", FRONTS)
-@pytest.mark.parametrize("store_location", STORES, indirect=True)
+@pytest.mark.parametrize(("store_location", "front_kind"), PAIRS, indirect=["store_location"])
 def test_a_whole_life_at_debug_logs_no_secret_anywhere(
         store_location, front_kind, debug_logs, x_emulator_factory, capsys,
         request) -> None:

@@ -9,7 +9,7 @@ The scenarios, the registry and the count are ``benchmarks/_matrix*.py`` (one fu
 one registry line a fault); ``benchmarks/fault_matrix.py`` prints the same table for the
 README. Cells run once, side by side (fork cells alone), when the first is reached; each
 test reads its own. The table is written to ``fault_matrix.json`` in pytest's base temporary
-folder and printed at the end (``pytest -s tests/test_fault_matrix.py``). ``-m soak`` runs
+folder and printed at the end (``pytest -s -n 0 tests/test_fault_matrix.py``). ``-m soak`` runs
 the kill -9 cells many times each (``REFRESHER_SOAK_TRIALS``, default 25).
 """
 
@@ -32,6 +32,7 @@ from _matrix_env import Servers  # noqa: E402
 
 pytestmark = [
     pytest.mark.faults,
+    pytest.mark.xdist_group("fault-matrix"),  # one worker runs the cells it chose, once
     pytest.mark.integration,  # processes, forks, servers
     pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork"),
     pytest.mark.timeout(900),  # the first cell's test runs them all; only "did not hang"
@@ -42,9 +43,19 @@ pytestmark = [
 CELLS = _matrix.cells()
 
 
+def in_default_run(cell: _matrix.Cell) -> bool:
+    """Each fault on every store it applies to, through one front end a store, taken in
+    turn (JSON through requests, SQLite through httpx, ...): every store and every front
+    end meets every fault that goes through it. The other cells are ``-m soak``."""
+    fronts = cell.fault.fronts
+    return cell.front == fronts[_matrix.STORES.index(cell.store) % len(fronts)]
+
+
 def _param(cell: _matrix.Cell) -> Any:
     marks = [pytest.mark.xfail(strict=True, reason="a hole: " + cell.fault.hole)] \
         if cell.fault.hole else []
+    if not in_default_run(cell):
+        marks.append(pytest.mark.soak)
     return pytest.param(cell, id=cell.slug, marks=marks)
 
 

@@ -177,7 +177,7 @@ def _refresher_threads() -> int:
 def test_many_accounts_in_their_window_together_refresh_on_a_bounded_pool(
         x_emulator_factory) -> None:
     accounts = 120
-    x = x_emulator_factory(access_ttl=3600.0, token_delay=0.2)
+    x = x_emulator_factory(access_ttl=3600.0, token_delay=0.1)
     store = MemoryTokenStore()
     policy = RefreshPolicy(background_threads=3, token_request_threads=4)
     sessions = []

@@ -12,14 +12,14 @@ pytestmark = pytest.mark.integration  # spawns processes
 def test_4_processes_x_3_threads_share_one_json_store_with_1_second_tokens(
         x_emulator_factory, tmp_path, workload):
     x = x_emulator_factory(access_ttl=1.0)
-    result = workload.run(x, str(tmp_path / "tokens.json"), processes=4, threads=3, seconds=5)
+    result = workload.run(x, str(tmp_path / "tokens.json"), processes=4, threads=3, seconds=3)
     workload.assert_coordinated(result)
 
 
 def test_siblings_survive_when_a_refresh_also_kills_the_old_access_token(x_emulator_factory,
                                                                          tmp_path, workload):
     x = x_emulator_factory(access_ttl=1.0, invalidate_access_on_refresh=True)
-    result = workload.run(x, str(tmp_path / "tokens.json"), processes=3, threads=2, seconds=5)
+    result = workload.run(x, str(tmp_path / "tokens.json"), processes=3, threads=2, seconds=3)
     workload.assert_coordinated(result)
 
 

@@ -503,7 +503,7 @@ def test_4_processes_x_3_threads_share_one_redis_store_with_1_second_tokens(
         x_emulator_factory, redis_server, workload) -> None:
     x = x_emulator_factory(access_ttl=1.0)
     workload.assert_coordinated(workload.run(x, redis_server.url, processes=4, threads=3,
-                                             seconds=5))
+                                             seconds=3))
 
 
 @pytest.mark.integration

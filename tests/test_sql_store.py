@@ -626,7 +626,7 @@ def test_4_processes_x_3_threads_share_one_sql_store_with_1_second_tokens(
         x_emulator_factory, db_url, workload) -> None:
     x = x_emulator_factory(access_ttl=1.0)  # the workers make the table, all at once
     print(db_url.partition(":")[0])
-    workload.assert_coordinated(workload.run(x, db_url, processes=4, threads=3, seconds=5))
+    workload.assert_coordinated(workload.run(x, db_url, processes=4, threads=3, seconds=3))
 
 
 class _ConcurrentTokenEndpoint(XEmulator):
