@@ -30,15 +30,16 @@ from .errors import (
     StaleTokenError,
     TokenStoreError,
 )
+from .frontend import FrontEndOptions, RefreshingFrontEnd
 from .policy import RefreshPolicy, TokenState
 from .refusal import Refusal
-from .session import RefreshingSession
+from .session import RefreshingSession, open_session
 from .shutdown import Terminated, graceful_shutdown
 from .stores import JSONTokenStore, MemoryTokenStore, TokenStore, Versioned, open_store
 from .token import Token
 
 if TYPE_CHECKING:
-    from .login import AuthorizationLink, LoginFlow, open_session
+    from .login import AuthorizationLink, LoginFlow
     from .stores.redis import RedisTokenStore
     from .stores.sql import SQLTokenStore
 
@@ -52,6 +53,8 @@ __all__ = [
     "DEFAULT_SCOPES",
     "RefreshingSession",
     "RefreshingAdapter",
+    "RefreshingFrontEnd",
+    "FrontEndOptions",
     "RefreshCoordinator",
     "RefreshPolicy",
     "TokenState",
@@ -100,7 +103,7 @@ def __getattr__(name: str) -> Any:
 
         return SQLTokenStore
     # The login flow (a callback server, the browser) is imported on first use too.
-    if name in ("LoginFlow", "AuthorizationLink", "open_session"):
+    if name in ("LoginFlow", "AuthorizationLink"):
         from . import login
 
         return getattr(login, name)

@@ -1,11 +1,18 @@
-"""RefreshingAdapter: the one request path. It puts the bearer on, and cures a refused token.
+"""RefreshingAdapter: the requests driver of the per-request rule.
 
-Everything refresher does to a request happens in :meth:`RefreshingAdapter.send`, on one
-screen (as httpx's ``Auth.auth_flow`` reads): take the token (refreshed first when it is
-expiring), send, and on a 401/403 that a refresh may cure, refresh once, rewind the body
-and replay once. What counts as curable is the
-:class:`~refresher.coordinator.RefreshCoordinator`'s to say; this module knows HTTP, the
-coordinator knows tokens.
+The rule — bearer on, send, may a refresh cure this answer, refresh, replay, brake — is
+:func:`refresher.flow.request_rule`, written once for every front end. This module only
+translates: a prepared request's header and body, a response's status and problem type,
+to the rule's plain values, and sends what the rule asks for. The coordinator knows tokens;
+this module knows requests.
+
+**The request mark (a contract with** :class:`~refresher.RefreshingSession` **).** The
+adapter puts the bearer on a request only when the prepared request carries the attribute
+``_refresher_sends_bearer`` set to true; :class:`BearerFromAdapter`, the ``auth`` the
+session passes for every request that does not withhold the token, sets it. Any other
+request (one the caller built, a redirect hop: requests prepares a new request for each,
+unmarked) is sent with the headers it has; a 401/403 to it is still cured when it carried
+the session's own token.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from requests.utils import rewind_body
 
 from ._fork import register
 from .coordinator import RefreshCoordinator
+from .flow import Answer, Describe, Facts, Send, TokenNeeded, request_rule
 from .token import Token
 from .wire import bearer_token, problem_type
 
@@ -46,7 +54,7 @@ class BearerFromAdapter(requests.auth.AuthBase):
 class RefreshingAdapter(HTTPAdapter):
     """An :class:`~requests.adapters.HTTPAdapter` that keeps the bearer token alive.
 
-    The rule, in full (:meth:`send`):
+    The rule (:func:`refresher.flow.request_rule`, which :meth:`send` drives):
 
     1. a request the session marked gets ``Authorization: Bearer <token>``, the token
        refreshed first when it is expiring;
@@ -57,7 +65,8 @@ class RefreshingAdapter(HTTPAdapter):
     3. otherwise refresh (coordinated: a sibling's newer token is adopted instead), rewind
        the body and replay the request once with the new token. A body that cannot be
        replayed (a generator) is not resent: the 401/403 is returned and the next call uses
-       the new token. A replay answered 401 puts that endpoint and token on the brake.
+       the new token. A replay answered 401 with the new token puts that endpoint and token
+       on the brake.
 
     The replay's answer is returned as it comes, whatever its status: never a loop.
     ``refresh_status_codes`` narrows the coordinator's policy for this adapter; extra
@@ -93,35 +102,37 @@ class RefreshingAdapter(HTTPAdapter):
     def send(  # type: ignore[override]
         self, request: requests.PreparedRequest, **kwargs: Any
     ) -> requests.Response:
-        if getattr(request, _MARK, False):
-            _put_bearer(request, self.coordinator.token_for_request())
-        response = super().send(request, **kwargs)
-
-        sent = _bearer(request)
-        endpoint = f"{request.method} {_path(request)}"
-        if (sent is None or response.status_code not in self.refresh_status_codes
-                or not self.coordinator.may_cure(response.status_code, sent, endpoint,
-                                                 _problem_type(response))):
-            return response
-
-        replayable = _rewind(request)
-        log.info("%s answered %d; refreshing the token", endpoint, response.status_code)
-        fresh = self.coordinator.refresh(replacing=sent)
-        if not replayable:
-            log.warning("%s has a body that cannot be replayed (a generator?); returning the "
-                        "%d, the next request uses the new token", endpoint,
-                        response.status_code)
-            return response
-
-        response.content  # noqa: B018 — read it, so the connection goes back to the pool
-        response.close()
-        replay = request.copy()
-        _put_bearer(replay, fresh)
-        answer = super().send(replay, **kwargs)
-        if answer.status_code == 401:
-            # Refused again with a token just refreshed: this 401 is not about the token.
-            self.coordinator.refused_after_refresh(fresh, endpoint)
-        return answer
+        """Drive :func:`refresher.flow.request_rule` for ``request`` (see the class
+        docstring); the last answer."""
+        coordinator = self.coordinator
+        rule = request_rule(coordinator, self.refresh_status_codes,
+                            put_bearer=getattr(request, _MARK, False))
+        response: requests.Response | None = None
+        value: object = None
+        while True:
+            try:
+                step = rule.send(value)
+            except StopIteration:
+                assert response is not None
+                return response
+            if isinstance(step, TokenNeeded):
+                value = coordinator.token_for_request()
+            elif isinstance(step, Send):
+                if step.replay:
+                    assert response is not None
+                    response.content  # noqa: B018 — read it: the connection goes back to the pool
+                    response.close()
+                    request = request.copy()
+                if step.token is not None:
+                    _put_bearer(request, step.token)
+                response = super().send(request, **kwargs)
+                value = Answer(response.status_code, _bearer(request))
+            elif isinstance(step, Describe):
+                assert response is not None
+                value = Facts(f"{request.method} {_path(request)}", _problem_type(response),
+                              _rewind(request))
+            else:
+                value = coordinator.refresh(replacing=step.replacing)
 
 
 def _put_bearer(request: requests.PreparedRequest, token: Token) -> None:

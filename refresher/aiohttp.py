@@ -8,17 +8,17 @@
             me = await response.json()
 
 tweepy's ``AsyncClient`` takes such a session (``client.session = session``): its calls
-then carry refresher's token, whatever ``bearer_token`` it was given. The rule is
-:class:`~refresher.RefreshingAdapter`'s: the bearer on (refreshed first when expiring),
-send, and on a 401/403 that the coordinator says a refresh may cure, refresh once and
-replay once, never blocking the event loop (:class:`~refresher._async.AsyncTokens`).
+then carry refresher's token, whatever ``bearer_token`` it was given. The rule — the
+bearer on (refreshed first when expiring), send, and on a 401/403 that the coordinator says
+a refresh may cure, refresh once and replay once — is :func:`refresher.flow.request_rule`;
+the middleware only drives it, never blocking the event loop
+(:class:`~refresher.frontend.AsyncTokens`).
 Needs aiohttp 3.12 or later (client middlewares): the ``[aiohttp]`` extra.
 """
 
 from __future__ import annotations
 
 import contextvars
-import logging
 
 try:
     import aiohttp
@@ -30,14 +30,12 @@ if not hasattr(aiohttp, "ClientMiddlewareType"):
     raise ImportError(f"refresher.aiohttp needs aiohttp 3.12 or later (client middlewares), "
                       f"not {aiohttp.__version__}: pip install 'refresher[aiohttp]'")
 
-from ._async import FrontEnd
 from ._transport import require_secure_transport
-from .token import Token
-from .wire import problem_type
+from .flow import Answer, Describe, Facts, Send, TokenNeeded, request_rule
+from .frontend import RefreshingFrontEnd
+from .wire import bearer_token, problem_type
 
 __all__ = ["RefreshingMiddleware"]
-
-log = logging.getLogger(__name__)
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
@@ -49,7 +47,7 @@ _NEXT_HOP: contextvars.ContextVar[URL | None] = contextvars.ContextVar(
     "refresher_aiohttp_next_hop", default=None)
 
 
-class RefreshingMiddleware(FrontEnd):
+class RefreshingMiddleware(RefreshingFrontEnd):
     """An aiohttp client middleware: ``aiohttp.ClientSession(middlewares=[it])``.
 
     Takes :class:`~refresher.RefreshingSession`'s arguments (``client_id``, ``store``,
@@ -65,8 +63,8 @@ class RefreshingMiddleware(FrontEnd):
        401 on the brake;
     3. else refresh once (coordinated: a sibling's newer token is adopted) and replay once.
        A body aiohttp cannot send again (an async generator) is not resent: the 401/403 is
-       returned and the next request uses the new token. A replay answered 401 puts that
-       endpoint and token on the brake.
+       returned and the next request uses the new token. A replay answered 401 with the
+       new token puts that endpoint and token on the brake.
     """
 
     async def __call__(self, request: aiohttp.ClientRequest,
@@ -75,32 +73,31 @@ class RefreshingMiddleware(FrontEnd):
             request.headers.pop("Authorization", None)
             return _noted(request, await handler(request), away=True)
         require_secure_transport(str(request.url))
-        token = await self.tokens.token_for_request()
-        sent = token["access_token"]
-        _put_bearer(request, token)
-        response = _noted(request, await handler(request), away=False)
-
-        endpoint = _endpoint(request)
-        if response.status not in self.policy.refresh_status_codes or not (
-                self.coordinator.may_cure(response.status, sent, endpoint,
-                                          await _problem_type(response))):
-            return response
-        replayable = _replayable(request)
-        log.info("%s answered %d; refreshing the token", endpoint, response.status)
-        fresh = await self.tokens.refresh(replacing=sent)
-        if not replayable:
-            log.warning("%s has a body that cannot be replayed (an async generator?); "
-                        "returning the %d, the next request uses the new token", endpoint,
-                        response.status)
-            return response
-
-        response.release()
-        _put_bearer(request, fresh)
-        answer = _noted(request, await handler(request), away=False)
-        if answer.status == 401:
-            # Refused again with a token just refreshed: this 401 is not about the token.
-            self.replay_refused(fresh, endpoint)
-        return answer
+        rule = request_rule(self.coordinator, self.policy.refresh_status_codes)
+        response: aiohttp.ClientResponse | None = None
+        value: object = None
+        while True:
+            try:
+                step = rule.send(value)
+            except StopIteration:
+                assert response is not None
+                return response
+            if isinstance(step, TokenNeeded):
+                value = await self.tokens.token_for_request()
+            elif isinstance(step, Send):
+                if step.replay:
+                    assert response is not None
+                    response.release()
+                if step.token is not None:
+                    request.headers["Authorization"] = f"Bearer {step.token['access_token']}"
+                response = _noted(request, await handler(request), away=False)
+                value = Answer(response.status, bearer_token(request.headers.get("Authorization")))
+            elif isinstance(step, Describe):
+                assert response is not None
+                value = Facts(_endpoint(request), await _problem_type(response),
+                              _replayable(request))
+            else:
+                value = await self.tokens.refresh(replacing=step.replacing)
 
 
 def _redirected_away(request: aiohttp.ClientRequest) -> bool:
@@ -125,10 +122,6 @@ def _noted(request: aiohttp.ClientRequest, response: aiohttp.ClientResponse, *,
         if away or target != request.url.origin():
             _NEXT_HOP.set(target)
     return response
-
-
-def _put_bearer(request: aiohttp.ClientRequest, token: Token) -> None:
-    request.headers["Authorization"] = f"Bearer {token['access_token']}"
 
 
 def _endpoint(request: aiohttp.ClientRequest) -> str:

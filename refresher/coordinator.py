@@ -1,28 +1,24 @@
 """RefreshCoordinator: one refresh at a time, and never the same refresh token twice.
 
-It knows tokens, stores and the token endpoint, not HTTP requests (the adapters ask it
-questions in plain values). The rule, top to bottom, is :meth:`RefreshCoordinator.refresh`:
-
-1. take the thread lock (one refresh per process at a time), within ``lock_timeout``;
-2. take the store's lock for the account (one per machine, or per Redis);
-3. read the store with its version: if a sibling already replaced the token that failed,
-   use theirs; if X already refused the stored refresh token to this client id at this
-   token URL, say a login is needed without resending it;
-4. run ``on_refresh_start``, then check the store's lock is still held, and spend the
-   *stored* refresh token: nothing stands between that check and the token request;
-5. save the new pair before anything else (a compare-and-set on the version read in 3),
-   release the locks, run ``on_token_update``.
+It knows tokens, stores and the token endpoint, not HTTP requests: the front ends drive
+:func:`refresher.flow.request_rule`, which asks it questions in plain values. It holds the
+live token of one account (the hot path: :meth:`RefreshCoordinator.token_for_request`, and
+:meth:`~RefreshCoordinator.ready_token` for a caller that must not block), decides when to
+refresh, and runs one refresh at a time per process (the thread lock); the refresh itself,
+under the store's lock, is :class:`~refresher.transaction.RefreshTransaction`, and
+whether a 401/403 may be cured is :class:`~refresher.judge.CureJudge`'s to say.
 
 A failed refresh changes nothing in the store; ``on_refresh_error`` sees it first. A pair
 the store could not take (whatever it raised) is kept, used, and written back first thing.
 So is a pair X granted after the caller gave up waiting (it had been sent before the
 deadline): the endpoint hands it over, and it is saved under the store's lock; until that
 answer came or can no longer come, the refresh token it spent is not sent again.
+
+Words (spend, adopt, sibling, brake, write back, lease, fencing): see ``docs/glossary.rst``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -30,22 +26,15 @@ from typing import Any
 from ._fork import register
 from .background import BackgroundRun
 from .clock import SYSTEM_CLOCK, Clock
-from .endpoint import TokenEndpoint
-from .errors import (
-    LockLost,
-    LockTimeout,
-    ReauthorizationRequired,
-    RefresherError,
-    RefreshError,
-    TokenStoreError,
-)
-from .inflight import AnswerPending, AnswerWaits
+from .errors import LockLost, ReauthorizationRequired, RefresherError
+from .inflight import AnswerPending
 from .judge import CureJudge
 from .pending import WriteBack
 from .policy import DEFAULT_POLICY, RefreshPolicy, TokenState
 from .stores.base import TokenStore
 from .stores.guarded import GuardedAccount
-from .token import Token, fingerprint, seconds_left, validate_token
+from .token import Token, fingerprint, lifetime_of, seconds_left, validate_token
+from .transaction import Endpoint, RefreshTransaction, replaced
 
 __all__ = ["RefreshCoordinator"]
 
@@ -58,16 +47,17 @@ class RefreshCoordinator:
     ``policy`` holds the numbers (leeway, lock timeout, the 401/403 rule); ``clock`` is the
     time it reads (a :class:`~refresher.testing.FakeClock` in tests).
 
-    The adapter asks it three things: :meth:`token_for_request` (the token to send, refreshed
-    first when expiring), :meth:`may_cure` (may a refresh cure this 401/403?) and
-    :meth:`refresh`; and tells it one: :meth:`refused_after_refresh`.
+    The front ends ask it for :meth:`token_for_request` (the token to send, refreshed first
+    when expiring) or, without blocking, :meth:`ready_token`, and for :meth:`refresh`; the
+    per-request rule (:mod:`refresher.flow`) asks :meth:`may_cure` (may a refresh cure this
+    401/403?) and tells it :meth:`refused_after_refresh`.
     """
 
     def __init__(
         self,
         store: TokenStore,
         account: str,
-        endpoint: TokenEndpoint,
+        endpoint: Endpoint,
         *,
         policy: RefreshPolicy | None = None,
         clock: Clock | None = None,
@@ -93,8 +83,10 @@ class RefreshCoordinator:
             self._account, policy.lock_timeout, lambda token: self._set(token, fresh=True),
             lambda pair: _run_hook(self.on_token_update, dict(pair), "on_token_update"))
         self._judge = CureJudge(policy, self.clock, account)
-        self._answers = AnswerWaits(account, endpoint, policy, self.clock)
-        self.refreshes = 0
+        self._transaction = RefreshTransaction(
+            self._account, endpoint, policy, self.clock, write_back=self._write_back,
+            adopt=lambda token, fresh: self._set(token, fresh=fresh),
+            starting=self._refresh_starting)
         self._next_early_try = 0.0
         self._background = BackgroundRun(policy.background_threads)
         register(self)
@@ -103,6 +95,11 @@ class RefreshCoordinator:
         # The parent's background run and its locks stayed there (they reset themselves);
         # a pair it was granted and saves is adopted from the store by the next refresh.
         self._next_early_try = 0.0
+
+    @property
+    def refreshes(self) -> int:
+        """Pairs X granted to this coordinator (late ones included)."""
+        return self._transaction.refreshes
 
     @property
     def store(self) -> TokenStore:
@@ -149,6 +146,43 @@ class RefreshCoordinator:
     def pending_write_back(self) -> bool:
         """Whether a granted pair the store could not take waits to be written back."""
         return self._write_back.waiting
+
+    def ready_token(self, *, refresh_under_way: bool = False) -> Token | None:
+        """The token to send now if that needs no wait, else ``None`` (then
+        :meth:`token_for_request` has work to do: a first load, a write back, a refresh).
+
+        Never blocks, never reads the store: what an event loop may call. Ready means FRESH
+        with no granted pair waiting to be written back; with ``refresh_under_way`` (the
+        caller knows another task is refreshing), also a token with a good margin left,
+        which goes out as it is rather than waiting (the policy's ``waits_for_refresh``).
+        """
+        token = self._token
+        if token is None or not token.get("access_token") or self._write_back.waiting:
+            return None
+        now = self.clock.time()
+        if self.policy.state(token, now) is TokenState.FRESH:
+            return token
+        if refresh_under_way and not self.policy.waits_for_refresh(token, now):
+            return token
+        return None
+
+    def replacement(self, replacing: str) -> Token | None:
+        """The live token when it replaced the access token ``replacing`` and may be used
+        as it is — ready, or a grant that was never fresh (``expires_in`` 0: refreshing it
+        again for every waiting caller would rotate the pair once per caller); else
+        ``None``. Never blocks."""
+        current = self._token
+        if not replaced(current, replacing):
+            return None
+        assert current is not None
+        if self.ready_token() is not None or not (lifetime_of(current) or 0) > 0:
+            return current
+        return None
+
+    def replaced(self, replacing: str | None) -> bool:
+        """Whether the live token replaced the access token ``replacing`` (see
+        :func:`refresher.transaction.replaced`)."""
+        return replaced(self._token, replacing)
 
     def token_for_request(self) -> Token:
         """The token to send now, refreshed first when it is expiring."""
@@ -234,9 +268,10 @@ class RefreshCoordinator:
                 retry_refused: bool = False) -> Token:
         """A coordinated refresh; returns the token to use from now on.
 
-        ``replacing`` is the access token that failed or is expiring: when another thread,
-        or the store, already holds a different usable token, that one is adopted and no
-        refresh token is spent. ``None`` refreshes whatever is stored. With ``wait=False``, a
+        ``replacing`` is the access token that failed or is expiring (``""`` for a pair
+        that has none): when another thread, or the store, already holds a different usable
+        token, that one is adopted and no refresh token is spent. ``None`` (a refresh asked
+        for as such) refreshes whatever is stored. With ``wait=False``, a
         refresh already under way elsewhere is not waited for: the current token is returned.
         ``retry_refused`` sends once on purpose a refresh token X refused (:mod:`.refusal`).
         """
@@ -246,21 +281,21 @@ class RefreshCoordinator:
                 return self._token  # another thread of ours is refreshing
             try:
                 current = self._token
-                if _replaced(current, replacing):
+                if replaced(current, replacing):
                     # Another thread of ours refreshed while we waited: use its token even
                     # if it is already "expiring" (a grant with expires_in 0), instead of
                     # every waiting thread rotating the pair again in turn.
                     assert current is not None
                     return current
                 try:
-                    granted = self._refresh_under_lock(replacing, wait, retry_refused)
+                    granted = self._run(replacing, wait, retry_refused)
                 except LockLost as lost:
                     # Nothing was spent; whoever holds the lock now may have refreshed.
                     log.warning("account %r: %s; taking the lock again", self.account, lost)
-                    granted = self._refresh_under_lock(replacing, wait, retry_refused)
+                    granted = self._run(replacing, wait, retry_refused)
                 except AnswerPending as pending:
-                    granted = None if not wait else self._answers.after_sibling(
-                        pending, lambda: self._refresh_under_lock(replacing, True, retry_refused))
+                    granted = None if not wait else self._transaction.answers.after_sibling(
+                        pending, lambda: self._run(replacing, True, retry_refused))
             finally:
                 self._account.thread_lock.release()
         except RefresherError as exc:
@@ -275,109 +310,17 @@ class RefreshCoordinator:
         assert self._token is not None
         return self._token
 
-    def _refresh_under_lock(self, replacing: str | None, wait: bool, retry: bool) -> Token | None:
-        """Returns the granted pair, or ``None`` when a sibling's token was adopted."""
-        if not self._answers.ours_done(wait):
-            return None  # a refresh whose answer may still come: the current token still works
-        with contextlib.ExitStack() as held:
+    def _run(self, replacing: str | None, wait: bool, retry: bool) -> Token | None:
+        """The refresh under the store's lock: the granted pair, or ``None`` when a
+        sibling's token was adopted."""
+        return self._transaction.run(replacing, self._token, wait, retry)
+
+    def _refresh_starting(self) -> None:
+        if self.on_refresh_start is not None:
             try:
-                held.enter_context(self._store_lock(wait=wait))
-            except LockTimeout:
-                if wait:
-                    raise
-                return None  # a sibling is refreshing; the current token still works
-            self._write_back.locked()
-            stored = self._account.load_versioned()
-            if self._usable_replacement(stored.token, replacing):
-                assert stored.token is not None
-                log.info("account %r: adopting token %s refreshed by a sibling",
-                         self.account, fingerprint(stored.token.get("access_token")))
-                self._set(stored.token, fresh=True)
-                return None
-            refresh_token = (stored.token or self._token or {}).get("refresh_token")
-            if not refresh_token:
-                raise ReauthorizationRequired(
-                    f"account {self.account!r} has no refresh token in {self.store!r} "
-                    "(was offline.access in the scopes?); log in again"
-                )
-            self._account.check_refusals(stored.token, retry=retry)
-            self._account.check_answer_pending(stored.token, self.clock.time())
-            if self.on_refresh_start is not None:
-                try:
-                    self.on_refresh_start()  # for metrics: the token call starts now
-                except Exception:
-                    log.exception("on_refresh_start hook raised; carrying on")
-            # A holder whose lock lapsed (a hook that blocked, a paused process) must not
-            # spend the token: the next holder may be. Nothing runs between this and the send.
-            self._account.verify_lock()
-            try:
-                granted = self.endpoint.refresh(
-                    refresh_token, on_late_grant=lambda pair: self._late_grant(pair, refresh_token))
-            except ReauthorizationRequired:
-                if self._adopted_after_refusal(refresh_token):
-                    return None
-                raise
-            except RefreshError as exc:
-                if exc.request_sent is not False and not self.endpoint.wait_for_late_answers(0):
-                    # X may still answer (and this process save the pair): siblings must
-                    # not resend the token meanwhile. Recorded before the lock is released.
-                    self._account.mark_answer_pending(refresh_token, self._answers.until())
-                raise
-            # X has rotated the pair: saving it comes before anything else that can fail.
-            self.refreshes += 1
-            self._save_or_keep(granted, parent=refresh_token, expected=stored.version)
-            self._account.forget_refusals()  # X granted: a recorded refusal of it is moot
-            log.info("account %r: refreshed, access token %s, expires in %.0f s",
-                     self.account, fingerprint(granted.get("access_token")),
-                     seconds_left(granted, now=self.clock.time()) or 0.0)
-            if not granted.get("access_token"):
-                raise RefreshError(
-                    f"{self.endpoint.token_url} answered 200 with a new refresh token but no "
-                    "usable access token; the new refresh token is saved, and the next request "
-                    "refreshes again"
-                )
-            return granted
-
-    def _usable_replacement(self, candidate: Token | None, replacing: str | None) -> bool:
-        """``candidate`` is a token other than the one being replaced, and not expiring."""
-        return _replaced(candidate, replacing) and candidate is not None and (
-            self.policy.state(candidate, self.clock.time()) is TokenState.FRESH)
-
-    def _adopted_after_refusal(self, refresh_token: str) -> bool:
-        """X refused ``refresh_token`` as spent: adopt a sibling's pair, or record the loss."""
-        # A sibling whose lock lapsed may have saved the new pair meanwhile.
-        again = self._account.load()
-        if again is not None and again.get("refresh_token") != refresh_token:
-            log.info("account %r: refresh token was spent by a sibling; adopting its pair",
-                     self.account)
-            self._set(again, fresh=True)
-            return True
-        # Nobody holds a newer pair: record it, so siblings stop resending the dead token.
-        try:
-            self._account.mark_needs_login(refresh_token)
-        except TokenStoreError as exc:
-            log.error("account %r: could not record that a login is needed: %s",
-                      self.account, exc)
-        return False
-
-    # -- saving, and writing back what could not be saved --------------------------------
-
-    def _save_or_keep(self, granted: Token, *, parent: str, expected: str | None) -> None:
-        try:
-            self._account.save_versioned(granted, expected)
-        except TokenStoreError:
-            # The old refresh token is spent: this pair is now the only way into the
-            # account. Keep it and write it back as soon as the store answers again.
-            self._write_back.pending.keep(granted, parent)
-            log.error("account %r: could not save the new token; keeping it in memory "
-                      "and retrying the save before the next request", self.account)
-            raise
-        finally:
-            self._set(granted, fresh=True)
-
-    def _late_grant(self, granted: Token, parent: str) -> None:
-        self.refreshes += 1
-        self._write_back.late(granted, parent)
+                self.on_refresh_start()
+            except Exception:
+                log.exception("on_refresh_start hook raised; carrying on")
 
     def _store_lock(self, wait: bool = True) -> Any:
         """The store's lock for the account, within the policy's lock timeout."""
@@ -402,9 +345,3 @@ def _run_hook(hook: Callable[[Any], Any] | None, argument: Any, name: str) -> No
             hook(argument)
     except Exception:
         log.exception("%s hook %r raised; carrying on", name, hook)
-
-
-def _replaced(current: Token | None, replacing: str | None) -> bool:
-    """True when ``current`` carries an access token other than the one being replaced."""
-    return (current is not None and replacing is not None
-            and current.get("access_token") not in (None, replacing))

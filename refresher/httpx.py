@@ -6,16 +6,16 @@
     async with httpx.AsyncClient(auth=auth) as client:     # or httpx.Client(auth=auth)
         me = (await client.get("https://api.x.com/2/users/me")).json()
 
-The rule is :class:`~refresher.RefreshingAdapter`'s, in httpx's own shape (one generator):
-the bearer on (refreshed first when expiring), send, and on a 401/403 that the coordinator
-says a refresh may cure, refresh once and replay once. The async flow never blocks the
-event loop: a FRESH token is read on the loop, anything else goes to a worker thread
-(:class:`~refresher._async.AsyncTokens`). Needs the ``[httpx]`` extra.
+The rule — the bearer on (refreshed first when expiring), send, and on a 401/403 that the
+coordinator says a refresh may cure, refresh once and replay once — is
+:func:`refresher.flow.request_rule`; both flows here only drive it, translating httpx's
+requests and responses to its values. The async flow never blocks the event loop: a token
+ready to send is read on the loop, anything else goes to a worker thread
+(:class:`~refresher.frontend.AsyncTokens`). Needs the ``[httpx]`` extra.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncGenerator, Generator
 
 try:
@@ -23,18 +23,16 @@ try:
 except ImportError as exc:  # an optional dependency: say how to get it
     raise ImportError("refresher.httpx needs httpx: pip install 'refresher[httpx]'") from exc
 
-from ._async import FrontEnd
 from ._transport import require_secure_transport
+from .flow import Answer, Describe, Facts, Send, TokenNeeded, request_rule
+from .frontend import RefreshingFrontEnd
 from .token import Token
 from .wire import bearer_token, problem_type
 
 __all__ = ["RefreshingAuth"]
 
-log = logging.getLogger(__name__)
 
-
-
-class RefreshingAuth(FrontEnd, httpx.Auth):
+class RefreshingAuth(RefreshingFrontEnd, httpx.Auth):
     """An :class:`httpx.Auth` for :class:`httpx.Client` and :class:`httpx.AsyncClient`.
 
     Takes :class:`~refresher.RefreshingSession`'s arguments (``client_id``, ``store``,
@@ -51,88 +49,73 @@ class RefreshingAuth(FrontEnd, httpx.Auth):
     3. else refresh once (coordinated: a sibling's newer token is adopted) and replay once.
        A body that cannot be sent again (a generator, a file passed as ``content=``) is not
        resent: the 401/403 is returned and the next request uses the new token. A replay
-       answered 401 puts that endpoint and token on the brake.
+       answered 401 with the new token puts that endpoint and token on the brake.
     """
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request,
                                                                    httpx.Response, None]:
         coordinator = self.coordinator
         require_secure_transport(str(request.url))
-        _put_bearer(request, coordinator.token_for_request())
-        response = yield request
-
-        sent = self._sent_and_refusable(response)
-        if sent is None:
-            return
-        if response.status_code == 403:
-            response.read()  # its problem type says whether it is about the token
-        if not coordinator.may_cure(response.status_code, sent, _endpoint(response.request),
-                                    _problem_type(response)):
-            return
-        replayable = _replayable(request)
-        log.info("%s answered %d; refreshing the token", _endpoint(request),
-                 response.status_code)
-        fresh = coordinator.refresh(replacing=sent)
-        if not self._will_replay(request, response, replayable):
-            return
-        _put_bearer(request, fresh)
-        answer = yield request
-        self._judge_replay(answer, fresh)
+        rule = request_rule(coordinator, self.policy.refresh_status_codes)
+        response: httpx.Response | None = None
+        value: object = None
+        while True:
+            try:
+                step = rule.send(value)
+            except StopIteration:
+                return
+            if isinstance(step, TokenNeeded):
+                value = coordinator.token_for_request()
+            elif isinstance(step, Send):
+                response = yield _with_bearer(request, step.token)
+                value = _answer(response)
+            elif isinstance(step, Describe):
+                assert response is not None
+                if step.status == 403:
+                    response.read()  # its problem type says whether it is about the token
+                value = _facts(request, response)
+            else:
+                value = coordinator.refresh(replacing=step.replacing)
 
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request,
                                                                                 httpx.Response]:
-        coordinator = self.coordinator
         require_secure_transport(str(request.url))
-        _put_bearer(request, await self.tokens.token_for_request())
-        response = yield request
-
-        sent = self._sent_and_refusable(response)
-        if sent is None:
-            return
-        if response.status_code == 403:
-            await response.aread()  # its problem type says whether it is about the token
-        if not coordinator.may_cure(response.status_code, sent, _endpoint(response.request),
-                                    _problem_type(response)):
-            return
-        replayable = _replayable(request)
-        log.info("%s answered %d; refreshing the token", _endpoint(request),
-                 response.status_code)
-        fresh = await self.tokens.refresh(replacing=sent)
-        if not self._will_replay(request, response, replayable):
-            return
-        _put_bearer(request, fresh)
-        answer = yield request
-        self._judge_replay(answer, fresh)
-
-    # -- the steps both flows share ------------------------------------------------------
-
-    def _sent_and_refusable(self, response: httpx.Response) -> str | None:
-        """The token the answered request carried, if its status may be a refused token.
-
-        ``response.request`` is the last hop of any redirects: a hop to another origin
-        carried no token (httpx strips it), so its 401 gives ``None`` here.
-        """
-        if response.status_code not in self.policy.refresh_status_codes:
-            return None
-        return _bearer(response.request)
-
-    @staticmethod
-    def _will_replay(request: httpx.Request, response: httpx.Response,
-                     replayable: bool) -> bool:
-        if not replayable:
-            log.warning("%s has a body that cannot be replayed (a generator?); returning the "
-                        "%d, the next request uses the new token", _endpoint(request),
-                        response.status_code)
-        return replayable
-
-    def _judge_replay(self, answer: httpx.Response, fresh: Token) -> None:
-        if answer.status_code == 401 and _bearer(answer.request) == fresh.get("access_token"):
-            # Refused again with a token just refreshed: this 401 is not about the token.
-            self.replay_refused(fresh, _endpoint(answer.request))
+        rule = request_rule(self.coordinator, self.policy.refresh_status_codes)
+        response: httpx.Response | None = None
+        value: object = None
+        while True:
+            try:
+                step = rule.send(value)
+            except StopIteration:
+                return
+            if isinstance(step, TokenNeeded):
+                value = await self.tokens.token_for_request()
+            elif isinstance(step, Send):
+                response = yield _with_bearer(request, step.token)
+                value = _answer(response)
+            elif isinstance(step, Describe):
+                assert response is not None
+                if step.status == 403:
+                    await response.aread()  # its problem type says whether it is about the token
+                value = _facts(request, response)
+            else:
+                value = await self.tokens.refresh(replacing=step.replacing)
 
 
-def _put_bearer(request: httpx.Request, token: Token) -> None:
-    request.headers["Authorization"] = f"Bearer {token['access_token']}"
+def _with_bearer(request: httpx.Request, token: Token | None) -> httpx.Request:
+    if token is not None:
+        request.headers["Authorization"] = f"Bearer {token['access_token']}"
+    return request
+
+
+def _answer(response: httpx.Response) -> Answer:
+    """``response.request`` is the last hop of any redirects: a hop to another origin
+    carried no token (httpx strips it), so its 401 is judged as carrying none."""
+    return Answer(response.status_code, _bearer(response.request))
+
+
+def _facts(request: httpx.Request, response: httpx.Response) -> Facts:
+    return Facts(_endpoint(response.request), _problem_type(response), _replayable(request))
 
 
 def _bearer(request: httpx.Request) -> str | None:

@@ -7,10 +7,10 @@ for a script, a notebook or the ``refresher login`` command (the callback server
 :mod:`refresher.loopback`); a web app calls :meth:`LoginFlow.authorization_url` and
 :meth:`LoginFlow.exchange` from its own routes.
 
-:func:`open_session` is the other half, in :mod:`refresher.settings` and importable from
-here too: a :class:`~refresher.RefreshingSession` for an account that ``refresher login``
-saved, configured from what the login recorded in the store (client id, endpoints; never
-the secret).
+:func:`open_session` is the other half, beside the session in :mod:`refresher.session`
+and importable from here too: a :class:`~refresher.RefreshingSession` for an account that
+``refresher login`` saved, configured from what the login recorded in the store (client
+id, endpoints; never the secret).
 
 Nothing here logs, prints or repeats a token, a code verifier or a client secret.
 """
@@ -37,8 +37,8 @@ from ._transport import require_secure_transport
 from .endpoint import TokenEndpoint
 from .errors import ConfigurationError, InsecureTransport, LoginError, RefreshError
 from .loopback import DEFAULT_REDIRECT_URI, OpenBrowser, callback_params, wait_for_login
-from .session import RefreshingSession
-from .settings import default_store_location, open_session, resolve_setting
+from .session import RefreshingSession, open_session
+from .settings import default_store_location, resolve_setting
 from .stores import MemoryTokenStore, TokenStore
 from .token import Token, normalize_token
 

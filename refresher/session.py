@@ -17,18 +17,18 @@ from urllib.parse import urlsplit
 import requests
 from requests_oauthlib import OAuth2Session
 
-from ._build import UNSET, build_coordinator, resolve_policy, resolve_store
-from ._constants import DEFAULT_API_TIMEOUT, X_API_URL, X_TOKEN_URL
+from ._constants import DEFAULT_API_TIMEOUT, X_TOKEN_URL
 from ._transport import require_secure_transport
 from .adapter import BearerFromAdapter, RefreshingAdapter
 from .clock import Clock
 from .coordinator import RefreshCoordinator
 from .errors import InsecureTransport
+from .frontend import FrontEndOptions, describe
 from .policy import RefreshPolicy
 from .stores import TokenStore
 from .token import Token, validate_token
 
-__all__ = ["RefreshingSession"]
+__all__ = ["RefreshingSession", "open_session"]
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class RefreshingSession(OAuth2Session):
         api_url: str | None = None,
         refresh_status_codes: Collection[int] | None = None,
         leeway: float | None = None,
-        lock_timeout: Any = UNSET,
+        lock_timeout: float | None = None,
         on_token_update: Callable[[Token], Any] | None = None,
         on_refresh_error: Callable[[BaseException], Any] | None = None,
         on_refresh_start: Callable[[], Any] | None = None,
@@ -95,8 +95,13 @@ class RefreshingSession(OAuth2Session):
         manages_tokens = store is not None or on_token_update is not None
         if token and manages_tokens:
             token = validate_token(token)  # refused before oauthlib or a store sees it
-        policy = resolve_policy(policy, leeway=leeway, lock_timeout=lock_timeout,
-                                refresh_status_codes=refresh_status_codes)
+        options = FrontEndOptions(
+            client_id=client_id or getattr(client, "client_id", None),
+            client_secret=client_secret, store=store, account=account, token=token,
+            token_url=token_url, api_url=api_url or api_base_url, policy=policy, leeway=leeway,
+            lock_timeout=lock_timeout, refresh_status_codes=refresh_status_codes,
+            on_token_update=on_token_update, on_refresh_error=on_refresh_error,
+            on_refresh_start=on_refresh_start, refresh_session=refresh_session, clock=clock)
         super().__init__(
             client_id=client_id,
             client=client,
@@ -110,23 +115,18 @@ class RefreshingSession(OAuth2Session):
             pkce=pkce,
             **kwargs,
         )
+        self.options = options
         self.account = account
         self.token_url = token_url
-        self.api_url = (api_url or api_base_url or X_API_URL).rstrip("/")
-        self.policy = policy
+        self.api_url = options.resolved_api_url()
+        self.policy = policy = options.resolved_policy()
         self.refresh_status_codes = tuple(sorted(policy.refresh_status_codes))
         if not manages_tokens:
             return  # plain OAuth2Session
 
-        self.store = store = resolve_store(store)
-        coordinator = build_coordinator(
-            client_id or getattr(client, "client_id", None), client_secret=client_secret,
-            store=store, account=account, token=token, token_url=token_url, policy=policy,
-            on_token_update=on_token_update, on_refresh_error=on_refresh_error,
-            on_refresh_start=on_refresh_start, refresh_session=refresh_session, clock=clock,
-        )
-        self._coordinator = coordinator
-        adapter = RefreshingAdapter(coordinator)
+        wired = options.wire()
+        self.store, self._coordinator = wired.store, wired.coordinator
+        adapter = RefreshingAdapter(wired.coordinator)
         self.mount("https://", adapter)
         self.mount("http://", adapter)
 
@@ -208,6 +208,11 @@ class RefreshingSession(OAuth2Session):
     ) -> requests.Response:
         """Send a request; unless ``withhold_token``, the adapter puts the bearer on it.
 
+        The contract with :class:`~refresher.RefreshingAdapter`: a request that should carry
+        the token gets ``auth=BearerFromAdapter()`` (unless the caller passed an ``auth``),
+        which marks the prepared request (``_refresher_sends_bearer``); the adapter puts
+        the bearer only on marked requests. A redirect hop is a new, unmarked request.
+
         Not through ``OAuth2Session.request``, which logs whole tokens at DEBUG: the
         compliance hooks run here, and :class:`~refresher.RefreshingAdapter` does the rest.
         """
@@ -270,12 +275,7 @@ class RefreshingSession(OAuth2Session):
         coordinator = self.__dict__.get("_coordinator")
         if coordinator is None:
             return f"<RefreshingSession (plain OAuth2Session) client_id={self.client_id!r}>"
-        facts = coordinator.describe()
-        left = facts["expires_in"]
-        expiry = "no token" if left is None else (
-            f"expires in {left:.0f} s" if left > 0 else "expired")
-        return (f"<RefreshingSession account={self.account!r} store={self.store!r} "
-                f"token {facts['fingerprint']} {expiry}>")
+        return f"<RefreshingSession {describe(coordinator, self.store)}>"
 
     @staticmethod
     def _check_plain_http(url: str, *, sends_token: bool) -> None:
@@ -294,3 +294,36 @@ class RefreshingSession(OAuth2Session):
                 f"{what}() needs the refresh machinery: pass store= or on_token_update="
             )
         return self._coordinator
+
+
+def open_session(
+    account: str | None = None,
+    *,
+    store: TokenStore | str | os.PathLike[str] | None = None,
+    client_id: str | None = None,
+    client_secret: str | None = None,
+    **kwargs: Any,
+) -> RefreshingSession:
+    """A :class:`~refresher.RefreshingSession` for an account ``refresher login`` saved.
+
+    ``store`` is a store or a location (default
+    :func:`~refresher.settings.default_store_location`);
+    ``account`` defaults to ``$REFRESHER_ACCOUNT``, else the store's only account. The
+    client id and the token and API URLs come from the arguments, else what the login
+    recorded in the store, else the ``REFRESHER_*`` environment variables (see
+    :func:`~refresher.settings.resolve_setting`); the
+    secret of a confidential client from ``client_secret`` or ``$REFRESHER_CLIENT_SECRET``
+    (the store never holds it). Other keywords go to :class:`~refresher.RefreshingSession`.
+
+    Raises :class:`~refresher.ConfigurationError` (also a :class:`ValueError`) for an
+    unknown account, a store with several accounts and none chosen, or a missing client id
+    or secret: the message names the store and its accounts (never a token) and what to do.
+
+    >>> session = open_session("alice")  # doctest: +SKIP
+    >>> session.me()["username"]  # doctest: +SKIP
+    'alice'
+    """
+    from .settings import saved_account_arguments  # settings read the store: when asked
+
+    return RefreshingSession(**saved_account_arguments(
+        account, store=store, client_id=client_id, client_secret=client_secret, **kwargs))

@@ -1,4 +1,4 @@
-"""Settings for scripts, cron jobs and the command line, and :func:`open_session`.
+"""Settings for scripts, cron jobs and the command line.
 
 A setting comes from an explicit value, else what ``refresher login`` recorded in the store
 beside the account's token (client id, endpoints: never the secret), else its
@@ -8,8 +8,9 @@ emulator's token URL, another app's client id), which could only be refused ther
 itself is found at :func:`default_store_location`, and the account chosen by
 :func:`choose_account`.
 
-:func:`open_session` puts them together: a :class:`~refresher.RefreshingSession` for an
-account that ``refresher login`` saved, with nothing repeated.
+:func:`saved_account_arguments` puts them together for a front end:
+:func:`~refresher.open_session` (beside :class:`~refresher.RefreshingSession`) and the async
+front ends' ``open()`` build from it, with nothing repeated.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from typing import Any
 from ._constants import X_API_URL, X_AUTHORIZE_URL, X_REVOKE_URL, X_TOKEN_URL
 from .errors import ConfigurationError, ReauthorizationRequired
 from .loopback import DEFAULT_REDIRECT_URI
-from .session import RefreshingSession
 from .stores import TokenStore, open_store
 
 log = logging.getLogger(__name__)
@@ -33,13 +33,13 @@ __all__ = [
     "choose_account",
     "default_store_location",
     "describe_store",
-    "open_session",
     "resolve_setting",
     "saved_account_arguments",
     "wanted_account",
 ]
 
-#: The environment variable of each setting the command line and :func:`open_session` read.
+#: The environment variable of each setting the command line and
+#: :func:`~refresher.open_session` read.
 ENVIRONMENT: Mapping[str, str] = MappingProxyType({
     "store": "REFRESHER_STORE",
     "account": "REFRESHER_ACCOUNT",
@@ -202,36 +202,6 @@ def describe_store(store: TokenStore) -> str:
     return str(path) if path is not None else repr(store)
 
 
-def open_session(
-    account: str | None = None,
-    *,
-    store: TokenStore | str | os.PathLike[str] | None = None,
-    client_id: str | None = None,
-    client_secret: str | None = None,
-    **kwargs: Any,
-) -> RefreshingSession:
-    """A :class:`~refresher.RefreshingSession` for an account ``refresher login`` saved.
-
-    ``store`` is a store or a location (default :func:`default_store_location`);
-    ``account`` defaults to ``$REFRESHER_ACCOUNT``, else the store's only account. The
-    client id and the token and API URLs come from the arguments, else what the login
-    recorded in the store, else the ``REFRESHER_*`` environment variables (see
-    :func:`resolve_setting`); the
-    secret of a confidential client from ``client_secret`` or ``$REFRESHER_CLIENT_SECRET``
-    (the store never holds it). Other keywords go to :class:`~refresher.RefreshingSession`.
-
-    Raises :class:`~refresher.ConfigurationError` (also a :class:`ValueError`) for an
-    unknown account, a store with several accounts and none chosen, or a missing client id
-    or secret: the message names the store and its accounts (never a token) and what to do.
-
-    >>> session = open_session("alice")  # doctest: +SKIP
-    >>> session.me()["username"]  # doctest: +SKIP
-    'alice'
-    """
-    return RefreshingSession(**saved_account_arguments(
-        account, store=store, client_id=client_id, client_secret=client_secret, **kwargs))
-
-
 def saved_account_arguments(
     account: str | None = None,
     *,
@@ -241,7 +211,8 @@ def saved_account_arguments(
     **kwargs: Any,
 ) -> dict[str, Any]:
     """The constructor arguments for an account ``refresher login`` saved, found as
-    :func:`open_session` describes (for a session, or an async front end's ``open()``):
+    :func:`~refresher.open_session` describes (for a session, or an async front end's
+    ``open()``):
     ``client_id``, ``client_secret``, ``store`` (opened), ``account``, ``token_url``,
     ``api_url``, and ``kwargs`` as given."""
     if store is None or isinstance(store, (str, os.PathLike)):
