@@ -27,7 +27,7 @@ from requests.utils import rewind_body
 
 from ._fork import register
 from .coordinator import RefreshCoordinator
-from .flow import Answer, Describe, Facts, Send, TokenNeeded, request_rule
+from .flow import Answer, Describe, Facts, Send, Steps, TokenNeeded, request_rule
 from .token import Token
 from .wire import bearer_token, problem_type
 
@@ -105,18 +105,12 @@ class RefreshingAdapter(HTTPAdapter):
         """Drive :func:`refresher.flow.request_rule` for ``request`` (see the class
         docstring); the last answer."""
         coordinator = self.coordinator
-        rule = request_rule(coordinator, self.refresh_status_codes,
-                            put_bearer=getattr(request, _MARK, False))
         response: requests.Response | None = None
-        value: object = None
-        while True:
-            try:
-                step = rule.send(value)
-            except StopIteration:
-                assert response is not None
-                return response
+        steps = Steps(request_rule(coordinator, self.refresh_status_codes,
+                                   put_bearer=getattr(request, _MARK, False)))
+        for step in steps:
             if isinstance(step, TokenNeeded):
-                value = coordinator.token_for_request()
+                steps.answer(coordinator.token_for_request())
             elif isinstance(step, Send):
                 if step.replay:
                     assert response is not None
@@ -126,13 +120,15 @@ class RefreshingAdapter(HTTPAdapter):
                 if step.token is not None:
                     _put_bearer(request, step.token)
                 response = super().send(request, **kwargs)
-                value = Answer(response.status_code, _bearer(request))
+                steps.answer(Answer(response.status_code, _bearer(request)))
             elif isinstance(step, Describe):
                 assert response is not None
-                value = Facts(f"{request.method} {_path(request)}", _problem_type(response),
-                              _rewind(request))
+                steps.answer(Facts(f"{request.method} {_path(request)}",
+                                   _problem_type(response), _rewind(request)))
             else:
-                value = coordinator.refresh(replacing=step.replacing)
+                steps.answer(coordinator.refresh(replacing=step.replacing))
+        assert response is not None
+        return response
 
 
 def _put_bearer(request: requests.PreparedRequest, token: Token) -> None:

@@ -31,7 +31,7 @@ if not hasattr(aiohttp, "ClientMiddlewareType"):
                       f"not {aiohttp.__version__}: pip install 'refresher[aiohttp]'")
 
 from ._transport import require_secure_transport
-from .flow import Answer, Describe, Facts, Send, TokenNeeded, request_rule
+from .flow import Answer, Describe, Facts, Send, Steps, TokenNeeded, request_rule
 from .frontend import RefreshingFrontEnd
 from .wire import bearer_token, problem_type
 
@@ -73,17 +73,11 @@ class RefreshingMiddleware(RefreshingFrontEnd):
             request.headers.pop("Authorization", None)
             return _noted(request, await handler(request), away=True)
         require_secure_transport(str(request.url))
-        rule = request_rule(self.coordinator, self.policy.refresh_status_codes)
         response: aiohttp.ClientResponse | None = None
-        value: object = None
-        while True:
-            try:
-                step = rule.send(value)
-            except StopIteration:
-                assert response is not None
-                return response
+        steps = Steps(request_rule(self.coordinator, self.policy.refresh_status_codes))
+        for step in steps:
             if isinstance(step, TokenNeeded):
-                value = await self.tokens.token_for_request()
+                steps.answer(await self.tokens.token_for_request())
             elif isinstance(step, Send):
                 if step.replay:
                     assert response is not None
@@ -91,13 +85,16 @@ class RefreshingMiddleware(RefreshingFrontEnd):
                 if step.token is not None:
                     request.headers["Authorization"] = f"Bearer {step.token['access_token']}"
                 response = _noted(request, await handler(request), away=False)
-                value = Answer(response.status, bearer_token(request.headers.get("Authorization")))
+                steps.answer(Answer(response.status,
+                                    bearer_token(request.headers.get("Authorization"))))
             elif isinstance(step, Describe):
                 assert response is not None
-                value = Facts(_endpoint(request), await _problem_type(response),
-                              _replayable(request))
+                steps.answer(Facts(_endpoint(request), await _problem_type(response),
+                                   _replayable(request)))
             else:
-                value = await self.tokens.refresh(replacing=step.replacing)
+                steps.answer(await self.tokens.refresh(replacing=step.replacing))
+        assert response is not None
+        return response
 
 
 def _redirected_away(request: aiohttp.ClientRequest) -> bool:

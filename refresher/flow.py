@@ -32,7 +32,8 @@ The steps, in order:
 6. A replay answered 401 *with the token just refreshed* puts that endpoint and token on
    the brake (:meth:`~refresher.RefreshCoordinator.refused_after_refresh`).
 
-The rule ends (``StopIteration``) when the driver should return the last answer it got.
+The rule ends when the driver should return the last answer it got. A driver iterates
+:class:`Steps` and answers each step with :meth:`Steps.answer`.
 
 Three things the front ends once did differently, decided here once:
 
@@ -56,8 +57,8 @@ from typing import Protocol
 
 from .token import Token
 
-__all__ = ["Answer", "Describe", "Facts", "Judge", "Refresh", "Send", "Step", "TokenNeeded",
-           "request_rule", "refused_replay"]
+__all__ = ["Answer", "Describe", "Facts", "Judge", "Refresh", "Send", "Step", "Steps",
+           "TokenNeeded", "request_rule", "refused_replay"]
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,25 @@ def request_rule(judge: Judge, status_codes: Collection[int], *, put_bearer: boo
     if replay.status == 401 and replay.carried is not None \
             and replay.carried == fresh.get("access_token"):
         refused_replay(judge, fresh, facts.endpoint)
+
+
+class Steps:
+    """A driver's view of a rule: iterate for the steps, :meth:`answer` each one; the loop
+    ends with the rule."""
+
+    def __init__(self, rule: Generator[Step, object, None]) -> None:
+        self._rule = rule
+        self._value: object = None
+
+    def __iter__(self) -> Steps:
+        return self
+
+    def __next__(self) -> Step:
+        return self._rule.send(self._value)
+
+    def answer(self, value: object) -> None:
+        """What the step just taken came to (see each step for what it expects)."""
+        self._value = value
 
 
 def refused_replay(judge: Judge, token: Token | str, endpoint: str) -> None:

@@ -24,7 +24,7 @@ except ImportError as exc:  # an optional dependency: say how to get it
     raise ImportError("refresher.httpx needs httpx: pip install 'refresher[httpx]'") from exc
 
 from ._transport import require_secure_transport
-from .flow import Answer, Describe, Facts, Send, TokenNeeded, request_rule
+from .flow import Answer, Describe, Facts, Send, Steps, TokenNeeded, request_rule
 from .frontend import RefreshingFrontEnd
 from .token import Token
 from .wire import bearer_token, problem_type
@@ -56,50 +56,40 @@ class RefreshingAuth(RefreshingFrontEnd, httpx.Auth):
                                                                    httpx.Response, None]:
         coordinator = self.coordinator
         require_secure_transport(str(request.url))
-        rule = request_rule(coordinator, self.policy.refresh_status_codes)
         response: httpx.Response | None = None
-        value: object = None
-        while True:
-            try:
-                step = rule.send(value)
-            except StopIteration:
-                return
+        steps = Steps(request_rule(coordinator, self.policy.refresh_status_codes))
+        for step in steps:
             if isinstance(step, TokenNeeded):
-                value = coordinator.token_for_request()
+                steps.answer(coordinator.token_for_request())
             elif isinstance(step, Send):
                 response = yield _with_bearer(request, step.token)
-                value = _answer(response)
+                steps.answer(_answer(response))
             elif isinstance(step, Describe):
                 assert response is not None
                 if step.status == 403:
                     response.read()  # its problem type says whether it is about the token
-                value = _facts(request, response)
+                steps.answer(_facts(request, response))
             else:
-                value = coordinator.refresh(replacing=step.replacing)
+                steps.answer(coordinator.refresh(replacing=step.replacing))
 
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request,
                                                                                 httpx.Response]:
         require_secure_transport(str(request.url))
-        rule = request_rule(self.coordinator, self.policy.refresh_status_codes)
         response: httpx.Response | None = None
-        value: object = None
-        while True:
-            try:
-                step = rule.send(value)
-            except StopIteration:
-                return
+        steps = Steps(request_rule(self.coordinator, self.policy.refresh_status_codes))
+        for step in steps:
             if isinstance(step, TokenNeeded):
-                value = await self.tokens.token_for_request()
+                steps.answer(await self.tokens.token_for_request())
             elif isinstance(step, Send):
                 response = yield _with_bearer(request, step.token)
-                value = _answer(response)
+                steps.answer(_answer(response))
             elif isinstance(step, Describe):
                 assert response is not None
                 if step.status == 403:
                     await response.aread()  # its problem type says whether it is about the token
-                value = _facts(request, response)
+                steps.answer(_facts(request, response))
             else:
-                value = await self.tokens.refresh(replacing=step.replacing)
+                steps.answer(await self.tokens.refresh(replacing=step.replacing))
 
 
 def _with_bearer(request: httpx.Request, token: Token | None) -> httpx.Request:
