@@ -32,6 +32,7 @@ from .coordinator import RefreshCoordinator
 from .endpoint import TokenEndpoint
 from .errors import ConfigurationError
 from .flow import refused_replay
+from .hooks import AsyncHooks
 from .policy import DEFAULT_POLICY, RefreshPolicy
 from .stores import MemoryTokenStore, TokenStore, open_store
 from .token import Token
@@ -172,8 +173,10 @@ class AsyncTokens:
     work, so sync and async programs can share one store.
     """
 
-    def __init__(self, coordinator: RefreshCoordinator) -> None:
+    def __init__(self, coordinator: RefreshCoordinator, hooks: AsyncHooks | None = None
+                 ) -> None:
         self.coordinator = coordinator
+        self.hooks = hooks if hooks is not None else AsyncHooks()
         self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
             weakref.WeakKeyDictionary())
         self._guard = threading.Lock()
@@ -202,7 +205,7 @@ class AsyncTokens:
                 current = coordinator.token
             if current is not None:
                 return current  # the task before this one refreshed: take its token
-            return await asyncio.to_thread(coordinator.token_for_request)
+            return await self.hooks.run_waiting(coordinator.token_for_request)
 
     async def refresh(self, replacing: str | None = None, *,
                       retry_refused: bool = False) -> Token:
@@ -216,15 +219,15 @@ class AsyncTokens:
         coordinator = self.coordinator
         async with self._loop_lock():
             if replacing is None or not coordinator.replaced(replacing):
-                return await asyncio.to_thread(coordinator.refresh, replacing,
-                                               retry_refused=retry_refused)
+                return await self.hooks.run_waiting(coordinator.refresh, replacing,
+                                                    retry_refused=retry_refused)
             taken = coordinator.replacement(replacing)
             if taken is not None:
                 return taken
             # Replaced while this task waited, but the replacement has aged into the leeway
             # (requests stay in flight a long time on a busy loop): replaying with it would
             # earn another 401. The usual path refreshes it, or adopts a sibling's pair.
-            return await asyncio.to_thread(coordinator.token_for_request)
+            return await self.hooks.run_waiting(coordinator.token_for_request)
 
     def _loop_lock(self) -> asyncio.Lock:
         """This coordinator's lock for the running event loop (an asyncio.Lock belongs to
@@ -241,7 +244,12 @@ class RefreshingFrontEnd:
     """The base of :class:`refresher.httpx.RefreshingAuth` and
     :class:`refresher.aiohttp.RefreshingMiddleware`: built from
     :class:`FrontEndOptions`'s arguments (``api_base_url`` is ``api_url``'s earlier name).
-    Building it reads the store once."""
+    Building it reads the store once.
+
+    A hook may be a coroutine function (``async def on_token_update(token): ...``): it is
+    awaited on the caller's event loop, after the save, by the request that waited for the
+    refresh (see :mod:`refresher.hooks`); what it raises is logged.
+    """
 
     def __init__(
         self,
@@ -264,18 +272,21 @@ class RefreshingFrontEnd:
         clock: Clock | None = None,
         api_base_url: str | None = None,
     ) -> None:
+        hooks = AsyncHooks()  # a coroutine-function hook is awaited on the caller's loop
         self.options = FrontEndOptions(
             client_id=client_id, client_secret=client_secret, store=store, account=account,
             token=token, token_url=token_url, api_url=api_url or api_base_url, policy=policy,
             leeway=leeway, lock_timeout=lock_timeout,
-            refresh_status_codes=refresh_status_codes, on_token_update=on_token_update,
-            on_refresh_error=on_refresh_error, on_refresh_start=on_refresh_start,
+            refresh_status_codes=refresh_status_codes,
+            on_token_update=hooks.wrap(on_token_update, "on_token_update"),
+            on_refresh_error=hooks.wrap(on_refresh_error, "on_refresh_error"),
+            on_refresh_start=hooks.wrap(on_refresh_start, "on_refresh_start"),
             refresh_session=refresh_session, clock=clock)
         wired = self.options.wire()
         self.policy, self.store, self.coordinator = wired.policy, wired.store, wired.coordinator
         self.account = account
         self.api_url = self.options.resolved_api_url()
-        self.tokens = AsyncTokens(self.coordinator)
+        self.tokens = AsyncTokens(self.coordinator, hooks)
 
     @classmethod
     def open(cls: type[_F], account: str | None = None, *,

@@ -24,6 +24,7 @@ from .clock import Clock
 from .coordinator import RefreshCoordinator
 from .errors import InsecureTransport
 from .frontend import FrontEndOptions, describe
+from .hooks import refuse_async
 from .policy import RefreshPolicy
 from .stores import TokenStore
 from .token import Token, validate_token
@@ -92,6 +93,8 @@ class RefreshingSession(OAuth2Session):
         **kwargs: Any,
     ) -> None:
         self._coordinator: RefreshCoordinator | None = None
+        refuse_async(on_token_update=on_token_update, on_refresh_error=on_refresh_error,
+                     on_refresh_start=on_refresh_start)
         manages_tokens = store is not None or on_token_update is not None
         if token and manages_tokens:
             token = validate_token(token)  # refused before oauthlib or a store sees it
