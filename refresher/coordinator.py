@@ -31,6 +31,7 @@ from .inflight import AnswerPending
 from .judge import CureJudge
 from .pending import WriteBack
 from .policy import DEFAULT_POLICY, RefreshPolicy, TokenState
+from .revoke import revoke_pair
 from .stores.base import TokenStore
 from .stores.guarded import GuardedAccount
 from .token import Token, fingerprint, lifetime_of, seconds_left, validate_token
@@ -331,6 +332,27 @@ class RefreshCoordinator:
         access = token.get("access_token")
         if access:
             self._judge.record(access, refreshed_here=fresh)
+
+    # -- the end ---------------------------------------------------------------------------
+
+    def revoke(self, revoke_url: str) -> str:
+        """Revoke the account's pair at ``revoke_url`` and remove the account from the store,
+        under the thread lock and the store's lock (no refresh can come between); from then
+        on a request raises :class:`~refresher.ReauthorizationRequired`.
+
+        X's caveat: a revoke may remove all of the app's access for that user. Raises
+        :class:`~refresher.RevokeError` when X did not revoke the refresh token (the account
+        is kept). Returns ``""`` or a note that the access token could not be revoked.
+        """
+        with self._account.thread_held(self.policy.lock_timeout), self._store_lock():
+            pair = self._account.load() or self._token or {}
+            note = revoke_pair(self.endpoint, revoke_url, pair)
+            self._token = None  # revoked at X: nothing to send any more
+            self._write_back.pending.forget()
+            self._account.delete()
+        log.info("account %r: revoked at %s and removed from %r", self.account, revoke_url,
+                 self.store)
+        return note
 
     def describe(self) -> dict[str, Any]:
         """Safe facts for a repr or a status line: account, expiry, fingerprint."""

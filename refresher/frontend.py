@@ -54,7 +54,9 @@ class FrontEndOptions:
       account's name in it.
     - ``token``: seeds an empty account; a token already stored wins, and from then on the
       store holds the live pair.
-    - ``token_url``, ``api_url``: X's token endpoint and API base URL.
+    - ``token_url``, ``api_url``: X's token endpoint and API base URL; ``revoke_url``: its
+      revoke endpoint (default: what ``refresher login`` recorded for the account, else
+      ``$REFRESHER_REVOKE_URL``, else X's), read when a revoke is asked for.
     - ``policy``: every tuning number (:class:`~refresher.RefreshPolicy`); ``leeway``,
       ``lock_timeout`` and ``refresh_status_codes``, when not ``None``, override it (for no
       limit on the lock wait, ``policy=RefreshPolicy(lock_timeout=None)``).
@@ -71,6 +73,7 @@ class FrontEndOptions:
     token: Mapping[str, Any] | None = None
     token_url: str = X_TOKEN_URL
     api_url: str | None = None
+    revoke_url: str | None = None
     policy: RefreshPolicy | None = None
     leeway: float | None = None
     lock_timeout: float | None = None
@@ -96,6 +99,19 @@ class FrontEndOptions:
     def resolved_api_url(self) -> str:
         """``api_url`` without its trailing slash (default X's)."""
         return (self.api_url or X_API_URL).rstrip("/")
+
+    def resolved_revoke_url(self, store: TokenStore) -> str:
+        """``revoke_url``, else the account's recorded one, else ``$REFRESHER_REVOKE_URL``,
+        else X's; refused when it may not carry a token (plain http to another machine)."""
+        from .settings import resolve_setting  # above this module: imported when needed
+
+        try:
+            recorded = store.load_metadata(self.account)
+        except Exception:  # a store without metadata, or one that fails: the revoke says
+            recorded = {}
+        url = resolve_setting("revoke_url", self.revoke_url, recorded) or ""
+        require_secure_transport(url)
+        return url
 
     def opened_store(self) -> TokenStore:
         """``store`` as given, opened from a path or URL, or a new in-memory one."""
@@ -125,6 +141,8 @@ class FrontEndOptions:
                 "refresher.open_session() finds it"
             )
         require_secure_transport(self.token_url)  # InsecureTransport: the https message, at once
+        if self.revoke_url:
+            require_secure_transport(self.revoke_url)
         endpoint = TokenEndpoint(self.token_url, client_id, self.client_secret,
                                  session=self.refresh_session, policy=policy, clock=self.clock)
         coordinator = RefreshCoordinator(
@@ -261,6 +279,7 @@ class RefreshingFrontEnd:
         token: Mapping[str, Any] | None = None,
         token_url: str = X_TOKEN_URL,
         api_url: str | None = None,
+        revoke_url: str | None = None,
         policy: RefreshPolicy | None = None,
         leeway: float | None = None,
         lock_timeout: float | None = None,
@@ -275,8 +294,8 @@ class RefreshingFrontEnd:
         hooks = AsyncHooks()  # a coroutine-function hook is awaited on the caller's loop
         self.options = FrontEndOptions(
             client_id=client_id, client_secret=client_secret, store=store, account=account,
-            token=token, token_url=token_url, api_url=api_url or api_base_url, policy=policy,
-            leeway=leeway, lock_timeout=lock_timeout,
+            token=token, token_url=token_url, api_url=api_url or api_base_url,
+            revoke_url=revoke_url, policy=policy, leeway=leeway, lock_timeout=lock_timeout,
             refresh_status_codes=refresh_status_codes,
             on_token_update=hooks.wrap(on_token_update, "on_token_update"),
             on_refresh_error=hooks.wrap(on_refresh_error, "on_refresh_error"),
@@ -319,6 +338,22 @@ class RefreshingFrontEnd:
         coroutine, ``await front.tokens.refresh()``); the new token. ``retry_refused``: as
         :meth:`refresher.RefreshingSession.refresh`."""
         return dict(self.coordinator.refresh(retry_refused=retry_refused))
+
+    def revoke(self) -> None:
+        """Revoke the account's pair at X and remove the account from the store (blocking:
+        from a coroutine, ``await front.arevoke()``); from then on a request raises
+        :class:`~refresher.ReauthorizationRequired` until a new login.
+
+        X's caveat: a revoke may remove all of the app's access for that user, every other
+        login of theirs in this app included. Raises :class:`~refresher.RevokeError` when X
+        did not revoke the refresh token (the account is kept).
+        """
+        self.coordinator.revoke(self.options.resolved_revoke_url(self.store))
+
+    async def arevoke(self) -> None:
+        """:meth:`revoke`, on a worker thread: the event loop keeps running."""
+        url = self.options.resolved_revoke_url(self.store)
+        await self.tokens.hooks.run_waiting(self.coordinator.revoke, url)
 
     def close(self) -> None:
         """Close the token endpoint's HTTP session, if this front end created it."""

@@ -37,6 +37,7 @@ from ._transport import require_secure_transport
 from .endpoint import TokenEndpoint
 from .errors import ConfigurationError, InsecureTransport, LoginError, RefreshError
 from .loopback import DEFAULT_REDIRECT_URI, OpenBrowser, callback_params, wait_for_login
+from .revoke import revoke_pair
 from .session import RefreshingSession, open_session
 from .settings import default_store_location, resolve_setting
 from .stores import MemoryTokenStore, TokenStore
@@ -369,6 +370,24 @@ class LoginFlow:
         if token and _should_replace(session.token, token):
             session.token = dict(token)  # a new login: saved under the store's lock
         return session
+
+    def revoke(self, token: Mapping[str, Any], *, timeout: float | None = None) -> None:
+        """Revoke a pair the app holds (its refresh token, then its access token) at the
+        flow's ``revoke_url``. For a pair in a store, ``session.revoke()`` also removes the
+        account, under its lock.
+
+        X's caveat: a revoke may remove all of the app's access for that user, every other
+        login of theirs in this app included. Raises :class:`~refresher.RevokeError` when X
+        did not revoke the refresh token. ``timeout`` bounds both revokes together.
+        """
+        budget = DEFAULT_DEADLINE if timeout is None else min(timeout, DEFAULT_DEADLINE)
+        endpoint = TokenEndpoint(self.token_url, self.client_id, self._client_secret,
+                                 session=self.http_session, timeout=min(DEFAULT_TIMEOUT, budget),
+                                 deadline=budget)
+        try:
+            revoke_pair(endpoint, self.revoke_url, token, timeout=budget)
+        finally:
+            endpoint.close()
 
 
 # -- plumbing --------------------------------------------------------------------------------

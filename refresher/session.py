@@ -50,7 +50,9 @@ class RefreshingSession(OAuth2Session):
     ``policy`` (a :class:`~refresher.RefreshPolicy`) holds every tuning number; ``leeway``,
     ``lock_timeout`` and ``refresh_status_codes``, when given, override it. ``clock`` is the
     time the session reads (tests hand in a :class:`~refresher.testing.FakeClock`).
-    ``api_url`` is X's API base URL (``api_base_url`` is its earlier name).
+    ``api_url`` is X's API base URL (``api_base_url`` is its earlier name); ``revoke_url``
+    is X's revoke endpoint, for :meth:`revoke` (default: what the login recorded, else
+    ``$REFRESHER_REVOKE_URL``, else X's).
 
     Without ``store`` and ``on_token_update`` it is exactly an ``OAuth2Session``.
 
@@ -80,6 +82,7 @@ class RefreshingSession(OAuth2Session):
         account: str = "default",
         token_url: str = X_TOKEN_URL,
         api_url: str | None = None,
+        revoke_url: str | None = None,
         refresh_status_codes: Collection[int] | None = None,
         leeway: float | None = None,
         lock_timeout: float | None = None,
@@ -101,7 +104,8 @@ class RefreshingSession(OAuth2Session):
         options = FrontEndOptions(
             client_id=client_id or getattr(client, "client_id", None),
             client_secret=client_secret, store=store, account=account, token=token,
-            token_url=token_url, api_url=api_url or api_base_url, policy=policy, leeway=leeway,
+            token_url=token_url, api_url=api_url or api_base_url, revoke_url=revoke_url,
+            policy=policy, leeway=leeway,
             lock_timeout=lock_timeout, refresh_status_codes=refresh_status_codes,
             on_token_update=on_token_update, on_refresh_error=on_refresh_error,
             on_refresh_start=on_refresh_start, refresh_session=refresh_session, clock=clock)
@@ -253,6 +257,20 @@ class RefreshingSession(OAuth2Session):
         """
         coordinator = self._require_coordinator("refresh")
         return dict(coordinator.refresh(retry_refused=retry_refused))
+
+    def revoke(self) -> None:
+        """Revoke the account's pair at X (``revoke_url``: the argument, else what the login
+        recorded, else ``$REFRESHER_REVOKE_URL``, else X's) and remove the account from the
+        store, under its lock; from then on a request raises
+        :class:`~refresher.ReauthorizationRequired` until a new login. For a web app's
+        "disconnect X" button.
+
+        X's caveat: a revoke may remove all of the app's access for that user, every other
+        login of theirs in this app included. Raises :class:`~refresher.RevokeError` when X
+        did not revoke the refresh token (the account is kept).
+        """
+        coordinator = self._require_coordinator("revoke")
+        coordinator.revoke(self.options.resolved_revoke_url(self.store))
 
     def me(self, *, timeout: float | None = DEFAULT_API_TIMEOUT) -> dict[str, Any]:
         """``GET {api_url}/2/users/me``: the ``data`` object (id, name, username).

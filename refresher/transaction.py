@@ -47,6 +47,8 @@ class Endpoint(Protocol):
     #: The longest a grant may take, in seconds: a store lock that lapses by itself must
     #: outlive it.
     deadline: float
+    #: The longest wait for one socket operation, in seconds.
+    timeout: float
 
     def refresh(self, refresh_token: str, *,
                 on_late_grant: Callable[[Token], None] | None = None) -> Token:
@@ -57,6 +59,11 @@ class Endpoint(Protocol):
     def wait_for_late_answers(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for answers that may still come; True when none
         may."""
+        ...
+
+    def revoke(self, revoke_url: str, token: str,
+               token_type_hint: str = "refresh_token") -> None:
+        """Revoke ``token`` at ``revoke_url``."""
         ...
 
     def close(self) -> None:

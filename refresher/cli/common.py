@@ -14,7 +14,8 @@ from typing import Any
 from .._constants import DEFAULT_DEADLINE, DEFAULT_TIMEOUT
 from .._transport import require_secure_transport
 from ..endpoint import TokenEndpoint
-from ..errors import InsecureTransport, RevokeError
+from ..errors import InsecureTransport
+from ..revoke import revoke_pair as revoke
 from ..settings import ENVIRONMENT, choose_account, default_store_location, resolve_setting
 from ..stores import TokenStore, open_store, store_folder
 
@@ -100,26 +101,17 @@ def check_urls(urls: Mapping[str, str]) -> None:
 
 def revoke_pair(token: Mapping[str, Any], *, client_id: str, client_secret: str | None,
                 token_url: str, revoke_url: str, timeout: float | None = None) -> str:
-    """Revoke the refresh token, then the access token; RevokeError if the first fails.
+    """Revoke the refresh token, then the access token (:func:`refresher.revoke.revoke_pair`,
+    as the library does); RevokeError if the first fails.
 
     ``timeout`` bounds both revokes together (default: the endpoint's own bounds). Returns
     "" or a note saying the access token could not be revoked (it expires soon).
     """
     budget = DEFAULT_DEADLINE if timeout is None else min(timeout, DEFAULT_DEADLINE)
-    give_up_at = time.monotonic() + budget
     endpoint = TokenEndpoint(token_url, client_id, client_secret,
                              timeout=min(DEFAULT_TIMEOUT, budget), deadline=budget)
     try:
-        if token.get("refresh_token"):
-            endpoint.revoke(revoke_url, str(token["refresh_token"]), "refresh_token")
-        if token.get("access_token"):
-            endpoint.deadline = max(0.1, give_up_at - time.monotonic())
-            endpoint.timeout = min(endpoint.timeout, endpoint.deadline)
-            try:
-                endpoint.revoke(revoke_url, str(token["access_token"]), "access_token")
-            except RevokeError as exc:
-                return f" (the access token could not be revoked: {exc}; it expires by itself)"
-        return ""
+        return revoke(endpoint, revoke_url, token, timeout=budget)
     finally:
         endpoint.close()
 

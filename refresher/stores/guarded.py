@@ -88,6 +88,9 @@ class GuardedAccount:
         return self._call("save", self.store.save_versioned, self.account, token,
                           expected_version)
 
+    def delete(self) -> None:
+        self._call("delete", self.store.delete, self.account)
+
     def check_refusals(self, token: Token | None, *, retry: bool) -> None:
         """Raise :class:`~refresher.ReauthorizationRequired` when X refused ``token``'s
         refresh token (the stored one) to this sender; with ``retry`` (a probe on purpose),
