@@ -117,9 +117,9 @@ def _work(spec: WorkloadSpec, seed: dict[str, Any] | None, counters: Any, index:
         requests_made = failed = 0
         samples: list[tuple[float, float]] = []
         errors: list[str] = []
-        while True:
+        while True:  # one request at least, even in a worker a busy machine started late
             began = time.time()
-            if began >= deadline or terminating():
+            if (began >= deadline and requests_made) or terminating():
                 break
             try:
                 response = session.get(url, timeout=30)
