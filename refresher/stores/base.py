@@ -48,9 +48,9 @@ class TokenStore(abc.ABC):
     - ``load_versioned`` / ``save_versioned``, the compare-and-set the coordinator uses,
       then derive from ``load`` and ``save``: the version is a digest of the stored token,
       checked under the lock. A store that can check a version atomically (a counter and
-      one conditional write, as the built-in stores do) implements the versioned pair too,
-      ``_load_versioned(account)`` and ``_save_versioned(account, token, expected_version)``,
-      with the promises of the public methods.
+      one conditional write, as the JSON, Redis and SQL stores do) implements the versioned
+      pair too, ``_load_versioned(account)`` and ``_save_versioned(account, token,
+      expected_version)``, with the promises of the public methods.
     - To keep metadata (where :meth:`mark_needs_login` records X's refusals), implement
       ``load_metadata`` and ``save_metadata``. :attr:`keeps_metadata` says whether a store
       does.
@@ -72,7 +72,7 @@ class TokenStore(abc.ABC):
 
     #: Whether the store records metadata beside the token (``save_metadata`` works). Set
     #: at class creation for a class that defines ``save_metadata``; a class may set it
-    #: itself. Stores without metadata record no refusal, and the contract skips those checks.
+    #: itself. A store without metadata records no refusal; the contract checks it claims none.
     keeps_metadata: ClassVar[bool] = False
     # Set at class creation: whether the versioned methods use _load_versioned and
     # _save_versioned (True) or derive from load and save (False). See the class docstring.
