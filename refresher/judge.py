@@ -6,6 +6,8 @@ endpoint that answered 401 even right after a refresh), and for a 403 only when 
 says it may be about the token (see :meth:`~refresher.RefreshPolicy.may_cure_403`). The
 memories (which tokens were handed out, which came from a refresh here, which endpoints are
 braked) live in a bounded :class:`~refresher.ledger.TokenLedger`.
+
+Words (brake, cure, spend): see ``docs/glossary.rst``.
 """
 
 from __future__ import annotations

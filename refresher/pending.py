@@ -11,6 +11,8 @@ saved; when it holds something else (a new login meanwhile), that wins.
 :class:`PendingPair` is the pair and the rule; :class:`WriteBack` is when it runs for a
 coordinator: before its next request or refresh, or at once for a late grant, and who hears
 of a pair it saved (``on_token_update``, once the locks are released).
+
+Words (write back, parent, late grant): see ``docs/glossary.rst``.
 """
 
 from __future__ import annotations

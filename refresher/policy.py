@@ -7,9 +7,12 @@ how hard the token endpoint is tried. Change it with :meth:`RefreshPolicy.replac
     policy = RefreshPolicy(leeway=120.0, token_deadline=10.0)
     session = RefreshingSession("my-client-id", store=store, policy=policy)
 
-A token is in one of three :class:`TokenState` (as google-auth names them): ``FRESH`` (send
-it), ``EXPIRING`` (inside the leeway: refresh before sending, while it still works) and
-``EXPIRED`` (past ``expires_at``: X will refuse it).
+A token is in one of three :class:`TokenState`: ``FRESH`` (send it), ``EXPIRING`` (inside
+the leeway: refresh before sending, while it still works) and ``EXPIRED`` (past
+``expires_at``: X will refuse it). google-auth's ``TokenState`` draws the same lines under
+other names: ``FRESH`` is its ``FRESH``, ``EXPIRING`` its ``STALE`` (inside its refresh
+threshold), ``EXPIRED`` its ``INVALID`` (which also covers having no token at all, a case
+refresher's states leave out: a store answers ``None`` instead).
 """
 
 from __future__ import annotations

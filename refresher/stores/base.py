@@ -10,15 +10,14 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from .._fork import register
 from ..errors import LockTimeout, StaleTokenError
 from ..refusal import NEEDS_LOGIN, Refusal, record_refusal, refusals_of, without_refusals
 from ..token import Token
 
-__all__ = ["TokenStore", "MemoryTokenStore", "Versioned", "NEEDS_LOGIN", "content_version",
-           "overrides"]
+__all__ = ["TokenStore", "MemoryTokenStore", "Versioned", "NEEDS_LOGIN", "content_version"]
 
 
 class Versioned(NamedTuple):
@@ -40,17 +39,29 @@ class TokenStore(abc.ABC):
     id, endpoints: never a secret). ``lock(account)`` serialises refreshes of that account
     among everyone who shares the store: threads, processes, hosts, depending on the store.
 
-    The contract, which :mod:`refresher.testing.contract` checks for any store:
+    To write your own store, subclass it (:mod:`refresher.testing.contract` checks the
+    result):
 
-    - ``load``, ``save``, ``delete``, ``accounts``, ``lock``: the five methods a store must
-      implement. ``load`` returns a copy; ``lock`` is exclusive among everyone sharing the
+    - Implement ``load``, ``save``, ``delete``, ``accounts`` and ``lock``: that is a whole
+      store. ``load`` returns a copy; ``lock`` is exclusive among everyone sharing the
       store, re-entrant within a thread, and raises :class:`~refresher.LockTimeout`.
-    - ``load_versioned`` / ``save_versioned``: the compare-and-set the coordinator uses. A
-      read gives the token with its version; a save with ``expected_version`` refuses with
-      :class:`~refresher.StaleTokenError` when the account moved on since. The defaults here
-      work for any store (the version is a digest of the stored token, checked under the
-      lock); the built-in stores keep a counter and check it atomically.
-    - ``verify_lock``: for locks that can lapse; metadata: optional.
+    - ``load_versioned`` / ``save_versioned``, the compare-and-set the coordinator uses,
+      then derive from ``load`` and ``save``: the version is a digest of the stored token,
+      checked under the lock. A store that can check a version atomically (a counter and
+      one conditional write, as the JSON, Redis and SQL stores do) implements the versioned
+      pair too, ``_load_versioned(account)`` and ``_save_versioned(account, token,
+      expected_version)``, with the promises of the public methods.
+    - To keep metadata (where :meth:`mark_needs_login` records X's refusals), implement
+      ``load_metadata`` and ``save_metadata``. :attr:`keeps_metadata` says whether a store
+      does.
+    - ``verify_lock``, for locks that can lapse.
+
+    Which pair serves ``load_versioned`` / ``save_versioned`` is settled once, when the
+    class is created (:meth:`__init_subclass__`), by the methods the class itself defines:
+    ``_load_versioned`` or ``_save_versioned``, the versioned pair; else ``load`` or
+    ``save``, the simple pair; else its base's choice. So a subclass of a built-in store that
+    overrides ``load`` and ``save`` (to audit, to encrypt) is called for every read and
+    write, a refresh's included, and trades the store's atomic check for the digest one.
 
     >>> store = MemoryTokenStore()
     >>> with store.lock("alice"):
@@ -58,6 +69,26 @@ class TokenStore(abc.ABC):
     >>> store.accounts()
     ['alice']
     """
+
+    #: Whether the store records metadata beside the token (``save_metadata`` works). Set
+    #: at class creation for a class that defines ``save_metadata``; a class may set it
+    #: itself. A store without metadata records no refusal; the contract checks it claims none.
+    keeps_metadata: ClassVar[bool] = False
+    # Set at class creation: whether the versioned methods use _load_versioned and
+    # _save_versioned (True) or derive from load and save (False). See the class docstring.
+    _versioned_natively: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Record which pair ``cls`` defines (see the class docstring), and whether it keeps
+        metadata unless it says so itself."""
+        super().__init_subclass__(**kwargs)
+        own = vars(cls)
+        if "_load_versioned" in own or "_save_versioned" in own:
+            cls._versioned_natively = True
+        elif "load" in own or "save" in own:
+            cls._versioned_natively = False
+        if "save_metadata" in own and "keeps_metadata" not in own:
+            cls.keeps_metadata = True
 
     @abc.abstractmethod
     def load(self, account: str) -> Token | None:
@@ -69,6 +100,8 @@ class TokenStore(abc.ABC):
 
     def load_versioned(self, account: str) -> Versioned:
         """The account's token and its version (``Versioned(None, None)`` when none)."""
+        if self._versioned_natively:
+            return self._load_versioned(account)
         token = self.load(account)
         return Versioned(token, None if token is None else content_version(token))
 
@@ -82,6 +115,8 @@ class TokenStore(abc.ABC):
         the very token already stored is not a conflict (a save retried after its answer
         was lost).
         """
+        if self._versioned_natively:
+            return self._save_versioned(account, token, expected_version)
         if expected_version is not None:
             current = self.load_versioned(account)
             if current.version is not None and current.version != expected_version \
@@ -92,6 +127,14 @@ class TokenStore(abc.ABC):
                 )
         self.save(account, token)
         return self.load_versioned(account).version or content_version(token)
+
+    def _load_versioned(self, account: str) -> Versioned:
+        """The versioned pair's read, for stores that check versions atomically."""
+        raise NotImplementedError(f"{type(self).__name__} defines _save_versioned only")
+
+    def _save_versioned(self, account: str, token: Token, expected_version: str | None) -> str:
+        """The versioned pair's compare-and-set, for stores that check versions atomically."""
+        raise NotImplementedError(f"{type(self).__name__} defines _load_versioned only")
 
     @abc.abstractmethod
     def delete(self, account: str) -> None:
@@ -180,12 +223,6 @@ class TokenStore(abc.ABC):
 
     def close(self) -> None:
         """Release connections or file handles the store holds. Safe to call twice."""
-
-
-def overrides(store: TokenStore, name: str, owner: type) -> bool:
-    """Whether ``store``'s class replaced ``owner``'s method ``name`` (a subclass that
-    overrides ``load`` or ``save`` must keep being called by the versioned methods)."""
-    return getattr(type(store), name) is not getattr(owner, name)
 
 
 def content_version(token: Token) -> str:

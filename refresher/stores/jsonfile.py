@@ -18,7 +18,7 @@ import filelock
 from .._fork import register
 from ..errors import StaleTokenError, TokenStoreError
 from ..token import Token
-from .base import TokenStore, Versioned, content_version, overrides
+from .base import TokenStore, Versioned, content_version
 from .jsonfile_leftovers import TEMP_SUFFIX, find_leftovers, recover_leftovers, temp_prefix
 from .jsonfile_lock import (
     account_lock_name,
@@ -174,18 +174,8 @@ class JSONTokenStore(TokenStore):
     def load(self, account: str) -> Token | None:
         return self._load_versioned(account).token
 
-    def load_versioned(self, account: str) -> Versioned:
-        """The account's token and its version: a counter every save bumps."""
-        if self._subclassed():
-            return TokenStore.load_versioned(self, account)  # a subclass's load/save rule
-        return self._load_versioned(account)
-
-    def _subclassed(self) -> bool:
-        """A subclass overrides load or save: the versioned methods must go through them
-        (and the plain ones, which they may call with super(), must not come back)."""
-        return overrides(self, "load", JSONTokenStore) or overrides(self, "save", JSONTokenStore)
-
     def _load_versioned(self, account: str) -> Versioned:
+        """The account's token and its version: a counter every save bumps."""
         entry = self._read()["accounts"].get(account)
         if account in self._thread.holds:
             # Under the account's lock nobody else changes the account, so the metadata
@@ -227,15 +217,9 @@ class JSONTokenStore(TokenStore):
     def save(self, account: str, token: Token) -> None:
         self._save_versioned(account, token, None)
 
-    def save_versioned(self, account: str, token: Token,
-                       expected_version: str | None = None) -> str:
+    def _save_versioned(self, account: str, token: Token, expected_version: str | None) -> str:
         """Store ``token``, refusing with :class:`~refresher.StaleTokenError` when the
         account's version is no longer ``expected_version`` (checked under the file lock)."""
-        if self._subclassed():
-            return TokenStore.save_versioned(self, account, token, expected_version)
-        return self._save_versioned(account, token, expected_version)
-
-    def _save_versioned(self, account: str, token: Token, expected_version: str | None) -> str:
         with self._file_held():
             document = self._read()
             entry = document["accounts"].setdefault(account, {})

@@ -25,6 +25,8 @@ save onto an account that has no token (there is nothing newer to protect).
 
 redis (the Python client) is an optional dependency, imported when a store is made:
 ``pip install refresher[redis]``.
+
+Words (fencing, lapse): see ``docs/glossary.rst``.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from .._constants import DEFAULT_DEADLINE, LOCK_TTL_MARGIN
 from .._fork import register
 from ..errors import ConfigurationError, LockLost, LockTimeout, StaleTokenError, TokenStoreError
 from ..token import Token
-from .base import TokenStore, Versioned, overrides
+from .base import TokenStore, Versioned
 from .redis_connection import (
     client_password,
     decode_reply,
@@ -228,22 +230,17 @@ class RedisTokenStore(TokenStore):
             hold.version = version
         return token
 
-    def load_versioned(self, account: str) -> Versioned:
+    def _load_versioned(self, account: str) -> Versioned:
         """The account's token and its version (the counter every save bumps)."""
-        if overrides(self, "load", RedisTokenStore) or overrides(self, "save", RedisTokenStore):
-            return TokenStore.load_versioned(self, account)  # a subclass's load/save rule
         token, version = self._read(account)
         hold = self._holds().get(account)
         if hold is not None:
             hold.version = version
         return Versioned(token, None if token is None else str(version))
 
-    def save_versioned(self, account: str, token: Token,
-                       expected_version: str | None = None) -> str:
+    def _save_versioned(self, account: str, token: Token, expected_version: str | None) -> str:
         """Store ``token`` if the account's version is still ``expected_version`` (one Lua
         compare-and-set); :class:`~refresher.StaleTokenError` otherwise."""
-        if overrides(self, "load", RedisTokenStore) or overrides(self, "save", RedisTokenStore):
-            return TokenStore.save_versioned(self, account, token, expected_version)
         return str(self._save(account, token, "" if expected_version is None
                               else str(expected_version)))
 

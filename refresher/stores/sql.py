@@ -46,7 +46,7 @@ from .._fork import register
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import ConfigurationError, StaleTokenError, TokenStoreError
 from ..token import Token
-from .base import TokenStore, Versioned, overrides
+from .base import TokenStore, Versioned
 from .sql_connection import Database, import_sqlalchemy
 from .sql_lease import Leases
 
@@ -239,10 +239,8 @@ class SQLTokenStore(TokenStore):
         """The account's token (a fresh copy), or ``None``."""
         return self._read(account)[0]
 
-    def load_versioned(self, account: str) -> Versioned:
+    def _load_versioned(self, account: str) -> Versioned:
         """The account's token and its version (the counter every save bumps)."""
-        if overrides(self, "load", SQLTokenStore) or overrides(self, "save", SQLTokenStore):
-            return TokenStore.load_versioned(self, account)  # a subclass's load/save rule
         token, version = self._read(account)
         return Versioned(token, None if token is None else str(version))
 
@@ -276,13 +274,10 @@ class SQLTokenStore(TokenStore):
         """Store ``token`` for ``account``, whatever is stored (call under ``lock``)."""
         self._write(account, token, None)
 
-    def save_versioned(self, account: str, token: Token,
-                       expected_version: str | None = None) -> str:
+    def _save_versioned(self, account: str, token: Token, expected_version: str | None) -> str:
         """Store ``token`` if the account's version is still ``expected_version`` (one
         conditional UPDATE); :class:`~refresher.StaleTokenError` otherwise, and the newer
         token stays. ``None`` writes whatever is stored (a new login)."""
-        if overrides(self, "load", SQLTokenStore) or overrides(self, "save", SQLTokenStore):
-            return TokenStore.save_versioned(self, account, token, expected_version)
         if expected_version is None:
             return str(self._write(account, token, None))
         try:

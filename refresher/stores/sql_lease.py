@@ -50,6 +50,8 @@ host) is taken over (below).
   database returns.
 
 The lease is re-entrant within a thread, for one store object.
+
+Words (lease, lapse): see ``docs/glossary.rst``.
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ the compare-and-set save (:meth:`~refresher.TokenStore.save_versioned` refuses a
 version with :class:`~refresher.StaleTokenError` and keeps the newer token); the lock
 (exclusive between threads and handles, re-entrant in a thread, :class:`~refresher.LockTimeout`
 within its timeout, ``verify_lock`` quiet while held); metadata and the needs-login marker,
-with who was refused (:mod:`refresher.refusal`).
+with who was refused (:mod:`refresher.refusal`), when the store says it keeps metadata
+(:attr:`~refresher.TokenStore.keeps_metadata`).
 
 This module imports pytest: import it from tests only.
 """
@@ -34,7 +35,7 @@ from typing import Any
 import pytest
 
 from refresher.errors import LockTimeout, StaleTokenError
-from refresher.stores.base import TokenStore, overrides
+from refresher.stores.base import TokenStore
 
 __all__ = ["TokenStoreContract"]
 
@@ -183,12 +184,11 @@ class TokenStoreContract:
     # -- metadata and the needs-login marker ----------------------------------------------------
 
     def test_metadata_is_kept_beside_the_token(self, store: TokenStore) -> None:
+        if not store.keeps_metadata:
+            pytest.skip(f"{type(store).__name__} keeps no metadata (optional)")
         with store.lock("alice"):
             store.save("alice", _token(1))
-        try:
-            store.save_metadata("alice", {"client_id": "cid", "api_url": "https://api.x.com"})
-        except NotImplementedError:
-            pytest.skip(f"{type(store).__name__} keeps no metadata (optional)")
+        store.save_metadata("alice", {"client_id": "cid", "api_url": "https://api.x.com"})
         metadata = store.load_metadata("alice")
         assert metadata["client_id"] == "cid" and metadata["api_url"] == "https://api.x.com"
         assert store.load("alice") == _token(1)
@@ -197,7 +197,7 @@ class TokenStoreContract:
         with store.lock("alice"):
             store.save("alice", _token(1))
             store.mark_needs_login("alice", _token(1)["refresh_token"])
-        if not overrides(store, "save_metadata", TokenStore):
+        if not store.keeps_metadata:
             assert not store.needs_login("alice")  # nowhere to record it: never claimed
             return
         assert store.needs_login("alice")
@@ -214,7 +214,7 @@ class TokenStoreContract:
                                    token_url="http://127.0.0.1:8000/2/oauth2/token")
             store.mark_needs_login("alice", _token(1)["refresh_token"], client_id="my-app",
                                    token_url=url)
-        if not overrides(store, "save_metadata", TokenStore):
+        if not store.keeps_metadata:
             assert store.refusals("alice") == []
             return
         refusals = store.refusals("alice")
