@@ -39,9 +39,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .._constants import DEFAULT_DEADLINE, LOCK_TTL_MARGIN
 from .._fork import register
 from ..errors import ConfigurationError, LockLost, LockTimeout, StaleTokenError, TokenStoreError
+from ..policy import checked_lock_ttl
 from ..token import Token
 from .base import TokenStore, Versioned, overrides
 from .redis_connection import (
@@ -129,16 +129,8 @@ class RedisTokenStore(TokenStore):
         **redis_options: Any,
     ) -> None:
         redis = import_redis()
-        if not isinstance(lock_ttl, (int, float)) or lock_ttl <= 0:
-            raise ConfigurationError("lock_ttl must be a positive number of seconds")
-        if lock_ttl < DEFAULT_DEADLINE + LOCK_TTL_MARGIN:
-            log.warning(
-                "lock_ttl=%s s is shorter than a refresh may take (the token endpoint's %s s "
-                "deadline plus %s s): sessions with the default deadline will refuse this store",
-                lock_ttl, DEFAULT_DEADLINE, LOCK_TTL_MARGIN,
-            )
+        self.lock_ttl = checked_lock_ttl(lock_ttl, log)
         self.prefix = prefix
-        self.lock_ttl = float(lock_ttl)
         self._redis_error: type[Exception] = redis.exceptions.RedisError
         self._lock_not_owned: type[Exception] = redis.exceptions.LockNotOwnedError
         self._lock_class: Any = redis.lock.Lock
