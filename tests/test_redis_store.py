@@ -356,7 +356,7 @@ class _PausingStore(RedisTokenStore):
 
     def load(self, account: str) -> Any:
         token = super().load(account)
-        if self.pause and account in self._holds():
+        if self.pause and account in self._holds:
             pause, self.pause = self.pause, 0.0
             time.sleep(pause)
         return token
