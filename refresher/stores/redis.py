@@ -200,22 +200,23 @@ class RedisTokenStore(TokenStore):
             ) from None
         return token, version
 
-    def load(self, account: str) -> Token | None:
-        """The account's token; under the lock, also the version the next save expects."""
+    def _read_under_lock(self, account: str) -> tuple[Token | None, int]:
+        """:meth:`_read`; under this thread's lock, the version is the next save's expected."""
         token, version = self._read(account)
         hold = self._holds.get(account)
         if hold is not None:
             hold.version = version
-        return token
+        return token, version
+
+    def load(self, account: str) -> Token | None:
+        """The account's token; under the lock, also the version the next save expects."""
+        return self._read_under_lock(account)[0]
 
     def load_versioned(self, account: str) -> Versioned:
         """The account's token and its version (the counter every save bumps)."""
         if overrides(self, "load", RedisTokenStore) or overrides(self, "save", RedisTokenStore):
             return TokenStore.load_versioned(self, account)  # a subclass's load/save rule
-        token, version = self._read(account)
-        hold = self._holds.get(account)
-        if hold is not None:
-            hold.version = version
+        token, version = self._read_under_lock(account)
         return Versioned(token, None if token is None else str(version))
 
     def save_versioned(self, account: str, token: Token,
