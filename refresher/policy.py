@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 from ._constants import (
     DEFAULT_DEADLINE,
@@ -32,7 +33,7 @@ from ._constants import (
 from .errors import ConfigurationError
 from .token import lifetime_of, seconds_left
 
-__all__ = ["RefreshPolicy", "TokenState", "NOT_TOKEN_RELATED_403"]
+__all__ = ["RefreshPolicy", "TokenState", "NOT_TOKEN_RELATED_403", "checked_lock_ttl"]
 
 #: 403 problem types X documents as having nothing to do with the token: no refresh.
 NOT_TOKEN_RELATED_403 = (
@@ -196,13 +197,20 @@ class RefreshPolicy:
                 return left < lifetime * self.young_fraction
         return not refreshed_here
 
+    # -- store locks that lapse by themselves ------------------------------------------------
+
+    def lock_ttl_needed(self, deadline: float) -> float:
+        """The shortest ``lock_ttl`` a store lock may have when a grant may take up to
+        ``deadline`` seconds: the deadline plus ``lock_ttl_margin``."""
+        return deadline + self.lock_ttl_margin
+
     def check_lock_ttl(self, store: Any, deadline: float) -> None:
         """Refuse a store whose lock lapses by itself (``lock_ttl``) before a grant of up to
         ``deadline`` seconds, plus the margin, is over (:class:`~refresher.ConfigurationError`)."""
         ttl = getattr(store, "lock_ttl", None)
-        if not isinstance(ttl, (int, float)) or isinstance(ttl, bool):
+        if not _is_seconds(ttl):
             return
-        needed = deadline + self.lock_ttl_margin
+        needed = self.lock_ttl_needed(deadline)
         if ttl < needed:
             raise ConfigurationError(
                 f"{store!r} has lock_ttl={ttl:g} s, but a refresh may take up to the token "
@@ -213,3 +221,30 @@ class RefreshPolicy:
 
 #: The policy used when none is given.
 DEFAULT_POLICY = RefreshPolicy()
+
+
+def _is_seconds(value: object) -> TypeGuard[float]:
+    """Whether ``value`` is a number (``True`` and ``False`` are not numbers of seconds)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def checked_lock_ttl(lock_ttl: object, log: logging.Logger) -> float:
+    """``lock_ttl`` as a store's constructor keeps it, in seconds.
+
+    Not a positive number (``True`` is none): :class:`~refresher.ConfigurationError`.
+    Shorter than :data:`DEFAULT_POLICY` needs for the default deadline: a warning on
+    ``log`` (the store's logger), since sessions with that deadline will refuse the store.
+
+    >>> checked_lock_ttl(30, logging.getLogger("doctest"))
+    30.0
+    """
+    if not _is_seconds(lock_ttl) or lock_ttl <= 0:
+        raise ConfigurationError("lock_ttl must be a positive number of seconds")
+    seconds = float(lock_ttl)
+    if seconds < DEFAULT_POLICY.lock_ttl_needed(DEFAULT_DEADLINE):
+        log.warning(
+            "lock_ttl=%s s is shorter than a refresh may take (the token endpoint's %s s "
+            "deadline plus %s s): sessions with the default deadline will refuse this store",
+            lock_ttl, DEFAULT_DEADLINE, DEFAULT_POLICY.lock_ttl_margin,
+        )
+    return seconds

@@ -2,9 +2,9 @@
 
 Four processes call ``/2/users/me`` at once through one store while access tokens live one
 second: two sync (RefreshingSession, 3 threads each), one httpx.AsyncClient and one aiohttp
-session (4 tasks each). The emulator's counters are the ground truth. Also: ``import
-refresher`` imports neither httpx nor aiohttp, and the front ends say how to install them
-when missing.
+session (4 tasks each). The emulator's counters are the ground truth. (That ``import
+refresher`` imports neither httpx nor aiohttp, and how a missing one is reported, is in
+test_extras.py.)
 """
 
 from __future__ import annotations
@@ -175,31 +175,3 @@ def test_sync_and_async_processes_share_one_redis_store_with_1_second_tokens(
     pytest.importorskip("redis")
     x = x_emulator_factory(access_ttl=1.0)
     workload.assert_coordinated(run_fleet(x, redis_server.url, tmp_path))
-
-
-def test_importing_refresher_imports_neither_httpx_nor_aiohttp() -> None:
-    code = ("import sys, refresher\n"
-            "from refresher import *  # noqa\n"
-            "assert 'httpx' not in sys.modules, 'import refresher imported httpx'\n"
-            "assert 'aiohttp' not in sys.modules, 'import refresher imported aiohttp'\n"
-            "import refresher.httpx, refresher.aiohttp\n"
-            "assert 'httpx' in sys.modules and 'aiohttp' in sys.modules\n"
-            "print('ok')\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, cwd=ROOT)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "ok"
-
-
-@pytest.mark.parametrize("module, extra", [("httpx", "httpx"), ("aiohttp", "aiohttp")])
-def test_without_the_library_the_error_says_which_extra_to_install(module, extra) -> None:
-    code = (f"import sys\n"
-            f"sys.modules[{module!r}] = None  # as if it were not installed\n"
-            f"try:\n"
-            f"    import refresher.{module}\n"
-            f"except ImportError as exc:\n"
-            f"    print(exc)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, cwd=ROOT)
-    assert done.returncode == 0, done.stderr
-    assert f"pip install 'refresher[{extra}]'" in done.stdout

@@ -95,6 +95,20 @@ def test_the_command_line_refuses_an_unknown_store_url_and_creates_nothing(tmp_p
     assert _everything_under(work) == []
 
 
+# -- a lock lifetime that is no number of seconds ------------------------------------------------
+
+@pytest.mark.parametrize("module", ["redis", "sqlalchemy"])
+@pytest.mark.parametrize("lock_ttl", [True, 0, -1.0, "30"])
+def test_a_store_lock_ttl_that_is_no_positive_number_of_seconds_is_refused(
+        module, lock_ttl, tmp_path):
+    pytest.importorskip(module)
+    location = ("redis://127.0.0.1:6379/0" if module == "redis"
+                else f"sqlite:///{tmp_path / 'tokens.db'}")
+    with pytest.raises(ConfigurationError, match="lock_ttl must be a positive number"):
+        open_store(location, lock_ttl=lock_ttl)
+    assert _everything_under(tmp_path) == []
+
+
 @pytest.mark.parametrize("name", ["C:\\Users\\me\\tokens.json", "backup:1.json",
                                   "tokens.json:v2", "data/t:1.json"])
 def test_a_path_with_a_colon_further_in_is_still_a_json_file(name, tmp_path, monkeypatch):

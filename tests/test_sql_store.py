@@ -73,36 +73,7 @@ def _session(x: XEmulator, store: SQLTokenStore, token: Any = None,
                              token_url=x.token_url, api_base_url=x.api_url, **kw)
 
 
-# -- optional dependency -------------------------------------------------------------------
-
-@pytest.mark.integration
-def test_importing_refresher_does_not_import_sqlalchemy() -> None:
-    code = ("import sys, refresher\n"
-            "assert 'sqlalchemy' not in sys.modules, 'import refresher imported sqlalchemy'\n"
-            "assert refresher.SQLTokenStore.__name__ == 'SQLTokenStore'\n"
-            "assert 'sqlalchemy' not in sys.modules, 'the class alone imported sqlalchemy'\n"
-            "print('ok')\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "ok"
-
-
-@pytest.mark.integration
-def test_without_sqlalchemy_installed_the_error_says_how_to_install_it(tmp_path) -> None:
-    code = ("import sys\n"
-            "sys.modules['sqlalchemy'] = None  # as if SQLAlchemy were not installed\n"
-            "import refresher\n"
-            "try:\n"
-            "    refresher.open_store(sys.argv[1])\n"
-            "except refresher.TokenStoreError as exc:\n"
-            "    assert isinstance(exc, ImportError)\n"
-            "    print(exc)\n")
-    done = subprocess.run([sys.executable, "-c", code, f"sqlite:///{tmp_path / 't.db'}"],
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert "pip install refresher[sql]" in done.stdout
-
+# -- the lock's lifetime ---------------------------------------------------------------------
 
 def test_the_default_lock_ttl_outlives_a_grant() -> None:
     assert DEFAULT_LOCK_TTL >= 20.0  # the token endpoint's 15 s deadline plus 5 s

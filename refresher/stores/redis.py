@@ -33,18 +33,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .._constants import DEFAULT_DEADLINE, LOCK_TTL_MARGIN
-from .._fork import register
 from ..errors import ConfigurationError, LockLost, LockTimeout, StaleTokenError, TokenStoreError
+from ..policy import checked_lock_ttl
 from ..token import Token
+from ._holds import ThreadHolds
 from .base import TokenStore, Versioned
 from .redis_connection import (
     client_password,
@@ -93,10 +91,9 @@ return {1, version}
 
 @dataclass
 class _Hold:
-    """A lock this thread holds: the redis-py lock, its depth, and the version loaded."""
+    """A lock this thread holds: the redis-py lock, and the version loaded under it."""
 
     lock: Any
-    depth: int = 1
     version: int | None = None
 
 
@@ -131,16 +128,8 @@ class RedisTokenStore(TokenStore):
         **redis_options: Any,
     ) -> None:
         redis = import_redis()
-        if not isinstance(lock_ttl, (int, float)) or lock_ttl <= 0:
-            raise ConfigurationError("lock_ttl must be a positive number of seconds")
-        if lock_ttl < DEFAULT_DEADLINE + LOCK_TTL_MARGIN:
-            log.warning(
-                "lock_ttl=%s s is shorter than a refresh may take (the token endpoint's %s s "
-                "deadline plus %s s): sessions with the default deadline will refuse this store",
-                lock_ttl, DEFAULT_DEADLINE, LOCK_TTL_MARGIN,
-            )
+        self.lock_ttl = checked_lock_ttl(lock_ttl, log)
         self.prefix = prefix
-        self.lock_ttl = float(lock_ttl)
         self._redis_error: type[Exception] = redis.exceptions.RedisError
         self._lock_not_owned: type[Exception] = redis.exceptions.LockNotOwnedError
         self._lock_class: Any = redis.lock.Lock
@@ -148,13 +137,10 @@ class RedisTokenStore(TokenStore):
         self.server = describe_server(self._client)
         self._password = client_password(self._client)
         self._compare_and_set = self._client.register_script(_COMPARE_AND_SET)
-        self._local = threading.local()
-        register(self)  # a forked child holds none of its parent's locks
-
-    def _after_fork_in_child(self) -> None:
-        # The forking thread's holds are the parent's locks (their owner token too). The
-        # connections need nothing: redis-py's pool notices the new pid and starts over.
-        self._local = threading.local()
+        # A forked child holds none of its parent's locks (their owner tokens are the
+        # parent's): the holds start over there. The connections need nothing: redis-py's
+        # pool notices the new pid and starts over.
+        self._holds: ThreadHolds[_Hold] = ThreadHolds()
 
     def __repr__(self) -> str:
         return f"RedisTokenStore({self.server!r}, prefix={self.prefix!r})"
@@ -171,12 +157,6 @@ class RedisTokenStore(TokenStore):
 
     def _lock_key(self, account: str) -> str:
         return self._key(account) + LOCK_SUFFIX
-
-    def _holds(self) -> dict[str, _Hold]:
-        holds: dict[str, _Hold] | None = getattr(self._local, "holds", None)
-        if holds is None:
-            holds = self._local.holds = {}
-        return holds
 
     def _failure(self, doing: str, exc: BaseException) -> TokenStoreError:
         """A TokenStoreError for ``exc``, naming the server and never the password."""
@@ -222,20 +202,21 @@ class RedisTokenStore(TokenStore):
             ) from None
         return token, version
 
-    def load(self, account: str) -> Token | None:
-        """The account's token; under the lock, also the version the next save expects."""
+    def _read_under_lock(self, account: str) -> tuple[Token | None, int]:
+        """:meth:`_read`; under this thread's lock, the version is the next save's expected."""
         token, version = self._read(account)
-        hold = self._holds().get(account)
+        hold = self._holds.get(account)
         if hold is not None:
             hold.version = version
-        return token
+        return token, version
+
+    def load(self, account: str) -> Token | None:
+        """The account's token; under the lock, also the version the next save expects."""
+        return self._read_under_lock(account)[0]
 
     def _load_versioned(self, account: str) -> Versioned:
         """The account's token and its version (the counter every save bumps)."""
-        token, version = self._read(account)
-        hold = self._holds().get(account)
-        if hold is not None:
-            hold.version = version
+        token, version = self._read_under_lock(account)
         return Versioned(token, None if token is None else str(version))
 
     def _save_versioned(self, account: str, token: Token, expected_version: str | None) -> str:
@@ -286,13 +267,13 @@ class RedisTokenStore(TokenStore):
         Raises :class:`~refresher.StaleTokenError` when another holder saved since that
         load (this thread's lock had lapsed); the newer token is kept.
         """
-        hold = self._holds().get(account)
+        hold = self._holds.get(account)
         self._save(account, token,
                    "" if hold is None or hold.version is None else str(hold.version))
 
     def _save(self, account: str, token: Token, expected: str) -> int:
         key = self._key(account)
-        hold = self._holds().get(account)
+        hold = self._holds.get(account)
         data = json.dumps(dict(token), sort_keys=True)
         with self._talking(f"save {key!r}"):
             done, version = self._compare_and_set(
@@ -322,17 +303,7 @@ class RedisTokenStore(TokenStore):
 
     # -- locking -------------------------------------------------------------------------
 
-    @contextmanager
-    def _held(self, account: str, timeout: float | None) -> Iterator[None]:
-        holds = self._holds()
-        hold = holds.get(account)
-        if hold is not None:  # this thread holds it already
-            hold.depth += 1
-            try:
-                yield
-            finally:
-                hold.depth -= 1
-            return
+    def _take(self, account: str, timeout: float | None) -> _Hold:
         key = self._lock_key(account)
         lock = self._lock_class(
             self._client, key, timeout=self.lock_ttl, sleep=_LOCK_POLL_INTERVAL,
@@ -346,18 +317,11 @@ class RedisTokenStore(TokenStore):
                 f"within {timeout} s (key {key!r}); another process is refreshing it, or "
                 f"died holding it (the lock frees itself after lock_ttl={self.lock_ttl:g} s)"
             )
-        holds[account] = _Hold(lock)
-        holder = os.getpid()
-        try:
-            yield
-        finally:
-            del holds[account]
-            if os.getpid() == holder:  # in a forked child, the lock is the parent's to release
-                self._release(lock, account)
+        return _Hold(lock)
 
-    def _release(self, lock: Any, account: str) -> None:
+    def _release(self, account: str, hold: _Hold) -> None:
         try:
-            lock.release()
+            hold.lock.release()
         except self._lock_not_owned:
             log.warning(
                 "account %r: the Redis lock lapsed before it was released (held longer than "
@@ -369,7 +333,8 @@ class RedisTokenStore(TokenStore):
                         self._failure(f"release the lock of {account!r}", exc), self.lock_ttl)
 
     def lock(self, account: str, timeout: float | None = None) -> Any:
-        return self._held(account, timeout)
+        return self._holds.held(account, take=lambda: self._take(account, timeout),
+                                give_back=lambda hold: self._release(account, hold))
 
     def verify_lock(self, account: str) -> None:
         """Check this thread still owns the account's lock, and give it a full ``lock_ttl``.
@@ -378,7 +343,7 @@ class RedisTokenStore(TokenStore):
         value is still this holder's). Raises :class:`~refresher.LockLost` when the lock
         lapsed: another holder may be spending the same refresh token right now.
         """
-        hold = self._holds().get(account)
+        hold = self._holds.get(account)
         if hold is None:
             raise LockLost(f"account {account!r}: this thread does not hold its Redis lock")
         try:

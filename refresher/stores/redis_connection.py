@@ -10,9 +10,9 @@ without the optional dependency.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
 from ..errors import TokenStoreError
+from ._urls import scrub_url, url_password
 
 __all__ = ["import_redis", "open_client", "client_password",
            "describe_server", "server_failure", "decode_reply", "glob_escape"]
@@ -69,31 +69,11 @@ def _client_from_url(redis: Any, url: str, options: dict[str, Any]) -> Any:
         return redis.Redis.from_url(url, **options)
     except (ValueError, TypeError) as exc:
         detail = str(exc)
-        password = _url_password(url)
+        password = url_password(url)
         if password:
             detail = detail.replace(password, "***")
-        raise TokenStoreError(f"invalid Redis URL {_scrub_url(url)}: {detail}") from None
-
-
-def _url_password(url: str) -> str | None:
-    try:
-        return urlsplit(url).password
-    except ValueError:
-        return None
-
-
-def _scrub_url(url: str) -> str:
-    """``url`` without its user name and password: safe to print.
-
-    >>> _scrub_url("redis://:s3cret@cache.internal:6379/0")
-    'redis://cache.internal:6379/0'
-    """
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc.rpartition("@")[2]
-        return parts._replace(netloc=netloc, query="").geturl()
-    except ValueError:
-        return "<unparseable Redis URL>"
+        shown = scrub_url(url, "Redis URL")
+        raise TokenStoreError(f"invalid Redis URL {shown}: {detail}") from None
 
 
 def client_password(client: Any) -> str | None:

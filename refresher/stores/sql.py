@@ -41,10 +41,10 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from .._constants import DEFAULT_DEADLINE, LOCK_TTL_MARGIN
 from .._fork import register
 from ..clock import SYSTEM_CLOCK, Clock
-from ..errors import ConfigurationError, StaleTokenError, TokenStoreError
+from ..errors import StaleTokenError, TokenStoreError
+from ..policy import checked_lock_ttl
 from ..token import Token
 from .base import TokenStore, Versioned
 from .sql_connection import Database, import_sqlalchemy
@@ -118,15 +118,7 @@ class SQLTokenStore(TokenStore):
         **engine_options: Any,
     ) -> None:
         sa = import_sqlalchemy()
-        if isinstance(lock_ttl, bool) or not isinstance(lock_ttl, (int, float)) \
-                or lock_ttl <= 0:
-            raise ConfigurationError("lock_ttl must be a positive number of seconds")
-        if lock_ttl < DEFAULT_DEADLINE + LOCK_TTL_MARGIN:
-            log.warning(
-                "lock_ttl=%s s is shorter than a refresh may take (the token endpoint's %s s "
-                "deadline plus %s s): sessions with the default deadline will refuse this store",
-                lock_ttl, DEFAULT_DEADLINE, LOCK_TTL_MARGIN,
-            )
+        seconds = checked_lock_ttl(lock_ttl, log)
         clock = SYSTEM_CLOCK if clock is None else clock
         self._db = Database(url_or_engine, engine_options, clock)
         self.server = self._db.server
@@ -134,7 +126,7 @@ class SQLTokenStore(TokenStore):
         self.table = table
         self._table_ready = False
         self._table_guard = threading.Lock()
-        self._leases = Leases(self._db, self._table, float(lock_ttl), clock)
+        self._leases = Leases(self._db, self._table, seconds, clock)
         self._build_statements(sa)
         register(self)  # a forked child: a guard of its own (the pool and leases reset theirs)
 

@@ -32,11 +32,12 @@ import logging
 import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from .._fork import register
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import ConfigurationError, TokenStoreError
+from ._urls import scrub_url, url_password
 
 if TYPE_CHECKING:
     import sqlalchemy
@@ -87,27 +88,6 @@ def import_sqlalchemy() -> Any:
             "SQLTokenStore needs SQLAlchemy 2: pip install refresher[sql]"
         ) from None
     return sqlalchemy
-
-
-def _scrub_url(url: str) -> str:
-    """``url`` without its user name, password and query: safe to print.
-
-    >>> _scrub_url("postgresql://app:s3cret@db.internal:5432/tokens?sslmode=require")
-    'postgresql://db.internal:5432/tokens'
-    """
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc.rpartition("@")[2]
-        return parts._replace(netloc=netloc, query="").geturl()
-    except ValueError:
-        return "<unparseable database URL>"
-
-
-def _url_password(url: str) -> str | None:
-    try:
-        return urlsplit(url).password
-    except ValueError:
-        return None
 
 
 def describe_server(url: sqlalchemy.URL) -> str:
@@ -181,8 +161,8 @@ def _engine_from_url(sa: Any, text: str, options: dict[str, Any]) -> sqlalchemy.
     try:
         url = sa.make_url(text)
     except (sa.exc.ArgumentError, ValueError) as exc:
-        raise TokenStoreError(f"invalid database URL {_scrub_url(text)}: "
-                              f"{_detail(exc, _url_password(text))}") from None
+        raise TokenStoreError(f"invalid database URL {scrub_url(text, 'database URL')}: "
+                              f"{_detail(exc, url_password(text))}") from None
     if url.drivername in ("postgresql", "postgres"):
         url = url.set(drivername="postgresql+psycopg")  # the driver refresher[sql] installs
     backend = url.get_backend_name()

@@ -63,13 +63,12 @@ import os
 import secrets
 import socket
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .._fork import register
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import LockLost, LockTimeout, TokenStoreError
+from ._holds import ThreadHolds
 from .sql_connection import Database, import_sqlalchemy
 
 if TYPE_CHECKING:
@@ -87,14 +86,6 @@ _HOST = socket.gethostname()[:48]
 _TTL_TAG = ":ttl="
 
 
-@dataclass
-class _Hold:
-    """A lease this thread holds: whose name it is written under, and the nesting depth."""
-
-    owner: str
-    depth: int = 1
-
-
 class Leases:
     """Per-account leases in ``table`` (columns ``account``, ``lease_owner``,
     ``lease_until``, ``token``, ``meta``), each living ``lock_ttl`` seconds unless renewed."""
@@ -106,7 +97,9 @@ class Leases:
         self.table_name = table.name
         self.lock_ttl = lock_ttl
         self._clock = clock
-        self._local = threading.local()
+        # The lease this thread holds, per account: its owner name (a forked child holds
+        # none of its parent's: their names embed the parent's pid).
+        self._holds: ThreadHolds[str] = ThreadHolds()
         # Others' leases this store is watching (client clocks only): account -> (owner,
         # lease_until, when first seen on the monotonic clock). Plain dict operations, no
         # lock: a lost race only makes a watch start again later.
@@ -147,37 +140,25 @@ class Leases:
             c.account == account)
 
     def _after_fork_in_child(self) -> None:
-        # The parent's holds and unreleased leases are the parent's (their owner names
-        # embed its pid): a child that took one back under the same name would share it.
-        self._local = threading.local()
+        # The parent's unreleased leases are the parent's (their owner names embed its
+        # pid): a child that took one back under the same name would share it.
         self._unreleased = {}
         self._unreleased_guard = threading.Lock()
 
-    def _holds(self) -> dict[str, _Hold]:
-        holds: dict[str, _Hold] | None = getattr(self._local, "holds", None)
-        if holds is None:
-            holds = self._local.holds = {}
-        return holds
-
     def holds(self, account: str) -> bool:
         """Whether this thread holds the account's lease (as far as it knows)."""
-        return account in self._holds()
+        return account in self._holds
 
     # -- taking --------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def held(self, account: str, timeout: float | None) -> Iterator[None]:
+    def held(self, account: str, timeout: float | None) -> contextlib.AbstractContextManager[str]:
         """The account's lease, for the block; :class:`~refresher.LockTimeout` when it is
         not had within ``timeout`` seconds (``None``: no limit)."""
-        holds = self._holds()
-        hold = holds.get(account)
-        if hold is not None:  # this thread holds it already
-            hold.depth += 1
-            try:
-                yield
-            finally:
-                hold.depth -= 1
-            return
+        return self._holds.held(account, take=lambda: self._take_lease(account, timeout),
+                                give_back=lambda owner: self._give_back(account, owner))
+
+    def _take_lease(self, account: str, timeout: float | None) -> str:
+        """Wait for the account's lease; the owner name it is held under."""
         with self._unreleased_guard:
             leftover = self._unreleased.pop(account, None)
         owner = leftover or (f"{_HOST}:{os.getpid()}:{secrets.token_hex(6)}"
@@ -188,14 +169,7 @@ class Leases:
             if leftover is not None:  # still ours to take back next time
                 self._leftover(account, owner)
             raise
-        holds[account] = _Hold(owner)
-        holder = os.getpid()
-        try:
-            yield
-        finally:
-            del holds[account]
-            if os.getpid() == holder:  # in a forked child, the lease is the parent's to give back
-                self._give_back(account, owner)
+        return owner
 
     def _wait_for(self, account: str, owner: str, timeout: float | None) -> None:
         clock, deadline, delay = self._clock, None, _FIRST_POLL
@@ -281,10 +255,10 @@ class Leases:
     def verify(self, account: str) -> None:
         """Check this thread's lease on the account is still its own, and renew it to a
         full ``lock_ttl`` (one statement); :class:`~refresher.LockLost` otherwise."""
-        hold = self._holds().get(account)
-        if hold is None:
+        owner = self._holds.get(account)
+        if owner is None:
             raise LockLost(f"account {account!r}: this thread does not hold its SQL lease")
-        params = {"a": account, "me": hold.owner, "ttl": self.lock_ttl}
+        params = {"a": account, "me": owner, "ttl": self.lock_ttl}
         with self._db.begin(f"renew the lock of {account!r}") as connection:
             renewed = connection.execute(self._renew, params).rowcount == 1
         if not renewed:

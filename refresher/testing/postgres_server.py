@@ -27,16 +27,14 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import quote
 
-from refresher.testing.net import free_port
+from refresher.testing._server_process import ServerProcess
 
 __all__ = ["PostgresServer", "find_bin_dir"]
 
-_START_TIMEOUT = 30.0
 #: The group role whose members log in with a password (every other user is trusted).
 PASSWORD_GROUP = "password_users"
 #: The superuser initdb makes.
@@ -80,7 +78,7 @@ def _server_user() -> pwd.struct_passwd | None:
                        "exists to run PostgreSQL as")
 
 
-class PostgresServer:
+class PostgresServer(ServerProcess):
     """One PostgreSQL cluster on 127.0.0.1, in a folder of its own.
 
     ``start()`` (or ``with``) makes the cluster the first time and starts the server on a
@@ -90,7 +88,18 @@ class PostgresServer:
     :func:`find_bin_dir`.
     """
 
+    name = "postgres"
+    start_timeout = 30.0
+    poll_interval = 0.05
+    end_timeout = 30.0
+    #: A fast shutdown (clients are cut off, data is kept); an immediate one, as a crash.
+    stop_signal = signal.SIGINT
+    kill_signal = signal.SIGQUIT
+    escalation = signal.SIGQUIT
+    log_tail = 3000
+
     def __init__(self, bin_dir: Path | str | None = None) -> None:
+        super().__init__()
         found = Path(bin_dir) if bin_dir is not None else find_bin_dir()
         if found is None:
             raise FileNotFoundError("PostgreSQL server binaries not found "
@@ -102,14 +111,9 @@ class PostgresServer:
         self._chown(self.workdir)
         self.data_dir = self.workdir / "data"
         self.log_path = self.workdir / "postgres.log"
-        self.port = 0
-        self.process: subprocess.Popen[bytes] | None = None
 
     def __repr__(self) -> str:
         return f"PostgresServer(port={self.port}, workdir={str(self.workdir)!r})"
-
-    def __enter__(self) -> PostgresServer:
-        return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
@@ -175,38 +179,24 @@ class PostgresServer:
             "-c", "max_connections=300", "-c", "logging_collector=off",
         ]
 
+    def _log_file(self) -> Path:
+        return self.log_path
+
+    def _spawn(self, command: list[str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+        return self._popen(command, stdout=log, stderr=subprocess.STDOUT)
+
+    def _answers(self) -> bool:
+        return self.ready()
+
     def start(self) -> PostgresServer:
         """Start (making the cluster and picking a free port the first time)."""
         first = not self.data_dir.exists()
         if first:
             self._init_cluster()
-        fresh_port = self.port == 0
-        for _ in range(5):
-            if fresh_port:
-                self.port = free_port()
-            with open(self.log_path, "ab") as log:
-                self.process = self._popen(self._command(), stdout=log,
-                                           stderr=subprocess.STDOUT)
-            if self._wait_ready():
-                if first:
-                    self.psql(f"CREATE ROLE {PASSWORD_GROUP} NOLOGIN")
-                return self
-            self._end(signal.SIGQUIT)
-            if not fresh_port:
-                break
-        text = self.log_path.read_text(errors="replace")
-        raise RuntimeError(f"postgres did not start on port {self.port}:\n{text[-3000:]}")
-
-    def _wait_ready(self) -> bool:
-        assert self.process is not None
-        deadline = time.monotonic() + _START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                return False
-            if self.ready():
-                return True
-            time.sleep(0.05)
-        return False
+        super().start()
+        if first:
+            self.psql(f"CREATE ROLE {PASSWORD_GROUP} NOLOGIN")
+        return self
 
     def ready(self) -> bool:
         """True when the server accepts connections (``pg_isready``)."""
@@ -214,29 +204,6 @@ class PostgresServer:
             [str(self.bin_dir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port),
              "-t", "1"], capture_output=True, timeout=10)
         return done.returncode == 0
-
-    def _end(self, sig: int) -> None:
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(sig)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGQUIT)
-            process.wait(timeout=30)
-
-    def stop(self) -> None:
-        """A fast shutdown (SIGINT to the postmaster): clients are cut off, data is kept."""
-        self._end(signal.SIGINT)
-
-    def kill(self) -> None:
-        """An immediate shutdown (SIGQUIT), as a crash would end it; recovered on start."""
-        self._end(signal.SIGQUIT)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
 
     def cleanup(self) -> None:
         """Remove the cluster's folder (stop the server first)."""
