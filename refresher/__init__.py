@@ -17,6 +17,7 @@ from .clock import Clock
 from .coordinator import RefreshCoordinator
 from .errors import (
     ConfigurationError,
+    EncryptionKeyError,
     EndpointError,
     InsecureTransport,
     InvalidTokenError,
@@ -39,7 +40,9 @@ from .stores import JSONTokenStore, MemoryTokenStore, TokenStore, Versioned, ope
 from .token import Token
 
 if TYPE_CHECKING:
+    from .keys import new_key
     from .login import AuthorizationLink, LoginFlow
+    from .stores.encrypted import EncryptedTokenStore
     from .stores.redis import RedisTokenStore
     from .stores.sql import SQLTokenStore
 
@@ -67,6 +70,8 @@ __all__ = [
     "JSONTokenStore",
     "RedisTokenStore",
     "SQLTokenStore",
+    "EncryptedTokenStore",
+    "new_key",
     "open_store",
     "RefresherError",
     "EndpointError",
@@ -79,6 +84,7 @@ __all__ = [
     "RevokeError",
     "LockLost",
     "ConfigurationError",
+    "EncryptionKeyError",
     "InvalidTokenError",
     "InsecureTransport",
     "graceful_shutdown",
@@ -102,6 +108,16 @@ def __getattr__(name: str) -> Any:
         from .stores.sql import SQLTokenStore
 
         return SQLTokenStore
+    # EncryptedTokenStore too (cryptography is imported when one is made), and new_key
+    # beside it.
+    if name == "EncryptedTokenStore":
+        from .stores.encrypted import EncryptedTokenStore
+
+        return EncryptedTokenStore
+    if name == "new_key":
+        from .keys import new_key
+
+        return new_key
     # The login flow (a callback server, the browser) is imported on first use too.
     if name in ("LoginFlow", "AuthorizationLink"):
         from . import login

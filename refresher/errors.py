@@ -27,6 +27,7 @@ __all__ = [
     "InsecureTransport",
     "LockLost",
     "RevokeError",
+    "EncryptionKeyError",
 ]
 
 
@@ -117,6 +118,13 @@ class ConfigurationError(RefresherError, ValueError):
     """An argument, setting or name refresher cannot use; the message says what to do.
 
     Also a :class:`ValueError`, so code that caught ``ValueError`` keeps working.
+    """
+
+
+class EncryptionKeyError(ConfigurationError):
+    """An encrypted store's token cannot be read: the key given is wrong, or none was given
+    for it (see :class:`~refresher.EncryptedTokenStore`). Nothing was read or written; the
+    message names the account and the key ids involved, never a key.
     """
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from ._constants import X_API_URL, X_AUTHORIZE_URL, X_REVOKE_URL, X_TOKEN_URL
 from .errors import ConfigurationError, ReauthorizationRequired
+from .keys import KEY_VARIABLE
 from .loopback import DEFAULT_REDIRECT_URI
 from .stores import TokenStore, open_store
 
@@ -50,6 +51,7 @@ ENVIRONMENT: Mapping[str, str] = MappingProxyType({
     "authorize_url": "REFRESHER_AUTHORIZE_URL",
     "revoke_url": "REFRESHER_REVOKE_URL",
     "redirect_uri": "REFRESHER_REDIRECT_URI",
+    "key": KEY_VARIABLE,  # read by open_store: see refresher.keys
 })
 
 _DEFAULTS: Mapping[str, str] = MappingProxyType({

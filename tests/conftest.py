@@ -577,3 +577,10 @@ def heartbeat() -> Heartbeat:
     """A :class:`Heartbeat`: ``async with heartbeat.running(): ...``, then
     ``heartbeat.loop_stall()``."""
     return Heartbeat()
+
+
+@pytest.fixture(autouse=True)
+def _no_key_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A REFRESHER_KEY in the developer's shell would encrypt every store the tests open:
+    the tests that want one set it themselves."""
+    monkeypatch.delenv("REFRESHER_KEY", raising=False)

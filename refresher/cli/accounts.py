@@ -33,6 +33,7 @@ from .common import (
     client_id_for,
     duration,
     expiry,
+    load_token,
     revoke_pair,
     seconds_left,
     store_for,
@@ -50,7 +51,7 @@ def run_status(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     now = time.time()
     for name in names:
-        token = store.load(name) or {}
+        token = load_token(store, name) or {}
         meta = store.load_metadata(name)
         # A hand-edited token (an ISO date for expires_at...) shows as such: one row, not
         # the end of the listing.
@@ -270,7 +271,7 @@ def run_logout(args: argparse.Namespace) -> int:
     # in flight, so a SIGTERM does not leave a pair revoked at X in the store.
     check_not_stopping()
     with store.lock(account, timeout=LOCK_TIMEOUT), in_flight() as flight:
-        token = store.load(account) or {}
+        token = load_token(store, account) or {}
         try:
             note = revoke_pair(token, client_id=client_id, client_secret=secret,
                                token_url=token_url, revoke_url=revoke_url)

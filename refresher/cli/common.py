@@ -16,8 +16,16 @@ from .._transport import require_secure_transport
 from ..endpoint import TokenEndpoint
 from ..errors import InsecureTransport
 from ..revoke import revoke_pair as revoke
-from ..settings import ENVIRONMENT, choose_account, default_store_location, resolve_setting
+from ..settings import (
+    ENVIRONMENT,
+    choose_account,
+    default_store_location,
+    describe_store,
+    resolve_setting,
+)
 from ..stores import TokenStore, open_store, store_folder
+from ..stores.sealed import refuse_sealed
+from ..token import Token
 
 __all__ = [
     "LOCK_TIMEOUT",
@@ -28,6 +36,7 @@ __all__ = [
     "client_id_for",
     "duration",
     "expiry",
+    "load_token",
     "revoke_pair",
     "seconds_left",
     "store_for",
@@ -62,6 +71,14 @@ def store_for(args: argparse.Namespace, *, create: bool = False) -> TokenStore:
             "(or REFRESHER_STORE), or create the store with refresher login"
         )
     return open_store(location)
+
+
+def load_token(store: TokenStore, account: str) -> Token | None:
+    """The account's token; :class:`~refresher.EncryptionKeyError` when it is encrypted
+    and the store was opened without a key (``REFRESHER_KEY`` unset)."""
+    token = store.load(account)
+    refuse_sealed(token, account, describe_store(store))
+    return token
 
 
 def account_for(store: TokenStore, args: argparse.Namespace) -> str:

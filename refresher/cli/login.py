@@ -22,7 +22,15 @@ from ..errors import RefresherError
 from ..login import LoginFlow
 from ..settings import describe_store, resolve_setting, wanted_account
 from ..token import Token, fingerprint
-from .common import Failure, check_urls, client_id_for, expiry, revoke_pair, store_for
+from .common import (
+    Failure,
+    check_urls,
+    client_id_for,
+    expiry,
+    load_token,
+    revoke_pair,
+    store_for,
+)
 from .secrets import read_client_secret
 
 __all__ = ["run_login"]
@@ -41,6 +49,8 @@ def run_login(args: argparse.Namespace) -> int:
     # An empty --account is refused by the parser; an empty REFRESHER_ACCOUNT is unset.
     wanted = wanted_account(args.account)
     recorded = store.load_metadata(wanted) if wanted else {}
+    if wanted:  # before the browser: an encrypted account needs its key to be replaced
+        load_token(store, wanted)
     # A new login chooses its client and server: REFRESHER_* outrank the previous record.
     client_id = client_id_for(args, recorded, new_login=True)
     urls = {name: resolve_setting(name, getattr(args, name, None), recorded, new_login=True)
@@ -73,7 +83,7 @@ def run_login(args: argparse.Namespace) -> int:
     user = _who(flow, token, named=bool(wanted), clock=clock)
     account = wanted or user["username"]
 
-    previous = store.load(account)
+    previous = load_token(store, account)
     previous_meta = store.load_metadata(account) if previous else {}
     session = flow.session(token, store=store, account=account)
     token = session.token

@@ -12,6 +12,7 @@ from .. import __version__
 from .._constants import DEFAULT_SCOPES
 from ..loopback import DEFAULT_REDIRECT_URI
 from .accounts import run_logout, run_refresh, run_status
+from .keys import run_key_new, run_key_rotate
 from .login import run_login
 from .offline import run_demo, run_emulator
 from .secrets import PROMPT
@@ -31,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "refresh and revoke stored tokens, or run the offline demo.",
         epilog="Settings also come from REFRESHER_CLIENT_ID, REFRESHER_CLIENT_SECRET, "
                "REFRESHER_STORE, REFRESHER_ACCOUNT, REFRESHER_TOKEN_URL, REFRESHER_API_URL, "
-               "REFRESHER_AUTHORIZE_URL, REFRESHER_REVOKE_URL. Try: refresher demo",
+               "REFRESHER_AUTHORIZE_URL, REFRESHER_REVOKE_URL, and the key of an encrypted "
+               "store from REFRESHER_KEY. Try: refresher demo",
     )
     parser.add_argument("--debug", action="store_true",
                         help="show tracebacks and refresher's debug log (never a token)")
@@ -137,6 +139,33 @@ def build_parser() -> argparse.ArgumentParser:
     url(logout, "token-url", "token endpoint")
     url(logout, "revoke-url", "revoke endpoint")
     logout.set_defaults(run=run_logout)
+
+    key = commands.add_parser(
+        "key", parents=[common],
+        help="make a key for an encrypted store, or re-encrypt a store under a new one",
+        description="Tokens are encrypted at rest when REFRESHER_KEY holds a key (several, "
+                    "comma-separated, during a rotation: the first encrypts, every one "
+                    "decrypts; keyring:NAME reads one from the OS keyring).")
+    key_commands = key.add_subparsers(title="commands", metavar="COMMAND")
+    key_commands.required = True
+    key_new = key_commands.add_parser(
+        "new", parents=[common], help="print the export line of a new key",
+        description="Make a new random key and print the line that sets it: "
+                    "export REFRESHER_KEY=...")
+    key_new.add_argument("--keyring", metavar="NAME",
+                         help="keep the key in the OS keyring under NAME instead, and print "
+                              "export REFRESHER_KEY=keyring:NAME (pip install "
+                              "refresher[keyring])")
+    key_new.set_defaults(run=run_key_new)
+    key_rotate = key_commands.add_parser(
+        "rotate", parents=[common, store],
+        help="re-encrypt every account under the first key of REFRESHER_KEY",
+        description="Save every account of the store again, under its lock, encrypted under "
+                    "the first key of REFRESHER_KEY (the others only decrypt): give the new "
+                    "key first, then the old ones (REFRESHER_KEY=NEW,OLD). Accounts in the "
+                    "clear are encrypted too. Afterwards the old keys can be dropped. Exit "
+                    "status 1 when an account could not be re-encrypted.")
+    key_rotate.set_defaults(run=run_key_rotate)
 
     emulator = commands.add_parser(
         "emulator", parents=[common],

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigurationError
+from ..keys import KeySpec, keys_from_environment, parse_keys
 from .base import MemoryTokenStore, TokenStore, Versioned
 from .jsonfile import JSONTokenStore
 
@@ -21,10 +22,18 @@ _SQL_SCHEMES = ("sqlite", "postgresql", "postgres")
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):(//)?")
 
 
-def open_store(location: str | os.PathLike[str], **options: Any) -> TokenStore:
+def open_store(location: str | os.PathLike[str], key: KeySpec | None = None,
+               **options: Any) -> TokenStore:
     """A store from a location: a file path (JSON), a ``redis://`` / ``rediss://`` /
     ``unix://`` URL, or a database URL (``sqlite:///tokens.db``, ``postgresql://...``,
     ``postgresql+psycopg://...``).
+
+    With ``key`` (one key, several comma-separated or in a list: see
+    :class:`~refresher.EncryptedTokenStore`), or else when ``REFRESHER_KEY`` is set, the
+    store is wrapped in an :class:`~refresher.EncryptedTokenStore`. A key that cannot be
+    had (malformed, a ``keyring:NAME`` with no keyring backend) raises
+    :class:`~refresher.ConfigurationError` before anything is opened: never a store in
+    the clear instead.
 
     Any other URL (``mysql://``, ``https://``, ``file://``...) raises
     :class:`~refresher.ConfigurationError`, naming its scheme and the ones refresher knows
@@ -38,6 +47,17 @@ def open_store(location: str | os.PathLike[str], **options: Any) -> TokenStore:
     >>> open_store("sqlite:///tokens.db")  # doctest: +SKIP
     SQLTokenStore('sqlite:////home/me/tokens.db', table='refresher_tokens')
     """
+    keys = keys_from_environment() if key is None else parse_keys(key)
+    if keys is None:
+        return _open_plain(location, options)
+    from .encrypted import EncryptedTokenStore, require_cryptography
+
+    require_cryptography()  # before the store is opened: without it, nothing is
+    return EncryptedTokenStore(_open_plain(location, options), keys)
+
+
+def _open_plain(location: str | os.PathLike[str], options: dict[str, Any]) -> TokenStore:
+    """The store at ``location``, as it is (see :func:`open_store`)."""
     text = os.fspath(location)
     kind = _kind(text)
     store: TokenStore

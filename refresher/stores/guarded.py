@@ -26,6 +26,7 @@ from ..refusal import Refusal, binding
 from ..shutdown import in_flight
 from ..token import Token
 from .base import TokenStore, Versioned
+from .sealed import refuse_sealed
 
 __all__ = ["GuardedAccount"]
 
@@ -79,14 +80,24 @@ class GuardedAccount:
         return f"GuardedAccount({self.store!r}, {self.account!r})"
 
     def load(self) -> Token | None:
-        return self._call("read", self.store.load, self.account)
+        return self._readable(self._call("read", self.store.load, self.account))
 
     def load_versioned(self) -> Versioned:
-        return self._call("read", self.store.load_versioned, self.account)
+        stored = self._call("read", self.store.load_versioned, self.account)
+        self._readable(stored.token)
+        return stored
 
     def save_versioned(self, token: Token, expected_version: str | None) -> str:
+        if expected_version is None:  # a new login: never in the clear over a sealed token
+            self.load()
         return self._call("save", self.store.save_versioned, self.account, token,
                           expected_version)
+
+    def _readable(self, token: Token | None) -> Token | None:
+        """``token``, unless it is sealed (an encrypted store opened without its key):
+        :class:`~refresher.EncryptionKeyError` then, before anything is sent or saved."""
+        refuse_sealed(token, self.account, repr(self.store))
+        return token
 
     def delete(self) -> None:
         self._call("delete", self.store.delete, self.account)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TokenStoreError
+from .sealed import is_sealed
 
 __all__ = ["TEMP_SUFFIX", "temp_prefix", "find_leftovers", "recover_leftovers"]
 
@@ -144,13 +145,15 @@ def _leftover_accounts(leftover: Path, document_format: str) -> dict[str, Any]:
 def _is_newer_entry(entry: Any, stored: Any) -> bool:
     """Whether a leftover's account entry should replace the stored one (``None``: absent).
 
-    It must hold a token with a refresh token, and be newer by ``updated_at`` than a stored
+    It must hold a token with a refresh token (or a sealed one, whose refresh token cannot
+    be seen without the key), and be newer by ``updated_at`` than a stored
     entry that has a token.
     """
     if not isinstance(entry, dict):
         return False
     token = entry.get("token")
-    if not isinstance(token, dict) or not isinstance(token.get("refresh_token"), str):
+    if not isinstance(token, dict) or not (isinstance(token.get("refresh_token"), str)
+                                           or is_sealed(token)):
         return False
     if not isinstance(stored, dict) or not isinstance(stored.get("token"), dict):
         return True  # the store lacks the account, or has only its metadata
