@@ -44,7 +44,7 @@ def _header(output: str, first_column: str) -> list[str]:
 
 
 @pytest.mark.parametrize("script", ["overhead.py", "contention.py", "startup.py",
-                                    "accounts.py"])
+                                    "accounts.py", "encryption.py"])
 def test_every_script_explains_itself(script: str) -> None:
     out = _run(script, "--help").stdout
     assert out.startswith("usage:")
@@ -283,3 +283,13 @@ def test_contention_has_an_async_row() -> None:
     row = results["json file, async"]  # httpx is in the test extra
     assert row["requests"] > 0 and row["failed"] == 0, row["errors"]
     assert row["reused_refresh_tokens"] == 0 and row["refreshes"] >= 1
+
+
+def test_encryption_prints_plain_and_encrypted_for_each_store() -> None:
+    document = json.loads(_run("encryption.py", "--quick", "--json").stdout)
+    assert document["columns"] == ["store", "operation", "plain us", "encrypted us", "x", "+us"]
+    rows = [row for row in document["rows"] if "plain us" in row]
+    assert {(row["store"], row["operation"]) for row in rows} >= {
+        ("memory", "load"), ("memory", "save"), ("json file", "load"), ("json file", "save")}
+    for row in rows:
+        assert row["plain us"] > 0 and row["encrypted us"] > 0 and row["x"] > 0
