@@ -398,3 +398,33 @@ def test_new_key_makes_a_fresh_32_byte_key_each_time() -> None:
     first, second = new_key(), new_key()
     assert first != second
     assert [len(key) for key in parse_keys([first, second])] == [32, 32]
+
+
+def test_key_new_can_keep_the_key_in_the_os_keyring(os_keyring: _MemoryKeyring,
+                                                    capsys: pytest.CaptureFixture[str],
+                                                    tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from refresher.cli import main
+
+    assert main(["key", "new", "--keyring", "tokens"]) == 0
+    out = capsys.readouterr().out
+    assert out == "export REFRESHER_KEY=keyring:tokens\n"
+    kept = os_keyring.get_password("refresher", "tokens") or ""
+    assert len(parse_keys(kept)) == 1 and kept not in out
+    monkeypatch.setenv("REFRESHER_KEY", "keyring:tokens")
+    assert isinstance(open_store(tmp_path / "tokens.json"), EncryptedTokenStore)
+
+
+def test_key_new_without_a_keyring_backend_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    import keyring.backends.fail
+
+    from refresher.cli import main
+
+    previous = keyring.get_keyring()
+    keyring.set_keyring(keyring.backends.fail.Keyring())
+    try:
+        assert main(["key", "new", "--keyring", "tokens"]) == 2
+    finally:
+        keyring.set_keyring(previous)
+    captured = capsys.readouterr()
+    assert captured.out == "" and "no keyring backend" in captured.err

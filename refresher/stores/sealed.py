@@ -55,6 +55,7 @@ def refuse_sealed(token: Mapping[str, Any] | None, account: str, where: str) -> 
     if is_sealed(token):
         raise EncryptionKeyError(
             f"account {account!r} in {where} is encrypted, and no key was given: set "
-            f"{KEY_VARIABLE} (or pass key= to open_store or EncryptedTokenStore) to the key "
-            "it was encrypted with; nothing was read or changed"
+            f"{KEY_VARIABLE} to the key it was encrypted with (open_store and the refresher "
+            "command read it), or pass key= to open_store, or wrap a store object in "
+            "EncryptedTokenStore(store, key); nothing was read or changed"
         )
