@@ -144,13 +144,13 @@ class Attempt(Generic[_R]):
     ``give_up_at`` (``time.monotonic()``).
 
     If the caller gives up after the request was written, ``late(result, error)`` gets what
-    the worker ends with (in the worker thread), and ``late_answers`` tracks the attempt
+    the worker ends with (in the worker thread), and ``late_answers()`` tracks the attempt
     until then; ``late_until`` is when the worker stops waiting for an answer at the latest.
     """
 
     def __init__(self, work: Callable[[SendGate], _R], gate: SendGate, *, give_up_at: float,
                  late_until: float, late: Callable[[_R | None, BaseException | None], None],
-                 late_answers: LateAnswers) -> None:
+                 late_answers: Callable[[], LateAnswers]) -> None:
         self.gate = gate
         self._work, self._late, self._late_answers = work, late, late_answers
         self._give_up_at, self._late_until = give_up_at, late_until
@@ -184,7 +184,7 @@ class Attempt(Generic[_R]):
             state = self.gate.abandon()
             if state is GateState.SENT:
                 self._orphaned = True
-                self._late_answers.add(id(self), self._late_until)
+                self._late_answers().add(id(self), self._late_until)
             return AttemptAbandoned(state, self._started)
 
     def _serve(self) -> None:
@@ -209,4 +209,4 @@ class Attempt(Generic[_R]):
             except Exception:
                 log.exception("handling a late token answer failed")
             finally:
-                self._late_answers.remove(id(self))
+                self._late_answers().remove(id(self))

@@ -18,6 +18,7 @@ the session's own token.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Collection
 from typing import Any
 
@@ -25,7 +26,6 @@ import requests
 from requests.adapters import HTTPAdapter
 from requests.utils import rewind_body
 
-from ._fork import register
 from .coordinator import RefreshCoordinator
 from .flow import Answer, Describe, Facts, Send, Steps, TokenNeeded, request_rule
 from .token import Token
@@ -89,7 +89,7 @@ class RefreshingAdapter(HTTPAdapter):
             coordinator.policy.refresh_status_codes if refresh_status_codes is None
             else refresh_status_codes
         )
-        register(self)  # a forked child gets pools of its own
+        self._pid = os.getpid()  # a forked child gets pools of its own before its first send
 
     def _after_fork_in_child(self) -> None:
         # As HTTPAdapter.__setstate__ does: new pool managers, the parent's dropped without
@@ -104,6 +104,9 @@ class RefreshingAdapter(HTTPAdapter):
     ) -> requests.Response:
         """Drive :func:`refresher.flow.request_rule` for ``request`` (see the class
         docstring); the last answer."""
+        if getattr(self, "_pid", None) != os.getpid():  # forked (or unpickled) since last use
+            self._after_fork_in_child()
+            self._pid = os.getpid()
         coordinator = self.coordinator
         response: requests.Response | None = None
         steps = Steps(request_rule(coordinator, self.refresh_status_codes,
