@@ -2,8 +2,9 @@
 
 ``python -m refresher.testing [--host 127.0.0.1] [--port 0] [--access-ttl 7200]
 [--redirect-uri URL]... [--any-loopback-redirect] [--rate-limits [CALLS/SECONDS]]`` prints
-one line of JSON with the URLs, client ids and registered callback URLs (``redirect_uris``; ``null``: any loopback one)
-first, so that a parent process can read it, then logs requests to stderr.
+one line of JSON with the URLs, client ids and registered callback URLs
+(``redirect_uris``; ``null``: any loopback one) first, so that a parent process can read
+it, then logs requests to stderr.
 """
 
 from __future__ import annotations
