@@ -823,6 +823,21 @@ def test_python_m_refresher_testing_registers_callback_urls_too(cli):
                    "--any-loopback-redirect").returncode == 2  # one or the other
 
 
+@pytest.mark.parametrize("option, limit", [(["--rate-limits"], "75 calls per 900 s"),
+                                           (["--rate-limits", "2/5"], "2 calls per 5 s")])
+def test_the_emulator_enforces_rate_limits_when_asked(cli, option, limit):
+    child, banner = _serve([*COMMAND, "emulator", "--port", "0", *option], cli.env,
+                           until="Counters: ")
+    child.send_signal(signal.SIGINT)
+    child.communicate(timeout=10)
+    assert f"Rate limits enforced: {limit} per user and endpoint" in banner
+    refused = cli.run("emulator", "--rate-limits", "2/x")
+    assert refused.returncode == 2 and "takes CALLS/SECONDS" in refused.stderr
+    python_m = subprocess.run([sys.executable, "-m", "refresher.testing", "--rate-limits", "0/5"],
+                              env=cli.env, capture_output=True, text=True, timeout=30)
+    assert python_m.returncode == 2 and "at least 1 call" in python_m.stderr
+
+
 def test_login_help_says_only_the_emulator_takes_any_port(cli):
     text = " ".join(cli.run("login", "--help", env=dict(cli.env, COLUMNS="200")).stdout.split())
     assert ("0: any free port — only the emulator accepts it (refresher emulator "
