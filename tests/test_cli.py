@@ -1039,6 +1039,14 @@ with open_session("alice") as x:   # every run shares one store file, and its lo
         time.sleep(0.1)
 '''
 
+RATE_LIMIT_SCRIPT = '''\
+from refresher.login import open_session
+
+session = open_session("alice", wait_on_rate_limit=True, max_rate_limit_wait=900)
+for _ in range(3):
+    print(session.me()["username"])   # a 429 sleeps until the reset, then goes again
+'''
+
 
 def test_sync_script_recipe(cli, x_emulator, tmp_path):
     cli.login(x_emulator, "--account", "alice", "--scope",
@@ -1079,11 +1087,26 @@ def test_cron_recipe_overlapping_runs_share_one_store(cli, x_emulator_factory, t
     assert 1 <= stats.refreshes <= span / 0.9 + 2
 
 
+def test_rate_limit_recipe_waits_out_the_429s(cli, x_emulator_factory, tmp_path):
+    x = x_emulator_factory(enforce_rate_limits=True, rate_limit=2, rate_window=1.0)
+    cli.login(x, "--account", "alice")
+    script = tmp_path / "patient.py"
+    script.write_text(RATE_LIMIT_SCRIPT)
+    env = dict(cli.env, REFRESHER_STORE=str(cli.store))
+    before = x.stats.api_requests
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["emulated_user"] * 3
+    stats = x.stats  # 3 calls in a second or so: one 429 at least, unless a window ends
+    assert stats.api_requests - before == 3 + stats.rate_limited  # each 429 replayed once
+
+
 def test_the_readme_shows_exactly_the_recipes_these_tests_run():
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parent.parent / "README.rst").read_text()
-    for script in (SYNC_SCRIPT, CRON_SCRIPT):
+    for script in (SYNC_SCRIPT, CRON_SCRIPT, RATE_LIMIT_SCRIPT):
         block = "".join(f"    {line}" if line.strip() else "\n"
                         for line in script.splitlines(keepends=True))
         assert block in readme
