@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from typing import Any
 
@@ -23,10 +24,11 @@ from requests.adapters import DEFAULT_POOLBLOCK, DEFAULT_POOLSIZE, HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 from urllib3.util import parse_url
 
+from ._fork import PerProcess, register
 from ._sendgate import GatedHTTPAdapter, GateState, SendGate
 
 __all__ = ["TokenPost", "BodyCutOff", "was_sent", "why_unreached", "gated_session",
-           "fresh_pools", "MIN_TIMEOUT"]
+           "fresh_pools", "MIN_TIMEOUT", "SharedSessions", "SHARED_SESSIONS"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,40 @@ class BodyCutOff(Exception):  # noqa: N818 — an outcome the endpoint words
     """The answer's headers came, and its body stopped or broke before its end."""
 
 
+class SharedSessions:
+    """This process's gated sessions, one per token URL: every endpoint of a URL (a
+    thousand users' sessions on one server) shares one connection pool, so each keeps no
+    connection of its own. Thread-safe (the gate is per attempt, in its worker thread);
+    a child forked after use makes its own on first use; as many as the process has token
+    URLs (a handful)."""
+
+    def __init__(self) -> None:
+        self._by_url: dict[str, PerProcess[requests.Session]] = {}
+        self._guard = threading.Lock()
+        register(self)
+
+    def _after_fork_in_child(self) -> None:
+        self._guard = threading.Lock()  # a parent thread may have held it at the fork
+
+    def get(self, url: str) -> requests.Session:
+        """The session for ``url`` in this process."""
+        holder = self._by_url.get(url)
+        if holder is None:
+            with self._guard:
+                holder = self._by_url.setdefault(url, PerProcess(gated_session))
+        return holder.get()
+
+    def close(self) -> None:
+        """Close this process's sessions (their idle connections); the next use makes new
+        ones."""
+        with self._guard:
+            holders, self._by_url = list(self._by_url.values()), {}
+        for holder in holders:
+            session = holder.peek()
+            if session is not None:
+                session.close()
+
+
 def gated_session() -> requests.Session:
     """A :class:`requests.Session` whose http and https connections are gated."""
     session = requests.Session()
@@ -47,6 +83,10 @@ def gated_session() -> requests.Session:
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
+
+
+#: This process's token sessions, one per token URL.
+SHARED_SESSIONS = SharedSessions()
 
 
 class TokenPost:

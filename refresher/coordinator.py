@@ -35,7 +35,7 @@ from .revoke import revoke_pair
 from .stores.base import TokenStore
 from .stores.guarded import GuardedAccount
 from .token import Token, fingerprint, lifetime_of, seconds_left, validate_token
-from .transaction import Endpoint, RefreshTransaction, replaced
+from .transaction import Endpoint, RefreshTransaction, Replacing, replaced
 
 __all__ = ["RefreshCoordinator"]
 
@@ -180,7 +180,7 @@ class RefreshCoordinator:
             return current
         return None
 
-    def replaced(self, replacing: str | None) -> bool:
+    def replaced(self, replacing: Replacing) -> bool:
         """Whether the live token replaced the access token ``replacing`` (see
         :func:`refresher.transaction.replaced`)."""
         return replaced(self._token, replacing)
@@ -270,7 +270,7 @@ class RefreshCoordinator:
 
     # -- the refresh ---------------------------------------------------------------------
 
-    def refresh(self, replacing: str | None = None, *, wait: bool = True,
+    def refresh(self, replacing: Replacing = None, *, wait: bool = True,
                 retry_refused: bool = False) -> Token:
         """A coordinated refresh; returns the token to use from now on.
 
@@ -316,7 +316,7 @@ class RefreshCoordinator:
         assert self._token is not None
         return self._token
 
-    def _run(self, replacing: str | None, wait: bool, retry: bool) -> Token | None:
+    def _run(self, replacing: Replacing, wait: bool, retry: bool) -> Token | None:
         """The refresh under the store's lock: the granted pair, or ``None`` when a
         sibling's token was adopted."""
         return self._transaction.run(replacing, self._token, wait, retry)

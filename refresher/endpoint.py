@@ -30,14 +30,13 @@ from ._endpoint_words import (
     scrub,
     too_soon,
 )
-from ._fork import PerProcess
 from ._sendgate import SendGate
 from ._token_post import (
     MIN_TIMEOUT,
+    SHARED_SESSIONS,
     BodyCutOff,
     TokenPost,
     fresh_pools,
-    gated_session,
     was_sent,
     why_unreached,
 )
@@ -109,8 +108,6 @@ class TokenEndpoint:
         self.token_url = token_url
         self.client_id = client_id
         self._client_secret = client_secret
-        # Our own session is gated and per process: a forked child makes its own.
-        self._own_session: PerProcess[requests.Session] = PerProcess(gated_session)
         self._callers_session = session
         self._session_pid = os.getpid()
         self.timeout = policy.token_timeout if timeout is None else timeout
@@ -139,8 +136,8 @@ class TokenEndpoint:
         never talks on a socket it shares with the parent.
         """
         session = self._callers_session
-        if session is None:
-            return self._own_session.get()
+        if session is None:  # gated, one per token URL and process: a fork makes its own
+            return SHARED_SESSIONS.get(self.token_url)
         if self._session_pid != os.getpid():
             fresh_pools(session)
             self._session_pid = os.getpid()
@@ -151,10 +148,9 @@ class TokenEndpoint:
         self._callers_session, self._session_pid = session, os.getpid()
 
     def close(self) -> None:
-        """Close the HTTP session, if this endpoint created it."""
-        own = self._own_session.peek()
-        if own is not None:
-            own.close()
+        """Nothing to close: a caller's session is the caller's, and the process's token
+        sessions are shared by every endpoint of their URL (:data:`SHARED_SESSIONS`,
+        ``SHARED_SESSIONS.close()`` drops their idle connections)."""
 
     # -- grants --------------------------------------------------------------------------
 

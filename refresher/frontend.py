@@ -36,6 +36,7 @@ from .hooks import AsyncHooks
 from .policy import DEFAULT_POLICY, RefreshPolicy
 from .stores import MemoryTokenStore, TokenStore, open_store
 from .token import Token
+from .transaction import Replacing
 
 __all__ = ["AsyncTokens", "FrontEndOptions", "RefreshingFrontEnd", "Wired"]
 
@@ -235,7 +236,7 @@ class AsyncTokens:
                 return current  # the task before this one refreshed: take its token
             return await self.hooks.run_waiting(coordinator.token_for_request)
 
-    async def refresh(self, replacing: str | None = None, *,
+    async def refresh(self, replacing: Replacing = None, *,
                       retry_refused: bool = False) -> Token:
         """A coordinated refresh (in a worker thread); the token to use from now on.
 

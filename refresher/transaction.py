@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 from .clock import Clock
 from .errors import LockTimeout, ReauthorizationRequired, RefreshError, TokenStoreError
@@ -32,10 +32,16 @@ from .policy import RefreshPolicy, TokenState
 from .stores.guarded import GuardedAccount
 from .token import Token, fingerprint, seconds_left
 
-__all__ = ["Endpoint", "RefreshTransaction", "replaced"]
+__all__ = ["Endpoint", "RefreshTransaction", "Replacing", "replaced"]
 
 # The coordinator's logger: these lines are about its refreshes, and keep the name they had.
 log = logging.getLogger("refresher.coordinator")
+
+
+#: What a refresh replaces: the access token that failed or is expiring (``""`` for a pair
+#: that has none), or ``None``: a refresh asked for as such, replacing nothing in particular.
+#: Another live access token "replaced" it (:func:`replaced`): that one is adopted instead.
+Replacing: TypeAlias = "str | None"
 
 
 class Endpoint(Protocol):
@@ -87,7 +93,7 @@ class RefreshTransaction:
         self._adopt, self._starting = adopt, starting
         self.refreshes = 0  # pairs granted to this process (late ones too)
 
-    def run(self, replacing: str | None, live: Token | None, wait: bool,
+    def run(self, replacing: Replacing, live: Token | None, wait: bool,
             retry_refused: bool) -> Token | None:
         """Refresh; the granted pair, or ``None`` when a sibling's token was adopted (or,
         with ``wait=False``, when another holder is refreshing or an answer may still
@@ -149,7 +155,7 @@ class RefreshTransaction:
                 )
             return granted
 
-    def _usable_replacement(self, candidate: Token | None, replacing: str | None) -> bool:
+    def _usable_replacement(self, candidate: Token | None, replacing: Replacing) -> bool:
         """``candidate`` is a token other than the one being replaced, and not expiring."""
         return replaced(candidate, replacing) and candidate is not None and (
             self.policy.state(candidate, self.clock.time()) is TokenState.FRESH)
@@ -189,7 +195,7 @@ class RefreshTransaction:
         self.write_back.late(granted, parent)
 
 
-def replaced(current: Token | None, replacing: str | None) -> bool:
+def replaced(current: Token | None, replacing: Replacing) -> bool:
     """Whether ``current`` replaced the access token ``replacing``: it carries an access
     token, and another one. ``replacing`` is the access token that failed or is expiring
     (``""`` for a pair that has none); ``None`` replaces nothing in particular (a refresh

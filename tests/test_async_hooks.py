@@ -8,14 +8,18 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import re
+import textwrap
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from refresher import (
     ConfigurationError,
+    JSONTokenStore,
     MemoryTokenStore,
     RefreshError,
     RefreshingSession,
@@ -158,3 +162,29 @@ def test_the_sync_session_refuses_a_coroutine_function_hook(hook, x_emulator) ->
         RefreshingSession(DEFAULT_CLIENT_ID, store=MemoryTokenStore(),
                           token=x_emulator.issue_token(), token_url=x_emulator.token_url,
                           **{hook: coroutine_hook})
+
+
+def test_the_readme_async_hook_recipe_as_printed(x_emulator, tmp_path, monkeypatch,
+                                                 capsys) -> None:
+    pytest.importorskip("httpx")
+    readme = (Path(__file__).resolve().parent.parent / "README.rst").read_text()
+    start = readme.index("A hook may be a coroutine function")
+    block = re.search(r"\.\. code-block:: python\n\n((?:(?: {4}.*)?\n)+)", readme[start:])
+    assert block is not None
+    store = JSONTokenStore(tmp_path / "tokens.json")  # as `refresher login` leaves it
+    store.save("alice", _expired(x_emulator))
+    store.save_metadata("alice", {"client_id": DEFAULT_CLIENT_ID, "confidential": False,
+                                  "token_url": x_emulator.token_url,
+                                  "api_url": x_emulator.api_url})
+    for name in ("REFRESHER_ACCOUNT", "REFRESHER_CLIENT_ID", "REFRESHER_CLIENT_SECRET",
+                 "REFRESHER_TOKEN_URL", "REFRESHER_API_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("REFRESHER_STORE", str(tmp_path / "tokens.json"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exec(compile(textwrap.dedent(block.group(1)), "hook_recipe.py", "exec"),
+             {"__name__": "__recipe__"})
+        gc.collect()
+    assert capsys.readouterr().out == "1 new pair synced\n"
+    assert not [w for w in caught if "never awaited" in str(w.message)]
+    assert x_emulator.stats.refreshes == 1

@@ -5,7 +5,13 @@ login's record, ``$REFRESHER_REVOKE_URL`` or X's. Real HTTP to the emulator, rea
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -178,3 +184,26 @@ def test_revoke_on_a_shared_store_removes_the_account_for_every_process(store_ur
     assert (x.stats.refreshes, x.stats.reused_refresh_tokens) == (0, 0)
     for session in (first, second):
         session.close()
+
+
+def test_the_readme_recipe_as_printed(x_emulator, tmp_path) -> None:
+    """The README's revoke block, run as printed in a fresh interpreter, on a store holding
+    an account as ``refresher login`` leaves it (with the emulator's URLs recorded)."""
+    readme = (Path(__file__).resolve().parent.parent / "README.rst").read_text()
+    start = readme.index("Disconnecting a user (revoke)")
+    block = re.search(r"\.\. code-block:: python\n\n((?:(?: {4}.*)?\n)+)", readme[start:])
+    assert block is not None
+    x, location = x_emulator, str(tmp_path / "tokens.json")
+    store = open_store(location)
+    token = x.issue_token()
+    store.save(ACCOUNT, token)
+    store.save_metadata(ACCOUNT, {"client_id": DEFAULT_CLIENT_ID, "token_url": x.token_url,
+                                  "api_url": x.api_url, "revoke_url": x.revoke_url})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REFRESHER_")}
+    env["REFRESHER_STORE"] = location
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(block.group(1))], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "alice is disconnected: send her to the login page\n"
+    assert x.refresh_token_state(token["refresh_token"]) == "revoked"
+    assert open_store(location).accounts() == []
