@@ -31,7 +31,7 @@ def asked_to_wait(status: int, headers: Headers, clock: Clock) -> tuple[float, s
     if status not in ASKS_TO_WAIT:
         return None
     now = clock.time()
-    wait = asked_wait(headers, now)
+    wait = asked_wait(headers, now, status)
     return None if wait is None else (wait, when(wait, now))
 
 

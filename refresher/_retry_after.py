@@ -8,7 +8,8 @@ of an answer's headers: how many seconds from ``now`` until a new request may su
 - ``x-rate-limit-reset``: epoch seconds when X's per-endpoint window starts again; also
   ``x-user-limit-24hour-reset`` and ``x-app-limit-24hour-reset``, X's daily caps, when
   their ``-remaining`` is spent. A 429 whose windows all claim requests remaining is
-  still about some window: the per-endpoint reset is then the best guess.
+  still about some window: the per-endpoint reset is then the best guess. Any other status
+  (a 503) with a window not spent is not about the window: its reset says nothing.
 
 The longest of those waits wins (no sooner than any of them says).
 
@@ -18,6 +19,9 @@ The longest of those waits wins (no sooner than any of them says).
 ...            now=1_800_000_000.0)
 90.0
 >>> asked_wait({}, now=1_800_000_000.0) is None
+True
+>>> asked_wait({"x-rate-limit-reset": "1800000090", "x-rate-limit-remaining": "7"},
+...            now=1_800_000_000.0, status=503) is None
 True
 """
 
@@ -41,17 +45,16 @@ class Headers(Protocol):
     def get(self, key: str, /) -> str | None: ...
 
 
-def asked_wait(headers: Headers, now: float) -> float | None:
-    """Seconds from ``now`` (epoch seconds, on the caller's wall clock) until the answer
-    says to try again, never negative; ``None`` when it says nothing usable."""
+def asked_wait(headers: Headers, now: float, status: int = 429) -> float | None:
+    """Seconds from ``now`` (epoch seconds, on the caller's wall clock) until an answer
+    with ``status`` says to try again, never negative; ``None`` when it says nothing usable."""
     waits = [wait for wait in (_retry_after(headers.get("Retry-After"), now),
                                *_spent_windows(headers, now)) if wait is not None]
-    if not waits:
+    if not waits and status == 429:
         fallback = _number(headers.get("x-rate-limit-reset"))
-        if fallback is None:
-            return None
-        waits.append(fallback - now)
-    return max(0.0, *waits)
+        if fallback is not None:
+            waits.append(fallback - now)
+    return max(0.0, *waits) if waits else None
 
 
 def when(seconds: float, now: float | None = None) -> str:

@@ -64,6 +64,17 @@ def test_the_token_endpoint_is_retried_no_sooner_than_it_says(make_session, x, c
     assert (x.stats.token_requests, x.stats.refreshes) == (2, 1)
 
 
+def test_a_503_with_a_window_not_spent_is_retried_after_the_usual_backoff(make_session, x,
+                                                                          clock) -> None:
+    session = _session(make_session, x, clock)
+    started = clock.monotonic()
+    x.fail_token_endpoint(times=1, status=503, headers={
+        "x-rate-limit-reset": "1800000600", "x-rate-limit-remaining": "40"})
+    session.refresh()
+    assert clock.monotonic() - started == 0.25  # the backoff: the window's reset is not asked
+    assert x.stats.refreshes == 1
+
+
 def test_a_wait_past_the_deadline_fails_at_once_and_spends_nothing(make_session, x,
                                                                    clock) -> None:
     session = _session(make_session, x, clock)
