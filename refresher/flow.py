@@ -136,7 +136,8 @@ class Facts:
     """About an answer a refresh (or a wait) may cure: the call's name (method and URL
     without query, for log lines and the brake), the 403's problem+json ``type``, whether
     the request body can be sent again, and for a 429 the seconds until X's rate-limit
-    window resets (``None``: it does not say; :func:`refresher._retry_after.asked_wait`)."""
+    window resets, from ``x-rate-limit-reset`` or ``Retry-After`` (``None``: it does not
+    say)."""
 
     endpoint: str
     problem_type: str | None
