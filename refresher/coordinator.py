@@ -235,10 +235,14 @@ class RefreshCoordinator:
 
     def _retry_later(self, token: Token, exc: BaseException) -> None:
         """A refresh ahead of expiry failed while the token still works: send it, and try
-        again a little later rather than on every request."""
+        again a little later rather than on every request (no sooner than the token endpoint
+        asked, :attr:`~refresher.EndpointError.retry_after`, while the token lasts)."""
         left = seconds_left(token, now=self.clock.time()) or 0.0
-        self._next_early_try = (os.getpid(),
-                                self.clock.monotonic() + self.policy.early_retry_delay(left))
+        delay = self.policy.early_retry_delay(left)
+        asked = getattr(exc, "retry_after", None)
+        if asked is not None:  # X asked for a pause: none sooner, within the token's life
+            delay = max(delay, min(asked, left))
+        self._next_early_try = (os.getpid(), self.clock.monotonic() + delay)
         log.warning("account %r: early refresh failed (%s); the token still has %.0f s, "
                     "retrying later", self.account, type(exc).__name__, left)
 

@@ -48,7 +48,11 @@ class RefreshingSession(OAuth2Session):
     token twice.
 
     ``policy`` (a :class:`~refresher.RefreshPolicy`) holds every tuning number; ``leeway``,
-    ``lock_timeout`` and ``refresh_status_codes``, when given, override it. ``clock`` is the
+    ``lock_timeout``, ``refresh_status_codes``, ``wait_on_rate_limit`` and
+    ``max_rate_limit_wait``, when given, override it. ``wait_on_rate_limit=True`` waits out
+    an API 429 until X's window resets (``x-rate-limit-reset``) and sends the request once
+    more, when that is at most ``max_rate_limit_wait`` seconds (900) away; otherwise, and
+    by default, the 429 is returned at once. ``clock`` is the
     time the session reads (tests hand in a :class:`~refresher.testing.FakeClock`).
     ``api_url`` is X's API base URL (``api_base_url`` is its earlier name); ``revoke_url``
     is X's revoke endpoint, for :meth:`revoke` (default: what the login recorded, else
@@ -86,6 +90,8 @@ class RefreshingSession(OAuth2Session):
         refresh_status_codes: Collection[int] | None = None,
         leeway: float | None = None,
         lock_timeout: float | None = None,
+        wait_on_rate_limit: bool | None = None,
+        max_rate_limit_wait: float | None = None,
         on_token_update: Callable[[Token], Any] | None = None,
         on_refresh_error: Callable[[BaseException], Any] | None = None,
         on_refresh_start: Callable[[], Any] | None = None,
@@ -107,6 +113,7 @@ class RefreshingSession(OAuth2Session):
             token_url=token_url, api_url=api_url or api_base_url, revoke_url=revoke_url,
             policy=policy, leeway=leeway,
             lock_timeout=lock_timeout, refresh_status_codes=refresh_status_codes,
+            wait_on_rate_limit=wait_on_rate_limit, max_rate_limit_wait=max_rate_limit_wait,
             on_token_update=on_token_update, on_refresh_error=on_refresh_error,
             on_refresh_start=on_refresh_start, refresh_session=refresh_session, clock=clock)
         super().__init__(
