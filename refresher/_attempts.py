@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import time
 import weakref
@@ -26,7 +27,7 @@ from ._fork import PerProcess, register
 from ._pool import BoundedPool
 from ._sendgate import GateState, SendGate, active
 
-__all__ = ["token_request_pool", "LateAnswers", "Attempt",
+__all__ = ["token_request_pool", "LateAnswers", "LazyLateAnswers", "Attempt",
            "AttemptAbandoned", "POOL_THREAD_NAME"]
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,43 @@ class LateAnswers:
         self._changed = threading.Condition(self._lock)
         self._until = {}
         self._inherited_until = max([self._inherited_until, *inherited])
+
+
+_MAKING = threading.Lock()  # makes an endpoint's LateAnswers once (rarely taken)
+
+
+def _new_making_lock() -> None:
+    global _MAKING
+    _MAKING = threading.Lock()  # a parent thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_making_lock)
+
+
+class LazyLateAnswers:
+    """An endpoint's :class:`LateAnswers`, made when an answer first comes late: most
+    endpoints never see one, and a thousand sessions keep none. Calling it gives (makes)
+    them; :meth:`wait` needs none."""
+
+    __slots__ = ("_late",)
+
+    def __init__(self) -> None:
+        self._late: LateAnswers | None = None
+
+    def __call__(self) -> LateAnswers:
+        late = self._late
+        if late is None:
+            with _MAKING:
+                late = self._late
+                if late is None:
+                    late = self._late = LateAnswers()
+        return late
+
+    def wait(self, timeout: float) -> bool:
+        """:meth:`LateAnswers.wait`; True at once when no answer ever came late."""
+        late = self._late
+        return True if late is None else late.wait(timeout)
 
 
 class AttemptAbandoned(Exception):  # noqa: N818 — an outcome, handled by the endpoint

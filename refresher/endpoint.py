@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -16,7 +15,7 @@ from urllib.parse import quote
 
 import requests
 
-from ._attempts import Attempt, AttemptAbandoned, LateAnswers, token_request_pool
+from ._attempts import Attempt, AttemptAbandoned, LazyLateAnswers, token_request_pool
 from ._backoff import GrantRetries, asked_to_wait
 from ._constants import DEFAULT_DEADLINE, DEFAULT_TIMEOUT
 from ._endpoint_words import (
@@ -51,17 +50,6 @@ from .token import Token, fingerprint, parse_grant
 __all__ = ["TokenEndpoint", "DEFAULT_TIMEOUT", "DEFAULT_DEADLINE"]
 
 log = logging.getLogger(__name__)
-
-_MAKING = threading.Lock()  # makes an endpoint's LateAnswers once (rarely taken)
-
-
-def _new_making_lock() -> None:
-    global _MAKING
-    _MAKING = threading.Lock()  # a parent thread may have held it at the fork
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_making_lock)
 
 #: Answers retried within the deadline. 429 and 503 say X did not take the request. A 502 or
 #: 504 comes from a gateway and proves less: X may have rotated the pair behind it. Then that
@@ -128,7 +116,7 @@ class TokenEndpoint:
         self.backoff = policy.token_backoff if backoff is None else backoff
         self.request_threads = policy.token_request_threads
         self.clock = clock if clock is not None else SYSTEM_CLOCK
-        self._late: LateAnswers | None = None  # made when an answer first comes late
+        self._late = LazyLateAnswers()  # made when an answer first comes late
 
     def __repr__(self) -> str:
         kind = "confidential" if self._client_secret else "public"
@@ -218,21 +206,9 @@ class TokenEndpoint:
         Call it before spending a refresh token, so a token whose answer may still come is
         not sent again. In a forked child it waits out what the parent had in flight.
         """
-        late = self._late
-        return True if late is None else late.wait(timeout)
+        return self._late.wait(timeout)
 
     # -- plumbing ------------------------------------------------------------------------
-
-    def _late_answers(self) -> LateAnswers:
-        """The attempts whose answer may still come, made when one first does (most
-        endpoints never see one: a thousand sessions keep none)."""
-        late = self._late
-        if late is None:
-            with _MAKING:
-                late = self._late
-                if late is None:
-                    late = self._late = LateAnswers()
-        return late
 
     def _token_request(self, form: dict[str, str], *, secrets: Iterable[str],
                        on_late_grant: LateGrant | None = None) -> Token:
@@ -350,7 +326,7 @@ class TokenEndpoint:
                 response = Attempt(post.work, gate, give_up_at=ends,
                                    late_until=ends + timeout,
                                    late=self._late_handler(url, late),
-                                   late_answers=self._late_answers).run(pool)
+                                   late_answers=self._late).run(pool)
             except (AttemptAbandoned, BodyCutOff, requests.RequestException, OSError) as exc:
                 sent = was_sent(gate, exc, session, url)
                 if (sent is False and isinstance(exc, (requests.ConnectionError, OSError))
