@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import time
 import weakref
@@ -26,7 +27,7 @@ from ._fork import PerProcess, register
 from ._pool import BoundedPool
 from ._sendgate import GateState, SendGate, active
 
-__all__ = ["token_request_pool", "LateAnswers", "Attempt",
+__all__ = ["token_request_pool", "LateAnswers", "LazyLateAnswers", "Attempt",
            "AttemptAbandoned", "POOL_THREAD_NAME"]
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,43 @@ class LateAnswers:
         self._inherited_until = max([self._inherited_until, *inherited])
 
 
+_MAKING = threading.Lock()  # makes an endpoint's LateAnswers once (rarely taken)
+
+
+def _new_making_lock() -> None:
+    global _MAKING
+    _MAKING = threading.Lock()  # a parent thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_making_lock)
+
+
+class LazyLateAnswers:
+    """An endpoint's :class:`LateAnswers`, made when an answer first comes late: most
+    endpoints never see one, and a thousand sessions keep none. Calling it gives (makes)
+    them; :meth:`wait` needs none."""
+
+    __slots__ = ("_late",)
+
+    def __init__(self) -> None:
+        self._late: LateAnswers | None = None
+
+    def __call__(self) -> LateAnswers:
+        late = self._late
+        if late is None:
+            with _MAKING:
+                late = self._late
+                if late is None:
+                    late = self._late = LateAnswers()
+        return late
+
+    def wait(self, timeout: float) -> bool:
+        """:meth:`LateAnswers.wait`; True at once when no answer ever came late."""
+        late = self._late
+        return True if late is None else late.wait(timeout)
+
+
 class AttemptAbandoned(Exception):  # noqa: N818 — an outcome, handled by the endpoint
     """The caller's deadline came before the attempt ended. ``state`` is where its request
     stood: ``ABANDONED`` (never written, never will be) or ``SENT``; ``started`` whether a
@@ -144,13 +182,13 @@ class Attempt(Generic[_R]):
     ``give_up_at`` (``time.monotonic()``).
 
     If the caller gives up after the request was written, ``late(result, error)`` gets what
-    the worker ends with (in the worker thread), and ``late_answers`` tracks the attempt
+    the worker ends with (in the worker thread), and ``late_answers()`` tracks the attempt
     until then; ``late_until`` is when the worker stops waiting for an answer at the latest.
     """
 
     def __init__(self, work: Callable[[SendGate], _R], gate: SendGate, *, give_up_at: float,
                  late_until: float, late: Callable[[_R | None, BaseException | None], None],
-                 late_answers: LateAnswers) -> None:
+                 late_answers: Callable[[], LateAnswers]) -> None:
         self.gate = gate
         self._work, self._late, self._late_answers = work, late, late_answers
         self._give_up_at, self._late_until = give_up_at, late_until
@@ -184,7 +222,7 @@ class Attempt(Generic[_R]):
             state = self.gate.abandon()
             if state is GateState.SENT:
                 self._orphaned = True
-                self._late_answers.add(id(self), self._late_until)
+                self._late_answers().add(id(self), self._late_until)
             return AttemptAbandoned(state, self._started)
 
     def _serve(self) -> None:
@@ -209,4 +247,4 @@ class Attempt(Generic[_R]):
             except Exception:
                 log.exception("handling a late token answer failed")
             finally:
-                self._late_answers.remove(id(self))
+                self._late_answers().remove(id(self))

@@ -26,3 +26,7 @@ DEFAULT_DEADLINE = 15.0
 #: A store lock that lapses by itself (Redis' lock_ttl) must outlive a grant's deadline by
 #: this many seconds, for the store read before the grant and the save after it.
 LOCK_TTL_MARGIN = 5.0
+
+#: An API 429 is waited out until ``x-rate-limit-reset`` plus this many seconds: the reset is
+#: a whole second on X's clock, which may run ahead of ours.
+RATE_LIMIT_MARGIN = 1.0

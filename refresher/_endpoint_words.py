@@ -16,8 +16,8 @@ import requests
 
 from .errors import RefreshError
 
-__all__ = ["Wording", "REFRESH", "EXCHANGE", "REVOKE", "refusal", "failure", "means_spent",
-           "content_type", "scrub"]
+__all__ = ["Wording", "REFRESH", "EXCHANGE", "REVOKE", "refusal", "failure", "too_soon",
+           "means_spent", "content_type", "scrub"]
 
 # How X (and others) say a refresh token is spent, revoked or unknown.
 _SPENT_DESCRIPTIONS = ("value passed for the token was invalid",)
@@ -67,9 +67,22 @@ def failure(head: str, sent: bool | None, wording: Wording, *, unreachable: bool
     return RefreshError(message, request_sent=request_sent)
 
 
+def too_soon(response: requests.Response, wording: Wording, url: str, *, wait: float,
+             until: str, deadline: float) -> RefreshError:
+    """The error for a 429 or 503 that asks to wait ``wait`` seconds (until ``until``),
+    past the grant's ``deadline``: raised at once, nothing spent."""
+    return RefreshError(
+        f"{wording.what} at {url}: HTTP {response.status_code}, and the endpoint asks to wait "
+        f"{wait:.0f} s, past this request's {deadline:g} s deadline — X did not act on it: "
+        f"{wording.unsent}. Try again after {until}",
+        response=response, retry_after=wait)
+
+
 def refusal(response: requests.Response, wording: Wording, url: str, *,
-            secrets: Iterable[str], confidential: bool) -> RefreshError:
-    """The error for a non-200 answer: its code, its description (scrubbed), what to do."""
+            secrets: Iterable[str], confidential: bool,
+            retry_after: tuple[float, str] | None = None) -> RefreshError:
+    """The error for a non-200 answer: its code, its description (scrubbed), what to do.
+    ``retry_after``: the seconds the answer asked to wait, and until when, in words."""
     body: Any
     try:
         body = response.json()
@@ -91,9 +104,13 @@ def refusal(response: requests.Response, wording: Wording, url: str, *,
     elif response.status_code == 401:
         parts.append("— X does not know this client id, or it is a confidential "
                      "client's: check the client id, or pass client_secret")
+    elif retry_after is not None:
+        parts.append(f"— the endpoint asks to wait {retry_after[0]:.0f} s; {wording.unsent}: "
+                     f"try again after {retry_after[1]}")
     elif response.status_code >= 500 or response.status_code == 429:
         parts.append(f"— a failure at the endpoint; {wording.later}")
-    return RefreshError(" ".join(parts), error=error, response=response)
+    return RefreshError(" ".join(parts), error=error, response=response,
+                        retry_after=None if retry_after is None else retry_after[0])
 
 
 def means_spent(error: str | None, response: requests.Response) -> bool:

@@ -18,6 +18,7 @@ the session's own token.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Collection
 from typing import Any
 
@@ -25,9 +26,9 @@ import requests
 from requests.adapters import HTTPAdapter
 from requests.utils import rewind_body
 
-from ._fork import register
+from ._retry_after import asked_wait
 from .coordinator import RefreshCoordinator
-from .flow import Answer, Describe, Facts, Send, Steps, TokenNeeded, request_rule
+from .flow import Answer, Describe, Facts, Send, Steps, TokenNeeded, Wait, request_rule
 from .token import Token
 from .wire import bearer_token, problem_type
 
@@ -68,6 +69,10 @@ class RefreshingAdapter(HTTPAdapter):
        the new token. A replay answered 401 with the new token puts that endpoint and token
        on the brake.
 
+    With the policy's ``wait_on_rate_limit``, a 429 that says when X's window resets within
+    ``max_rate_limit_wait`` seconds is waited out (on the coordinator's clock) and sent
+    once more; a body that cannot be replayed is not.
+
     The replay's answer is returned as it comes, whatever its status: never a loop.
     ``refresh_status_codes`` narrows the coordinator's policy for this adapter; extra
     keyword arguments go to :class:`HTTPAdapter` (``max_retries``, pool sizes).
@@ -89,7 +94,7 @@ class RefreshingAdapter(HTTPAdapter):
             coordinator.policy.refresh_status_codes if refresh_status_codes is None
             else refresh_status_codes
         )
-        register(self)  # a forked child gets pools of its own
+        self._pid = os.getpid()  # a forked child gets pools of its own before its first send
 
     def _after_fork_in_child(self) -> None:
         # As HTTPAdapter.__setstate__ does: new pool managers, the parent's dropped without
@@ -104,10 +109,14 @@ class RefreshingAdapter(HTTPAdapter):
     ) -> requests.Response:
         """Drive :func:`refresher.flow.request_rule` for ``request`` (see the class
         docstring); the last answer."""
+        if getattr(self, "_pid", None) != os.getpid():  # forked (or unpickled) since last use
+            self._after_fork_in_child()
+            self._pid = os.getpid()
         coordinator = self.coordinator
         response: requests.Response | None = None
         steps = Steps(request_rule(coordinator, self.refresh_status_codes,
-                                   put_bearer=getattr(request, _MARK, False)))
+                                   put_bearer=getattr(request, _MARK, False),
+                                   max_rate_limit_wait=coordinator.policy.longest_rate_limit_wait))
         for step in steps:
             if isinstance(step, TokenNeeded):
                 steps.answer(coordinator.token_for_request())
@@ -124,7 +133,13 @@ class RefreshingAdapter(HTTPAdapter):
             elif isinstance(step, Describe):
                 assert response is not None
                 steps.answer(Facts(f"{request.method} {_path(request)}",
-                                   _problem_type(response), _rewind(request)))
+                                   _problem_type(response), _rewind(request),
+                                   _retry_after(response, coordinator)))
+            elif isinstance(step, Wait):
+                assert response is not None
+                response.content  # noqa: B018 — read it: the connection goes back to the pool
+                response.close()
+                coordinator.clock.sleep(step.seconds)
             else:
                 steps.answer(coordinator.refresh(replacing=step.replacing))
         assert response is not None
@@ -147,6 +162,13 @@ def _problem_type(response: requests.Response) -> str | None:
         return problem_type(response.json())
     except ValueError:
         return None
+
+
+def _retry_after(response: requests.Response, coordinator: RefreshCoordinator) -> float | None:
+    """For a 429: the seconds until X's rate-limit window resets, if it says."""
+    if response.status_code != 429:
+        return None
+    return asked_wait(response.headers, coordinator.clock.time())
 
 
 def _rewind(request: requests.PreparedRequest) -> bool:

@@ -30,8 +30,9 @@ if not hasattr(aiohttp, "ClientMiddlewareType"):
     raise ImportError(f"refresher.aiohttp needs aiohttp 3.12 or later (client middlewares), "
                       f"not {aiohttp.__version__}: pip install 'refresher[aiohttp]'")
 
+from ._retry_after import asked_wait
 from ._transport import require_secure_transport
-from .flow import Answer, Describe, Facts, Send, Steps, TokenNeeded, request_rule
+from .flow import Answer, Describe, Facts, Send, Steps, TokenNeeded, Wait, request_rule
 from .frontend import RefreshingFrontEnd
 from .wire import bearer_token, problem_type
 
@@ -65,6 +66,10 @@ class RefreshingMiddleware(RefreshingFrontEnd):
        A body aiohttp cannot send again (an async generator) is not resent: the 401/403 is
        returned and the next request uses the new token. A replay answered 401 with the
        new token puts that endpoint and token on the brake.
+
+    With ``wait_on_rate_limit``, a 429 that says when X's window resets within
+    ``max_rate_limit_wait`` seconds is waited out (awaited: the event loop runs on) and sent
+    once more; a body that cannot be replayed is not.
     """
 
     async def __call__(self, request: aiohttp.ClientRequest,
@@ -74,7 +79,9 @@ class RefreshingMiddleware(RefreshingFrontEnd):
             return _noted(request, await handler(request), away=True)
         require_secure_transport(str(request.url))
         response: aiohttp.ClientResponse | None = None
-        steps = Steps(request_rule(self.coordinator, self.policy.refresh_status_codes))
+        clock = self.coordinator.clock
+        steps = Steps(request_rule(self.coordinator, self.policy.refresh_status_codes,
+                                   max_rate_limit_wait=self.policy.longest_rate_limit_wait))
         for step in steps:
             if isinstance(step, TokenNeeded):
                 steps.answer(await self.tokens.token_for_request())
@@ -89,8 +96,14 @@ class RefreshingMiddleware(RefreshingFrontEnd):
                                     bearer_token(request.headers.get("Authorization"))))
             elif isinstance(step, Describe):
                 assert response is not None
+                retry_after = (asked_wait(response.headers, clock.time())
+                               if response.status == 429 else None)
                 steps.answer(Facts(_endpoint(request), await _problem_type(response),
-                                   _replayable(request)))
+                                   _replayable(request), retry_after))
+            elif isinstance(step, Wait):
+                assert response is not None
+                response.release()  # the connection goes back to the pool for the wait
+                await clock.asleep(step.seconds)
             else:
                 steps.answer(await self.tokens.refresh(replacing=step.replacing))
         assert response is not None

@@ -14,7 +14,8 @@ __all__ = ["Clock", "SYSTEM_CLOCK"]
 
 
 class Clock:
-    """The real clock: :func:`time.time`, :func:`time.monotonic`, :func:`time.sleep`."""
+    """The real clock: :func:`time.time`, :func:`time.monotonic`, :func:`time.sleep`, and
+    :func:`asyncio.sleep` for coroutines."""
 
     def time(self) -> float:
         """Seconds since the epoch (token ``expires_at`` is on this clock)."""
@@ -27,6 +28,12 @@ class Clock:
     def sleep(self, seconds: float) -> None:
         """Wait ``seconds``."""
         time.sleep(seconds)
+
+    async def asleep(self, seconds: float) -> None:
+        """Wait ``seconds`` without blocking the event loop."""
+        import asyncio  # only async callers pay for it
+
+        await asyncio.sleep(seconds)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

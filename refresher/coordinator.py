@@ -20,10 +20,10 @@ Words (spend, adopt, sibling, brake, write back, lease, fencing): see ``docs/glo
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
-from ._fork import register
 from .background import BackgroundRun
 from .clock import SYSTEM_CLOCK, Clock
 from .errors import LockLost, ReauthorizationRequired, RefresherError
@@ -88,14 +88,11 @@ class RefreshCoordinator:
             self._account, endpoint, policy, self.clock, write_back=self._write_back,
             adopt=lambda token, fresh: self._set(token, fresh=fresh),
             starting=self._refresh_starting)
-        self._next_early_try = 0.0
+        # When a failed early refresh may be tried again, in which process: a child forked
+        # meanwhile tries at once. (The parent's background run and its locks reset
+        # themselves; a pair the parent saves is adopted from the store by the next refresh.)
+        self._next_early_try = (0, 0.0)
         self._background = BackgroundRun(policy.background_threads)
-        register(self)
-
-    def _after_fork_in_child(self) -> None:
-        # The parent's background run and its locks stayed there (they reset themselves);
-        # a pair it was granted and saves is adopted from the store by the next refresh.
-        self._next_early_try = 0.0
 
     @property
     def refreshes(self) -> int:
@@ -203,7 +200,7 @@ class RefreshCoordinator:
             return self.refresh(replacing="")
         now = self.clock.time()
         state = self.policy.state(token, now)
-        if state is TokenState.FRESH or self.clock.monotonic() < self._next_early_try:
+        if state is TokenState.FRESH or self._early_retry_waits():
             return token
         wait = self.policy.waits_for_refresh(token, now)
         if not wait and self.policy.background_refresh:
@@ -220,6 +217,10 @@ class RefreshCoordinator:
             self._retry_later(token, exc)
             return token
 
+    def _early_retry_waits(self) -> bool:
+        pid, until = self._next_early_try
+        return pid == os.getpid() and self.clock.monotonic() < until
+
     def wait_for_background(self, timeout: float | None = None) -> bool:
         """Wait for a background refresh under way; False if it still runs after ``timeout``."""
         return self._background.wait(timeout)
@@ -234,9 +235,14 @@ class RefreshCoordinator:
 
     def _retry_later(self, token: Token, exc: BaseException) -> None:
         """A refresh ahead of expiry failed while the token still works: send it, and try
-        again a little later rather than on every request."""
+        again a little later rather than on every request (no sooner than the token endpoint
+        asked, :attr:`~refresher.EndpointError.retry_after`, while the token lasts)."""
         left = seconds_left(token, now=self.clock.time()) or 0.0
-        self._next_early_try = self.clock.monotonic() + self.policy.early_retry_delay(left)
+        delay = self.policy.early_retry_delay(left)
+        asked = getattr(exc, "retry_after", None)
+        if asked is not None:  # X asked for a pause: none sooner, within the token's life
+            delay = max(delay, min(asked, left))
+        self._next_early_try = (os.getpid(), self.clock.monotonic() + delay)
         log.warning("account %r: early refresh failed (%s); the token still has %.0f s, "
                     "retrying later", self.account, type(exc).__name__, left)
 

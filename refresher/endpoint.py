@@ -15,7 +15,8 @@ from urllib.parse import quote
 
 import requests
 
-from ._attempts import Attempt, AttemptAbandoned, LateAnswers, token_request_pool
+from ._attempts import Attempt, AttemptAbandoned, LazyLateAnswers, token_request_pool
+from ._backoff import GrantRetries, asked_to_wait
 from ._constants import DEFAULT_DEADLINE, DEFAULT_TIMEOUT
 from ._endpoint_words import (
     EXCHANGE,
@@ -27,6 +28,7 @@ from ._endpoint_words import (
     means_spent,
     refusal,
     scrub,
+    too_soon,
 )
 from ._sendgate import SendGate
 from ._token_post import (
@@ -54,8 +56,6 @@ log = logging.getLogger(__name__)
 #: pair is lost whether or not we retry, and the retry is refused as a spent token; when X did
 #: not act, the retry saves the account.
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
-# The time a retry must leave for its answer.
-_RETRY_HEADROOM = 0.5
 _WORDING = {"refresh_token": REFRESH, "authorization_code": EXCHANGE}
 
 #: ``on_late_grant(pair)``: a pair X granted after the caller stopped waiting for it.
@@ -72,11 +72,14 @@ class TokenEndpoint:
     endpoint uses a session of its own (one per process).
 
     Only a connection that was never made, and the answers 429, 502, 503 and 504, are
-    retried, ``retries`` times with exponential backoff. A timeout or a connection broken
-    after the request went out is never retried: a refresh token is single-use, and X may
-    have spent it. The whole grant (waiting for a thread, resolving the name, connecting,
-    sending, the full answer, retries and backoff) ends within ``deadline`` seconds of
-    wall-clock time, whatever the server does.
+    retried, ``retries`` times with exponential backoff; a 429 or 503 that says when to
+    try again (``Retry-After``, seconds or an HTTP date, or ``x-rate-limit-reset``) no
+    sooner than that. When that wait would cross the deadline, the grant fails at once with
+    a :class:`RefreshError` whose ``retry_after`` says how long: nothing was spent. A
+    timeout or a connection broken after the request went out is never retried: a refresh
+    token is single-use, and X may have spent it. The whole grant (waiting for a thread,
+    resolving the name, connecting, sending, the full answer, retries and backoff) ends
+    within ``deadline`` seconds of wall-clock time, whatever the server does.
 
     Requests run on a bounded pool of threads per process (the policy's
     ``token_request_threads``). A request whose caller gave up is never written: the
@@ -113,7 +116,7 @@ class TokenEndpoint:
         self.backoff = policy.token_backoff if backoff is None else backoff
         self.request_threads = policy.token_request_threads
         self.clock = clock if clock is not None else SYSTEM_CLOCK
-        self._late = LateAnswers()
+        self._late = LazyLateAnswers()  # made when an answer first comes late
 
     def __repr__(self) -> str:
         kind = "confidential" if self._client_secret else "public"
@@ -188,11 +191,13 @@ class TokenEndpoint:
             response = self._post(revoke_url, form, secrets=(token,), wording=REVOKE)
         except RefreshError as exc:
             raise RevokeError(str(exc), error=exc.error, response=exc.response,
-                              request_sent=exc.request_sent) from None
+                              request_sent=exc.request_sent,
+                              retry_after=exc.retry_after) from None
         if response.status_code != 200:
             refused = refusal(response, REVOKE, revoke_url, secrets=self._secrets(
-                (token,)), confidential=self.confidential)
-            raise RevokeError(str(refused), error=refused.error, response=response)
+                (token,)), confidential=self.confidential, retry_after=self._asked(response))
+            raise RevokeError(str(refused), error=refused.error, response=response,
+                              retry_after=refused.retry_after)
 
     def wait_for_late_answers(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds until no request whose caller gave up after it was
@@ -221,7 +226,7 @@ class TokenEndpoint:
         if response.status_code == 200:
             return self._pair(response, form, sent_at)
         error = refusal(response, wording, self.token_url, secrets=self._secrets(secrets),
-                        confidential=self.confidential)
+                        confidential=self.confidential, retry_after=self._asked(response))
         if grant == "refresh_token" and means_spent(error.error, response):
             raise ReauthorizationRequired(
                 f"{error} — the refresh token is spent or revoked; log in again "
@@ -306,8 +311,9 @@ class TokenEndpoint:
         require_secure_transport(url)
         data, auth = self._form_and_auth(form)
         session, pool = self.session, token_request_pool(self.request_threads)
-        attempt, earlier_status = 0, None
+        earlier_status = None
         give_up_at = self.clock.monotonic() + self.deadline
+        retries = GrantRetries(self.retries, self.backoff, self.clock, give_up_at)
         secret_list = self._secrets(secrets)
         while True:
             # Real time: this waits on threads and sockets, whatever clock the caller reads.
@@ -324,18 +330,22 @@ class TokenEndpoint:
             except (AttemptAbandoned, BodyCutOff, requests.RequestException, OSError) as exc:
                 sent = was_sent(gate, exc, session, url)
                 if (sent is False and isinstance(exc, (requests.ConnectionError, OSError))
-                        and self._may_retry(attempt, give_up_at)):
-                    attempt += 1
-                    self._sleep(attempt, f"cannot connect to {url}", give_up_at)
+                        and retries.may_retry()):
+                    retries.wait(f"cannot connect to {url}")
                     continue
-                raise self._failure(exc, url, sent, attempt, timeout, wording,
+                raise self._failure(exc, url, sent, retries.attempt, timeout, wording,
                                     secret_list, earlier_status) from None
-            if response.status_code in _RETRY_STATUSES and self._may_retry(attempt, give_up_at):
-                attempt += 1
-                earlier_status = response.status_code
-                self._sleep(attempt, f"{url} answered {response.status_code}", give_up_at)
-                continue
-            return response
+            if response.status_code not in _RETRY_STATUSES:
+                return response
+            asked = self._asked(response)
+            if asked is not None and not retries.fits(asked[0]):
+                raise too_soon(response, wording, url, wait=asked[0], until=asked[1],
+                               deadline=self.deadline)  # X did not act: nothing spent
+            at_least = 0.0 if asked is None else asked[0]
+            if not retries.may_retry(at_least):
+                return response
+            earlier_status = response.status_code
+            retries.wait(f"{url} answered {response.status_code}", at_least)
 
     def _failure(self, exc: BaseException, url: str, sent: bool | None, attempt: int,
                  timeout: float, wording: Wording, secrets: Iterable[str],
@@ -382,17 +392,9 @@ class TokenEndpoint:
             data["client_id"] = self.client_id
         return data, None
 
-    def _may_retry(self, attempt: int, give_up_at: float) -> bool:
-        """Another try is allowed, and its backoff leaves time for an answer."""
-        delay = self.backoff * (2 ** attempt)
-        return (attempt < self.retries
-                and self.clock.monotonic() + delay + _RETRY_HEADROOM < give_up_at)
-
-    def _sleep(self, attempt: int, why: str, give_up_at: float) -> None:
-        delay = self.backoff * (2 ** (attempt - 1))
-        delay = max(0.0, min(delay, give_up_at - self.clock.monotonic() - _RETRY_HEADROOM))
-        log.warning("%s; retrying in %.2f s (attempt %d of %d)", why, delay, attempt, self.retries)
-        self.clock.sleep(delay)
+    def _asked(self, response: requests.Response) -> tuple[float, str] | None:
+        """The seconds a 429 or 503 asks to wait, and until when in words; else ``None``."""
+        return asked_to_wait(response.status_code, response.headers, self.clock)
 
     def _secrets(self, extra: Iterable[str]) -> tuple[str, ...]:
         return tuple(s for s in (*extra, self._client_secret) if s)

@@ -47,6 +47,11 @@ class EndpointError(RefresherError):
     refused or timed out, the caller gave up first), so a refresh token in it is still good;
     ``True`` when it was written (X may have acted on it); ``None`` when refresher cannot
     tell (a session of the caller's, with its own retries, failed after it was handed over).
+
+    ``retry_after`` is how many seconds the endpoint asked to wait before trying again (a
+    429 or 503 with ``Retry-After`` or ``x-rate-limit-reset``), counted from when the
+    error was raised; ``None`` when it asked nothing. Such an answer says X did not act:
+    a refresh token in the request is still good.
     """
 
     def __init__(
@@ -56,11 +61,13 @@ class EndpointError(RefresherError):
         error: str | None = None,
         response: requests.Response | None = None,
         request_sent: bool | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.error = error
         self.response = response
         self.request_sent = True if response is not None else request_sent
+        self.retry_after = retry_after
 
 
 class RefreshError(EndpointError):

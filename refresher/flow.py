@@ -24,6 +24,14 @@ The steps, in order:
    :class:`Describe` → the driver answers :class:`Facts` (the call's name, a 403's
    problem type, whether the body can be sent again). Nothing of that is computed for an
    answer no refresh could cure.
+   With ``max_rate_limit_wait`` (the policy's ``wait_on_rate_limit``), a 429 is described
+   too, and its :class:`Facts` say when X's window resets (``retry_after``): when that is
+   at most ``max_rate_limit_wait`` seconds away and the body can be sent again,
+   :class:`Wait` (the seconds, plus a margin) → the driver sleeps, without blocking an
+   event loop; then :class:`TokenNeeded` again (the token may have aged meanwhile) and
+   :class:`Send` once more (``replay=True``). Otherwise the 429 is returned at once. The
+   answer to that replay goes on through the steps below, as the first answer would have
+   (a 401 to a token that expired during the wait is cured as any other).
 4. When the coordinator says a refresh may cure it: :class:`Refresh` → the driver answers
    the token to use from now on (a sibling's newer token is adopted, not refreshed).
 5. A body that cannot be sent again ends the rule: the refused answer is returned, the
@@ -55,10 +63,11 @@ from collections.abc import Collection, Generator
 from dataclasses import dataclass
 from typing import Protocol
 
+from ._constants import RATE_LIMIT_MARGIN
 from .token import Token
 
 __all__ = ["Answer", "Describe", "Facts", "Judge", "Refresh", "Send", "Step", "Steps",
-           "TokenNeeded", "request_rule", "refused_replay"]
+           "TokenNeeded", "Wait", "request_rule", "refused_replay"]
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +110,16 @@ class Refresh:
     replacing: str
 
 
-Step = TokenNeeded | Send | Describe | Refresh
+@dataclass(frozen=True)
+class Wait:
+    """Wait ``seconds`` (an API rate limit's reset), without blocking an event loop: the
+    sync drivers sleep on the coordinator's clock, the async ones await it; answer
+    ``None``. The driver may release the answer it holds first."""
+
+    seconds: float
+
+
+Step = TokenNeeded | Send | Describe | Refresh | Wait
 
 
 @dataclass(frozen=True)
@@ -115,29 +133,34 @@ class Answer:
 
 @dataclass(frozen=True)
 class Facts:
-    """About an answer a refresh may cure: the call's name (method and URL without query,
-    for log lines and the brake), the 403's problem+json ``type``, and whether the request
-    body can be sent again."""
+    """About an answer a refresh (or a wait) may cure: the call's name (method and URL
+    without query, for log lines and the brake), the 403's problem+json ``type``, whether
+    the request body can be sent again, and for a 429 the seconds until X's rate-limit
+    window resets, from ``x-rate-limit-reset`` or ``Retry-After`` (``None``: it does not
+    say)."""
 
     endpoint: str
     problem_type: str | None
     replayable: bool
+    retry_after: float | None = None
 
 
 _NEED_TOKEN = TokenNeeded()
 
 
-def request_rule(judge: Judge, status_codes: Collection[int], *, put_bearer: bool = True
-                 ) -> Generator[Step, object, None]:
+def request_rule(judge: Judge, status_codes: Collection[int], *, put_bearer: bool = True,
+                 max_rate_limit_wait: float | None = None) -> Generator[Step, object, None]:
     """The rule for one request; see the module docstring for the steps and what each
-    expects back."""
-    token: Token | None = None
-    if put_bearer:
-        given = yield _NEED_TOKEN
-        assert isinstance(given, dict)
-        token = given
+    expects back. ``max_rate_limit_wait``: the longest wait for a 429's reset (``None``: a
+    429 is returned as it comes)."""
+    token = (yield from _token()) if put_bearer else None
     answer = yield Send(token)
     assert isinstance(answer, Answer)
+    if answer.status == 429 and max_rate_limit_wait is not None:
+        waited = yield from _wait_out(max_rate_limit_wait, put_bearer=put_bearer)
+        if waited is None:
+            return
+        answer = waited
     sent = answer.carried
     if sent is None or answer.status not in status_codes:
         return
@@ -157,6 +180,39 @@ def request_rule(judge: Judge, status_codes: Collection[int], *, put_bearer: boo
     if replay.status == 401 and replay.carried is not None \
             and replay.carried == fresh.get("access_token"):
         refused_replay(judge, fresh, facts.endpoint)
+
+
+def _token() -> Generator[Step, object, Token]:
+    given = yield _NEED_TOKEN
+    assert isinstance(given, dict)
+    return given
+
+
+def _wait_out(longest: float, *, put_bearer: bool) -> Generator[Step, object, Answer | None]:
+    """A 429: wait for the window's reset and send once more (the replay's answer), or
+    ``None`` to return the 429 as it is."""
+    facts = yield Describe(429)
+    assert isinstance(facts, Facts)
+    if facts.retry_after is None:
+        log.debug("%s answered 429 without saying when to try again", facts.endpoint)
+        return None
+    if facts.retry_after > longest:
+        log.info("%s answered 429; X's rate limit resets in %.0f s, more than "
+                 "max_rate_limit_wait (%g s): returning the 429", facts.endpoint,
+                 facts.retry_after, longest)
+        return None
+    if not facts.replayable:
+        log.warning("%s answered 429 to a body that cannot be replayed (a generator?): "
+                    "returning the 429", facts.endpoint)
+        return None
+    seconds = facts.retry_after + RATE_LIMIT_MARGIN
+    log.info("%s answered 429 (rate limit); waiting %.1f s for its reset, then sending it "
+             "again", facts.endpoint, seconds)
+    yield Wait(seconds)
+    token = (yield from _token()) if put_bearer else None
+    replay = yield Send(token, replay=True)
+    assert isinstance(replay, Answer)
+    return replay
 
 
 class Steps:

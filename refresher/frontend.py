@@ -59,8 +59,12 @@ class FrontEndOptions:
       revoke endpoint (default: what ``refresher login`` recorded for the account, else
       ``$REFRESHER_REVOKE_URL``, else X's), read when a revoke is asked for.
     - ``policy``: every tuning number (:class:`~refresher.RefreshPolicy`); ``leeway``,
-      ``lock_timeout`` and ``refresh_status_codes``, when not ``None``, override it (for no
-      limit on the lock wait, ``policy=RefreshPolicy(lock_timeout=None)``).
+      ``lock_timeout``, ``refresh_status_codes``, ``wait_on_rate_limit`` and
+      ``max_rate_limit_wait``, when not ``None``, override it (for no limit on the lock
+      wait, ``policy=RefreshPolicy(lock_timeout=None)``).
+    - ``wait_on_rate_limit``: wait out an API 429 until X's window resets and send the
+      request once more, when that is at most ``max_rate_limit_wait`` seconds away (default
+      off: the 429 is returned as it comes).
     - ``on_token_update(token)``, ``on_refresh_error(exc)``, ``on_refresh_start()``: hooks,
       run in the thread that refreshes.
     - ``refresh_session``: the :class:`requests.Session` for the token endpoint (retries,
@@ -79,6 +83,8 @@ class FrontEndOptions:
     leeway: float | None = None
     lock_timeout: float | None = None
     refresh_status_codes: Collection[int] | None = None
+    wait_on_rate_limit: bool | None = None
+    max_rate_limit_wait: float | None = None
     on_token_update: Callable[[Token], Any] | None = None
     on_refresh_error: Callable[[BaseException], Any] | None = None
     on_refresh_start: Callable[[], Any] | None = None
@@ -94,6 +100,10 @@ class FrontEndOptions:
             changes["lock_timeout"] = self.lock_timeout
         if self.refresh_status_codes is not None:
             changes["refresh_status_codes"] = frozenset(self.refresh_status_codes)
+        if self.wait_on_rate_limit is not None:
+            changes["wait_on_rate_limit"] = self.wait_on_rate_limit
+        if self.max_rate_limit_wait is not None:
+            changes["max_rate_limit_wait"] = self.max_rate_limit_wait
         base = self.policy if self.policy is not None else DEFAULT_POLICY
         return base.replace(**changes) if changes else base
 
@@ -285,6 +295,8 @@ class RefreshingFrontEnd:
         leeway: float | None = None,
         lock_timeout: float | None = None,
         refresh_status_codes: Collection[int] | None = None,
+        wait_on_rate_limit: bool | None = None,
+        max_rate_limit_wait: float | None = None,
         on_token_update: Callable[[Token], Any] | None = None,
         on_refresh_error: Callable[[BaseException], Any] | None = None,
         on_refresh_start: Callable[[], Any] | None = None,
@@ -297,7 +309,8 @@ class RefreshingFrontEnd:
             client_id=client_id, client_secret=client_secret, store=store, account=account,
             token=token, token_url=token_url, api_url=api_url or api_base_url,
             revoke_url=revoke_url, policy=policy, leeway=leeway, lock_timeout=lock_timeout,
-            refresh_status_codes=refresh_status_codes,
+            refresh_status_codes=refresh_status_codes, wait_on_rate_limit=wait_on_rate_limit,
+            max_rate_limit_wait=max_rate_limit_wait,
             on_token_update=hooks.wrap(on_token_update, "on_token_update"),
             on_refresh_error=hooks.wrap(on_refresh_error, "on_refresh_error"),
             on_refresh_start=hooks.wrap(on_refresh_start, "on_refresh_start"),

@@ -23,8 +23,10 @@ try:
 except ImportError as exc:  # an optional dependency: say how to get it
     raise ImportError("refresher.httpx needs httpx: pip install 'refresher[httpx]'") from exc
 
+from ._retry_after import asked_wait
 from ._transport import require_secure_transport
-from .flow import Answer, Describe, Facts, Send, Steps, TokenNeeded, request_rule
+from .clock import Clock
+from .flow import Answer, Describe, Facts, Send, Steps, TokenNeeded, Wait, request_rule
 from .frontend import RefreshingFrontEnd
 from .token import Token
 from .wire import bearer_token, problem_type
@@ -50,6 +52,10 @@ class RefreshingAuth(RefreshingFrontEnd, httpx.Auth):
        A body that cannot be sent again (a generator, a file passed as ``content=``) is not
        resent: the 401/403 is returned and the next request uses the new token. A replay
        answered 401 with the new token puts that endpoint and token on the brake.
+
+    With ``wait_on_rate_limit``, a 429 that says when X's window resets within
+    ``max_rate_limit_wait`` seconds is waited out and sent once more (the async flow awaits
+    the wait: the event loop runs on); a body that cannot be replayed is not.
     """
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request,
@@ -57,7 +63,8 @@ class RefreshingAuth(RefreshingFrontEnd, httpx.Auth):
         coordinator = self.coordinator
         require_secure_transport(str(request.url))
         response: httpx.Response | None = None
-        steps = Steps(request_rule(coordinator, self.policy.refresh_status_codes))
+        steps = Steps(request_rule(coordinator, self.policy.refresh_status_codes,
+                                   max_rate_limit_wait=self.policy.longest_rate_limit_wait))
         for step in steps:
             if isinstance(step, TokenNeeded):
                 steps.answer(coordinator.token_for_request())
@@ -68,7 +75,11 @@ class RefreshingAuth(RefreshingFrontEnd, httpx.Auth):
                 assert response is not None
                 if step.status == 403:
                     response.read()  # its problem type says whether it is about the token
-                steps.answer(_facts(request, response))
+                steps.answer(_facts(request, response, coordinator.clock))
+            elif isinstance(step, Wait):
+                assert response is not None
+                response.read()  # the connection goes back to the pool for the wait
+                coordinator.clock.sleep(step.seconds)
             else:
                 steps.answer(coordinator.refresh(replacing=step.replacing))
 
@@ -76,7 +87,9 @@ class RefreshingAuth(RefreshingFrontEnd, httpx.Auth):
                                                                                 httpx.Response]:
         require_secure_transport(str(request.url))
         response: httpx.Response | None = None
-        steps = Steps(request_rule(self.coordinator, self.policy.refresh_status_codes))
+        clock = self.coordinator.clock
+        steps = Steps(request_rule(self.coordinator, self.policy.refresh_status_codes,
+                                   max_rate_limit_wait=self.policy.longest_rate_limit_wait))
         for step in steps:
             if isinstance(step, TokenNeeded):
                 steps.answer(await self.tokens.token_for_request())
@@ -87,7 +100,11 @@ class RefreshingAuth(RefreshingFrontEnd, httpx.Auth):
                 assert response is not None
                 if step.status == 403:
                     await response.aread()  # its problem type says whether it is about the token
-                steps.answer(_facts(request, response))
+                steps.answer(_facts(request, response, clock))
+            elif isinstance(step, Wait):
+                assert response is not None
+                await response.aread()  # the connection goes back to the pool for the wait
+                await clock.asleep(step.seconds)
             else:
                 steps.answer(await self.tokens.refresh(replacing=step.replacing))
 
@@ -104,8 +121,11 @@ def _answer(response: httpx.Response) -> Answer:
     return Answer(response.status_code, _bearer(response.request))
 
 
-def _facts(request: httpx.Request, response: httpx.Response) -> Facts:
-    return Facts(_endpoint(response.request), _problem_type(response), _replayable(request))
+def _facts(request: httpx.Request, response: httpx.Response, clock: Clock) -> Facts:
+    retry_after = (asked_wait(response.headers, clock.time()) if response.status_code == 429
+                   else None)
+    return Facts(_endpoint(response.request), _problem_type(response), _replayable(request),
+                 retry_after)
 
 
 def _bearer(request: httpx.Request) -> str | None:

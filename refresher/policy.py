@@ -97,6 +97,13 @@ class RefreshPolicy:
       same number share one pool.
     - ``lock_ttl_margin``: a store lock that lapses by itself must outlive the deadline by
       this much.
+
+    X's rate limits on API requests:
+
+    - ``wait_on_rate_limit``: on an API 429 that says when X's window resets
+      (``x-rate-limit-reset``), sleep until then (plus a margin of a second) and send the
+      request once more, when that is at most ``max_rate_limit_wait`` seconds away (X's
+      windows last 15 minutes); otherwise, and by default, the 429 is returned at once.
     """
 
     leeway: float = DEFAULT_LEEWAY
@@ -119,6 +126,8 @@ class RefreshPolicy:
     token_backoff: float = 0.25
     token_request_threads: int = 8
     lock_ttl_margin: float = LOCK_TTL_MARGIN
+    wait_on_rate_limit: bool = False
+    max_rate_limit_wait: float = 900.0
 
     def __post_init__(self) -> None:
         # Accept any collection of codes, keep a frozenset (the value must stay hashable).
@@ -126,7 +135,7 @@ class RefreshPolicy:
                            frozenset(int(code) for code in self.refresh_status_codes))
         object.__setattr__(self, "not_token_related_403", tuple(self.not_token_related_403))
         for name in ("leeway", "token_timeout", "token_deadline", "token_backoff",
-                     "early_retry", "lock_ttl_margin"):
+                     "early_retry", "lock_ttl_margin", "max_rate_limit_wait"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ConfigurationError(
@@ -137,6 +146,9 @@ class RefreshPolicy:
             if not isinstance(value, (int, float)) or not 0 <= value <= 1:
                 raise ConfigurationError(
                     f"RefreshPolicy.{name} must be a fraction between 0 and 1, not {value!r}")
+        if not isinstance(self.wait_on_rate_limit, bool):
+            raise ConfigurationError("RefreshPolicy.wait_on_rate_limit must be True or False, "
+                                     f"not {self.wait_on_rate_limit!r}")
         if self.lock_timeout is not None and self.lock_timeout < 0:
             raise ConfigurationError("RefreshPolicy.lock_timeout must be >= 0 seconds, or None")
         if self.token_retries < 0:
@@ -178,6 +190,12 @@ class RefreshPolicy:
     def early_retry_delay(self, seconds_left: float) -> float:
         """Seconds until the next try after a failed refresh ahead of expiry."""
         return min(self.early_retry, max(seconds_left, 0.0) * self.early_retry_fraction)
+
+    @property
+    def longest_rate_limit_wait(self) -> float | None:
+        """The longest wait for an API rate limit's reset; ``None``: no waiting (a 429 is
+        returned as it comes)."""
+        return self.max_rate_limit_wait if self.wait_on_rate_limit else None
 
     # -- which refused requests a refresh may cure -----------------------------------------
 

@@ -48,7 +48,11 @@ class RefreshingSession(OAuth2Session):
     token twice.
 
     ``policy`` (a :class:`~refresher.RefreshPolicy`) holds every tuning number; ``leeway``,
-    ``lock_timeout`` and ``refresh_status_codes``, when given, override it. ``clock`` is the
+    ``lock_timeout``, ``refresh_status_codes``, ``wait_on_rate_limit`` and
+    ``max_rate_limit_wait``, when given, override it. ``wait_on_rate_limit=True`` waits out
+    an API 429 until X's window resets (``x-rate-limit-reset``) and sends the request once
+    more, when that is at most ``max_rate_limit_wait`` seconds (900) away; otherwise, and
+    by default, the 429 is returned at once. ``clock`` is the
     time the session reads (tests hand in a :class:`~refresher.testing.FakeClock`).
     ``api_url`` is X's API base URL (``api_base_url`` is its earlier name); ``revoke_url``
     is X's revoke endpoint, for :meth:`revoke` (default: what the login recorded, else
@@ -86,6 +90,8 @@ class RefreshingSession(OAuth2Session):
         refresh_status_codes: Collection[int] | None = None,
         leeway: float | None = None,
         lock_timeout: float | None = None,
+        wait_on_rate_limit: bool | None = None,
+        max_rate_limit_wait: float | None = None,
         on_token_update: Callable[[Token], Any] | None = None,
         on_refresh_error: Callable[[BaseException], Any] | None = None,
         on_refresh_start: Callable[[], Any] | None = None,
@@ -107,6 +113,7 @@ class RefreshingSession(OAuth2Session):
             token_url=token_url, api_url=api_url or api_base_url, revoke_url=revoke_url,
             policy=policy, leeway=leeway,
             lock_timeout=lock_timeout, refresh_status_codes=refresh_status_codes,
+            wait_on_rate_limit=wait_on_rate_limit, max_rate_limit_wait=max_rate_limit_wait,
             on_token_update=on_token_update, on_refresh_error=on_refresh_error,
             on_refresh_start=on_refresh_start, refresh_session=refresh_session, clock=clock)
         super().__init__(
@@ -116,23 +123,21 @@ class RefreshingSession(OAuth2Session):
             auto_refresh_kwargs=auto_refresh_kwargs,
             scope=scope,
             redirect_uri=redirect_uri,
-            token=dict(token) if token else None,
+            # Managed, the coordinator holds the token: oauthlib's client keeps no copy.
+            token=dict(token) if token and not manages_tokens else None,
             state=state,
             token_updater=token_updater,
             pkce=pkce,
             **kwargs,
         )
-        self.options = options
-        self.account = account
-        self.token_url = token_url
-        self.api_url = options.resolved_api_url()
-        self.policy = policy = options.resolved_policy()
-        self.refresh_status_codes = tuple(sorted(policy.refresh_status_codes))
+        # Two attributes of our own, not eight: a session's __dict__ stays key-shared (a
+        # tenth of the memory) with a thousand sessions in one process.
+        self._front = _Front(options)
         if not manages_tokens:
             return  # plain OAuth2Session
 
         wired = options.wire()
-        self.store, self._coordinator = wired.store, wired.coordinator
+        self._front.store, self._coordinator = wired.store, wired.coordinator
         adapter = RefreshingAdapter(wired.coordinator)
         self.mount("https://", adapter)
         self.mount("http://", adapter)
@@ -169,6 +174,47 @@ class RefreshingSession(OAuth2Session):
     def access_token(self) -> None:
         OAuth2Session.access_token.fdel(self)  # type: ignore[attr-defined]
 
+    # -- what it was built from ------------------------------------------------------------
+
+    @property
+    def options(self) -> FrontEndOptions:
+        """The arguments it was built from (:class:`~refresher.FrontEndOptions`)."""
+        return self._front.options
+
+    @property
+    def account(self) -> str:
+        """The account's name in the store."""
+        return self._front.options.account
+
+    @property
+    def token_url(self) -> str:
+        """X's token endpoint."""
+        return self._front.options.token_url
+
+    @property
+    def policy(self) -> RefreshPolicy:
+        """Every tuning number (:class:`~refresher.RefreshPolicy`)."""
+        return self._front.policy
+
+    @property
+    def refresh_status_codes(self) -> tuple[int, ...]:
+        """The statuses a refresh may cure (the policy's), sorted."""
+        return tuple(sorted(self._front.policy.refresh_status_codes))
+
+    @property
+    def store(self) -> TokenStore | None:
+        """The store holding the account's pair (``None`` in plain mode)."""
+        return self._front.store
+
+    @property
+    def api_url(self) -> str:
+        """X's API base URL, without a trailing slash."""
+        return self._front.api_url
+
+    @api_url.setter
+    def api_url(self, value: str) -> None:
+        self._front.api_url = value.rstrip("/")
+
     @property
     def api_base_url(self) -> str:
         """The earlier name of :attr:`api_url`."""
@@ -176,7 +222,7 @@ class RefreshingSession(OAuth2Session):
 
     @api_base_url.setter
     def api_base_url(self, value: str) -> None:
-        self.api_url = value.rstrip("/")
+        self.api_url = value
 
     @property
     def coordinator(self) -> RefreshCoordinator | None:
@@ -270,6 +316,7 @@ class RefreshingSession(OAuth2Session):
         did not revoke the refresh token (the account is kept).
         """
         coordinator = self._require_coordinator("revoke")
+        assert self.store is not None
         coordinator.revoke(self.options.resolved_revoke_url(self.store))
 
     def me(self, *, timeout: float | None = DEFAULT_API_TIMEOUT) -> dict[str, Any]:
@@ -296,7 +343,7 @@ class RefreshingSession(OAuth2Session):
         coordinator = self.__dict__.get("_coordinator")
         if coordinator is None:
             return f"<RefreshingSession (plain OAuth2Session) client_id={self.client_id!r}>"
-        return f"<RefreshingSession {describe(coordinator, self.store)}>"
+        return f"<RefreshingSession {describe(coordinator, coordinator.store)}>"
 
     @staticmethod
     def _check_plain_http(url: str, *, sends_token: bool) -> None:
@@ -315,6 +362,18 @@ class RefreshingSession(OAuth2Session):
                 f"{what}() needs the refresh machinery: pass store= or on_token_update="
             )
         return self._coordinator
+
+
+class _Front:
+    """What a session keeps of its arguments, in one attribute."""
+
+    __slots__ = ("options", "policy", "api_url", "store")
+
+    def __init__(self, options: FrontEndOptions) -> None:
+        self.options = options
+        self.policy = options.resolved_policy()
+        self.api_url = options.resolved_api_url()
+        self.store: TokenStore | None = None
 
 
 def open_session(

@@ -823,6 +823,21 @@ def test_python_m_refresher_testing_registers_callback_urls_too(cli):
                    "--any-loopback-redirect").returncode == 2  # one or the other
 
 
+@pytest.mark.parametrize("option, limit", [(["--rate-limits"], "75 calls per 900 s"),
+                                           (["--rate-limits", "2/5"], "2 calls per 5 s")])
+def test_the_emulator_enforces_rate_limits_when_asked(cli, option, limit):
+    child, banner = _serve([*COMMAND, "emulator", "--port", "0", *option], cli.env,
+                           until="Counters: ")
+    child.send_signal(signal.SIGINT)
+    child.communicate(timeout=10)
+    assert f"Rate limits enforced: {limit} per user and endpoint" in banner
+    refused = cli.run("emulator", "--rate-limits", "2/x")
+    assert refused.returncode == 2 and "takes CALLS/SECONDS" in refused.stderr
+    python_m = subprocess.run([sys.executable, "-m", "refresher.testing", "--rate-limits", "0/5"],
+                              env=cli.env, capture_output=True, text=True, timeout=30)
+    assert python_m.returncode == 2 and "at least 1 call" in python_m.stderr
+
+
 def test_login_help_says_only_the_emulator_takes_any_port(cli):
     text = " ".join(cli.run("login", "--help", env=dict(cli.env, COLUMNS="200")).stdout.split())
     assert ("0: any free port — only the emulator accepts it (refresher emulator "
@@ -1024,6 +1039,14 @@ with open_session("alice") as x:   # every run shares one store file, and its lo
         time.sleep(0.1)
 '''
 
+RATE_LIMIT_SCRIPT = '''\
+from refresher.login import open_session
+
+session = open_session("alice", wait_on_rate_limit=True, max_rate_limit_wait=900)
+for _ in range(3):
+    print(session.me()["username"])   # a 429 sleeps until the reset, then goes again
+'''
+
 
 def test_sync_script_recipe(cli, x_emulator, tmp_path):
     cli.login(x_emulator, "--account", "alice", "--scope",
@@ -1064,11 +1087,26 @@ def test_cron_recipe_overlapping_runs_share_one_store(cli, x_emulator_factory, t
     assert 1 <= stats.refreshes <= span / 0.9 + 2
 
 
+def test_rate_limit_recipe_waits_out_the_429s(cli, x_emulator_factory, tmp_path):
+    x = x_emulator_factory(enforce_rate_limits=True, rate_limit=2, rate_window=1.0)
+    cli.login(x, "--account", "alice")
+    script = tmp_path / "patient.py"
+    script.write_text(RATE_LIMIT_SCRIPT)
+    env = dict(cli.env, REFRESHER_STORE=str(cli.store))
+    before = x.stats.api_requests
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["emulated_user"] * 3
+    stats = x.stats  # 3 calls in a second or so: one 429 at least, unless a window ends
+    assert stats.api_requests - before == 3 + stats.rate_limited  # each 429 replayed once
+
+
 def test_the_readme_shows_exactly_the_recipes_these_tests_run():
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parent.parent / "README.rst").read_text()
-    for script in (SYNC_SCRIPT, CRON_SCRIPT):
+    for script in (SYNC_SCRIPT, CRON_SCRIPT, RATE_LIMIT_SCRIPT):
         block = "".join(f"    {line}" if line.strip() else "\n"
                         for line in script.splitlines(keepends=True))
         assert block in readme

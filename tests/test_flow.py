@@ -20,6 +20,7 @@ from refresher.flow import (
     Refresh,
     Send,
     TokenNeeded,
+    Wait,
     request_rule,
 )
 from refresher.testing import FakeClock
@@ -35,16 +36,21 @@ class Run:
     steps: list[str] = field(default_factory=list)
     sent: list[str | None] = field(default_factory=list)
     status: int = 0
+    waited: list[float] = field(default_factory=list)
 
 
 def drive(coordinator: RefreshCoordinator, server: Callable[[str | None, int], int], *,
           problem: str | None = None, replayable: bool = True, put_bearer: bool = True,
           codes: frozenset[int] = frozenset({401, 403}),
-          carried: Callable[[str | None, int], str | None] = lambda token, n: token) -> Run:
+          carried: Callable[[str | None, int], str | None] = lambda token, n: token,
+          max_wait: float | None = None, retry_after: float | None = None) -> Run:
     """Drive the rule as a front end does. ``server(token, n)``: the status of the n-th
     send carrying ``token``; ``carried(token, n)``: the bearer the answered request carried
-    (a redirect to another origin carries none)."""
-    run, rule, value = Run(), request_rule(coordinator, codes, put_bearer=put_bearer), None
+    (a redirect to another origin carries none). ``max_wait``: the longest wait for a 429
+    (``None``: none), whose reset is ``retry_after`` seconds away; a wait moves the
+    coordinator's clock on."""
+    run, value = Run(), None
+    rule = request_rule(coordinator, codes, put_bearer=put_bearer, max_rate_limit_wait=max_wait)
     while True:
         try:
             step = rule.send(value)
@@ -60,7 +66,12 @@ def drive(coordinator: RefreshCoordinator, server: Callable[[str | None, int], i
             run.status = server(token, n)
             value = Answer(run.status, carried(token, n))
         elif isinstance(step, Describe):
-            value = Facts(ME, problem if step.status == 403 else None, replayable)
+            value = Facts(ME, problem if step.status == 403 else None, replayable,
+                          retry_after if step.status == 429 else None)
+        elif isinstance(step, Wait):
+            run.waited.append(step.seconds)
+            coordinator.clock.sleep(step.seconds)
+            value = None
         else:
             assert isinstance(step, Refresh)
             value = coordinator.refresh(replacing=step.replacing)
@@ -194,6 +205,73 @@ def test_a_403_whose_problem_type_is_not_about_the_token_is_returned(coordinator
     run = drive(coordinator, refuses("at-0", status=403), problem=FORBIDDEN)
     assert run.steps == ["TokenNeeded", "Send", "Describe"] and run.status == 403
     assert endpoint.spent == []
+
+
+# -- a 429, with wait_on_rate_limit ----------------------------------------------------------
+
+def limited_once(token: str | None, n: int) -> int:
+    return 429 if n == 0 else 200
+
+
+def test_a_429_within_the_longest_wait_is_waited_out_and_replayed_once(coordinator,
+                                                                        endpoint) -> None:
+    run = drive(coordinator, limited_once, max_wait=900.0, retry_after=30.0)
+    assert run.steps == ["TokenNeeded", "Send", "Describe", "Wait", "TokenNeeded", "Send"]
+    assert run.waited == [31.0]  # the reset, plus a second's margin
+    assert run.sent == ["at-0", "at-0"] and run.status == 200
+    assert endpoint.spent == []
+
+
+def test_a_429_is_returned_at_once_when_its_reset_is_too_far(coordinator) -> None:
+    run = drive(coordinator, limited_once, max_wait=60.0, retry_after=61.0)
+    assert run.steps == ["TokenNeeded", "Send", "Describe"] and run.status == 429
+    assert run.waited == []
+    full_window = drive(coordinator, limited_once, max_wait=900.0, retry_after=900.0)
+    assert full_window.waited == [901.0]  # X's whole 15-minute window fits the default
+
+
+def test_a_429_that_says_nothing_of_its_reset_is_returned(coordinator) -> None:
+    run = drive(coordinator, limited_once, max_wait=900.0, retry_after=None)
+    assert run.steps == ["TokenNeeded", "Send", "Describe"] and run.status == 429
+
+
+def test_a_429_is_neither_waited_nor_described_unless_asked(coordinator) -> None:
+    run = drive(coordinator, limited_once, retry_after=30.0)
+    assert run.steps == ["TokenNeeded", "Send"] and run.status == 429
+
+
+def test_a_429_to_an_unreplayable_body_is_returned_without_a_wait(coordinator) -> None:
+    run = drive(coordinator, limited_once, max_wait=900.0, retry_after=30.0, replayable=False)
+    assert run.steps == ["TokenNeeded", "Send", "Describe"] and run.status == 429
+    assert run.waited == [] and len(run.sent) == 1
+
+
+def test_a_replay_answered_429_again_is_returned_not_waited_again(coordinator) -> None:
+    run = drive(coordinator, lambda token, n: 429, max_wait=900.0, retry_after=30.0)
+    assert run.steps.count("Wait") == 1 and len(run.sent) == 2 and run.status == 429
+
+
+def test_the_replay_after_a_wait_takes_the_token_as_it_is_then(coordinator, endpoint,
+                                                                 clock) -> None:
+    clock.advance(7200 - 100)  # 100 s left; the window resets in 300
+    run = drive(coordinator, limited_once, max_wait=900.0, retry_after=300.0)
+    assert run.sent == ["at-0", "at-1"] and run.status == 200  # refreshed, not sent expired
+    assert endpoint.spent == ["rt-0"]
+
+
+def test_a_401_to_the_replay_after_a_wait_is_cured_as_any_other(coordinator,
+                                                                 endpoint) -> None:
+    run = drive(coordinator, lambda token, n: {0: 429, 1: 401}.get(n, 200), max_wait=900.0,
+                retry_after=30.0)
+    assert run.steps == ["TokenNeeded", "Send", "Describe", "Wait", "TokenNeeded", "Send",
+                         "Describe", "Refresh", "Send"]
+    assert run.sent == ["at-0", "at-0", "at-1"] and run.status == 200
+
+
+def test_a_request_with_its_own_header_is_waited_out_as_it_is(coordinator) -> None:
+    run = drive(coordinator, limited_once, put_bearer=False, max_wait=900.0, retry_after=5.0)
+    assert run.steps == ["Send", "Describe", "Wait", "Send"]
+    assert run.sent == ["callers-own", "callers-own"] and run.status == 200
 
 
 def test_the_rule_is_a_plain_generator_of_frozen_steps(coordinator) -> None:

@@ -29,11 +29,12 @@ def run_emulator(args: argparse.Namespace) -> int:
     """``refresher emulator``: serve the emulator until Ctrl-C or SIGTERM; then exit 0."""
     # The emulator is imported on demand: the other commands never need it.
     from ..testing import XEmulator
-    from ..testing.serve import registered_redirect_uris, serve
+    from ..testing.serve import rate_limit_arguments, registered_redirect_uris, serve
 
     redirect_uris = registered_redirect_uris(args.redirect_uris, args.any_loopback_redirect)
     emulator = XEmulator(host="127.0.0.1", port=args.port, access_ttl=args.access_ttl,
-                         redirect_uris=redirect_uris)
+                         redirect_uris=redirect_uris,
+                         **rate_limit_arguments(getattr(args, "rate_limits", None)))
     try:
         emulator.start()  # here, to tell a port in use apart from any other failure
     except OSError as exc:
@@ -75,6 +76,7 @@ def banner(emulator: XEmulator, redirect_uris: list[str] | None, callback: str) 
         f"X emulator serving on {emulator.url} (access tokens live {emulator.access_ttl:g} s; "
         f"every login is approved at once as @{DEFAULT_USER['username']}).",
         registered,
+        *_rate_limits_line(emulator),
         "",
         "Point refresher at it, in another shell:",
         "",
@@ -91,6 +93,14 @@ def banner(emulator: XEmulator, redirect_uris: list[str] | None, callback: str) 
         f"Counters: {emulator.url}/emulator/stats. Stop with Ctrl-C.",
     ]
     return "\n".join(lines)
+
+
+def _rate_limits_line(emulator: XEmulator) -> list[str]:
+    if not emulator.enforce_rate_limits:
+        return []
+    return [f"Rate limits enforced: {emulator.rate_limit} calls per {emulator.rate_window:g} s "
+            "per user and endpoint, then HTTP 429 until the window resets (try "
+            "wait_on_rate_limit=True)."]
 
 
 def emulator_store() -> str:

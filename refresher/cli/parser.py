@@ -189,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 "printed for the login")
     callbacks.add_argument("--any-loopback-redirect", action="store_true",
                            help="accept any http callback URL on this machine, as X does not")
+    emulator.add_argument("--rate-limits", nargs="?", const=(75, 900.0), type=_rate_limits,
+                          metavar="CALLS/SECONDS",
+                          help="answer X's 429 past CALLS calls per SECONDS seconds, per user "
+                               "and app and endpoint, as X does (alone: 75/900, X's limit of "
+                               "/2/users/me); the x-rate-limit-* headers come with every API "
+                               "answer either way")
     emulator.set_defaults(run=run_emulator)
 
     demo = commands.add_parser(
@@ -238,6 +244,12 @@ def _account_name(text: str) -> str:
             "$REFRESHER_ACCOUNT or the store's only account"
         )
     return text
+
+
+def _rate_limits(value: str) -> tuple[int, float]:
+    from ..testing.serve import parse_rate_limits  # the emulator's: imported when used
+
+    return parse_rate_limits(value)
 
 
 def _positive_float(text: str) -> float:

@@ -1,9 +1,10 @@
 """Serve an :class:`~refresher.testing.XEmulator` until Ctrl-C or SIGTERM.
 
 ``python -m refresher.testing [--host 127.0.0.1] [--port 0] [--access-ttl 7200]
-[--redirect-uri URL]... [--any-loopback-redirect]`` prints one line of JSON with the URLs,
-client ids and registered callback URLs (``redirect_uris``; ``null``: any loopback one)
-first, so that a parent process can read it, then logs requests to stderr.
+[--redirect-uri URL]... [--any-loopback-redirect] [--rate-limits [CALLS/SECONDS]]`` prints
+one line of JSON with the URLs, client ids and registered callback URLs
+(``redirect_uris``; ``null``: any loopback one) first, so that a parent process can read
+it, then logs requests to stderr.
 """
 
 from __future__ import annotations
@@ -15,7 +16,15 @@ import sys
 from collections.abc import Sequence
 
 from refresher.testing import DEFAULT_CLIENT_ID, DEFAULT_CONFIDENTIAL_CLIENT_ID, XEmulator
-from refresher.testing.serve import add_redirect_options, registered_redirect_uris, serve
+from refresher.testing.serve import (
+    RATE_LIMITS_HELP,
+    X_RATE_LIMITS,
+    add_redirect_options,
+    parse_rate_limits,
+    rate_limit_arguments,
+    registered_redirect_uris,
+    serve,
+)
 
 log = logging.getLogger("refresher.testing")
 
@@ -34,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--invalidate-access-on-refresh", action="store_true",
                         help="a refresh also kills the previous access token")
     add_redirect_options(parser)
+    parser.add_argument("--rate-limits", nargs="?", const=parse_rate_limits(X_RATE_LIMITS),
+                        type=parse_rate_limits, metavar="CALLS/SECONDS", help=RATE_LIMITS_HELP)
     parser.add_argument("--log-level", default="DEBUG",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="DEBUG shows every request")
@@ -73,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code_ttl=args.code_ttl,
         invalidate_access_on_refresh=args.invalidate_access_on_refresh,
         redirect_uris=redirect_uris,
+        **rate_limit_arguments(args.rate_limits),
     )
     serve(emulator, lambda x: _announce(x, redirect_uris))
     return 0

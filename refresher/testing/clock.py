@@ -11,7 +11,7 @@ __all__ = ["FakeClock"]
 
 class FakeClock(Clock):
     """A :class:`~refresher.clock.Clock` for tests: ``advance(seconds)`` moves both the
-    wall clock and the monotonic clock; ``sleep`` advances instead of waiting.
+    wall clock and the monotonic clock; ``sleep`` and ``asleep`` advance instead of waiting.
 
     Hand the same instance to a session (``clock=``) and to an
     :class:`~refresher.testing.XEmulator` (``clock=``), and token expiry can be tested
@@ -38,6 +38,10 @@ class FakeClock(Clock):
 
     def sleep(self, seconds: float) -> None:
         self.advance(max(0.0, seconds))
+
+    async def asleep(self, seconds: float) -> None:
+        """Advance instead of waiting, as :meth:`sleep` does (the event loop runs on)."""
+        self.sleep(seconds)
 
     def advance(self, seconds: float) -> None:
         """Move both clocks ``seconds`` forward."""

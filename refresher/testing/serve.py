@@ -27,7 +27,8 @@ from typing import Any
 from refresher.loopback import DEFAULT_REDIRECT_URI
 from refresher.testing import XEmulator
 
-__all__ = ["STOP_SIGNALS", "add_redirect_options", "registered_redirect_uris", "serve"]
+__all__ = ["STOP_SIGNALS", "RATE_LIMITS_HELP", "X_RATE_LIMITS", "add_redirect_options",
+           "parse_rate_limits", "rate_limit_arguments", "registered_redirect_uris", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,45 @@ def add_redirect_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--any-loopback-redirect", action="store_true",
                        help="accept any http callback URL on 127.0.0.1, ::1 or localhost "
                             "(X does not: it wants the registered one, exactly)")
+
+
+#: ``--rate-limits`` alone: X's documented limit of ``/2/users/me``, 75 calls per 15 minutes.
+X_RATE_LIMITS = "75/900"
+#: What ``--rate-limits`` does, for both commands' help.
+RATE_LIMITS_HELP = ("answer X's 429 past CALLS calls per SECONDS seconds, per user and app and "
+                    "endpoint, as X does (alone: 75/900, X's limit of /2/users/me); the "
+                    "x-rate-limit-* headers come with every API answer either way")
+
+
+def parse_rate_limits(value: str) -> tuple[int, float]:
+    """``CALLS/SECONDS`` as ``--rate-limits`` takes it: the emulator's ``rate_limit`` and
+    ``rate_window``.
+
+    >>> parse_rate_limits("3/10")
+    (3, 10.0)
+    """
+    calls, _, seconds = value.partition("/")
+    try:
+        limit, window = int(calls), float(seconds)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--rate-limits takes CALLS/SECONDS, such as 75/900, not {value!r}") from None
+    if limit < 1 or not window > 0:
+        raise argparse.ArgumentTypeError("--rate-limits needs at least 1 call per a positive "
+                                         f"number of seconds, not {value!r}")
+    return limit, window
+
+
+def rate_limit_arguments(rate_limits: tuple[int, float] | None) -> dict[str, Any]:
+    """The :class:`XEmulator` arguments for ``--rate-limits`` (``None``: not given).
+
+    >>> rate_limit_arguments((3, 10.0))
+    {'enforce_rate_limits': True, 'rate_limit': 3, 'rate_window': 10.0}
+    """
+    if rate_limits is None:
+        return {}
+    return {"enforce_rate_limits": True, "rate_limit": rate_limits[0],
+            "rate_window": rate_limits[1]}
 
 
 def registered_redirect_uris(given: Sequence[str] | None,

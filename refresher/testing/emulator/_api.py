@@ -6,10 +6,12 @@ Every route here wants a live bearer token first (see :func:`with_bearer`), but 
 always-401 one. A token without the scopes a route needs gets X's 403 problem, its
 ``detail`` naming the missing scopes (see :func:`missing_scopes`).
 
-``/2/users/me`` counts calls per user and app in X's documented window, 75 per 15 minutes
-on the emulator's clock, and sends the ``x-rate-limit-limit``, ``-remaining`` and ``-reset``
-headers with every answer. Past the limit it answers X's 429 problem only with
-``enforce_rate_limits`` on (off by default, so that demos and load tests are not limited).
+Every call with a live token counts against its route's window, per user and app, as X
+counts: ``rate_limit`` calls per ``rate_window`` seconds on the emulator's clock (X's
+documented figure for ``/2/users/me``, 75 per 15 minutes, by default), and its answer
+carries the ``x-rate-limit-limit``, ``-remaining`` and ``-reset`` headers. Past the limit
+it answers X's 429 problem only with ``enforce_rate_limits`` on (off by default, so that
+demos and load tests are not limited).
 """
 
 from __future__ import annotations
@@ -43,9 +45,6 @@ _DUPLICATE_TWEET = "You are not allowed to create a Tweet with duplicate content
 _USERS_ME_SCOPES = frozenset({"tweet.read", "users.read"})
 # X's reference lists all three for POST /2/tweets, not only tweet.write.
 _CREATE_TWEET_SCOPES = frozenset({"tweet.read", "tweet.write", "users.read"})
-# X's documented limit of /2/users/me: 75 calls per 15 minutes per user (and app).
-_RATE_LIMIT = 75
-_RATE_WINDOW = 15 * 60.0
 _ECHO_TEXT_LIMIT = 64 * 1024
 
 _Side = TypeVar("_Side", bound=EmulatorState)
@@ -54,7 +53,9 @@ _Side = TypeVar("_Side", bound=EmulatorState)
 def with_bearer(
     handler: Callable[[_Side, Request, AccessRecord], Response],
 ) -> Callable[[_Side, Request], Response]:
-    """Answer 401 unless the request carries a live access token, else call ``handler``."""
+    """Answer 401 unless the request carries a live access token; else count the call
+    against its rate-limit window and call ``handler`` (or answer X's 429 past the limit,
+    when limits are enforced), the ``x-rate-limit-*`` headers on the answer either way."""
 
     @functools.wraps(handler)
     def guarded(endpoints: _Side, request: Request) -> Response:
@@ -62,7 +63,14 @@ def with_bearer(
         access = endpoints._live_access(token.strip()) if scheme.lower() == "bearer" else None
         if access is None:
             return unauthorized()
-        return handler(endpoints, request, access)
+        limited, headers = endpoints._count_call(access, f"{request.method} {request.path}")
+        if limited:
+            logger.debug("%s: rate limit reached for user %s", request.path, access.user_id)
+            response = problem(429, "Too Many Requests", "Too Many Requests")
+        else:
+            response = handler(endpoints, request, access)
+        response.headers.update(headers)
+        return response
 
     return guarded
 
@@ -76,9 +84,6 @@ def scope_refusal(access: AccessRecord, needed: frozenset[str]) -> Response | No
 class ApiEndpoints(EmulatorState):
     """``/2/users/me``, ``/2/tweets`` and the ``/2/emulator/`` diagnostic routes."""
 
-    #: Answer 429 past X's documented limit of ``/2/users/me`` (set by XEmulator).
-    enforce_rate_limits: bool
-
     @with_bearer
     def _users_me(self, request: Request, access: AccessRecord) -> Response:
         refused = scope_refusal(access, _USERS_ME_SCOPES)
@@ -86,36 +91,7 @@ class ApiEndpoints(EmulatorState):
             return refused
         with self._lock:
             user = dict(self._users[access.user_id])
-            limited, headers = self._count_against_limit(access)
-        if limited:
-            logger.debug("/2/users/me: rate limit reached for user %s", access.user_id)
-            response = problem(429, "Too Many Requests", "Too Many Requests")
-        else:
-            response = json_answer(200, {"data": user})
-        response.headers.update(headers)
-        return response
-
-    def _count_against_limit(self, access: AccessRecord) -> tuple[bool, dict[str, str]]:
-        """Count one ``/2/users/me`` call of this user and app in X's fixed 15-minute window
-        (read on the emulator's clock); the caller holds the lock.
-
-        Returns whether it is over the limit (only with ``enforce_rate_limits``: a limited
-        call is not counted) and the ``x-rate-limit-*`` headers X sends either way.
-        """
-        key = (access.client_id, access.user_id)
-        now = self._clock.time()
-        window_start, used = self._rate_windows.get(key, (now, 0))
-        if now >= window_start + _RATE_WINDOW:
-            window_start, used = now, 0
-        limited = self.enforce_rate_limits and used >= _RATE_LIMIT
-        if not limited:
-            used += 1
-        self._rate_windows[key] = (window_start, used)
-        return limited, {
-            "x-rate-limit-limit": str(_RATE_LIMIT),
-            "x-rate-limit-remaining": str(max(0, _RATE_LIMIT - used)),
-            "x-rate-limit-reset": str(int(window_start + _RATE_WINDOW)),
-        }
+        return json_answer(200, {"data": user})
 
     @with_bearer
     def _create_tweet(self, request: Request, access: AccessRecord) -> Response:

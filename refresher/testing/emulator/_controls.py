@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from refresher.testing.emulator._messages import JSON, Request, Response
@@ -98,8 +98,10 @@ class EmulatorControls(EmulatorState):
         status: int = 503,
         body: str | None = None,
         content_type: str = "application/json",
+        headers: Mapping[str, str] | None = None,
     ) -> None:
-        """Make the next ``times`` token requests answer ``status`` and ``body``.
+        """Make the next ``times`` token requests answer ``status``, ``body`` and
+        ``headers`` (a 429 or 503 with ``{"Retry-After": "30"}``, say).
 
         Nothing is spent or issued by those requests: a refresh token sent to a failing
         endpoint stays valid. ``body`` defaults to a JSON OAuth error.
@@ -111,7 +113,7 @@ class EmulatorControls(EmulatorState):
             description = f"Emulated failure of the token endpoint (HTTP {status})."
             body = json.dumps({"error": error, "error_description": description})
             content_type = JSON
-        fault = Response(status, body.encode(), content_type)
+        fault = Response(status, body.encode(), content_type, dict(headers or {}))
         with self._lock:
             self._faults.extend([fault] * times)
 

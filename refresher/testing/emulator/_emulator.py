@@ -40,12 +40,14 @@ class XEmulator(EmulatorControls, OAuthEndpoints, ApiEndpoints, MediaEndpoints):
 the request; ``answer_delay`` holds it back after (the refresh token is spent, the new pair
 issued, and the answer slow to arrive);
     ``token_trickle`` sends its headers at once and then its body one byte every that many
-    seconds (a server that never quite answers). ``enforce_rate_limits`` makes
-    ``/2/users/me`` answer X's 429 past its documented limit, 75 calls per 15 minutes per
-    user (the ``x-rate-limit-*`` headers are sent either way; off by default, so that demos
-    are not limited). ``access_ttl``, ``token_delay``, ``answer_delay``, ``token_trickle``,
-    ``auto_approve``, ``invalidate_access_on_refresh`` and ``enforce_rate_limits`` may be
-    changed while the emulator runs. ``/2/emulator/unauthorized`` answers 401 to every
+    seconds (a server that never quite answers). ``enforce_rate_limits`` makes every API
+    route answer X's 429 past ``rate_limit`` calls per ``rate_window`` seconds, per user
+    and app and route, as X counts (default X's documented limit of ``/2/users/me``, 75
+    per 15 minutes; the ``x-rate-limit-*`` headers are sent either way; off by default, so
+    that demos are not limited). ``access_ttl``, ``token_delay``, ``answer_delay``,
+    ``token_trickle``, ``auto_approve``, ``invalidate_access_on_refresh``,
+    ``enforce_rate_limits``, ``rate_limit`` and ``rate_window`` may be changed while the
+    emulator runs. ``/2/emulator/unauthorized`` answers 401 to every
     token, as X has been seen to do to valid ones. ``POST /2/media/upload`` takes X's
     chunked upload (INIT, APPEND, FINALIZE; see ``_media``), and :meth:`media_appends`
     shows the chunks it got.
@@ -81,6 +83,8 @@ issued, and the answer slow to arrive);
         token_trickle: float = 0.0,
         clock: Clock | None = None,
         enforce_rate_limits: bool = False,
+        rate_limit: int = 75,
+        rate_window: float = 15 * 60.0,
     ) -> None:
         super().__init__(clients=clients, users=users,
                          clock=SYSTEM_CLOCK if clock is None else clock)
@@ -92,6 +96,8 @@ issued, and the answer slow to arrive);
         self.answer_delay = answer_delay
         self.token_trickle = token_trickle
         self.enforce_rate_limits = enforce_rate_limits
+        self.rate_limit = rate_limit
+        self.rate_window = rate_window
         self._redirect_uris = list(redirect_uris) if redirect_uris is not None else None
         self._host = host
         self._port = port
@@ -211,6 +217,8 @@ issued, and the answer slow to arrive);
             self._counts.add("unauthorized")
         elif is_api and response.status == 403:
             self._counts.add("forbidden")
+        elif is_api and response.status == 429:
+            self._counts.add("rate_limited")
         return response
 
     def _token(self, request: Request) -> Response:

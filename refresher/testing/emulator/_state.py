@@ -10,6 +10,7 @@ from its one clock.
 from __future__ import annotations
 
 import base64
+import math
 import secrets
 import threading
 from collections.abc import Mapping
@@ -101,6 +102,10 @@ class EmulatorState:
 
     #: Seconds an access token lives, read at each issue (set by :class:`XEmulator`).
     access_ttl: float
+    #: Answer 429 past ``rate_limit`` calls per ``rate_window`` seconds (set by XEmulator).
+    enforce_rate_limits: bool
+    rate_limit: int
+    rate_window: float
 
     def __init__(
         self,
@@ -128,8 +133,8 @@ class EmulatorState:
         self._access: dict[str, AccessRecord] = {}
         self._refresh: dict[str, RefreshRecord] = {}
         self._tweets: dict[str, set[str]] = {}
-        # (client id, user id) -> (window start, calls in it)
-        self._rate_windows: dict[tuple[str, str], tuple[float, int]] = {}
+        # (client id, user id, method and path) -> (window start, calls in it)
+        self._rate_windows: dict[tuple[str, str, str], tuple[float, int]] = {}
         self._faults: list[Response] = []
         self._counts = Counters()
         self._next_tweet_id = 1_800_000_000_000_000_000
@@ -158,6 +163,32 @@ class EmulatorState:
             self._refresh[refresh_token] = RefreshRecord(client_id, user_id, scopes, access_token)
             payload["refresh_token"] = refresh_token
         return payload
+
+    def _count_call(self, access: AccessRecord, route: str) -> tuple[bool, dict[str, str]]:
+        """Count one API call of this user and app to ``route`` in its fixed window of
+        ``rate_window`` seconds (read on the emulator's clock), as X counts per user per
+        endpoint.
+
+        Returns whether it is over ``rate_limit`` (only with ``enforce_rate_limits``: a
+        limited call is not counted) and the ``x-rate-limit-*`` headers X sends either way
+        (the reset rounded up to a whole second: no client that waits for it is early).
+        """
+        key = (access.client_id, access.user_id, route)
+        limit, window = self.rate_limit, self.rate_window
+        with self._lock:
+            now = self._clock.time()
+            window_start, used = self._rate_windows.get(key, (now, 0))
+            if now >= window_start + window:
+                window_start, used = now, 0
+            limited = self.enforce_rate_limits and used >= limit
+            if not limited:
+                used += 1
+            self._rate_windows[key] = (window_start, used)
+        return limited, {
+            "x-rate-limit-limit": str(limit),
+            "x-rate-limit-remaining": str(max(0, limit - used)),
+            "x-rate-limit-reset": str(math.ceil(window_start + window)),
+        }
 
     def _live_access(self, token: str) -> AccessRecord | None:
         """The record of ``token`` if it is a known, unrevoked, unexpired access token."""

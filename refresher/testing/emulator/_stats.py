@@ -12,6 +12,7 @@ class EmulatorStats:
 
     ``reused_refresh_tokens`` is the one refresher exists to keep at zero: a refresh token
     sent again after a refresh already spent it, typically by two processes refreshing at once.
+    ``rate_limited`` counts the API's 429 answers (``enforce_rate_limits``).
     """
 
     token_requests: int = 0
@@ -23,6 +24,7 @@ class EmulatorStats:
     unauthorized: int = 0
     forbidden: int = 0
     revocations: int = 0
+    rate_limited: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """The counts as a plain dict, e.g. ``{"refreshes": 1, ...}``."""
