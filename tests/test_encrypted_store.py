@@ -400,13 +400,28 @@ def test_new_key_makes_a_fresh_32_byte_key_each_time() -> None:
     assert [len(key) for key in parse_keys([first, second])] == [32, 32]
 
 
+@pytest.fixture
+def in_process_cli() -> Iterator[Any]:
+    """``refresher.cli.main``, run in this process; the logging it configures (levels, a
+    handler on the refresher logger) undone afterwards, for the tests that follow."""
+    import logging
+
+    from refresher.cli import main
+
+    loggers = [logging.getLogger(name) for name in ("refresher", "refresher.settings")]
+    saved = [(logger.level, list(logger.handlers)) for logger in loggers]
+    yield main
+    for logger, (level, handlers) in zip(loggers, saved, strict=True):
+        logger.setLevel(level)
+        logger.handlers[:] = handlers
+
+
 def test_key_new_can_keep_the_key_in_the_os_keyring(os_keyring: _MemoryKeyring,
+                                                    in_process_cli: Any,
                                                     capsys: pytest.CaptureFixture[str],
                                                     tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from refresher.cli import main
-
-    assert main(["key", "new", "--keyring", "tokens"]) == 0
+    assert in_process_cli(["key", "new", "--keyring", "tokens"]) == 0
     out = capsys.readouterr().out
     assert out == "export REFRESHER_KEY=keyring:tokens\n"
     kept = os_keyring.get_password("refresher", "tokens") or ""
@@ -415,15 +430,14 @@ def test_key_new_can_keep_the_key_in_the_os_keyring(os_keyring: _MemoryKeyring,
     assert isinstance(open_store(tmp_path / "tokens.json"), EncryptedTokenStore)
 
 
-def test_key_new_without_a_keyring_backend_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+def test_key_new_without_a_keyring_backend_says_so(capsys: pytest.CaptureFixture[str],
+                                                   in_process_cli: Any) -> None:
     import keyring.backends.fail
-
-    from refresher.cli import main
 
     previous = keyring.get_keyring()
     keyring.set_keyring(keyring.backends.fail.Keyring())
     try:
-        assert main(["key", "new", "--keyring", "tokens"]) == 2
+        assert in_process_cli(["key", "new", "--keyring", "tokens"]) == 2
     finally:
         keyring.set_keyring(previous)
     captured = capsys.readouterr()
