@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -426,3 +428,42 @@ def test_one_process_makes_the_link_and_others_race_to_finish_it(
     assert all("no login under way has this state" in a["error"] for a in answers[1:])
     assert x_emulator.stats.exchanges == 1 and x_emulator.stats.token_requests == 1
     assert store.accounts() == ["alice"] and store.load(PENDING_LOGINS) is None
+
+
+# -- the README's recipe, as printed: /login in one process, /callback in another -----------
+
+def _readme_recipe() -> str:
+    readme = (Path(__file__).resolve().parent.parent / "README.rst").read_text()
+    start = readme.index("A web app with several workers\n---")
+    match = re.search(r"\.\. code-block:: python\n\n((?:(?: {4}.*)?\n)+)", readme[start:])
+    assert match
+    return textwrap.dedent(match.group(1)).strip("\n") + "\n"
+
+
+@pytest.mark.integration
+def test_the_readme_recipe_runs_as_printed_in_two_processes(x_emulator: XEmulator,
+                                                             tmp_path: Path) -> None:
+    pytest.importorskip("sqlalchemy")
+    (tmp_path / "web_login.py").write_text(_readme_recipe())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REFRESHER_")}
+    env.update(REFRESHER_CLIENT_ID=DEFAULT_CLIENT_ID, REFRESHER_REDIRECT_URI=REDIRECT_URI,
+               REFRESHER_AUTHORIZE_URL=x_emulator.authorize_url,
+               REFRESHER_TOKEN_URL=x_emulator.token_url, REFRESHER_API_URL=x_emulator.api_url)
+
+    def run(code: str, *args: str) -> str:
+        done = subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    url, cookie = json.loads(run("import json, web_login; cookie = {}; "
+                                 "print(json.dumps([web_login.login(cookie), cookie]))"))
+    callback = _back(url)
+    user_id = run("import json, sys, web_login; "
+                  "print(web_login.callback(sys.argv[1], json.loads(sys.argv[2])))",
+                  callback, json.dumps(cookie))
+    assert user_id == "1000000001\n"
+    store = refresher.open_store(f"sqlite:///{tmp_path / 'app.db'}")
+    assert store.accounts() == ["1000000001"] and store.load(PENDING_LOGINS) is None
+    store.close()
+    assert x_emulator.stats.exchanges == x_emulator.stats.token_requests == 1
