@@ -163,12 +163,16 @@ def test_two_workers_racing_on_one_callback_spend_its_code_once(
             worker.pending.store.close()
 
 
-@pytest.mark.parametrize("location", ["json"], indirect=True)
-def test_the_store_file_stays_private_and_holds_no_verifier_in_a_log(
+@pytest.mark.parametrize("location", STORES, indirect=True)
+def test_no_log_line_or_repr_shows_a_verifier_and_the_file_stays_private(
         location: str, store: TokenStore, x_emulator: XEmulator, all_logs: Any) -> None:
     flow = _flow(x_emulator, location)
     link = flow.authorization_url()
-    assert stat.S_IMODE(os.stat(location).st_mode) == 0o600
+    if "://" not in location:
+        assert stat.S_IMODE(os.stat(location).st_mode) == 0o600
+    with pytest.raises(LoginError) as refused:
+        flow.exchange(_back(_flow(x_emulator, None).authorization_url()))  # unknown state
+    assert link.code_verifier not in str(refused.value)
     flow.exchange(_back(link))
     shown = [repr(flow), repr(flow.pending), repr(link), str(all_logs.text)]
     shown += [r.getMessage() for r in all_logs.records]
