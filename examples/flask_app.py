@@ -2,16 +2,21 @@
 
 - ``/login`` makes a fresh PKCE link: the ``state`` goes into the user's signed session
   cookie (it binds the login to this browser), the ``code_verifier`` stays on the server,
-  keyed by the state (it is the PKCE secret: never send it to the browser).
-- ``/callback`` is where X sends the user back: the state is checked, the code exchanged,
-  ``/2/users/me`` says who logged in, and the token pair is saved in the token store
-  under the user's X id. The store then holds the live pair for good: any request (or
-  background job) that opens a session on that account gets a token that works.
+  in the app's database (``LoginFlow(pending=store)``; it is the PKCE secret: never send
+  it to the browser), so that any worker can take the callback.
+- ``/callback`` is where X sends the user back: the state is checked against the cookie,
+  the login under way taken from the database (once: a replayed or expired callback is
+  refused before any code is sent), the code exchanged, ``/2/users/me`` says who logged
+  in, and the token pair is saved in the token store under the user's X id. The store then
+  holds the live pair for good: any request (or background job) that opens a session on
+  that account gets a token that works.
 
 The users' tokens live in the app's database through ``refresher.SQLTokenStore`` (SQLite
 here, ``DATABASE_URL`` to change it; ``pip install 'refresher[sql]'``): one row per user,
 and a lease per user for refreshes, so every worker process (gunicorn -w 4) and background
-job shares them, and two users' refreshes never wait for each other.
+job shares them, and two users' refreshes never wait for each other. The logins under way
+live there too, under a name no account can take: one worker may serve ``/login`` and
+another the ``/callback``.
 - ``/`` calls X as the logged-in user; ``/logout`` forgets the user in this browser.
 
 Against X (register http://127.0.0.1:5000/callback as the app's callback URL)::
@@ -33,41 +38,11 @@ import os
 import secrets
 import sys
 import tempfile
-import threading
-import time
 
 import flask
 import requests
 
 import refresher
-
-
-class PendingLogins:
-    """state -> code_verifier for logins under way, kept on the server for ``ttl`` seconds.
-
-    In one process only: with several workers (gunicorn -w 4), keep these where all of
-    them can read it (Redis, your database), as you would any server-side session data.
-    """
-
-    def __init__(self, ttl: float = 600.0) -> None:
-        self.ttl = ttl
-        self._items: dict[str, tuple[str, float]] = {}
-        self._lock = threading.Lock()
-
-    def put(self, state: str, code_verifier: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            for old in [s for s, (_, born) in self._items.items() if now - born > self.ttl]:
-                del self._items[old]
-            self._items[state] = (code_verifier, now)
-
-    def pop(self, state: str) -> str | None:
-        """The verifier of ``state``, once; ``None`` if unknown, used or too old."""
-        with self._lock:
-            item = self._items.pop(state, None)
-        if item is None or time.monotonic() - item[1] > self.ttl:
-            return None
-        return item[0]
 
 
 def create_app(
@@ -100,17 +75,16 @@ def create_app(
         authorize_url=authorize_url,
         token_url=token_url,
         api_base_url=api_url,
+        pending=store,  # the logins under way, in the same database: every worker sees them
     )
-    pending = PendingLogins()
-    app.extensions["refresher"] = {"flow": flow, "store": store, "pending": pending}
+    app.extensions["refresher"] = {"flow": flow, "store": store}
 
     def page(body: str, status: int = 200) -> tuple[str, int]:
         return f"<!doctype html><title>X login demo</title>{body}", status
 
     @app.get("/login")
     def login() -> flask.Response:
-        link = flow.authorization_url()
-        pending.put(link.state, link.code_verifier)   # the verifier stays here
+        link = flow.authorization_url()                # its verifier stays in the database
         flask.session["login_state"] = link.state      # the state rides in the cookie
         return flask.redirect(link.url)
 
@@ -118,14 +92,14 @@ def create_app(
     def callback() -> object:
         state = flask.request.args.get("state", "")
         expected = flask.session.pop("login_state", "")
-        verifier = pending.pop(state)
-        if not expected or not hmac.compare_digest(state, expected) or verifier is None:
+        if not expected or not hmac.compare_digest(state, expected):
             return page("That login has expired or was started in another browser. "
                         '<a href="/login">Log in again</a>.', 400)
         try:
-            # Checks the state again, turns error=access_denied into LoginError,
-            # exchanges the code with the verifier.
-            token = flow.exchange(flask.request.url, state=state, code_verifier=verifier)
+            # Checks the state again, takes the login under way from the database (once;
+            # LoginError if unknown, used or expired), turns error=access_denied into
+            # LoginError, exchanges the code with the verifier.
+            token = flow.exchange(flask.request.url, state=expected)
             with flow.session(token) as probe:         # in memory, just to ask who it is
                 user = probe.me()
         except (refresher.LoginError, requests.RequestException) as exc:

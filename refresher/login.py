@@ -5,7 +5,9 @@ back to the callback URL with a code, and the code is exchanged (with the verifi
 an access token and a refresh token. :meth:`LoginFlow.run_local_server` does all of it
 for a script, a notebook or the ``refresher login`` command (the callback server is in
 :mod:`refresher.loopback`); a web app calls :meth:`LoginFlow.authorization_url` and
-:meth:`LoginFlow.exchange` from its own routes.
+:meth:`LoginFlow.exchange` from its own routes; with ``pending=store`` the flow keeps each
+link's state and verifier in that store (:mod:`refresher.pending_logins`), so any worker
+sharing it finishes the login. The link itself is made in :mod:`refresher.login_link`.
 
 :func:`open_session` is the other half, beside the session in :mod:`refresher.session`
 and importable from here too: a :class:`~refresher.RefreshingSession` for an account that
@@ -17,18 +19,13 @@ Nothing here logs, prints or repeats a token, a code verifier or a client secret
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 import logging
 import os
-import secrets
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, TextIO
-from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import requests
 
@@ -36,11 +33,13 @@ from ._constants import DEFAULT_DEADLINE, DEFAULT_SCOPES, DEFAULT_TIMEOUT
 from ._transport import require_secure_transport
 from .endpoint import TokenEndpoint
 from .errors import ConfigurationError, InsecureTransport, LoginError, RefreshError
+from .login_link import AuthorizationLink, checked_scopes, new_link
 from .loopback import DEFAULT_REDIRECT_URI, OpenBrowser, callback_params, wait_for_login
+from .pending_logins import DEFAULT_PENDING_TTL, PendingLogins
 from .revoke import revoke_pair
 from .session import RefreshingSession, open_session
 from .settings import default_store_location, resolve_setting
-from .stores import MemoryTokenStore, TokenStore
+from .stores import MemoryTokenStore, TokenStore, open_store
 from .token import Token, normalize_token
 
 __all__ = [
@@ -54,24 +53,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class AuthorizationLink:
-    """Where to send the user, and what :meth:`LoginFlow.exchange` needs when they return.
-
-    ``state`` and ``code_verifier`` are fresh for every link. Keep them on the server side
-    (the verifier is the PKCE secret: it never goes to the browser); ``repr`` leaves it out.
-
-    >>> link = LoginFlow("my-client-id").authorization_url()
-    >>> link.url.split("?")[1].startswith("response_type=code&client_id=my-client-id")
-    True
-    """
-
-    url: str
-    state: str
-    code_verifier: str = field(repr=False)
-    redirect_uri: str = DEFAULT_REDIRECT_URI
-
-
 class LoginFlow:
     """The OAuth 2.0 Authorization Code flow with PKCE, for one X app (client).
 
@@ -82,6 +63,13 @@ class LoginFlow:
     name; point it, and the other URLs, at :class:`refresher.testing.XEmulator` to log in
     offline). ``revoke_url`` is kept for whoever revokes the pair later (``refresher login``
     records it for ``refresher logout``).
+
+    ``pending`` (a :class:`~refresher.TokenStore`, or a path or URL as
+    :func:`~refresher.open_store` takes) keeps each link's state, verifier, redirect URI and
+    scopes for ``pending_ttl`` seconds (ten minutes), for one callback: any process sharing
+    that store (another web worker) then finishes the login with ``exchange(callback_url)``.
+    They live beside the accounts, under a name no account may take
+    (:mod:`refresher.pending_logins`).
 
     Settings not given come from the environment, as for the command line and
     :func:`open_session`: ``REFRESHER_CLIENT_ID``, ``REFRESHER_REDIRECT_URI``,
@@ -111,6 +99,8 @@ class LoginFlow:
         revoke_url: str | None = None,
         http_session: requests.Session | None = None,
         api_base_url: str | None = None,
+        pending: TokenStore | str | os.PathLike[str] | None = None,
+        pending_ttl: float = DEFAULT_PENDING_TTL,
     ) -> None:
         resolved_id = resolve_setting("client_id", client_id, {})
         if not resolved_id:
@@ -124,14 +114,7 @@ class LoginFlow:
         self.client_id = resolved_id
         self._client_secret = client_secret or None
         self.redirect_uri = resolve_setting("redirect_uri", redirect_uri, {}) or ""
-        self.scopes: tuple[str, ...] = tuple(
-            scopes.split() if isinstance(scopes, str) else scopes
-        )
-        if not self.scopes:
-            raise ConfigurationError(
-                "scopes must not be empty: ask for at least tweet.read users.read "
-                "offline.access (offline.access yields a refresh token)"
-            )
+        self.scopes: tuple[str, ...] = checked_scopes(scopes)
         self.authorize_url = resolve_setting("authorize_url", authorize_url, {}) or ""
         self.token_url = resolve_setting("token_url", token_url, {}) or ""
         self.api_url = (resolve_setting("api_url", api_url or api_base_url, {}) or "").rstrip("/")
@@ -144,6 +127,9 @@ class LoginFlow:
                 require_secure_transport(getattr(self, name))
             except InsecureTransport as exc:
                 raise InsecureTransport(f"{name}: {exc}") from None
+        #: Where the logins under way are kept (``None``: with the caller).
+        self.pending: PendingLogins | None = None if pending is None else PendingLogins(
+            pending if isinstance(pending, TokenStore) else open_store(pending), ttl=pending_ttl)
 
     @property
     def api_base_url(self) -> str:
@@ -166,39 +152,43 @@ class LoginFlow:
 
     # -- the two halves of the flow ------------------------------------------------------
 
-    def authorization_url(self, *, redirect_uri: str | None = None) -> AuthorizationLink:
+    def authorization_url(
+        self,
+        *,
+        redirect_uri: str | None = None,
+        scopes: str | Iterable[str] | None = None,
+        state: str | None = None,
+    ) -> AuthorizationLink:
         """A new link to X's authorize page: fresh ``state``, fresh PKCE (S256) verifier.
 
         ``redirect_uri`` overrides the flow's for this link (the same one must then reach
-        :meth:`exchange`; :class:`AuthorizationLink` carries it).
+        :meth:`exchange`; :class:`AuthorizationLink` carries it), ``scopes`` the flow's
+        scopes (more of them later, say). ``state`` is yours to choose (to carry a "return
+        to" page): 16 to 500 characters, unguessable, one per login; a shorter one is a
+        :class:`~refresher.ConfigurationError`. With ``pending=``, the link's login is kept
+        in that store until its callback.
 
         >>> link = LoginFlow("my-client-id").authorization_url()
         >>> "code_challenge_method=S256" in link.url
         True
         """
+        link = self._new_link(redirect_uri, scopes, state)
+        if self.pending is not None:
+            self.pending.put(link)
+        return link
+
+    def _new_link(self, redirect_uri: str | None, scopes: str | Iterable[str] | None = None,
+                  state: str | None = None) -> AuthorizationLink:
         require_secure_transport(self.authorize_url)
-        redirect = redirect_uri or self.redirect_uri
-        state = secrets.token_urlsafe(32)
-        verifier = secrets.token_urlsafe(64)  # 86 characters of [A-Za-z0-9_-] (RFC 7636: 43-128)
-        query = urlencode({
-            "response_type": "code",
-            "client_id": self.client_id,
-            "redirect_uri": redirect,
-            "scope": " ".join(self.scopes),
-            "state": state,
-            "code_challenge": _s256(verifier),
-            "code_challenge_method": "S256",
-        })
-        parts = urlsplit(self.authorize_url)
-        url = urlunsplit(parts._replace(query="&".join(filter(None, [parts.query, query]))))
-        return AuthorizationLink(url, state, verifier, redirect)
+        return new_link(self.authorize_url, self.client_id, redirect_uri or self.redirect_uri,
+                        self.scopes if scopes is None else checked_scopes(scopes), state)
 
     def exchange(
         self,
         callback_url: str,
         *,
-        state: str,
-        code_verifier: str,
+        state: str | None = None,
+        code_verifier: str | None = None,
         redirect_uri: str | None = None,
         timeout: float | None = None,
     ) -> Token:
@@ -211,6 +201,12 @@ class LoginFlow:
         the token, with ``expires_at``: a :class:`~refresher.Token`, a dict whose ``repr``
         shows fingerprints instead of the tokens.
 
+        With ``pending=``, leave ``code_verifier`` out: the login of the callback's state is
+        taken from the store (once: an unknown, expired or used state is a
+        :class:`~refresher.LoginError`, and no code is sent). Give ``state`` still where you
+        kept it with the browser (a session cookie): a callback for another browser's login
+        is then refused (login CSRF).
+
         ``timeout`` bounds the whole exchange in seconds, retries included (default: the
         token endpoint's own bounds, 10 s an answer and 15 s in all); a
         :class:`~refresher.LoginError` says when it ran out.
@@ -220,11 +216,13 @@ class LoginFlow:
         """
         params = callback_params(callback_url)
         returned = params.get("state", "")
-        if not returned or not hmac.compare_digest(returned.encode(), state.encode()):
+        expected = state if state is not None else returned
+        if not returned or not hmac.compare_digest(returned.encode(), expected.encode()):
             raise LoginError(
                 "the callback's state does not match this login (a stale browser tab, a "
                 "second login, or a forged request); start the login again"
             )
+        verifier, redirect = self._login_of(returned, state, code_verifier, redirect_uri)
         error = params.get("error")
         if error:
             description = params.get("error_description", "")[:200]
@@ -250,7 +248,7 @@ class LoginFlow:
         started = time.monotonic()
         try:
             token = endpoint.exchange(
-                code, redirect_uri=redirect_uri or self.redirect_uri, code_verifier=code_verifier
+                code, redirect_uri=redirect, code_verifier=verifier
             )
         except RefreshError as exc:
             if exc.response is None and time.monotonic() - started >= budget - 0.25:
@@ -273,6 +271,18 @@ class LoginFlow:
                         token.get("scope", ""))
         log.info("logged in: client %s, scopes %s", self.client_id, token.get("scope", ""))
         return Token(token)  # a dict whose repr shows fingerprints: a notebook displays it
+
+    def _login_of(self, returned_state: str, state: str | None, code_verifier: str | None,
+                  redirect_uri: str | None) -> tuple[str, str]:
+        """The callback's verifier and redirect URI: as given, or taken from ``pending``
+        (once, before any code is sent: a LoginError there spends none)."""
+        if code_verifier is not None and state is not None:
+            return code_verifier, redirect_uri or self.redirect_uri
+        if code_verifier is None and self.pending is not None:
+            login = self.pending.take(returned_state)
+            return login.code_verifier, redirect_uri or login.redirect_uri
+        raise ConfigurationError("exchange needs the link's state= and code_verifier=; with "
+                                 "LoginFlow(..., pending=store), which keeps them, neither")
 
     # -- the whole flow on this machine --------------------------------------------------
 
@@ -316,7 +326,7 @@ class LoginFlow:
         """
 
         def begin(redirect_uri: str) -> tuple[str, Callable[[str, float], Token]]:
-            link = self.authorization_url(redirect_uri=redirect_uri)
+            link = self._new_link(redirect_uri)  # its state and verifier stay right here
 
             def exchange(callback_url: str, seconds_left: float) -> Token:
                 return self.exchange(callback_url, state=link.state,
@@ -391,11 +401,6 @@ class LoginFlow:
 
 
 # -- plumbing --------------------------------------------------------------------------------
-
-
-def _s256(verifier: str) -> str:
-    digest = hashlib.sha256(verifier.encode("ascii")).digest()
-    return base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
 
 
 def _issued_at(token: Mapping[str, Any]) -> float | None:

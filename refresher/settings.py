@@ -26,6 +26,7 @@ from .errors import ConfigurationError, ReauthorizationRequired
 from .keys import KEY_VARIABLE
 from .loopback import DEFAULT_REDIRECT_URI
 from .stores import TokenStore, open_store
+from .stores.reserved import accounts_only, check_account_name
 
 log = logging.getLogger(__name__)
 
@@ -142,13 +143,15 @@ def wanted_account(explicit: str | None = None) -> str | None:
 
     An empty (or blank) ``REFRESHER_ACCOUNT`` counts as unset, as shells make
     ``VAR= command`` the usual way to clear a variable for one command; an empty
-    ``explicit`` means "not chosen" too.
+    ``explicit`` means "not chosen" too. A name refresher keeps for itself (``refresher:``,
+    see :mod:`refresher.stores.reserved`) is a :class:`~refresher.ConfigurationError`.
 
     >>> wanted_account("alice")
     'alice'
     """
     from_env = os.environ.get(ENVIRONMENT["account"]) or ""
-    return explicit or (from_env if from_env.strip() else None)
+    wanted = explicit or (from_env if from_env.strip() else None)
+    return None if wanted is None else check_account_name(wanted)
 
 
 def choose_account(store: TokenStore, wanted: str | None = None) -> str:
@@ -166,7 +169,7 @@ def choose_account(store: TokenStore, wanted: str | None = None) -> str:
     'alice'
     """
     name = wanted_account(wanted)
-    accounts = store.accounts()
+    accounts = accounts_only(store.accounts())  # a store of your own may list its logins
     where = describe_store(store)
     if name:
         if name not in accounts:

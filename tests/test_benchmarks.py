@@ -293,3 +293,16 @@ def test_encryption_prints_plain_and_encrypted_for_each_store() -> None:
         ("memory", "load"), ("memory", "save"), ("json file", "load"), ("json file", "save")}
     for row in rows:
         assert row["plain us"] > 0 and row["encrypted us"] > 0 and row["x"] > 0
+
+
+def test_many_users_measures_each_client_in_its_own_process() -> None:
+    out = _run("many_users.py", "--users", "20", "--json", timeout=300).stdout
+    document = json.loads(out)
+    rows = {row["client"]: row for row in document["rows"]}
+    assert set(rows) == {"refresher", "authlib", "requests-oauthlib"}
+    mine = rows["refresher"]
+    assert mine["refreshes"] == 20 and mine["threads"] <= 1 + 4 + 8  # bounded pools
+    assert mine["RSS MB"] is not None and mine["fds"] >= 20  # a connection per user
+    assert not [n for n in document["notes"] if "only" in n]  # every request answered 200
+    if rows["authlib"]["RSS MB"] is None:  # not installed: skipped, and said why
+        assert any(note.startswith("authlib skipped:") for note in document["notes"])

@@ -18,6 +18,7 @@ from test_readme_story import bash, readme_block
 
 from refresher import EncryptedTokenStore, JSONTokenStore, new_key, open_store
 from refresher.keys import key_id, parse_keys
+from refresher.pending_logins import PENDING_LOGINS
 from refresher.stores.sealed import is_sealed
 
 pytestmark = pytest.mark.integration  # runs the command, spawns workers
@@ -85,6 +86,8 @@ def test_key_rotate_re_encrypts_every_account_under_the_first_key(cli: CLI) -> N
             under_old.save(name, dict(token, access_token=f"AT-{name}"))
     with plain.lock("carol"):
         plain.save("carol", dict(token, access_token="AT-carol"))  # from before the key
+    with under_old.lock(PENDING_LOGINS):  # LoginFlow(pending=...)'s logins under way
+        under_old.save(PENDING_LOGINS, {"logins": {}})
 
     env = dict(cli.env, REFRESHER_STORE=str(cli.store))
     assert cli.run("key", "rotate", env=env).returncode == 2  # which key? none set
@@ -94,10 +97,12 @@ def test_key_rotate_re_encrypts_every_account_under_the_first_key(cli: CLI) -> N
     assert f"Re-encrypted 3 accounts of {cli.store} under key {new_id} (0 already were)." \
         in done.stdout
     assert "the old keys can be dropped" in done.stdout
+    assert "Re-encrypted the logins under way" in done.stdout
     only_new = open_store(cli.store, key=new)
     assert [(only_new.load(n) or {}).get("access_token") for n in ("alice", "bob", "carol")] \
         == ["AT-alice", "AT-bob", "AT-carol"]
     assert isinstance(only_new, EncryptedTokenStore)
+    assert only_new.load(PENDING_LOGINS) == {"logins": {}}
     _no_token_in(cli.store, only_new)
     again = cli.run("key", "rotate", env=dict(env, REFRESHER_KEY=new))
     assert "Re-encrypted 0 accounts" in again.stdout and "(3 already were)" in again.stdout

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import ModuleType
@@ -14,6 +18,7 @@ import requests
 
 from refresher import SQLTokenStore
 from refresher.testing import DEFAULT_CLIENT_ID, XEmulator
+from refresher.testing.net import free_port
 
 pytest.importorskip("flask")
 
@@ -151,3 +156,83 @@ def test_the_users_tokens_live_in_the_apps_sqlite_database(tmp_path, monkeypatch
     assert rows == [("1000000001", 1)]
     assert "Hello @emulated_user" in client.get("/").get_data(as_text=True)
     store.close()
+
+
+# -- two worker processes: one serves /login, the other /callback --------------------------
+
+WORKER = r'''
+import importlib.util, json, sys
+import refresher
+
+config = json.loads(sys.argv[1])
+spec = importlib.util.spec_from_file_location("flask_app_example", config["example"])
+example = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(example)
+app = example.create_app(client_id=config["client_id"], redirect_uri=config["redirect_uri"],
+                         store=refresher.SQLTokenStore(config["database"]),
+                         authorize_url=config["authorize_url"], token_url=config["token_url"],
+                         api_url=config["api_url"], secret_key="shared-by-the-workers")
+app.run(host="127.0.0.1", port=config["port"])
+'''
+
+
+class Worker:
+    """The example app served by a process of its own (as gunicorn -w 2 would run it)."""
+
+    def __init__(self, config: dict[str, object], port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("REFRESHER_", "X_"))}
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", WORKER, json.dumps({**config, "port": port})], env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.process.communicate()[1]
+            try:
+                requests.get(self.url + "/", timeout=5)
+                return
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        raise AssertionError(f"the worker at {self.url} never answered")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.communicate(timeout=30)
+
+
+@pytest.mark.integration
+def test_one_worker_serves_login_and_another_the_callback(x_emulator, tmp_path):
+    database = f"sqlite:///{tmp_path / 'web-tokens.db'}"
+    first, second = free_port(), free_port()
+    config = {"example": str(Path(__file__).resolve().parent.parent / "examples"
+                             / "flask_app.py"),
+              "client_id": DEFAULT_CLIENT_ID, "database": database,
+              "redirect_uri": f"http://127.0.0.1:{second}/callback",
+              "authorize_url": x_emulator.authorize_url, "token_url": x_emulator.token_url,
+              "api_url": x_emulator.api_url}
+    workers = [Worker(config, first), Worker(config, second)]
+    try:
+        for worker in workers:
+            worker.wait_ready()
+        browser = requests.Session()
+        login = browser.get(workers[0].url + "/login", allow_redirects=False, timeout=10)
+        assert login.status_code == 302
+        back = browser.get(login.headers["Location"], allow_redirects=False, timeout=10)
+        callback = back.headers["Location"]
+        assert callback.startswith(workers[1].url + "/callback?")   # the other worker
+        done = browser.get(callback, allow_redirects=False, timeout=10)
+        assert done.status_code == 302 and done.headers["Location"] == "/", done.text
+        for worker in workers:                      # logged in, whichever worker answers
+            assert "Hello @emulated_user" in browser.get(worker.url + "/", timeout=10).text
+        replay = browser.get(callback, allow_redirects=False, timeout=10)
+        assert replay.status_code == 400            # the login was spent
+    finally:
+        for worker in workers:
+            worker.stop()
+    store = SQLTokenStore(database)
+    assert store.accounts() == ["1000000001"]        # saved, and no login left under way
+    assert store.load("refresher:pending-logins") is None
+    store.close()
+    assert x_emulator.stats.exchanges == x_emulator.stats.token_requests == 1

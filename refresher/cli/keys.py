@@ -3,8 +3,8 @@
 ``key new`` prints a new key as the ``export REFRESHER_KEY=...`` line to run (the key itself
 is the point there; with ``--keyring NAME`` it goes into the OS keyring instead, and the
 line names it). ``key rotate`` saves every account of the store again under the first key
-of ``REFRESHER_KEY`` (tokens in the clear are encrypted), each under its lock, so that the
-old keys can then be dropped. Neither ever prints a token.
+of ``REFRESHER_KEY`` (tokens in the clear are encrypted), and the logins under way, each
+under its lock, so that the old keys can then be dropped. Neither ever prints a token.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import time
 
 from ..errors import RefresherError
 from ..keys import KEY_VARIABLE, KEYRING_PREFIX, keys_from_environment, new_key, save_in_keyring
+from ..pending_logins import PENDING_LOGINS
 from ..settings import describe_store
 from ..shutdown import check_not_stopping
 from ..stores.encrypted import EncryptedTokenStore
@@ -59,6 +60,10 @@ def run_key_rotate(args: argparse.Namespace) -> int:
     current = store.key_ids[0]
     done, unchanged, failed = 0, 0, []
     last = time.monotonic()
+    # The logins under way (LoginFlow(pending=store)) sit in a token slot too: left under an
+    # old key, they would fail every login once that key is dropped.
+    if store.reencrypt(PENDING_LOGINS, timeout=LOCK_TIMEOUT):
+        print("Re-encrypted the logins under way (LoginFlow(pending=...)).")
     for index, name in enumerate(names, 1):
         check_not_stopping()  # SIGTERM: stop between accounts, each one saved or not
         try:

@@ -10,7 +10,9 @@ import argparse
 
 from .. import __version__
 from .._constants import DEFAULT_SCOPES
+from ..errors import ConfigurationError
 from ..loopback import DEFAULT_REDIRECT_URI
+from ..stores.reserved import check_account_name
 from .accounts import run_logout, run_refresh, run_status
 from .keys import run_key_new, run_key_rotate
 from .login import run_login
@@ -243,7 +245,10 @@ def _account_name(text: str) -> str:
             "must not be empty: name an account, or leave --account out to use "
             "$REFRESHER_ACCOUNT or the store's only account"
         )
-    return text
+    try:
+        return check_account_name(text)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _rate_limits(value: str) -> tuple[int, float]:

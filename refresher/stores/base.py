@@ -16,6 +16,7 @@ from .._fork import register
 from ..errors import LockTimeout, StaleTokenError
 from ..refusal import NEEDS_LOGIN, Refusal, record_refusal, refusals_of, without_refusals
 from ..token import Token
+from .reserved import accounts_only
 
 __all__ = ["TokenStore", "MemoryTokenStore", "Versioned", "NEEDS_LOGIN", "content_version"]
 
@@ -142,7 +143,11 @@ class TokenStore(abc.ABC):
 
     @abc.abstractmethod
     def accounts(self) -> list[str]:
-        """The names of the accounts that have a token, sorted."""
+        """The names of the accounts that have a token, sorted.
+
+        Names starting with ``refresher:`` are refresher's own entries, not accounts (see
+        :mod:`refresher.stores.reserved`): the built-in stores leave them out, and so should
+        yours (refresher leaves them out of what it lists either way)."""
 
     @abc.abstractmethod
     def lock(self, account: str, timeout: float | None = None) -> Any:
@@ -266,7 +271,7 @@ class MemoryTokenStore(TokenStore):
 
     def accounts(self) -> list[str]:
         with self._guard:
-            return sorted(self._tokens)
+            return sorted(accounts_only(self._tokens))
 
     def load_metadata(self, account: str) -> dict[str, Any]:
         with self._guard:

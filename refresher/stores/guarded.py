@@ -26,6 +26,7 @@ from ..refusal import Refusal, binding
 from ..shutdown import in_flight
 from ..token import Token
 from .base import TokenStore, Versioned
+from .reserved import check_account_name
 from .sealed import refuse_sealed
 
 __all__ = ["GuardedAccount"]
@@ -43,7 +44,7 @@ class GuardedAccount:
     def __init__(self, store: TokenStore, account: str, *,
                  sender: tuple[str | None, str | None] = (None, None)) -> None:
         self.store = store
-        self.account = account
+        self.account = check_account_name(account)  # every front end comes through here
         self.thread_lock = threading.Lock()
         self.sender = sender
         self._refusals: list[Refusal] = []  # as read by the last check_refusals

@@ -28,6 +28,7 @@ from .jsonfile_lock import (
     held,
     os_lock,
 )
+from .reserved import is_reserved
 
 __all__ = ["JSONTokenStore"]
 
@@ -194,7 +195,8 @@ class JSONTokenStore(TokenStore):
 
     def accounts(self) -> list[str]:
         return sorted(
-            name for name, entry in self._read()["accounts"].items() if "token" in entry
+            name for name, entry in self._read()["accounts"].items()
+            if "token" in entry and not is_reserved(name)
         )
 
     def load_metadata(self, account: str) -> dict[str, Any]:

@@ -53,6 +53,7 @@ from .redis_connection import (
     open_client,
     server_failure,
 )
+from .reserved import accounts_only
 
 if TYPE_CHECKING:
     import redis as redis_py
@@ -241,9 +242,9 @@ class RedisTokenStore(TokenStore):
             for key in keys:
                 pipe.hexists(key, "token")
             found = pipe.execute(raise_on_error=False)
-        return sorted(
+        return sorted(accounts_only(
             key[len(self.prefix):] for key, has in zip(keys, found, strict=True) if has is True
-        )
+        ))
 
     def load_metadata(self, account: str) -> dict[str, Any]:
         key = self._key(account)

@@ -47,6 +47,7 @@ from ..errors import StaleTokenError, TokenStoreError
 from ..policy import checked_lock_ttl
 from ..token import Token
 from .base import TokenStore, Versioned
+from .reserved import accounts_only
 from .sql_connection import Database, import_sqlalchemy
 from .sql_lease import Leases
 
@@ -244,7 +245,7 @@ class SQLTokenStore(TokenStore):
         self._ensure_table()
         with self._db.begin("list accounts") as connection:
             names = connection.execute(self._select_accounts).scalars().all()
-        return sorted(str(name) for name in names)
+        return sorted(accounts_only(str(name) for name in names))
 
     def load_metadata(self, account: str) -> dict[str, Any]:
         """The account's metadata, with ``updated_at`` (epoch seconds of the last token
