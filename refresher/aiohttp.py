@@ -77,7 +77,8 @@ class RefreshingMiddleware(RefreshingFrontEnd):
         if _redirected_away(request):
             request.headers.pop("Authorization", None)
             return _noted(request, await handler(request), away=True)
-        require_secure_transport(str(request.url))
+        if request.url.scheme != "https":  # https is always fine: no string made for it
+            require_secure_transport(str(request.url))
         response: aiohttp.ClientResponse | None = None
         clock = self.coordinator.clock
         steps = Steps(request_rule(self.coordinator, self.policy.refresh_status_codes,
@@ -89,11 +90,13 @@ class RefreshingMiddleware(RefreshingFrontEnd):
                 if step.replay:
                     assert response is not None
                     response.release()
-                if step.token is not None:
-                    request.headers["Authorization"] = f"Bearer {step.token['access_token']}"
+                if step.token is not None:  # the hop carries what it is given: this token
+                    carried: str | None = step.token["access_token"]
+                    request.headers["Authorization"] = f"Bearer {carried}"
+                else:
+                    carried = bearer_token(request.headers.get("Authorization"))
                 response = _noted(request, await handler(request), away=False)
-                steps.answer(Answer(response.status,
-                                    bearer_token(request.headers.get("Authorization"))))
+                steps.answer(Answer(response.status, carried))
             elif isinstance(step, Describe):
                 assert response is not None
                 retry_after = (asked_wait(response.headers, clock.time())

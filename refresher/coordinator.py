@@ -20,6 +20,7 @@ Words (spend, adopt, sibling, brake, write back, lease, fencing): see ``docs/glo
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -78,6 +79,7 @@ class RefreshCoordinator:
         self.on_refresh_start = on_refresh_start
         policy.check_lock_ttl(store, endpoint.deadline)
         self._token: Token | None = None
+        self._fresh_until = -math.inf  # see _set
         # A pair we were granted but could not save (store down, or it came after its
         # caller gave up): written back first thing.
         self._write_back = WriteBack(
@@ -158,7 +160,7 @@ class RefreshCoordinator:
         if token is None or not token.get("access_token") or self._write_back.waiting:
             return None
         now = self.clock.time()
-        if self.policy.state(token, now) is TokenState.FRESH:
+        if now < self._fresh_until:  # FRESH, as policy.state says, decided when it was set
             return token
         if refresh_under_way and not self.policy.waits_for_refresh(token, now):
             return token
@@ -338,6 +340,9 @@ class RefreshCoordinator:
         access = token.get("access_token")
         if access:
             self._judge.record(access, refreshed_here=fresh)
+        # Until when (wall clock) the token is FRESH: the hot path compares one number.
+        left = seconds_left(token, now=0.0)
+        self._fresh_until = math.inf if left is None else left - self.policy.leeway_for(token)
 
     # -- the end ---------------------------------------------------------------------------
 

@@ -61,7 +61,8 @@ class RefreshingAuth(RefreshingFrontEnd, httpx.Auth):
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request,
                                                                    httpx.Response, None]:
         coordinator = self.coordinator
-        require_secure_transport(str(request.url))
+        if request.url.scheme != "https":  # https is always fine: no string made for it
+            require_secure_transport(str(request.url))
         response: httpx.Response | None = None
         steps = Steps(request_rule(coordinator, self.policy.refresh_status_codes,
                                    max_rate_limit_wait=self.policy.longest_rate_limit_wait))
@@ -85,7 +86,8 @@ class RefreshingAuth(RefreshingFrontEnd, httpx.Auth):
 
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request,
                                                                                 httpx.Response]:
-        require_secure_transport(str(request.url))
+        if request.url.scheme != "https":  # https is always fine: no string made for it
+            require_secure_transport(str(request.url))
         response: httpx.Response | None = None
         clock = self.coordinator.clock
         steps = Steps(request_rule(self.coordinator, self.policy.refresh_status_codes,
