@@ -45,6 +45,7 @@ from .clock import SYSTEM_CLOCK, Clock
 from .errors import ConfigurationError, LoginError
 from .login_link import AuthorizationLink
 from .stores.base import TokenStore
+from .stores.sealed import refuse_sealed
 
 __all__ = ["PendingLogin", "PendingLogins", "PENDING_LOGINS", "DEFAULT_PENDING_TTL",
            "MAX_PENDING_LOGINS"]
@@ -148,6 +149,8 @@ class PendingLogins:
         written back (without the expired, except ``keep_expired``) when the block ends."""
         with self.store.lock(PENDING_LOGINS, timeout=_LOCK_TIMEOUT):
             stored = self.store.load(PENDING_LOGINS) or {}
+            # Encrypted by a worker with the key: never read as "none", nor written over.
+            refuse_sealed(stored, PENDING_LOGINS, repr(self.store))
             logins = stored.get("logins")
             logins = dict(logins) if isinstance(logins, dict) else {}
             before = dict(logins)

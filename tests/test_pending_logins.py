@@ -471,3 +471,24 @@ def test_the_readme_recipe_runs_as_printed_in_two_processes(x_emulator: XEmulato
     assert store.accounts() == ["1000000001"] and store.load(PENDING_LOGINS) is None
     store.close()
     assert x_emulator.stats.exchanges == x_emulator.stats.token_requests == 1
+
+
+def test_a_worker_without_the_key_refuses_encrypted_pending_logins(x_emulator: XEmulator,
+                                                                   tmp_path: Any) -> None:
+    """One worker keeps pending logins encrypted; a worker whose store has no key is told a
+    key is missing, and neither reads them as none nor writes over them."""
+    pytest.importorskip("cryptography")
+    location = str(tmp_path / "tokens.json")
+    key = refresher.new_key()
+    keyed = refresher.open_store(location, key=key)
+    link = _flow(x_emulator, keyed).authorization_url()
+    before = (tmp_path / "tokens.json").read_bytes()
+    keyless = _flow(x_emulator, refresher.open_store(location))
+    with pytest.raises(refresher.EncryptionKeyError, match="no key was given"):
+        keyless.authorization_url()
+    with pytest.raises(refresher.EncryptionKeyError):
+        keyless.exchange(_back(link))
+    assert (tmp_path / "tokens.json").read_bytes() == before
+    assert x_emulator.stats.exchanges == 0
+    token = _flow(x_emulator, keyed).exchange(_back(link))  # the keyed worker finishes it
+    assert token["refresh_token"] and x_emulator.stats.exchanges == 1
