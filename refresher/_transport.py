@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import os
+from typing import Any
 from urllib.parse import urlsplit
 
 from urllib3.exceptions import LocationParseError
@@ -12,7 +13,8 @@ from urllib3.util import parse_url
 
 from .errors import InsecureTransport
 
-__all__ = ["is_allowed_transport", "is_loopback_host", "require_secure_transport"]
+__all__ = ["OriginCheck", "is_allowed_transport", "is_loopback_host",
+           "require_secure_transport"]
 
 
 def is_allowed_transport(url: str) -> bool:
@@ -68,3 +70,28 @@ def require_secure_transport(url: str) -> None:
 def _origin(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.hostname}"
+
+
+class OriginCheck:
+    """:func:`require_secure_transport` for the URL objects of httpx and aiohttp, on every
+    request: https passes at once; any other origin is checked in full once, and when it
+    passed on its own merits (not because ``OAUTHLIB_INSECURE_TRANSPORT`` is set) its
+    scheme, host and port are remembered (at most 64), so a loopback server costs no
+    string and no parse per request."""
+
+    __slots__ = ("_passed",)
+
+    def __init__(self) -> None:
+        self._passed: set[tuple[str, Any, Any]] = set()
+
+    def __call__(self, url: Any) -> None:
+        scheme = url.scheme
+        if scheme == "https":
+            return
+        key = (scheme, url.host, url.port)
+        if key in self._passed:
+            return
+        require_secure_transport(str(url))
+        if not os.environ.get("OAUTHLIB_INSECURE_TRANSPORT") and len(self._passed) < 64:
+            self._passed.add(key)
+

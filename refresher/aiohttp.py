@@ -31,7 +31,6 @@ if not hasattr(aiohttp, "ClientMiddlewareType"):
                       f"not {aiohttp.__version__}: pip install 'refresher[aiohttp]'")
 
 from ._retry_after import asked_wait
-from ._transport import require_secure_transport
 from .flow import Answer, Describe, Facts, Send, Steps, TokenNeeded, Wait, request_rule
 from .frontend import RefreshingFrontEnd
 from .wire import bearer_token, problem_type
@@ -77,8 +76,7 @@ class RefreshingMiddleware(RefreshingFrontEnd):
         if _redirected_away(request):
             request.headers.pop("Authorization", None)
             return _noted(request, await handler(request), away=True)
-        if request.url.scheme != "https":  # https is always fine: no string made for it
-            require_secure_transport(str(request.url))
+        self._origin_check(request.url)
         response: aiohttp.ClientResponse | None = None
         clock = self.coordinator.clock
         steps = Steps(request_rule(self.coordinator, self.policy.refresh_status_codes,

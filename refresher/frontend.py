@@ -26,7 +26,7 @@ import requests
 
 from ._constants import X_API_URL, X_TOKEN_URL
 from ._fork import register
-from ._transport import require_secure_transport
+from ._transport import OriginCheck, require_secure_transport
 from .clock import Clock
 from .coordinator import RefreshCoordinator
 from .endpoint import TokenEndpoint
@@ -320,6 +320,7 @@ class RefreshingFrontEnd:
         self.account = account
         self.api_url = self.options.resolved_api_url()
         self.tokens = AsyncTokens(self.coordinator, hooks)
+        self._origin_check = OriginCheck()  # plain http only to this machine, per request
 
     @classmethod
     def open(cls: type[_F], account: str | None = None, *,

@@ -24,7 +24,6 @@ except ImportError as exc:  # an optional dependency: say how to get it
     raise ImportError("refresher.httpx needs httpx: pip install 'refresher[httpx]'") from exc
 
 from ._retry_after import asked_wait
-from ._transport import require_secure_transport
 from .clock import Clock
 from .flow import Answer, Describe, Facts, Send, Steps, TokenNeeded, Wait, request_rule
 from .frontend import RefreshingFrontEnd
@@ -61,8 +60,7 @@ class RefreshingAuth(RefreshingFrontEnd, httpx.Auth):
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request,
                                                                    httpx.Response, None]:
         coordinator = self.coordinator
-        if request.url.scheme != "https":  # https is always fine: no string made for it
-            require_secure_transport(str(request.url))
+        self._origin_check(request.url)
         response: httpx.Response | None = None
         steps = Steps(request_rule(coordinator, self.policy.refresh_status_codes,
                                    max_rate_limit_wait=self.policy.longest_rate_limit_wait))
@@ -86,8 +84,7 @@ class RefreshingAuth(RefreshingFrontEnd, httpx.Auth):
 
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request,
                                                                                 httpx.Response]:
-        if request.url.scheme != "https":  # https is always fine: no string made for it
-            require_secure_transport(str(request.url))
+        self._origin_check(request.url)
         response: httpx.Response | None = None
         clock = self.coordinator.clock
         steps = Steps(request_rule(self.coordinator, self.policy.refresh_status_codes,

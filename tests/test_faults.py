@@ -380,3 +380,27 @@ def test_plain_http_is_allowed_to_this_machine_only(url, allowed, monkeypatch) -
 
     monkeypatch.delenv("OAUTHLIB_INSECURE_TRANSPORT", raising=False)
     assert is_allowed_transport(url) is allowed
+
+
+def test_the_per_request_origin_check_remembers_only_what_passed_on_its_own(monkeypatch):
+    """OriginCheck (httpx and aiohttp, every request): https passes; a loopback http
+    origin is checked once; another host is refused every time; an origin let through only
+    by OAUTHLIB_INSECURE_TRANSPORT is not remembered once the variable is gone."""
+    from yarl import URL
+
+    from refresher import InsecureTransport
+    from refresher._transport import OriginCheck
+
+    monkeypatch.delenv("OAUTHLIB_INSECURE_TRANSPORT", raising=False)
+    check = OriginCheck()
+    check(URL("https://api.x.com/2/users/me"))
+    check(URL("http://127.0.0.1:8080/2/users/me"))
+    check(URL("http://127.0.0.1:8080/2/tweets"))  # remembered: same origin
+    for _ in range(2):
+        with pytest.raises(InsecureTransport):
+            check(URL("http://api.example.com/2/users/me"))
+    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
+    check(URL("http://api.example.com/2/users/me"))  # allowed by the variable, not kept
+    monkeypatch.delenv("OAUTHLIB_INSECURE_TRANSPORT")
+    with pytest.raises(InsecureTransport):
+        check(URL("http://api.example.com/2/users/me"))
