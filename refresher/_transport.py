@@ -25,9 +25,9 @@ def is_allowed_transport(url: str) -> bool:
     the machine. Runs on every request: https is decided without parsing, and the verdict
     for any other origin is cached.
     """
-    if os.environ.get("OAUTHLIB_INSECURE_TRANSPORT"):
-        return True
     if url[:8].lower() == "https://":
+        return True  # before the environment: os.environ.get costs more than this test
+    if os.environ.get("OAUTHLIB_INSECURE_TRANSPORT"):
         return True
     scheme, _, rest = url.partition("://")
     origin = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]

@@ -28,7 +28,7 @@ from requests.utils import rewind_body
 
 from ._retry_after import asked_wait
 from .coordinator import RefreshCoordinator
-from .flow import Answer, Describe, Facts, Send, Steps, TokenNeeded, Wait, request_rule
+from .flow import Answer, Describe, Facts, Send, Steps, TokenNeeded, Wait, request_rule, settled
 from .token import Token
 from .wire import bearer_token, problem_type
 
@@ -113,10 +113,32 @@ class RefreshingAdapter(HTTPAdapter):
             self._after_fork_in_child()
             self._pid = os.getpid()
         coordinator = self.coordinator
-        response: requests.Response | None = None
+        put_bearer = getattr(request, _MARK, False)
+        token = coordinator.ready_token() if put_bearer else None
+        if put_bearer and token is None:
+            return self._by_the_rule(request, kwargs, put_bearer=True)
+        # The common case, as the rule would take it: send (with the ready token), and
+        # build the rule only for an answer it does not settle at once (flow.settled).
+        if token is not None:
+            _put_bearer(request, token)
+        response = super().send(request, **kwargs)
+        carried = _bearer(request)
+        if settled(response.status_code, carried, self.refresh_status_codes,
+                   coordinator.policy.longest_rate_limit_wait):
+            return response
+        return self._by_the_rule(request, kwargs, put_bearer=put_bearer, response=response,
+                                 answered=Answer(response.status_code, carried))
+
+    def _by_the_rule(self, request: requests.PreparedRequest, kwargs: dict[str, Any], *,
+                     put_bearer: bool, response: requests.Response | None = None,
+                     answered: Answer | None = None) -> requests.Response:
+        """Drive :func:`~refresher.flow.request_rule` from the start, or on from the first
+        ``response`` (``answered``)."""
+        coordinator = self.coordinator
         steps = Steps(request_rule(coordinator, self.refresh_status_codes,
-                                   put_bearer=getattr(request, _MARK, False),
-                                   max_rate_limit_wait=coordinator.policy.longest_rate_limit_wait))
+                                   put_bearer=put_bearer,
+                                   max_rate_limit_wait=coordinator.policy.longest_rate_limit_wait,
+                                   answered=answered))
         for step in steps:
             if isinstance(step, TokenNeeded):
                 steps.answer(coordinator.token_for_request())

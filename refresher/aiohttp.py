@@ -31,7 +31,7 @@ if not hasattr(aiohttp, "ClientMiddlewareType"):
                       f"not {aiohttp.__version__}: pip install 'refresher[aiohttp]'")
 
 from ._retry_after import asked_wait
-from .flow import Answer, Describe, Facts, Send, Steps, TokenNeeded, Wait, request_rule
+from .flow import Answer, Describe, Facts, Send, Steps, TokenNeeded, Wait, request_rule, settled
 from .frontend import RefreshingFrontEnd
 from .wire import bearer_token, problem_type
 
@@ -77,10 +77,31 @@ class RefreshingMiddleware(RefreshingFrontEnd):
             request.headers.pop("Authorization", None)
             return _noted(request, await handler(request), away=True)
         self._origin_check(request.url)
-        response: aiohttp.ClientResponse | None = None
+        token = self.coordinator.ready_token()  # AsyncTokens' hot path, with no coroutine
+        if token is None:
+            return await self._by_the_rule(request, handler)
+        # The common case, as the rule would take it: send the ready token, and build the
+        # rule only for an answer it does not settle at once (flow.settled).
+        carried = token["access_token"]
+        request.headers["Authorization"] = f"Bearer {carried}"
+        response = _noted(request, await handler(request), away=False)
+        policy = self.policy
+        if settled(response.status, carried, policy.refresh_status_codes,
+                   policy.longest_rate_limit_wait):
+            return response
+        return await self._by_the_rule(request, handler, response,
+                                       Answer(response.status, carried))
+
+    async def _by_the_rule(self, request: aiohttp.ClientRequest,
+                           handler: aiohttp.ClientHandlerType,
+                           response: aiohttp.ClientResponse | None = None,
+                           answered: Answer | None = None) -> aiohttp.ClientResponse:
+        """Drive :func:`~refresher.flow.request_rule` from the start, or on from the first
+        ``response`` (``answered``)."""
         clock = self.coordinator.clock
         steps = Steps(request_rule(self.coordinator, self.policy.refresh_status_codes,
-                                   max_rate_limit_wait=self.policy.longest_rate_limit_wait))
+                                   max_rate_limit_wait=self.policy.longest_rate_limit_wait,
+                                   answered=answered))
         for step in steps:
             if isinstance(step, TokenNeeded):
                 steps.answer(await self.tokens.token_for_request())

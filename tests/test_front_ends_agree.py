@@ -8,6 +8,9 @@ Over real HTTP to the emulator: requests (``RefreshingSession``), httpx sync and
    another origin carried none, so its 401 refreshes nothing.
 3. A replay refused with the token just refreshed brakes that endpoint; a replay whose
    last hop carried no token does not.
+
+And the fast path every driver takes: a 2xx to a ready token builds no rule at all
+(``refresher.flow.settled`` decides, for the rule).
 """
 
 from __future__ import annotations
@@ -103,3 +106,21 @@ def test_a_replay_refused_with_the_new_token_brakes_and_no_other_does(kind, make
     home.expire_access_token(front.token["access_token"])
     assert _get(kind, front, away, to=home.api_url + "/2/users/me") == 200
     assert home.stats.refreshes == 3 and home.stats.reused_refresh_tokens == 0
+
+
+@pytest.mark.parametrize("kind", FRONTS)
+def test_a_2xx_to_a_ready_token_builds_no_rule(kind, make_wired, x_emulator,
+                                                monkeypatch) -> None:
+    x = x_emulator
+    front = _front(kind, make_wired, x)
+    module = {"requests": "refresher.adapter", "aiohttp": "refresher.aiohttp"}.get(
+        kind, "refresher.httpx")
+
+    def no_rule(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a rule was built for a 2xx")
+
+    monkeypatch.setattr(f"{module}.request_rule", no_rule)
+    assert _get(kind, front, x.api_url + "/2/users/me") == 200
+    x.expire_access_token(front.token["access_token"])
+    with pytest.raises(AssertionError, match="a rule was built"):
+        _get(kind, front, x.api_url + "/2/users/me")  # a 401 needs the rule
