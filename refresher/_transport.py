@@ -26,12 +26,12 @@ def is_allowed_transport(url: str) -> bool:
     for any other origin is cached.
     """
     if url[:8].lower() == "https://":
-        return True  # before the environment: os.environ.get costs more than this test
-    if os.environ.get("OAUTHLIB_INSECURE_TRANSPORT"):
         return True
     scheme, _, rest = url.partition("://")
     origin = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
-    return _allowed_origin(scheme.lower(), origin)
+    # The environment last: os.environ.get costs more than the cached verdict.
+    return _allowed_origin(scheme.lower(), origin) or bool(
+        os.environ.get("OAUTHLIB_INSECURE_TRANSPORT"))
 
 
 @functools.lru_cache(maxsize=256)

@@ -114,11 +114,9 @@ class RefreshingAdapter(HTTPAdapter):
             self._pid = os.getpid()
         coordinator = self.coordinator
         put_bearer = getattr(request, _MARK, False)
-        token = coordinator.ready_token() if put_bearer else None
-        if put_bearer and token is None:
-            return self._by_the_rule(request, kwargs, put_bearer=True)
-        # The common case, as the rule would take it: send (with the ready token), and
-        # build the rule only for an answer it does not settle at once (flow.settled).
+        # Steps 1 and 2 of the rule, as it would ask them: the token, the send. The rule
+        # itself is built only for an answer it does not settle at once (flow.settled).
+        token = coordinator.token_for_request() if put_bearer else None
         if token is not None:
             _put_bearer(request, token)
         response = super().send(request, **kwargs)
@@ -126,14 +124,13 @@ class RefreshingAdapter(HTTPAdapter):
         if settled(response.status_code, carried, self.refresh_status_codes,
                    coordinator.policy.longest_rate_limit_wait):
             return response
-        return self._by_the_rule(request, kwargs, put_bearer=put_bearer, response=response,
-                                 answered=Answer(response.status_code, carried))
+        return self._by_the_rule(request, kwargs, response, Answer(response.status_code, carried),
+                                 put_bearer=put_bearer)
 
-    def _by_the_rule(self, request: requests.PreparedRequest, kwargs: dict[str, Any], *,
-                     put_bearer: bool, response: requests.Response | None = None,
-                     answered: Answer | None = None) -> requests.Response:
-        """Drive :func:`~refresher.flow.request_rule` from the start, or on from the first
-        ``response`` (``answered``)."""
+    def _by_the_rule(self, request: requests.PreparedRequest, kwargs: dict[str, Any],
+                     response: requests.Response, answered: Answer, *,
+                     put_bearer: bool) -> requests.Response:
+        """Drive :func:`~refresher.flow.request_rule` on from the first ``response``."""
         coordinator = self.coordinator
         steps = Steps(request_rule(coordinator, self.refresh_status_codes,
                                    put_bearer=put_bearer,
@@ -144,7 +141,6 @@ class RefreshingAdapter(HTTPAdapter):
                 steps.answer(coordinator.token_for_request())
             elif isinstance(step, Send):
                 if step.replay:
-                    assert response is not None
                     response.content  # noqa: B018 — read it: the connection goes back to the pool
                     response.close()
                     request = request.copy()
@@ -153,18 +149,15 @@ class RefreshingAdapter(HTTPAdapter):
                 response = super().send(request, **kwargs)
                 steps.answer(Answer(response.status_code, _bearer(request)))
             elif isinstance(step, Describe):
-                assert response is not None
                 steps.answer(Facts(f"{request.method} {_path(request)}",
                                    _problem_type(response), _rewind(request),
                                    _retry_after(response, coordinator)))
             elif isinstance(step, Wait):
-                assert response is not None
                 response.content  # noqa: B018 — read it: the connection goes back to the pool
                 response.close()
                 coordinator.clock.sleep(step.seconds)
             else:
                 steps.answer(coordinator.refresh(replacing=step.replacing))
-        assert response is not None
         return response
 
 

@@ -77,11 +77,11 @@ class RefreshingMiddleware(RefreshingFrontEnd):
             request.headers.pop("Authorization", None)
             return _noted(request, await handler(request), away=True)
         self._origin_check(request.url)
+        # Steps 1 and 2 of the rule, as it would ask them: the token, the send. The rule
+        # itself is built only for an answer it does not settle at once (flow.settled).
         token = self.coordinator.ready_token()  # AsyncTokens' hot path, with no coroutine
         if token is None:
-            return await self._by_the_rule(request, handler)
-        # The common case, as the rule would take it: send the ready token, and build the
-        # rule only for an answer it does not settle at once (flow.settled).
+            token = await self.tokens.token_for_request()
         carried = token["access_token"]
         request.headers["Authorization"] = f"Bearer {carried}"
         response = _noted(request, await handler(request), away=False)
@@ -94,10 +94,9 @@ class RefreshingMiddleware(RefreshingFrontEnd):
 
     async def _by_the_rule(self, request: aiohttp.ClientRequest,
                            handler: aiohttp.ClientHandlerType,
-                           response: aiohttp.ClientResponse | None = None,
-                           answered: Answer | None = None) -> aiohttp.ClientResponse:
-        """Drive :func:`~refresher.flow.request_rule` from the start, or on from the first
-        ``response`` (``answered``)."""
+                           response: aiohttp.ClientResponse,
+                           answered: Answer) -> aiohttp.ClientResponse:
+        """Drive :func:`~refresher.flow.request_rule` on from the first ``response``."""
         clock = self.coordinator.clock
         steps = Steps(request_rule(self.coordinator, self.policy.refresh_status_codes,
                                    max_rate_limit_wait=self.policy.longest_rate_limit_wait,
@@ -107,7 +106,6 @@ class RefreshingMiddleware(RefreshingFrontEnd):
                 steps.answer(await self.tokens.token_for_request())
             elif isinstance(step, Send):
                 if step.replay:
-                    assert response is not None
                     response.release()
                 if step.token is not None:  # the hop carries what it is given: this token
                     carried: str | None = step.token["access_token"]
@@ -117,18 +115,15 @@ class RefreshingMiddleware(RefreshingFrontEnd):
                 response = _noted(request, await handler(request), away=False)
                 steps.answer(Answer(response.status, carried))
             elif isinstance(step, Describe):
-                assert response is not None
                 retry_after = (asked_wait(response.headers, clock.time())
                                if response.status == 429 else None)
                 steps.answer(Facts(_endpoint(request), await _problem_type(response),
                                    _replayable(request), retry_after))
             elif isinstance(step, Wait):
-                assert response is not None
                 response.release()  # the connection goes back to the pool for the wait
                 await clock.asleep(step.seconds)
             else:
                 steps.answer(await self.tokens.refresh(replacing=step.replacing))
-        assert response is not None
         return response
 
 

@@ -43,11 +43,11 @@ The steps, in order:
 The rule ends when the driver should return the last answer it got. A driver iterates
 :class:`Steps` and answers each step with :meth:`Steps.answer`.
 
-Most answers end the rule at step 2. For those a driver need not build it: with a token
-ready (:meth:`~refresher.RefreshCoordinator.ready_token`) it sends, asks :func:`settled` —
-the rule's own test of the first answer — and starts the rule from that answer
-(``answered=``) only when the answer is not settled. A 2xx then costs the bearer, the send
-and one test: no generator, no step objects.
+Most answers end the rule at step 2, so the drivers take steps 1 and 2 themselves (the
+token, as they answer :class:`TokenNeeded`; the send), ask :func:`settled` — the rule's own
+test of that first answer — and start the rule from the answer (``answered=``) only when it
+is not settled. A 2xx then costs the bearer, the send and one test: no generator, no step
+objects; every decision after the first answer is still the rule's.
 
 Three things the front ends once did differently, decided here once:
 
@@ -153,8 +153,8 @@ def request_rule(judge: Judge, status_codes: Collection[int], *, put_bearer: boo
                  ) -> Generator[Step, object, None]:
     """The rule for one request; see the module docstring for the steps and what each
     expects back. ``max_rate_limit_wait``: the longest wait for a 429's reset (``None``: a
-    429 is returned as it comes). ``answered``: the first send is done, this is its answer
-    (a driver's fast path, see :func:`settled`): the rule goes on from there."""
+    429 is returned as it comes). ``answered``: steps 1 and 2 are done, this is the first
+    answer (see :func:`settled`): the rule goes on from there."""
     if answered is None:
         token = (yield from _token()) if put_bearer else None
         answer = yield Send(token)
@@ -194,7 +194,7 @@ def settled(status: int, carried: str | None, status_codes: Collection[int],
     """Whether the rule ends with the first answer — ``status``, to a request that carried
     the bearer ``carried`` — returned as it is: nothing to describe, wait or refresh. It
     is the rule's own test (:func:`request_rule` asks the same two questions), so a driver
-    holding a ready token may send it, ask this, and start the rule only when it says no
+    that took steps 1 and 2 itself asks this, and starts the rule only when it says no
     (``request_rule(..., answered=Answer(status, carried))``): the common 2xx then builds
     no rule at all."""
     return not _may_wait(status, max_rate_limit_wait) and not _looked_at(

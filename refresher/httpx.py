@@ -61,14 +61,10 @@ class RefreshingAuth(RefreshingFrontEnd, httpx.Auth):
                                                                    httpx.Response, None]:
         coordinator = self.coordinator
         self._origin_check(request.url)
-        response: httpx.Response | None = None
-        answered: Answer | None = None
-        token = coordinator.ready_token()
-        if token is not None:  # the common case: see _unsettled
-            response = yield _with_bearer(request, token)
-            answered = self._unsettled(response)
-            if answered is None:
-                return
+        response = yield _with_bearer(request, coordinator.token_for_request())
+        answered = self._unsettled(response)
+        if answered is None:
+            return  # the common case: no rule built (see _unsettled)
         steps = self._rule(answered)
         for step in steps:
             if isinstance(step, TokenNeeded):
@@ -91,14 +87,13 @@ class RefreshingAuth(RefreshingFrontEnd, httpx.Auth):
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request,
                                                                                 httpx.Response]:
         self._origin_check(request.url)
-        response: httpx.Response | None = None
-        answered: Answer | None = None
         token = self.coordinator.ready_token()  # AsyncTokens' hot path, with no coroutine
-        if token is not None:  # the common case: see _unsettled
-            response = yield _with_bearer(request, token)
-            answered = self._unsettled(response)
-            if answered is None:
-                return
+        if token is None:
+            token = await self.tokens.token_for_request()
+        response = yield _with_bearer(request, token)
+        answered = self._unsettled(response)
+        if answered is None:
+            return  # the common case: no rule built (see _unsettled)
         clock = self.coordinator.clock
         steps = self._rule(answered)
         for step in steps:
@@ -120,17 +115,18 @@ class RefreshingAuth(RefreshingFrontEnd, httpx.Auth):
                 steps.answer(await self.tokens.refresh(replacing=step.replacing))
 
     def _unsettled(self, response: httpx.Response) -> Answer | None:
-        """The first answer, sent with a ready token, as the rule takes it: ``None`` when
-        the rule settles it at once (:func:`~refresher.flow.settled`: the common 2xx, for
-        which no rule is built), else what the rule goes on from."""
+        """The first answer as the rule takes it (the flows do its steps 1 and 2, the token
+        and the send, themselves): ``None`` when the rule settles it at once
+        (:func:`~refresher.flow.settled`: the common 2xx, for which no rule is built), else
+        what the rule goes on from."""
         carried, policy = _bearer(response.request), self.policy
         if settled(response.status_code, carried, policy.refresh_status_codes,
                    policy.longest_rate_limit_wait):
             return None
         return Answer(response.status_code, carried)
 
-    def _rule(self, answered: Answer | None) -> Steps:
-        """The rule, from the start or on from the first answer (``answered``)."""
+    def _rule(self, answered: Answer) -> Steps:
+        """The rule, on from the first answer."""
         return Steps(request_rule(self.coordinator, self.policy.refresh_status_codes,
                                   max_rate_limit_wait=self.policy.longest_rate_limit_wait,
                                   answered=answered))
