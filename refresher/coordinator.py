@@ -42,6 +42,9 @@ __all__ = ["RefreshCoordinator"]
 
 log = logging.getLogger(__name__)
 
+#: Seconds before a background refresh that found a sibling refreshing looks again.
+SIBLING_LOOK = 0.025
+
 
 class RefreshCoordinator:
     """Owns the live token of one account of one store, and every refresh of it.
@@ -95,6 +98,9 @@ class RefreshCoordinator:
         # themselves; a pair the parent saves is adopted from the store by the next refresh.)
         self._next_early_try = (0, 0.0)
         self._background = BackgroundRun(policy.background_threads)
+        # Until when (monotonic, in which process) no background run starts: the last one
+        # found a sibling refreshing, and the store is looked at again after a pause.
+        self._sibling_look = (0, 0.0)
 
     @property
     def refreshes(self) -> int:
@@ -209,7 +215,8 @@ class RefreshCoordinator:
             # The token still has a good margin: this request goes out with it, and one
             # background thread does the coordinated refresh (google-auth's non-blocking
             # refresh), so no request of the window stalls behind the token endpoint.
-            self._background.start(lambda: self._background_refresh(token))
+            if not self._sibling_pause():
+                self._background.start(lambda: self._background_refresh(token))
             return token
         try:
             return self.refresh(replacing=token["access_token"], wait=wait)
@@ -227,9 +234,19 @@ class RefreshCoordinator:
         """Wait for a background refresh under way; False if it still runs after ``timeout``."""
         return self._background.wait(timeout)
 
+    def _sibling_pause(self) -> bool:
+        pid, until = self._sibling_look
+        return pid == os.getpid() and self.clock.monotonic() < until
+
     def _background_refresh(self, token: Token) -> None:
+        # It does not wait for a sibling (a thread, a process) that is refreshing: it looks
+        # again after a pause, and adopts the sibling's token once saved. Processes whose
+        # tokens enter the window together then spend a store read each, not a lock wait.
+        access = token["access_token"]
         try:
-            self.refresh(replacing=token["access_token"], wait=True)
+            self.refresh(replacing=access, wait=False)
+            if not self.replaced(access):
+                self._sibling_look = (os.getpid(), self.clock.monotonic() + SIBLING_LOOK)
         except Exception as exc:  # on_refresh_error has heard of a RefresherError
             if not isinstance(exc, RefresherError):
                 log.exception("account %r: background refresh failed", self.account)
