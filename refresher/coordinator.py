@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -42,7 +43,8 @@ __all__ = ["RefreshCoordinator"]
 
 log = logging.getLogger(__name__)
 
-#: Seconds before a background refresh that found a sibling refreshing looks again.
+#: Seconds before a background refresh that found a sibling refreshing looks again (the
+#: pause doubles after each look, to half a second).
 SIBLING_LOOK = 0.025
 
 
@@ -98,9 +100,6 @@ class RefreshCoordinator:
         # themselves; a pair the parent saves is adopted from the store by the next refresh.)
         self._next_early_try = (0, 0.0)
         self._background = BackgroundRun(policy.background_threads)
-        # Until when (monotonic, in which process) no background run starts: the last one
-        # found a sibling refreshing, and the store is looked at again after a pause.
-        self._sibling_look = (0, 0.0)
 
     @property
     def refreshes(self) -> int:
@@ -215,8 +214,7 @@ class RefreshCoordinator:
             # The token still has a good margin: this request goes out with it, and one
             # background thread does the coordinated refresh (google-auth's non-blocking
             # refresh), so no request of the window stalls behind the token endpoint.
-            if not self._sibling_pause():
-                self._background.start(lambda: self._background_refresh(token))
+            self._background.start(lambda: self._background_refresh(token))
             return token
         try:
             return self.refresh(replacing=token["access_token"], wait=wait)
@@ -234,19 +232,22 @@ class RefreshCoordinator:
         """Wait for a background refresh under way; False if it still runs after ``timeout``."""
         return self._background.wait(timeout)
 
-    def _sibling_pause(self) -> bool:
-        pid, until = self._sibling_look
-        return pid == os.getpid() and self.clock.monotonic() < until
-
     def _background_refresh(self, token: Token) -> None:
-        # It does not wait for a sibling (a thread, a process) that is refreshing: it looks
-        # again after a pause, and adopts the sibling's token once saved. Processes whose
-        # tokens enter the window together then spend a store read each, not a lock wait.
-        access = token["access_token"]
+        # While a sibling (another process, or a thread of ours) refreshes, this run does
+        # not queue for the store's lock: it looks at the store every SIBLING_LOOK seconds
+        # (or so: the pause doubles, to half a second) and adopts the sibling's pair once
+        # saved, or takes the lock once free. Processes whose tokens enter the window
+        # together spend a few reads each, not a place in the lock's queue. It stops when
+        # requests start waiting for the refresh themselves, or the process is exiting.
+        access, pause = token["access_token"], SIBLING_LOOK
         try:
-            self.refresh(replacing=access, wait=False)
-            if not self.replaced(access):
-                self._sibling_look = (os.getpid(), self.clock.monotonic() + SIBLING_LOOK)
+            while True:
+                self.refresh(replacing=access, wait=False)
+                if self.replaced(access) or self.policy.waits_for_refresh(
+                        token, self.clock.time()) or not threading.main_thread().is_alive():
+                    return
+                self.clock.sleep(pause)
+                pause = min(2 * pause, 0.5)
         except Exception as exc:  # on_refresh_error has heard of a RefresherError
             if not isinstance(exc, RefresherError):
                 log.exception("account %r: background refresh failed", self.account)

@@ -224,25 +224,6 @@ class SiblingHolding:
         self.thread.join(10)
 
 
-def test_a_background_refresh_does_not_wait_for_a_sibling_and_adopts_its_token_later(
-        clock, endpoint) -> None:
-    store = MemoryTokenStore()
-    coordinator = make(store, endpoint, clock)
-    with SiblingHolding(store) as sibling:
-        clock.advance(7200 - 59)  # in the leeway, with a margin
-        assert coordinator.token_for_request()["access_token"] == "at-0"
-        assert coordinator.wait_for_background(10)  # it did not wait for the sibling's lock
-        assert endpoint.spent == []
-        granted = endpoint.pair(9)
-        sibling.save(granted)  # the sibling's pair, saved while it still holds the lock
-        assert coordinator.token_for_request()["access_token"] == "at-0"  # looks again later
-        clock.advance(0.1)
-        assert coordinator.token_for_request()["access_token"] == "at-0"
-        assert coordinator.wait_for_background(10)
-        assert coordinator.token_for_request()["access_token"] == "at-9"  # adopted
-    assert endpoint.spent == []
-
-
 def test_a_request_near_expiry_adopts_a_saved_sibling_token_without_its_lock(
         clock, endpoint) -> None:
     store = MemoryTokenStore()
