@@ -17,7 +17,7 @@ A row that cannot run here (no server binary, no driver) is skipped with a note 
 The emulator counts refreshes and reused refresh tokens. An *expiry window* is a group of
 refreshes less than ``ttl / 2`` apart (ideally exactly one refresh each). A request is
 *inside a refresh window* when it overlaps a refresh of any process: from the call to the
-token endpoint to the save of the new pair. A probe thread refreshes a token of its own
+token endpoint to the save of the new pair. A probe process refreshes a token of its own
 every 100 ms during the load to measure one token-endpoint round trip under that load
 (its refreshes are not counted).
 
