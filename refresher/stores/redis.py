@@ -26,7 +26,7 @@ save onto an account that has no token (there is nothing newer to protect).
 redis (the Python client) is an optional dependency, imported when a store is made:
 ``pip install refresher[redis]``.
 
-Words (fencing, lapse): see ``docs/glossary.rst``.
+Words (fencing, lapse): see ``docs/explanation/glossary.rst``.
 """
 
 from __future__ import annotations
