@@ -27,8 +27,6 @@ from refresher import X_TOKEN_URL, RefreshingSession, open_store
 from refresher.testing import XEmulator
 from refresher.testing.net import free_port
 
-REDIS_PAGE = "docs/howto/redis.rst"
-SQL_PAGE = "docs/howto/sql.rst"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 POSTGRES_URL = "postgresql://app:PASSWORD@127.0.0.1:5432/app"
 
@@ -47,9 +45,8 @@ def _shell(cli: CLI, x: XEmulator) -> dict[str, str]:
     return env
 
 
-def _printed(page: str, after: str, url: str, real_url: str) -> str:
-    """The block after ``after``, its printed URL pointed at the test's server."""
-    block = doc_block(page, after)
+def _pointed(block: str, url: str, real_url: str) -> str:
+    """``block`` as printed, its URL pointed at the test's server."""
     assert url in block, block
     return block.replace(url, real_url)
 
@@ -94,7 +91,8 @@ def test_redis_login_then_open_session_in_many_processes(cli, x_emulator_factory
                                                           tmp_path):
     x = x_emulator_factory(access_ttl=1.0)
     url = redis_server.url
-    login = _printed(REDIS_PAGE, "the server's URL as the store:", REDIS_URL, url)
+    login = _pointed(doc_block("docs/howto/redis.rst", "the server's URL as the store:"),
+                     REDIS_URL, url)
     _, status = _run_commands(_shell(cli, x), login, tmp_path)
     assert any(line.startswith("alice ") for line in status.splitlines()), status
     recorded = open_store(url).load_metadata("alice")
@@ -102,7 +100,8 @@ def test_redis_login_then_open_session_in_many_processes(cli, x_emulator_factory
         "emulator-client", x.token_url, x.api_url)
     assert "client_secret" not in recorded
 
-    worker = _printed(REDIS_PAGE, "which reads what the login recorded:", REDIS_URL, url)
+    worker = _pointed(doc_block("docs/howto/redis.rst", "which reads what the login recorded:"),
+                      REDIS_URL, url)
     outputs = _python(cli, worker, tmp_path, processes=3)
     assert outputs == ["@emulated_user is still logged in\n"] * 3
     _assert_shared_cleanly(x, processes=3)
@@ -117,9 +116,11 @@ def test_redis_login_then_open_session_in_many_processes(cli, x_emulator_factory
 
 def test_redis_options_reach_the_store(cli, x_emulator, redis_server, tmp_path):
     url = redis_server.url
-    login = _printed(REDIS_PAGE, "the server's URL as the store:", REDIS_URL, url)
+    login = _pointed(doc_block("docs/howto/redis.rst", "the server's URL as the store:"),
+                     REDIS_URL, url)
     _run_commands(_shell(cli, x_emulator), login.splitlines()[0], tmp_path)
-    code = _printed(REDIS_PAGE, "hand the store to ``open_session``:", REDIS_URL, url)
+    code = _pointed(doc_block("docs/howto/redis.rst", "hand the store to ``open_session``:"),
+                    REDIS_URL, url)
     assert _python(cli, code, tmp_path) == ["emulated_user\n"]
     store = open_store(url, lock_ttl=60.0, socket_timeout=5.0)
     assert store.lock_ttl == 60.0  # type: ignore[attr-defined]
@@ -129,15 +130,17 @@ def test_redis_options_reach_the_store(cli, x_emulator, redis_server, tmp_path):
 
 
 def test_sqlite_login_then_open_session(cli, x_emulator, sqlalchemy_installed, tmp_path):
-    login = doc_block(SQL_PAGE, "the machine with :func:`refresher.open_session`:")
+    login = doc_block("docs/howto/sql.rst", "the machine with :func:`refresher.open_session`:")
     assert login == "refresher login --account alice --store sqlite:///tokens.db\n"
     _run_commands(_shell(cli, x_emulator), login, tmp_path)
     assert oct((tmp_path / "tokens.db").stat().st_mode & 0o777) == "0o600"
-    code = doc_block(SQL_PAGE, "refresher login --account alice --store sqlite:///tokens.db\n")
+    code = doc_block("docs/howto/sql.rst",
+                     "refresher login --account alice --store sqlite:///tokens.db\n")
     assert _python(cli, code, tmp_path) == ["emulated_user\n"]
     before = x_emulator.stats.api_requests
 
-    own_engine = doc_block(SQL_PAGE, "table is created beside your own when it is missing:")
+    own_engine = doc_block("docs/howto/sql.rst",
+                           "table is created beside your own when it is missing:")
     assert _python(cli, own_engine, tmp_path) == ["emulated_user\n"]
     assert x_emulator.stats.api_requests == before + 1  # at the emulator, not at X
 
@@ -159,10 +162,10 @@ def app_database(postgres_server_factory) -> str:
 def test_postgresql_login_then_workers_on_many_hosts(cli, x_emulator_factory, app_database,
                                                      tmp_path):
     x = x_emulator_factory(access_ttl=1.0)
-    login = _printed(SQL_PAGE, "The same two steps, with the database's URL:", POSTGRES_URL,
-                     app_database)
+    login = _pointed(doc_block("docs/howto/sql.rst", "with the database's URL:"),
+                     POSTGRES_URL, app_database)
     _run_commands(_shell(cli, x), login, tmp_path)
-    worker = _printed(SQL_PAGE, "refresher login --account alice --store postgresql://",
+    worker = _pointed(doc_block("docs/howto/sql.rst", "--store postgresql://app:PASSWORD@"),
                       POSTGRES_URL, app_database)
     outputs = _python(cli, worker, tmp_path, processes=3)
     assert outputs == ["@emulated_user is still logged in\n"] * 3
