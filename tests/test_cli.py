@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 import requests
+from doc_blocks import doc_block
 
 from refresher import JSONTokenStore, ReauthorizationRequired
 from refresher.endpoint import TokenEndpoint
@@ -465,8 +466,8 @@ WEEKLY_CRON = "0 4 * * 1  cd /srv/bot && .venv/bin/refresher refresh --all --sto
 
 
 def test_weekly_cron_recipe_keeps_untouched_accounts_alive(cli, x_emulator, tmp_path):
-    readme = (Path(__file__).resolve().parent.parent / "README.rst").read_text()
-    assert f"    {WEEKLY_CRON}\n" in readme
+    assert doc_block("docs/howto/idle-accounts.rst", "every Monday at 04:00:") == \
+        f"{WEEKLY_CRON}\n"
     folder = tmp_path / "srv-bot"
     folder.mkdir()
     for name in ("alice", "bob"):
@@ -484,6 +485,36 @@ def test_weekly_cron_recipe_keeps_untouched_accounts_alive(cli, x_emulator, tmp_
     assert x_emulator.stats.refreshes == 6 and x_emulator.stats.reused_refresh_tokens == 0
     for name in after:  # every pair still works
         assert _refreshable(x_emulator, after[name])
+
+
+def test_the_web_apps_keep_alive_job_as_printed(x_emulator, tmp_path):
+    """The how-to's job for accounts a web app saved (no login record): each is refreshed
+    with the app's client from REFRESHER_*, and one X refused is reported, not fatal."""
+    import refresher
+
+    x = x_emulator
+    store = refresher.open_store(f"sqlite:///{tmp_path / 'app.db'}")
+    flow = refresher.LoginFlow(DEFAULT_CLIENT_ID, token_url=x.token_url, api_url=x.api_url,
+                               revoke_url=x.revoke_url, pending=store)
+    flow.authorization_url()  # a login under way: not an account
+    pairs = {user_id: x.issue_token() for user_id in ("1001", "1002")}
+    for user_id, pair in pairs.items():
+        flow.session(pair, store=store, account=user_id).close()
+    flow.revoke(pairs["1002"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REFRESHER_")}
+    env.update(REFRESHER_CLIENT_ID=DEFAULT_CLIENT_ID, REFRESHER_TOKEN_URL=x.token_url,
+               REFRESHER_API_URL=x.api_url)
+    script = tmp_path / "keep_alive.py"
+    script.write_text(doc_block("docs/howto/idle-accounts.rst", "as they\ncan for the app):"))
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "1002 needs to log in again\n"
+    fresh = store.load("1001")
+    assert fresh is not None and fresh["refresh_token"] != pairs["1001"]["refresh_token"]
+    assert x.refresh_token_state(fresh["refresh_token"]) == "live"
+    assert x.stats.refreshes == 1 and x.stats.reused_refresh_tokens == 0
+    store.close()
 
 
 def test_logout_revokes_at_x_and_removes_the_account(cli, x_emulator):
@@ -1039,14 +1070,6 @@ with open_session("alice") as x:   # every run shares one store file, and its lo
         time.sleep(0.1)
 '''
 
-RATE_LIMIT_SCRIPT = '''\
-from refresher.login import open_session
-
-session = open_session("alice", wait_on_rate_limit=True, max_rate_limit_wait=900)
-for _ in range(3):
-    print(session.me()["username"])   # a 429 sleeps until the reset, then goes again
-'''
-
 
 def test_sync_script_recipe(cli, x_emulator, tmp_path):
     cli.login(x_emulator, "--account", "alice", "--scope",
@@ -1091,7 +1114,8 @@ def test_rate_limit_recipe_waits_out_the_429s(cli, x_emulator_factory, tmp_path)
     x = x_emulator_factory(enforce_rate_limits=True, rate_limit=2, rate_window=1.0)
     cli.login(x, "--account", "alice")
     script = tmp_path / "patient.py"
-    script.write_text(RATE_LIMIT_SCRIPT)
+    script.write_text(doc_block("docs/howto/rate-limits.rst",
+                                "plus a second, then goes out once more:"))
     env = dict(cli.env, REFRESHER_STORE=str(cli.store))
     before = x.stats.api_requests
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
@@ -1106,7 +1130,7 @@ def test_the_readme_shows_exactly_the_recipes_these_tests_run():
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parent.parent / "README.rst").read_text()
-    for script in (SYNC_SCRIPT, CRON_SCRIPT, RATE_LIMIT_SCRIPT):
+    for script in (SYNC_SCRIPT, CRON_SCRIPT):
         block = "".join(f"    {line}" if line.strip() else "\n"
                         for line in script.splitlines(keepends=True))
         assert block in readme
