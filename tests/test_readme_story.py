@@ -14,6 +14,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +29,17 @@ from refresher.testing.net import free_port
 pytestmark = pytest.mark.integration
 
 BIN = Path(sys.executable).parent  # the venv's bin: `refresher` and `python`, as installed
+README = Path(__file__).resolve().parent.parent / "README.rst"
+
+
+def readme_block(after: str) -> str:
+    """The first literal or code block of the README after the text ``after``, dedented
+    (for the tests of README recipes not yet on a docs page: ``doc_block`` reads those)."""
+    readme = README.read_text()
+    start = readme.index(after) + len(after)
+    match = re.search(r"(?:\.\. code-block:: \w+|::)\n\n((?:(?: {4}.*)?\n)+)", readme[start:])
+    assert match, f"no block after {after!r}"
+    return textwrap.dedent(match.group(1)).strip("\n") + "\n"
 
 
 def _environment(tmp_path: Path) -> dict[str, str]:
@@ -88,11 +100,11 @@ def emulator(env: dict[str, str]) -> Iterator[Emulator]:
     assert "Traceback" not in running.stop()
 
 
-def bash(env: dict[str, str], *lines: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    """Run ``lines`` in one bash, in the newcomer's home folder, stopping at the first that
-    fails."""
-    return subprocess.run(["bash", "-c", "set -e\n" + "\n".join(lines)], env=env,
-                          cwd=env["HOME"], capture_output=True, text=True, timeout=timeout)
+def bash(env: dict[str, str], *lines: str, timeout: float = 60,
+         cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``lines`` in one bash (in ``cwd``), stopping at the first that fails."""
+    return subprocess.run(["bash", "-c", "set -e\n" + "\n".join(lines)], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def login_with_curl(env: dict[str, str], *lines: str) -> subprocess.CompletedProcess:
@@ -132,6 +144,10 @@ def test_the_emulators_printed_lines_then_every_tutorial_command_share_one_store
     store = Path(env["TMPDIR"]) / "refresher-emulator-tokens.json"
     home = Path(env["HOME"])
 
+    def shell(*lines: str) -> subprocess.CompletedProcess:
+        """The second shell: the exports, then ``lines``, in the newcomer's home folder."""
+        return bash(env, *exports, *lines, cwd=home)
+
     # first-script.rst: the login the page says to run is the last line the emulator printed.
     assert doc_block("docs/tutorial/first-script.rst", "run the last line the emulator printed:") \
         == emulator.printed[-1] + "\n"
@@ -142,13 +158,12 @@ def test_the_emulators_printed_lines_then_every_tutorial_command_share_one_store
     shown = doc_block("docs/tutorial/first-script.rst", "and the login finishes:")
     assert shown.splitlines()[0] in login.stdout  # "Logged in as @emulated_user (...)."
 
-    status = bash(env, *exports, doc_block("docs/tutorial/first-script.rst", "See what was saved"))
+    status = shell(doc_block("docs/tutorial/first-script.rst", "See what was saved"))
     assert status.returncode == 0, status.stderr
     assert f"Store: {store}" in status.stdout
     assert re.search(r"^alice +@emulated_user .* in (2h 00m|1h 59m) ", status.stdout, re.M)
 
-    me = bash(env, *exports, doc_block("docs/tutorial/first-script.rst",
-                                       "Use the account from Python"))
+    me = shell(doc_block("docs/tutorial/first-script.rst", "Use the account from Python"))
     assert me.returncode == 0, me.stderr
     assert "'username': 'emulated_user'" in me.stdout
 
@@ -160,12 +175,12 @@ def test_the_emulators_printed_lines_then_every_tutorial_command_share_one_store
     assert "Replaced the account's previous token (not revoked" in relogin.stdout
     (home / "sync.py").write_text(doc_block("docs/tutorial/first-script.rst",
                                             "Save this as ``sync.py``:"))
-    synced = bash(env, *exports, doc_block("docs/tutorial/first-script.rst", "and run it:"))
+    synced = shell(doc_block("docs/tutorial/first-script.rst", "and run it:"))
     assert synced.returncode == 0, synced.stderr
     assert synced.stdout.startswith("@emulated_user posted tweet ")
 
-    refresh = bash(env, *exports, doc_block("docs/tutorial/first-script.rst",
-                                            "You never need to, but you may:"))
+    refresh = shell(doc_block("docs/tutorial/first-script.rst",
+                              "You never need to, but you may:"))
     assert refresh.returncode == 0, refresh.stderr
     assert "Refreshed account 'alice' (@emulated_user)" in refresh.stdout
 
@@ -175,10 +190,10 @@ def test_the_emulators_printed_lines_then_every_tutorial_command_share_one_store
     overlap = doc_block("docs/tutorial/cron.rst",
                         "refresh the\naccount by hand while they all run:")
     assert overlap.count("python cron_job.py") == 1 and overlap.rstrip().endswith("wait")
-    ran = bash(env, *exports, overlap)
+    ran = shell(overlap)
     assert ran.returncode == 0 and "Traceback" not in ran.stderr, ran.stderr
     assert "Refreshed account 'alice' (@emulated_user)" in ran.stdout
-    counters = bash(env, *exports, doc_block("docs/tutorial/cron.rst", "Ask the emulator what"))
+    counters = shell(doc_block("docs/tutorial/cron.rst", "Ask the emulator what"))
     assert counters.returncode == 0, counters.stderr
     seen = json.loads(counters.stdout)
     assert seen == emulator.stats()  # the same counters the page reads
@@ -186,7 +201,7 @@ def test_the_emulators_printed_lines_then_every_tutorial_command_share_one_store
     assert seen["reused_refresh_tokens"] == 0
 
     # notebook.rst, "When you are done": the logout ends the story, and nothing comes after it.
-    logout = bash(env, *exports, doc_block("docs/tutorial/notebook.rst", "log ``alice`` out:"))
+    logout = shell(doc_block("docs/tutorial/notebook.rst", "log ``alice`` out:"))
     assert logout.returncode == 0, logout.stderr
     assert f"Logged out account 'alice' (@emulated_user): revoked at {emulator.url}" \
         in logout.stdout
