@@ -179,8 +179,14 @@ def test_the_emulators_printed_lines_then_every_tutorial_command_share_one_store
     assert synced.returncode == 0, synced.stderr
     assert synced.stdout.startswith("@emulated_user posted tweet ")
 
+    (home / "hooks.py").write_text(doc_block("docs/tutorial/first-script.rst",
+                                             "Save this as\n``hooks.py``"))
+    hooks = shell("python hooks.py")  # "run it as before", the page says
+    assert hooks.returncode == 0, hooks.stderr
+    assert re.fullmatch(r"refreshed: the access token now expires at \d+\n", hooks.stdout)
+
     refresh = shell(doc_block("docs/tutorial/first-script.rst",
-                              "You never need to, but you may:"))
+                              "From a shell, with the same lock:"))
     assert refresh.returncode == 0, refresh.stderr
     assert "Refreshed account 'alice' (@emulated_user)" in refresh.stdout
 
@@ -227,8 +233,7 @@ def test_the_tutorial_shows_the_banner_the_emulator_prints(env):
         shown = running.banner.replace(f"127.0.0.1:{port}", "127.0.0.1:8000")
     finally:
         running.stop()
-    assert doc_block("docs/tutorial/emulator.rst", "This one runs until you stop it with Ctrl-C:") \
-        == "refresher emulator\n"
+    assert doc_block("docs/tutorial/emulator.rst", "stop it with Ctrl-C:") == "refresher emulator\n"
     assert doc_block("docs/tutorial/emulator.rst", "    refresher emulator\n\n") == shown
 
 
