@@ -900,11 +900,14 @@ def test_both_emulator_mains_stop_on_either_signal_even_with_sigint_ignored(cli,
 
 
 def test_demo_with_the_defaults_and_no_environment(cli, tmp_path):
-    """What a new user runs first: no variable set, a table, exit 0."""
+    """What a new user runs first (the tutorial's first command, as printed): no variable
+    set, a table, exit 0."""
+    command = doc_block("docs/tutorial/emulator.rst", "Watch the demo")
+    assert command == "refresher demo\n"
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(cli.home)}
     started = time.monotonic()
-    done = subprocess.run([*COMMAND, "demo"], env=env, capture_output=True, text=True,
-                          timeout=120, cwd=tmp_path)
+    done = subprocess.run([*COMMAND, *command.split()[1:]], env=env, capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
     print(done.stdout, done.stderr, f"{time.monotonic() - started:.1f} s")
     assert done.returncode == 0, done.stderr
     out = done.stdout.splitlines()
@@ -920,6 +923,10 @@ def test_demo_with_the_defaults_and_no_environment(cli, tmp_path):
     # fewer requests on a busy machine, not a fault: no lower bound.
     assert int(numbers["refreshes"]) >= 1 and float(numbers["refreshes per window"]) <= 1.6
     assert out[-1].startswith("OK:")
+    shown = doc_block("docs/tutorial/emulator.rst", "    refresher demo\n\n").splitlines()
+    table = shown[shown.index(out[0]):]  # the page shows the same table, with its numbers
+    assert [line[:24].strip() for line in table[1:-1]] == list(numbers)
+    assert table[-1] == out[-1]
     progress = [line for line in done.stderr.splitlines() if " requests " in line]
     assert len(progress) >= 3 and "\r" not in done.stderr  # plain lines when not a terminal
     assert "Logged in as @emulated_user" in done.stderr
@@ -1048,27 +1055,12 @@ def test_a_demo_with_failures_or_reused_tokens_is_not_ok():
         assert list(result.public()) == JSON_KEYS
 
 
-# -- the README recipes: a sync script, and a cron job whose runs overlap ------------------------
+# -- the recipes: a sync script and a cron job whose runs overlap (the tutorial), rate limits --
 
 
-SYNC_SCRIPT = '''\
-from refresher.login import open_session
-
-session = open_session("alice")   # the store, client id and URLs `refresher login` saved
-me = session.me()
-posted = session.post(f"{session.api_url}/2/tweets", json={"text": "synced!"})
-print(f"@{me['username']} posted tweet {posted.json()['data']['id']}")
-'''
-
-CRON_SCRIPT = '''\
-import time
-from refresher.login import open_session
-
-with open_session("alice") as x:   # every run shares one store file, and its lock
-    for _ in range(30):            # a job long enough to outlive an access token
-        x.me()
-        time.sleep(0.1)
-'''
+#: The tutorial's scripts, as printed (docs/tutorial/first-script.rst, docs/tutorial/cron.rst).
+SYNC_SCRIPT = doc_block("docs/tutorial/first-script.rst", "Save this as ``sync.py``:")
+CRON_SCRIPT = doc_block("docs/tutorial/cron.rst", "Save this as ``cron_job.py``:")
 
 
 def test_sync_script_recipe(cli, x_emulator, tmp_path):
@@ -1126,14 +1118,9 @@ def test_rate_limit_recipe_waits_out_the_429s(cli, x_emulator_factory, tmp_path)
     assert stats.api_requests - before == 3 + stats.rate_limited  # each 429 replayed once
 
 
-def test_the_readme_shows_exactly_the_recipes_these_tests_run():
-    from pathlib import Path
-
-    readme = (Path(__file__).resolve().parent.parent / "README.rst").read_text()
-    for script in (SYNC_SCRIPT, CRON_SCRIPT):
-        block = "".join(f"    {line}" if line.strip() else "\n"
-                        for line in script.splitlines(keepends=True))
-        assert block in readme
+def test_the_recipes_these_tests_run_are_the_pages_blocks():
+    """The scripts come from the pages (doc_block), so the pages show exactly what runs."""
+    assert "open_session(\"alice\")" in SYNC_SCRIPT and "for _ in range(30)" in CRON_SCRIPT
 
 
 @pytest.mark.integration

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import base64
 import hashlib
 import io
@@ -10,12 +11,14 @@ import os
 import socket
 import threading
 import time
+import webbrowser
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 import requests
+from doc_blocks import doc_block
 
 import refresher
 from refresher import ConfigurationError, JSONTokenStore, LoginError, LoginFlow, MemoryTokenStore
@@ -593,29 +596,56 @@ def test_open_session_of_a_confidential_client_wants_its_secret(x_emulator, tmp_
     assert x_emulator.stats.refreshes == 1
 
 
-# -- the notebook recipe (README) ------------------------------------------------------------------
+# -- the notebook (docs/tutorial/notebook.rst), its cells as printed ------------------------------
+
+
+def _cell(code: str, kernel: dict[str, Any]) -> Any:
+    """Run a notebook cell in ``kernel`` (its globals), as Jupyter does: the cell's value is
+    its last line's, when that line is an expression."""
+    tree = ast.parse(code)
+    last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+    exec(compile(tree, "<cell>", "exec"), kernel)
+    if last is None:
+        return None
+    return eval(compile(ast.Expression(last.value), "<cell>", "eval"), kernel)
 
 
 def test_notebook_recipe(x_emulator_factory, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     x = x_emulator_factory(access_ttl=1)
-    # In [1]: (the README's cell, pointed at the emulator and its auto-approving "browser")
-    import refresher
-
-    flow = refresher.LoginFlow(DEFAULT_CLIENT_ID, authorize_url=x.authorize_url,
-                               token_url=x.token_url, api_url=x.api_url)
-    token = flow.run_local_server(port=0, open_browser=Browser())
-    session = flow.session(token, store="tokens.json", account="me")
-    shown = repr(session)  # what the cell displays
-    assert "account='me'" in shown and "expires in" in shown
+    # The kernel inherits the second shell's exports, and the browser approves at once.
+    for name, value in {
+        "REFRESHER_CLIENT_ID": DEFAULT_CLIENT_ID, "REFRESHER_AUTHORIZE_URL": x.authorize_url,
+        "REFRESHER_TOKEN_URL": x.token_url, "REFRESHER_REVOKE_URL": x.revoke_url,
+        "REFRESHER_API_URL": x.api_url,
+        "REFRESHER_REDIRECT_URI": f"http://127.0.0.1:{free_port()}/callback",
+    }.items():
+        monkeypatch.setenv(name, value)
+    browser = Browser()
+    monkeypatch.setattr(webbrowser, "open", lambda url, *args, **kw: browser(url) is None)
+    first = doc_block("docs/tutorial/notebook.rst", "Log in from a cell")
+    later = doc_block("docs/tutorial/notebook.rst", "Use it in any cell")
+    kernel: dict[str, Any] = {}
+    # In [1]: the page's cell, as printed
+    shown = repr(_cell(first, kernel))  # what the cell displays
+    token = kernel["token"]
+    assert browser.urls and "account='me'" in shown and "expires in" in shown
     assert token["access_token"] not in shown and token["refresh_token"] not in shown
+    assert (tmp_path / "tokens.json").is_file()
     # In [2]: ... and later cells, long after the first token expired
-    assert session.me()["username"] == "emulated_user"
+    assert _cell(later, kernel)["username"] == "emulated_user"
     x.access_ttl = 60  # the pairs granted from now on cannot run out in flight, however busy
     time.sleep(1.1)
-    assert session.me()["username"] == "emulated_user"
-    # In [1] again (re-run): the dict `token` is spent, the store's pair wins
-    session = flow.session(token, store="tokens.json", account="me")
-    assert session.me()["username"] == "emulated_user"
+    assert _cell(later, kernel)["username"] == "emulated_user"
+    # In [1] again, its last two lines only (re-run): the dict `token` is spent, the store's
+    # pair wins
+    rerun = "\n".join(first.splitlines()[-2:])
+    assert rerun.startswith("session = flow.session(token, ")
+    _cell(rerun, kernel)
+    assert _cell(later, kernel)["username"] == "emulated_user"
+    # In [1], in a new kernel: the stored pair, no login
+    tomorrow = doc_block("docs/tutorial/notebook.rst", "leave the token out")
+    assert _cell(tomorrow, {})["username"] == "emulated_user"
+    assert len(browser.urls) == 1
     assert x.stats.refreshes >= 1 and x.stats.reused_refresh_tokens == 0
     assert x.stats.unauthorized == 0
