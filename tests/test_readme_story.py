@@ -14,7 +14,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,17 +28,7 @@ from refresher.testing.net import free_port
 pytestmark = pytest.mark.integration
 
 BIN = Path(sys.executable).parent  # the venv's bin: `refresher` and `python`, as installed
-README = Path(__file__).resolve().parent.parent / "README.rst"
-
-
-def readme_block(after: str) -> str:
-    """The first literal or code block of the README after the text ``after``, dedented
-    (for the tests of README recipes not yet on a docs page: ``doc_block`` reads those)."""
-    readme = README.read_text()
-    start = readme.index(after) + len(after)
-    match = re.search(r"(?:\.\. code-block:: \w+|::)\n\n((?:(?: {4}.*)?\n)+)", readme[start:])
-    assert match, f"no block after {after!r}"
-    return textwrap.dedent(match.group(1)).strip("\n") + "\n"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _environment(tmp_path: Path) -> dict[str, str]:
@@ -167,6 +156,15 @@ def test_the_emulators_printed_lines_then_every_tutorial_command_share_one_store
     assert me.returncode == 0, me.stderr
     assert "'username': 'emulated_user'" in me.stdout
 
+    # README.rst's ten lines: its login line is the emulator's, its script runs as printed.
+    assert doc_block("README.rst", "run the lines it prints first") == emulator.printed[-1] + "\n"
+    (home / "readme.py").write_text(doc_block("README.rst", "for as long as you like:"))
+    readme = shell("python readme.py")
+    assert readme.returncode == 0, readme.stderr
+    first, second = readme.stdout.splitlines()
+    assert re.fullmatch(r"@emulated_user \(\d+\)", first), first
+    assert re.fullmatch(r"\d+ calls left in this window", second), second
+
     # The scopes the sync script needs: a second login, finished by curl too.
     relogin = login_with_curl(env, *exports, doc_block(
         "docs/tutorial/first-script.rst", "asking for every scope the account needs:"))
@@ -253,3 +251,33 @@ def test_the_commands_for_x_run_as_printed(env, emulator, tmp_path):
         assert ran.returncode == 0, (line, ran.stderr)
     assert "refresher login --client-id YOUR_CLIENT_ID --account alice" in block
     assert emulator.stats()["revocations"] == 2  # the logout revoked both tokens
+
+
+# -- README.rst: a front page of at most 250 lines whose commands run --------------------------
+
+def test_the_readme_is_a_front_page_whose_links_lead_somewhere() -> None:
+    readme = (ROOT / "README.rst").read_text()
+    assert len(readme.splitlines()) <= 250
+    targets = re.findall(r"`[^`<]+<([^>`]+)>`_", readme)
+    assert "docs/tutorial/index.rst" in targets and "CHANGELOG.rst" in targets
+    missing = [t for t in targets if "://" not in t and not (ROOT / t).is_file()]
+    assert not missing, missing
+    assert "pip install refresher" not in readme and "'refresher[" not in readme
+
+
+def test_the_readmes_first_commands_are_the_demo_and_what_ci_runs(tmp_path: Path) -> None:
+    """Command 2 is the last line of .ci/run, verbatim; command 1's demo, run from this venv
+    (the venv and install steps are what .ci/run does before it), succeeds."""
+    demo_line, test_line = [line for line in doc_block("README.rst", "no X account or network "
+                                                       "needed:").splitlines()
+                            if line and not line.startswith("#")]
+    ci = (ROOT / ".ci" / "run").read_text().rstrip().splitlines()
+    assert ci[-1] == test_line
+    steps = demo_line.split(" && ")
+    assert steps[:2] == ["python3 -m venv .venv", ".venv/bin/pip install -q ."]
+    assert steps[2] == ".venv/bin/refresher demo"
+    env = _environment(tmp_path)
+    result = subprocess.run([str(BIN / "refresher"), "demo"], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "OK: every request succeeded, and no refresh token was spent twice." in result.stdout
