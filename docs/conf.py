@@ -27,7 +27,7 @@ extensions = [
     "sphinx.ext.viewcode",
 ]
 
-exclude_patterns = ["_build", "README.rst"]
+exclude_patterns = ["_build", "_tools", "README.rst"]
 nitpicky = False
 root_doc = "index"
 
