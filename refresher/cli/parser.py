@@ -156,8 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "export REFRESHER_KEY=...")
     key_new.add_argument("--keyring", metavar="NAME",
                          help="keep the key in the OS keyring under NAME instead, and print "
-                              "export REFRESHER_KEY=keyring:NAME (pip install "
-                              "refresher[keyring])")
+                              "export REFRESHER_KEY=keyring:NAME (needs refresher's "
+                              "[keyring] extra)")
     key_new.set_defaults(run=run_key_new)
     key_rotate = key_commands.add_parser(
         "rotate", parents=[common, store],
