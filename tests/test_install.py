@@ -75,11 +75,11 @@ def _python(venv: Path, code: str, cwd: Path) -> str:
 @pytest.mark.integration
 def test_the_install_page_from_a_checkout_to_a_wheel_in_another_venv(tmp_path) -> None:
     source = _copy_of_the_checkout(tmp_path)
-    make_venv = doc_block(PAGE, "Make a virtual environment and activate it:")
-    install = doc_block(PAGE, "with the extras you need in brackets:")
-    build = doc_block(PAGE, "build a wheel once:")
-    install_wheel = doc_block(PAGE, "and install it there with its extras")
-    check = doc_block(PAGE, "Check the install\n-----------------")
+    make_venv = doc_block("docs/tutorial/install.rst", "Make a virtual environment and activate")
+    install = doc_block("docs/tutorial/install.rst", "with the extras you need in brackets:")
+    build = doc_block("docs/tutorial/install.rst", "build a wheel once:")
+    install_wheel = doc_block("docs/tutorial/install.rst", "and install it there with its extras")
+    check = doc_block("docs/tutorial/install.rst", "Check the install\n-----------------")
     assert install == "pip install -e '.[redis]'\n"
     assert install_wheel == f"pip install 'dist/{WHEEL}[redis]'\n"
 
@@ -107,7 +107,8 @@ def test_the_install_page_from_a_checkout_to_a_wheel_in_another_venv(tmp_path) -
     assert f"dist/{WHEEL}" in direct_url
     assert _sh(f". {other}/bin/activate\n" + check, tmp_path) == (
         f"refresher {refresher.__version__}\n")
-    assert doc_block(PAGE, "refresher --version\n") == f"refresher {refresher.__version__}\n"
+    shown = doc_block("docs/tutorial/install.rst", "refresher --version\n")
+    assert shown == f"refresher {refresher.__version__}\n"
 
 
 def _extras_table() -> dict[str, str]:
@@ -148,7 +149,7 @@ def test_the_extras_table_is_setup_cfg_s() -> None:
 
 
 def test_the_missing_extra_message_is_the_one_the_page_shows(tmp_path) -> None:
-    shown = doc_block(PAGE, "Opening a SQL store without SQLAlchemy, for instance:")
+    shown = doc_block("docs/tutorial/install.rst", "Opening a SQL store without SQLAlchemy")
     code = ("import sys\n"
             "sys.modules['sqlalchemy'] = None\n"
             "import refresher\n"
