@@ -11,6 +11,7 @@ tests look at.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -275,8 +276,23 @@ def test_flow_session_carries_the_flows_settings_not_the_variables(no_settings):
 
 # -- the command line ----------------------------------------------------------------------
 
+@pytest.fixture
+def cli_logging_undone() -> Any:
+    """``main`` sets up refresher's loggers for a command: undone afterwards, so the tests
+    that follow in this process hear refresher's warnings as before."""
+    loggers = [logging.getLogger(name) for name in ("refresher", "refresher.settings")]
+    saved = [(logger.level, list(logger.handlers)) for logger in loggers]
+    yield
+    for logger, (level, handlers) in zip(loggers, saved):
+        logger.setLevel(level)
+        for handler in list(logger.handlers):
+            if handler not in handlers:
+                logger.removeHandler(handler)
+
+
 def test_status_lists_every_account_whatever_refresher_account_says(no_settings, tmp_path,
-                                                                    capsys):
+                                                                    capsys,
+                                                                    cli_logging_undone):
     path = tmp_path / "tokens.json"
     store = _logged_in(JSONTokenStore(path))
     _logged_in(store, "bob")
