@@ -42,15 +42,21 @@ def _copy_of_the_checkout(where: Path) -> Path:
     return source
 
 
-def _sh(script: str, cwd: Path, **env: str) -> str:
-    """Run ``script`` with sh, as a user's shell would, with this interpreter's ``bin``
-    first on PATH (so ``python3`` is this Python). Returns its output; fails on an error."""
+def _environment(**env: str) -> dict[str, str]:
+    """A user's environment: nothing of refresher's, no PYTHONPATH or active venv, this
+    interpreter's ``bin`` first on PATH (so ``python3`` is this Python)."""
     environment = {k: v for k, v in os.environ.items()
                    if not k.startswith(("REFRESHER_", "VIRTUAL_ENV", "PYTHON"))}
     environment["PATH"] = os.pathsep.join([str(Path(sys.executable).parent),
                                            environment.get("PATH", "")])
     environment.update(env)
-    done = subprocess.run(["sh", "-ec", script], cwd=cwd, env=environment, text=True,
+    return environment
+
+
+def _sh(script: str, cwd: Path, **env: str) -> str:
+    """Run ``script`` with sh, as a user's shell would (see :func:`_environment`). Returns
+    its output; fails on an error."""
+    done = subprocess.run(["sh", "-ec", script], cwd=cwd, env=_environment(**env), text=True,
                           capture_output=True, timeout=300)
     assert done.returncode == 0, f"{script}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout
@@ -67,7 +73,7 @@ def _lend_dependencies(venv: Path) -> None:
 
 def _python(venv: Path, code: str, cwd: Path) -> str:
     done = subprocess.run([str(venv / "bin" / "python"), "-c", code], cwd=cwd, text=True,
-                          capture_output=True, timeout=60)
+                          env=_environment(), capture_output=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
