@@ -25,6 +25,7 @@ extensions = [
     "sphinx.ext.intersphinx",
     "sphinx.ext.napoleon",
     "sphinx.ext.viewcode",
+    "refresher_cli",  # docs/_ext: the command line's reference, from its own parser
 ]
 
 exclude_patterns = ["_build", "_tools", "README.rst"]

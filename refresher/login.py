@@ -127,7 +127,7 @@ class LoginFlow:
                 require_secure_transport(getattr(self, name))
             except InsecureTransport as exc:
                 raise InsecureTransport(f"{name}: {exc}") from None
-        #: Where the logins under way are kept (``None``: with the caller).
+        #: Where the logins under way are kept, or ``None`` when the caller keeps them.
         self.pending: PendingLogins | None = None if pending is None else PendingLogins(
             pending if isinstance(pending, TokenStore) else open_store(pending), ttl=pending_ttl)
 
