@@ -37,6 +37,7 @@ html_title = f"refresher {release}"
 html_static_path: list[str] = []
 
 autodoc_typehints = "description"
+autodoc_typehints_description_target = "documented"
 autodoc_member_order = "bysource"
 autodoc_default_options = {"members": True, "show-inheritance": True}
 

@@ -131,13 +131,10 @@ def create_app(
         except (refresher.LoginError, requests.RequestException) as exc:
             return page(f"Login failed: {html.escape(str(exc))}. "
                         '<a href="/login">Try again</a>.', 400)
-        # Saved under the user's X id; a login over an older token of theirs replaces it.
+        # Saved under the user's X id, with the client id and URLs beside it (as
+        # `refresher login` records them: open_session(user_id, store=...) needs nothing
+        # more); a login over an older token of theirs replaces it.
         flow.session(token, store=store, account=user["id"]).close()
-        # What refresher login records: open_session(user_id, store=...) then needs nothing.
-        store.save_metadata(user["id"], {
-            "username": user["username"], "client_id": flow.client_id,
-            "confidential": flow.confidential, "token_url": flow.token_url,
-            "api_url": flow.api_url, "revoke_url": flow.revoke_url})
         flask.session["user_id"] = user["id"]
         return flask.redirect("/")
 

@@ -379,7 +379,31 @@ class LoginFlow:
         )
         if token and _should_replace(session.token, token):
             session.token = dict(token)  # a new login: saved under the store's lock
+        if token and store is not None:
+            self._record_login(session, token)
         return session
+
+    def _record_login(self, session: RefreshingSession, token: Mapping[str, Any]) -> None:
+        """Beside a login's pair, what it was logged in with (the client id, whether the
+        client is confidential, the URLs; never the secret), as ``refresher login`` records
+        it: :func:`~refresher.open_session`, ``refresher status`` and ``refresher refresh``
+        then need none of it repeated. Earlier refusal records go: this is a new pair."""
+        store = session.store
+        if store is None or not store.keeps_metadata:
+            return
+        record = {
+            "client_id": self.client_id,
+            "confidential": self.confidential,
+            "authorize_url": self.authorize_url,
+            "token_url": self.token_url,
+            "api_url": self.api_url,
+            "revoke_url": self.revoke_url,
+            "redirect_uri": self.redirect_uri,
+            "scopes": str(token.get("scope") or " ".join(self.scopes)).split(),
+            "logged_in_at": time.time(),
+        }
+        with store.lock(session.account, timeout=session.policy.lock_timeout):
+            store.save_metadata(session.account, record)
 
     def revoke(self, token: Mapping[str, Any], *, timeout: float | None = None) -> None:
         """Revoke a pair the app holds (its refresh token, then its access token) at the

@@ -960,7 +960,11 @@ def test_demo_never_touches_a_real_account_nor_makes_folders(cli, x_emulator, tm
     assert cli.store.read_text() == kept
     forced = cli.run("demo", *small, "--store", str(cli.store), "--force")
     assert forced.returncode == 0, forced.stderr
-    assert JSONTokenStore(cli.store).load_metadata("demo").get("username") == "emulated_user"
+    # The demo's login replaced the account, and its record: its own emulator's URLs now.
+    record = JSONTokenStore(cli.store).load_metadata("demo")
+    assert record["client_id"] == DEFAULT_CLIENT_ID and "username" not in record
+    assert record["token_url"].startswith("http://127.0.0.1:")
+    assert record["token_url"] != x_emulator.token_url
 
     missing = tmp_path / "nonexistent" / "dir"
     done = cli.run("demo", *small, "--store", str(missing / "tokens.json"))

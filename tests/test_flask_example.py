@@ -85,7 +85,7 @@ def test_a_user_logs_in_and_the_app_keeps_their_token_alive(make_app, x_emulator
     assert done.status_code == 302 and done.headers["Location"] == "/"
 
     assert store.accounts() == ["1000000001"]            # saved under the user's X id
-    assert store.load_metadata("1000000001")["username"] == "emulated_user"
+    assert store.load_metadata("1000000001")["token_url"] == x.token_url  # as login records
     first = store.load("1000000001")
     assert "Hello @emulated_user" in client.get("/").get_data(as_text=True)
 

@@ -6,6 +6,7 @@ import ast
 import base64
 import hashlib
 import io
+import json
 import logging
 import os
 import socket
@@ -400,6 +401,40 @@ def test_session_saves_a_new_login_over_the_accounts_old_token(x_emulator, tmp_p
     session = flow.session(new, store=store, account="alice")
     assert store.load("alice")["access_token"] == new["access_token"]
     assert session.token["access_token"] == new["access_token"]
+
+
+def test_a_login_saved_by_the_flow_records_what_open_session_and_the_cli_need(
+        x_emulator, tmp_path, capsys):
+    """flow.session(token, store=...) records the client id and URLs beside the pair (never a
+    secret), as `refresher login` does: open_session and `refresher refresh --all` then need
+    no REFRESHER_* variable. A new login's record replaces the old one's refusals."""
+    from refresher.cli import main
+
+    store = JSONTokenStore(tmp_path / "tokens.json")
+    flow = _flow(x_emulator, DEFAULT_CONFIDENTIAL_CLIENT_ID, client_secret=DEFAULT_CLIENT_SECRET,
+                 revoke_url=x_emulator.revoke_url)
+    token = flow.run_local_server(port=0, open_browser=Browser(), timeout=10)
+    store.save("42", {"access_token": "old", "refresh_token": "old-rt", "expires_at": 1})
+    store.mark_needs_login("42", "old-rt")
+    flow.session(token, store=store, account="42").close()
+    record = store.load_metadata("42")
+    assert {k: record[k] for k in ("client_id", "confidential", "token_url", "api_url",
+                                   "revoke_url")} == {
+        "client_id": DEFAULT_CONFIDENTIAL_CLIENT_ID, "confidential": True,
+        "token_url": x_emulator.token_url, "api_url": x_emulator.api_url,
+        "revoke_url": x_emulator.revoke_url}
+    assert DEFAULT_CLIENT_SECRET not in json.dumps(record)
+    assert not store.needs_login("42")
+    with open_session("42", store=store, client_secret=DEFAULT_CLIENT_SECRET) as session:
+        assert session.me()["username"] == "emulated_user"
+    os.environ["REFRESHER_CLIENT_SECRET"] = DEFAULT_CLIENT_SECRET  # as cron would have it
+    try:
+        status = main(["refresh", "--all", "--store", str(tmp_path / "tokens.json")])
+    finally:
+        del os.environ["REFRESHER_CLIENT_SECRET"]
+    assert status == 0, capsys.readouterr()
+    assert "Refreshed account '42'" in capsys.readouterr().out
+    assert x_emulator.stats.reused_refresh_tokens == 0
 
 
 def test_session_with_a_spent_dict_keeps_the_stores_newer_pair(x_emulator):
