@@ -38,7 +38,7 @@ from .loopback import DEFAULT_REDIRECT_URI, OpenBrowser, callback_params, wait_f
 from .pending_logins import DEFAULT_PENDING_TTL, PendingLogins
 from .revoke import revoke_pair
 from .session import RefreshingSession, open_session
-from .settings import default_store_location, resolve_setting
+from .settings import default_store_location, record_login, resolve_setting
 from .stores import MemoryTokenStore, TokenStore, open_store
 from .token import Token, normalize_token
 
@@ -369,41 +369,14 @@ class LoginFlow:
         if "api_url" not in kwargs and "api_base_url" not in kwargs:
             kwargs["api_url"] = self.api_url
         session = RefreshingSession(
-            self.client_id,
-            client_secret=self._client_secret,
-            token_url=self.token_url,
-            store=store if store is not None else MemoryTokenStore(),
-            account=account,
-            token=token,
-            **kwargs,
-        )
+            self.client_id, client_secret=self._client_secret, token_url=self.token_url,
+            store=store if store is not None else MemoryTokenStore(), account=account,
+            token=token, **kwargs)
         if token and _should_replace(session.token, token):
             session.token = dict(token)  # a new login: saved under the store's lock
-        if token and store is not None:
-            self._record_login(session, token)
+        if token and store is not None:  # beside the pair, what it was logged in with
+            record_login(session.store, account, self, token, session.policy.lock_timeout)
         return session
-
-    def _record_login(self, session: RefreshingSession, token: Mapping[str, Any]) -> None:
-        """Beside a login's pair, what it was logged in with (the client id, whether the
-        client is confidential, the URLs; never the secret), as ``refresher login`` records
-        it: :func:`~refresher.open_session`, ``refresher status`` and ``refresher refresh``
-        then need none of it repeated. Earlier refusal records go: this is a new pair."""
-        store = session.store
-        if store is None or not store.keeps_metadata:
-            return
-        record = {
-            "client_id": self.client_id,
-            "confidential": self.confidential,
-            "authorize_url": self.authorize_url,
-            "token_url": self.token_url,
-            "api_url": self.api_url,
-            "revoke_url": self.revoke_url,
-            "redirect_uri": self.redirect_uri,
-            "scopes": str(token.get("scope") or " ".join(self.scopes)).split(),
-            "logged_in_at": time.time(),
-        }
-        with store.lock(session.account, timeout=session.policy.lock_timeout):
-            store.save_metadata(session.account, record)
 
     def revoke(self, token: Mapping[str, Any], *, timeout: float | None = None) -> None:
         """Revoke a pair the app holds (its refresh token, then its access token) at the

@@ -505,7 +505,7 @@ def test_the_web_apps_keep_alive_job_as_printed(x_emulator, tmp_path):
     env.update(REFRESHER_CLIENT_ID=DEFAULT_CLIENT_ID, REFRESHER_TOKEN_URL=x.token_url,
                REFRESHER_API_URL=x.api_url)
     script = tmp_path / "keep_alive.py"
-    script.write_text(doc_block("docs/howto/idle-accounts.rst", "as they\ncan for the app):"))
+    script.write_text(doc_block("docs/howto/idle-accounts.rst", "as they can for the app):"))
     done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

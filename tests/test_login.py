@@ -10,6 +10,8 @@ import json
 import logging
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import webbrowser
@@ -404,12 +406,10 @@ def test_session_saves_a_new_login_over_the_accounts_old_token(x_emulator, tmp_p
 
 
 def test_a_login_saved_by_the_flow_records_what_open_session_and_the_cli_need(
-        x_emulator, tmp_path, capsys):
+        x_emulator, tmp_path):
     """flow.session(token, store=...) records the client id and URLs beside the pair (never a
     secret), as `refresher login` does: open_session and `refresher refresh --all` then need
     no REFRESHER_* variable. A new login's record replaces the old one's refusals."""
-    from refresher.cli import main
-
     store = JSONTokenStore(tmp_path / "tokens.json")
     flow = _flow(x_emulator, DEFAULT_CONFIDENTIAL_CLIENT_ID, client_secret=DEFAULT_CLIENT_SECRET,
                  revoke_url=x_emulator.revoke_url)
@@ -427,13 +427,13 @@ def test_a_login_saved_by_the_flow_records_what_open_session_and_the_cli_need(
     assert not store.needs_login("42")
     with open_session("42", store=store, client_secret=DEFAULT_CLIENT_SECRET) as session:
         assert session.me()["username"] == "emulated_user"
-    os.environ["REFRESHER_CLIENT_SECRET"] = DEFAULT_CLIENT_SECRET  # as cron would have it
-    try:
-        status = main(["refresh", "--all", "--store", str(tmp_path / "tokens.json")])
-    finally:
-        del os.environ["REFRESHER_CLIENT_SECRET"]
-    assert status == 0, capsys.readouterr()
-    assert "Refreshed account '42'" in capsys.readouterr().out
+    cron = {k: v for k, v in os.environ.items() if not k.startswith("REFRESHER_")}
+    cron["REFRESHER_CLIENT_SECRET"] = DEFAULT_CLIENT_SECRET  # the one setting cron is given
+    done = subprocess.run([sys.executable, "-m", "refresher", "refresh", "--all", "--store",
+                           str(tmp_path / "tokens.json")], env=cron, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "Refreshed account '42'" in done.stdout
     assert x_emulator.stats.reused_refresh_tokens == 0
 
 
