@@ -33,7 +33,7 @@ if not hasattr(aiohttp, "ClientMiddlewareType"):
                        f"not {aiohttp.__version__}", extra="aiohttp", name="aiohttp")
 
 from ._retry_after import asked_wait
-from .flow import Answer, Describe, Facts, Send, Steps, TokenNeeded, Wait, request_rule
+from .flow import Answer, Describe, Facts, Send, Steps, TokenNeeded, Wait, request_rule, settled
 from .frontend import RefreshingFrontEnd
 from .wire import bearer_token, problem_type
 
@@ -79,16 +79,35 @@ class RefreshingMiddleware(RefreshingFrontEnd):
             request.headers.pop("Authorization", None)
             return _noted(request, await handler(request), away=True)
         self._origin_check(request.url)
-        response: aiohttp.ClientResponse | None = None
+        # Steps 1 and 2 of the rule, as it would ask them: the token, the send. The rule
+        # itself is built only for an answer it does not settle at once (flow.settled).
+        token = self.coordinator.ready_token()  # AsyncTokens' hot path, with no coroutine
+        if token is None:
+            token = await self.tokens.token_for_request()
+        carried = token["access_token"]
+        request.headers["Authorization"] = f"Bearer {carried}"
+        response = _noted(request, await handler(request), away=False)
+        policy = self.policy
+        if settled(response.status, carried, policy.refresh_status_codes,
+                   policy.longest_rate_limit_wait):
+            return response
+        return await self._by_the_rule(request, handler, response,
+                                       Answer(response.status, carried))
+
+    async def _by_the_rule(self, request: aiohttp.ClientRequest,
+                           handler: aiohttp.ClientHandlerType,
+                           response: aiohttp.ClientResponse,
+                           answered: Answer) -> aiohttp.ClientResponse:
+        """Drive :func:`~refresher.flow.request_rule` on from the first ``response``."""
         clock = self.coordinator.clock
         steps = Steps(request_rule(self.coordinator, self.policy.refresh_status_codes,
-                                   max_rate_limit_wait=self.policy.longest_rate_limit_wait))
+                                   max_rate_limit_wait=self.policy.longest_rate_limit_wait,
+                                   answered=answered))
         for step in steps:
             if isinstance(step, TokenNeeded):
                 steps.answer(await self.tokens.token_for_request())
             elif isinstance(step, Send):
                 if step.replay:
-                    assert response is not None
                     response.release()
                 if step.token is not None:  # the hop carries what it is given: this token
                     carried: str | None = step.token["access_token"]
@@ -98,18 +117,15 @@ class RefreshingMiddleware(RefreshingFrontEnd):
                 response = _noted(request, await handler(request), away=False)
                 steps.answer(Answer(response.status, carried))
             elif isinstance(step, Describe):
-                assert response is not None
                 retry_after = (asked_wait(response.headers, clock.time())
                                if response.status == 429 else None)
                 steps.answer(Facts(_endpoint(request), await _problem_type(response),
                                    _replayable(request), retry_after))
             elif isinstance(step, Wait):
-                assert response is not None
                 response.release()  # the connection goes back to the pool for the wait
                 await clock.asleep(step.seconds)
             else:
                 steps.answer(await self.tokens.refresh(replacing=step.replacing))
-        assert response is not None
         return response
 
 

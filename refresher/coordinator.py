@@ -187,6 +187,9 @@ class RefreshCoordinator:
 
     def token_for_request(self) -> Token:
         """The token to send now, refreshed first when it is expiring."""
+        ready = self.ready_token()
+        if ready is not None:
+            return ready  # the hot path: nothing to write back, load or refresh
         if self._write_back.waiting:
             self._write_back.now()
         token = self._token

@@ -8,6 +8,9 @@ Over real HTTP to the emulator: requests (``RefreshingSession``), httpx sync and
    another origin carried none, so its 401 refreshes nothing.
 3. A replay refused with the token just refreshed brakes that endpoint; a replay whose
    last hop carried no token does not.
+
+And the fast path every driver takes: a 2xx to a ready token builds no rule at all
+(``refresher.flow.settled`` decides, for the rule).
 """
 
 from __future__ import annotations
@@ -143,3 +146,21 @@ def test_the_refresh_rule_pages_example_never_refreshes_on_a_403(x_emulator, tmp
     # again), and the request replayed once.
     assert x_emulator.stats.refreshes == 1 and x_emulator.stats.unauthorized == 2
     session.close()
+
+
+@pytest.mark.parametrize("kind", FRONTS)
+def test_a_2xx_to_a_ready_token_builds_no_rule(kind, make_wired, x_emulator,
+                                                monkeypatch) -> None:
+    x = x_emulator
+    front = _front(kind, make_wired, x)
+    module = {"requests": "refresher.adapter", "aiohttp": "refresher.aiohttp"}.get(
+        kind, "refresher.httpx")
+
+    def no_rule(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a rule was built for a 2xx")
+
+    monkeypatch.setattr(f"{module}.request_rule", no_rule)
+    assert _get(kind, front, x.api_url + "/2/users/me") == 200
+    x.expire_access_token(front.token["access_token"])
+    with pytest.raises(AssertionError, match="a rule was built"):
+        _get(kind, front, x.api_url + "/2/users/me")  # a 401 needs the rule

@@ -11,9 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
-
-import filelock
+from typing import TYPE_CHECKING, Any
 
 from .._fork import register
 from ..errors import StaleTokenError, TokenStoreError
@@ -29,6 +27,9 @@ from .jsonfile_lock import (
     os_lock,
 )
 from .reserved import is_reserved
+
+if TYPE_CHECKING:  # filelock is imported with the first lock (see jsonfile_lock)
+    import filelock
 
 __all__ = ["JSONTokenStore"]
 
