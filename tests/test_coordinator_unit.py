@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -147,6 +148,45 @@ def test_a_sibling_token_in_the_store_is_adopted_without_spending(clock, endpoin
     first.refresh(replacing="at-0")
     assert second.refresh(replacing="at-0")["access_token"] == "at-1"
     assert endpoint.spent == ["rt-0"]
+
+
+class SiblingHolding:
+    """Another holder (a thread standing for a sibling process) that takes the store's
+    lock for ``account``, saves ``token`` if given, and keeps the lock until released."""
+
+    def __init__(self, store: MemoryTokenStore, account: str = "alice") -> None:
+        self.store, self.account = store, account
+        self.taken, self.release = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self._hold)
+        self.thread.start()
+        assert self.taken.wait(10)
+
+    def _hold(self) -> None:
+        with self.store.lock(self.account):
+            self.taken.set()
+            self.release.wait(30)
+
+    def save(self, token: dict[str, Any]) -> None:
+        """Save as the holder would (a memory store's save takes no lock of its own)."""
+        self.store.save(self.account, token)
+
+    def __enter__(self) -> SiblingHolding:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release.set()
+        self.thread.join(10)
+
+
+def test_a_request_near_expiry_adopts_a_saved_sibling_token_without_its_lock(
+        clock, endpoint) -> None:
+    store = MemoryTokenStore()
+    coordinator = make(store, endpoint, clock, policy=RefreshPolicy(lock_timeout=5.0))
+    with SiblingHolding(store) as sibling:
+        clock.advance(7200 - 10)  # under half the leeway left: the request waits...
+        sibling.save(endpoint.pair(9))
+        assert coordinator.token_for_request()["access_token"] == "at-9"  # ...for nothing
+    assert endpoint.spent == []
 
 
 def test_a_refused_refresh_token_is_recorded_and_not_resent(clock, endpoint) -> None:

@@ -388,6 +388,74 @@ def test_sqlite_is_a_private_file_in_wal_mode_with_a_busy_timeout(tmp_path,
     store.close()
 
 
+def _hold_sqlite_write_lock(path: Any, until: threading.Event) -> threading.Thread:
+    """Another writer: a plain sqlite3 connection holding the write lock until ``until``."""
+    import sqlite3
+
+    taken = threading.Event()
+
+    def hold() -> None:
+        connection = sqlite3.connect(str(path), isolation_level=None)
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            taken.set()
+            until.wait(30)
+            connection.execute("COMMIT")
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert taken.wait(10)
+    return thread
+
+
+def test_a_sqlite_save_waits_for_another_writer_and_its_engine_keeps_its_busy_timeout(
+        tmp_path, sqlalchemy_installed) -> None:
+    path = tmp_path / "tokens.db"
+    store = SQLTokenStore(f"sqlite:///{path}")
+    store.save(ACCOUNT, TOKEN)  # the table and a pooled connection
+    release, order = threading.Event(), []
+    holder = _hold_sqlite_write_lock(path, release)
+    timer = threading.Timer(0.3, lambda: (order.append("released"), release.set()))
+    timer.start()
+    try:
+        with store.lock(ACCOUNT, timeout=10):
+            store.save(ACCOUNT, dict(TOKEN, access_token="at-2"))
+        order.append("saved")
+    finally:
+        release.set()
+        timer.join()
+        holder.join()
+    assert order == ["released", "saved"]
+    assert store.load(ACCOUNT)["access_token"] == "at-2"
+    with store.engine.connect() as connection:  # the pool's connection, as the store left it
+        assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 10_000
+    store.close()
+
+
+def test_a_sqlite_writer_held_past_the_busy_timeout_is_a_TokenStoreError(
+        tmp_path, sqlalchemy_installed) -> None:
+    path = tmp_path / "tokens.db"
+    engine = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 0.2})
+    store = SQLTokenStore(engine)
+    store.save(ACCOUNT, TOKEN)
+    release = threading.Event()
+    holder = _hold_sqlite_write_lock(path, release)
+    try:  # the engine's own busy timeout (0.2 s) bounds the wait
+        with pytest.raises(TokenStoreError, match="database is locked") as caught:
+            store.save(ACCOUNT, dict(TOKEN, access_token="at-2"))
+    finally:
+        release.set()
+        holder.join()
+    assert f"sqlite:///{path}" in str(caught.value)
+    assert store.load(ACCOUNT) == TOKEN
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 200
+    store.close()
+    engine.dispose()
+
+
 def test_an_in_memory_sqlite_database_is_refused(sqlalchemy_installed) -> None:
     for url in ("sqlite://", "sqlite:///:memory:"):
         with pytest.raises(refresher.ConfigurationError, match="MemoryTokenStore"):

@@ -11,10 +11,13 @@ Engines made from a URL get refresher's defaults (the caller's ``engine_options`
 - SQLite: the file is created mode 0600 (its folder 0700) when missing, as token files
   are; WAL mode (readers never wait for a writer); ``synchronous=FULL`` (every committed
   token is on disk: a lost save can lose an account); a busy timeout of 10 s (writers
-  queue instead of failing with "database is locked").
+  queue instead of failing with "database is locked"). The store's own transactions wait
+  for another writer in steps of a few milliseconds, within that timeout (on any SQLite
+  engine, within its own): SQLite's waits grow to 100 ms each and oversleep a lock that
+  is held for a millisecond.
 - PostgreSQL: ``postgresql://`` uses psycopg 3 (the ``[sql]`` extra installs it, not
-  psycopg2 or asyncpg); a 5 s connect timeout; ``pool_pre_ping``, so connections broken by a server
-  restart are replaced instead of failing once each.
+  psycopg2 or asyncpg); a 5 s connect timeout; ``pool_pre_ping``, so connections broken by a
+  server restart are replaced instead of failing once each.
 - Both: ``hide_parameters``, so SQLAlchemy's error messages never show a token.
 
 Logging. The store's statements run on a view of the engine (``engine.execution_options()``:
@@ -30,8 +33,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from .._fork import register
@@ -45,8 +50,18 @@ if TYPE_CHECKING:
 __all__ = ["Database", "ENGINE_LOGGER", "import_sqlalchemy", "describe_server",
            "server_failure"]
 
+_T = TypeVar("_T")
+
 #: Seconds a SQLite writer waits for another's transaction before "database is locked".
 SQLITE_BUSY_TIMEOUT = 10.0
+# SQLite's own wait for another writer sleeps 1, 2, 5, 10... then 100 ms at a time, and
+# oversleeps a lock held a millisecond: 16 processes taking their leases at once queued for
+# several times their work. In the store's transactions SQLite waits this long at most
+# (milliseconds)...
+_SQLITE_BUSY_SLICE_MS = 5
+# ...then the store tries again after this many seconds, within the busy timeout.
+_BUSY_RETRY = 0.0005
+_SQLITE_BUSY = 5  # SQLite's result code (its extended codes keep it in their low byte)
 #: Seconds to connect to a database server before it counts as unreachable.
 CONNECT_TIMEOUT = 5
 # What of a driver's message goes into ours: its first line, this long at most.
@@ -148,6 +163,36 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA synchronous = FULL")
     finally:
         cursor.close()
+
+
+@contextlib.contextmanager
+def _short_busy_waits(connection: sqlalchemy.Connection) -> Iterator[float]:
+    """For the block, SQLite's own wait for another writer's lock cut to
+    :data:`_SQLITE_BUSY_SLICE_MS`, on the connection's SQLite handle; the block gets the
+    seconds the connection would have waited (its busy timeout: 10 s on refresher's
+    engines, the caller's choice on theirs), which is set back after it."""
+    handle = connection.connection.dbapi_connection
+    if handle is None:  # pragma: no cover (a connection just checked out has its handle)
+        yield 0.0
+        return
+    before = int(handle.execute("PRAGMA busy_timeout").fetchone()[0])
+    handle.execute(f"PRAGMA busy_timeout = {min(before, _SQLITE_BUSY_SLICE_MS)}")
+    try:
+        yield before / 1000
+    finally:
+        with contextlib.suppress(sqlite3.Error):  # a broken handle: the pool drops it
+            handle.execute(f"PRAGMA busy_timeout = {before}")
+
+
+def _busy(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite's "database is locked": another writer holds the lock."""
+    original = getattr(exc, "orig", None)
+    if not isinstance(original, sqlite3.OperationalError):
+        return False
+    code = getattr(original, "sqlite_errorcode", None)  # Python 3.11 and later
+    if code is not None:
+        return bool(code & 0xFF == _SQLITE_BUSY)
+    return "database is locked" in str(original)
 
 
 def _engine_from_url(sa: Any, text: str, options: dict[str, Any]) -> sqlalchemy.Engine:
@@ -332,15 +377,32 @@ class Database:
         """A TokenStoreError for ``exc``, naming the server and never the password."""
         return server_failure(self.server, self._password, doing, exc)
 
-    @contextlib.contextmanager
-    def begin(self, doing: str) -> Iterator[sqlalchemy.Connection]:
-        """A connection in a transaction, committed at the end of the block; a database
-        error is a :class:`~refresher.TokenStoreError` saying what was being done."""
-        try:
-            with self._view.begin() as connection:
-                yield connection
-        except self._error as exc:
-            raise self.failure(doing, exc) from None
+    def run(self, doing: str, work: Callable[[sqlalchemy.Connection], _T]) -> _T:
+        """``work(connection)`` in a transaction, committed when it returns; its result. A
+        database error is a :class:`~refresher.TokenStoreError` saying what was being done.
+
+        On SQLite, a transaction that meets another writer's lock is rolled back and run
+        again every millisecond or so, for as long as the connection's busy timeout says
+        (:func:`_short_busy_waits`); so ``work`` must do nothing but talk to the database.
+        """
+        if self.dialect != "sqlite":
+            try:
+                with self._view.begin() as connection:
+                    return work(connection)
+            except self._error as exc:
+                raise self.failure(doing, exc) from None
+        give_up: float | None = None
+        while True:
+            try:
+                with self._view.begin() as connection, \
+                        _short_busy_waits(connection) as patience:
+                    if give_up is None:
+                        give_up = time.monotonic() + patience
+                    return work(connection)
+            except self._error as exc:
+                if not _busy(exc) or give_up is None or time.monotonic() >= give_up:
+                    raise self.failure(doing, exc) from None
+            time.sleep(_BUSY_RETRY)
 
     def _after_fork_in_child(self) -> None:
         # SQLAlchemy's advice for a forked child: a new pool, the parent's connections
