@@ -75,7 +75,7 @@ class RefreshingMiddleware(RefreshingFrontEnd):
 
     async def __call__(self, request: aiohttp.ClientRequest,
                        handler: aiohttp.ClientHandlerType) -> aiohttp.ClientResponse:
-        if _redirected_away(request):
+        if _NEXT_HOP.get() is not None and _redirected_away(request):  # one lookup, mostly
             request.headers.pop("Authorization", None)
             return _noted(request, await handler(request), away=True)
         self._origin_check(request.url)

@@ -197,8 +197,10 @@ def settled(status: int, carried: str | None, status_codes: Collection[int],
     that took steps 1 and 2 itself asks this, and starts the rule only when it says no
     (``request_rule(..., answered=Answer(status, carried))``): the common 2xx then builds
     no rule at all."""
-    return not _may_wait(status, max_rate_limit_wait) and not _looked_at(
-        status, carried, status_codes)
+    # Neither _may_wait nor _looked_at, written out: this runs on every request, and a
+    # call costs more than the test (tests/test_flow.py holds the two to the same verdict).
+    return (status != 429 or max_rate_limit_wait is None) and (
+        carried is None or status not in status_codes)
 
 
 def _may_wait(status: int, max_rate_limit_wait: float | None) -> bool:
