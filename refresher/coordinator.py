@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -43,10 +42,6 @@ from .transaction import Endpoint, RefreshTransaction, Replacing, replaced
 __all__ = ["RefreshCoordinator"]
 
 log = logging.getLogger(__name__)
-
-#: Seconds before a background refresh that found a sibling refreshing looks again (the
-#: pause doubles after each look, to half a second).
-SIBLING_LOOK = 0.025
 
 
 class RefreshCoordinator:
@@ -237,21 +232,8 @@ class RefreshCoordinator:
         return self._background.wait(timeout)
 
     def _background_refresh(self, token: Token) -> None:
-        # While a sibling (another process, or a thread of ours) refreshes, this run does
-        # not queue for the store's lock: it looks at the store every SIBLING_LOOK seconds
-        # (or so: the pause doubles, to half a second) and adopts the sibling's pair once
-        # saved, or takes the lock once free. Processes whose tokens enter the window
-        # together spend a few reads each, not a place in the lock's queue. It stops when
-        # requests start waiting for the refresh themselves, or the process is exiting.
-        access, pause = token["access_token"], SIBLING_LOOK
         try:
-            while True:
-                self.refresh(replacing=access, wait=False)
-                if self.replaced(access) or self.policy.waits_for_refresh(
-                        token, self.clock.time()) or not threading.main_thread().is_alive():
-                    return
-                self.clock.sleep(pause)
-                pause = min(2 * pause, 0.5)
+            self.refresh(replacing=token["access_token"], wait=True)
         except Exception as exc:  # on_refresh_error has heard of a RefresherError
             if not isinstance(exc, RefresherError):
                 log.exception("account %r: background refresh failed", self.account)

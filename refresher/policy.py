@@ -66,9 +66,7 @@ class RefreshPolicy:
       sent as it is while the refresh runs elsewhere; nearer to expiry the request waits.
     - ``background_refresh``: while that margin lasts, the refresh runs in one background
       thread, so no request stalls behind the token endpoint (off: the request that notices
-      the expiry refreshes, the others go on with the current token). A background refresh
-      does not wait for a sibling that holds the store's lock: it looks at the store again
-      a moment later, and adopts the sibling's token once saved.
+      the expiry refreshes, the others go on with the current token).
     - ``background_threads``: at most this many background refreshes run at once per
       process, however many accounts enter their refresh window together; the others queue,
       and their requests go on with their still-valid tokens meanwhile.

@@ -8,8 +8,7 @@ is at stake, top to bottom in :meth:`RefreshTransaction.run`:
    again meanwhile), then take the store's lock for the account. When a sibling holds it,
    look at the store first, and adopt a usable replacement that sibling already saved
    (reading spends nothing: processes whose tokens expire together do not queue for the
-   lock only to read); else wait for the lock, or, for a caller with a margin left (a
-   background refresh), give up until later;
+   lock only to read the pair); else wait for the lock (or, without waiting, give up);
 2. write back a pair that waits to be saved; read the store with its version: if a sibling
    already replaced the token being replaced, adopt theirs; if X already refused the
    stored refresh token to this client id at this token URL, say a login is needed;
@@ -152,18 +151,17 @@ class RefreshTransaction:
             return granted
 
     def _locked(self, held: contextlib.ExitStack, replacing: Replacing, wait: bool) -> bool:
-        """Take the store's lock for ``held``: True. When a sibling holds it, first look
+        """Take the store's lock for ``held``: True. When a sibling holds it, look first
         (without it: reading spends nothing) whether the store already has a usable
-        replacement for ``replacing`` (that sibling refreshed, and may still be letting the
-        lock go), and adopt it: False. Otherwise wait for the lock, or with ``wait`` off
-        give up: False (the current token still works)."""
+        replacement for ``replacing`` (that sibling refreshed, and may still be letting
+        the lock go), and adopt it: False. Otherwise wait for the lock, or with ``wait``
+        off give up: False (the current token still works)."""
         try:
             held.enter_context(self.account.lock(0))
             return True
         except LockTimeout:
-            pass
-        if self._adopted_unlocked(replacing) or not wait:
-            return False
+            if self._adopted_unlocked(replacing) or not wait:
+                return False
         held.enter_context(self.account.lock(self.policy.lock_timeout))
         return True
 

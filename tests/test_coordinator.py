@@ -291,40 +291,6 @@ def test_with_background_refresh_no_request_waits_for_a_slow_token_endpoint(
         f"Bearer {token['access_token']}"
 
 
-def test_a_background_refresh_adopts_a_siblings_pair_without_waiting_for_its_lock(
-        x_emulator, tmp_path, me_url):
-    path = tmp_path / "tokens.json"
-    token = dict(x_emulator.issue_token(), expires_at=time.time() + 50)  # a good margin
-    session = RefreshingSession(DEFAULT_CLIENT_ID, store=JSONTokenStore(path), token=token,
-                                account="alice", token_url=x_emulator.token_url,
-                                api_base_url=x_emulator.api_url)
-    sibling, granted = JSONTokenStore(path), x_emulator.issue_token()
-    taken, save, release = threading.Event(), threading.Event(), threading.Event()
-
-    def refreshing_sibling() -> None:  # another process's refresh, holding the lock
-        with sibling.lock("alice"):
-            taken.set()
-            save.wait(30)
-            sibling.save("alice", granted)
-            release.wait(30)
-
-    holder = threading.Thread(target=refreshing_sibling)
-    holder.start()
-    try:
-        assert taken.wait(10)
-        assert session.get(me_url(x_emulator)).status_code == 200  # sent as it is
-        time.sleep(0.1)  # the background run finds the lock taken, and looks meanwhile
-        save.set()
-        assert session.coordinator is not None and session.coordinator.wait_for_background(10)
-        sent = session.get(me_url(x_emulator))  # the sibling still holds the lock
-        assert sent.request.headers["Authorization"] == f"Bearer {granted['access_token']}"
-    finally:
-        save.set()
-        release.set()
-        holder.join()
-    assert x_emulator.stats.refreshes == 0
-
-
 @pytest.mark.parametrize("left", [-1, 20])
 def test_a_token_at_the_end_of_its_life_waits_for_the_refresh_under_way(x_emulator,
                                                                         make_session, left, me_url):

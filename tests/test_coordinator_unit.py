@@ -151,8 +151,8 @@ def test_a_sibling_token_in_the_store_is_adopted_without_spending(clock, endpoin
 
 
 class SiblingHolding:
-    """Another holder (a thread standing for a sibling process) that takes the store's
-    lock for ``account``, saves ``token`` if given, and keeps the lock until released."""
+    """Another holder (a thread standing for a sibling process) that holds the store's lock
+    for ``account`` until the block ends; :meth:`save` saves its pair meanwhile."""
 
     def __init__(self, store: MemoryTokenStore, account: str = "alice") -> None:
         self.store, self.account = store, account
@@ -176,6 +176,19 @@ class SiblingHolding:
     def __exit__(self, *exc_info: object) -> None:
         self.release.set()
         self.thread.join(10)
+
+
+def test_a_background_refresh_adopts_a_saved_sibling_token_without_its_lock(
+        clock, endpoint) -> None:
+    store = MemoryTokenStore()
+    coordinator = make(store, endpoint, clock)
+    with SiblingHolding(store) as sibling:
+        clock.advance(7200 - 59)  # in the leeway, with a margin
+        sibling.save(endpoint.pair(9))  # saved, and the sibling still lets the lock go
+        assert coordinator.token_for_request()["access_token"] == "at-0"  # sent as it is
+        assert coordinator.wait_for_background(10)  # no wait for the sibling's lock
+        assert coordinator.token_for_request()["access_token"] == "at-9"
+    assert endpoint.spent == []
 
 
 def test_a_request_near_expiry_adopts_a_saved_sibling_token_without_its_lock(
