@@ -393,7 +393,7 @@ def httpx_unavailable() -> str | None:
     try:
         import httpx  # noqa: F401
     except ImportError:
-        return "httpx is not installed (pip install 'refresher[httpx]')"
+        return "httpx is not installed (pip install -e '.[httpx]')"
     return None
 
 

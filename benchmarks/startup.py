@@ -30,9 +30,10 @@ FLOOR = "python -c pass"
 OAUTH = "import requests_oauthlib"
 REFRESHER = "import refresher"
 
-# Parts that `import refresher` must not load: they are imported when first used.
+# Parts that `import refresher` must not load: they are imported when first used (asyncio
+# by the async front ends, filelock by a JSONTokenStore's first lock).
 LAZY_PARTS = ("redis", "refresher.stores.redis", "refresher.cli", "refresher.testing",
-              "refresher.login", "flask", "tweepy", "pytest")
+              "refresher.login", "asyncio", "filelock", "flask", "tweepy", "pytest")
 
 
 def child_environment() -> dict[str, str]:

@@ -8,9 +8,8 @@ No message repeats a token, a code or a secret: descriptions are scrubbed of the
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import requests
 
@@ -23,8 +22,7 @@ __all__ = ["Wording", "REFRESH", "EXCHANGE", "REVOKE", "refusal", "failure", "to
 _SPENT_DESCRIPTIONS = ("value passed for the token was invalid",)
 
 
-@dataclasses.dataclass(frozen=True)
-class Wording:
+class Wording(NamedTuple):
     """How failures read, by what the request was for."""
 
     what: str     # "refresh", "code exchange", "revoke"

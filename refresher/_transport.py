@@ -25,13 +25,13 @@ def is_allowed_transport(url: str) -> bool:
     the machine. Runs on every request: https is decided without parsing, and the verdict
     for any other origin is cached.
     """
-    if os.environ.get("OAUTHLIB_INSECURE_TRANSPORT"):
-        return True
     if url[:8].lower() == "https://":
         return True
     scheme, _, rest = url.partition("://")
     origin = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
-    return _allowed_origin(scheme.lower(), origin)
+    # The environment last: os.environ.get costs more than the cached verdict.
+    return _allowed_origin(scheme.lower(), origin) or bool(
+        os.environ.get("OAUTHLIB_INSECURE_TRANSPORT"))
 
 
 @functools.lru_cache(maxsize=256)

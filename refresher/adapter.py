@@ -28,7 +28,7 @@ from requests.utils import rewind_body
 
 from ._retry_after import asked_wait
 from .coordinator import RefreshCoordinator
-from .flow import Answer, Describe, Facts, Send, Steps, TokenNeeded, Wait, request_rule
+from .flow import Answer, Describe, Facts, Send, Steps, TokenNeeded, Wait, request_rule, settled
 from .token import Token
 from .wire import bearer_token, problem_type
 
@@ -113,16 +113,34 @@ class RefreshingAdapter(HTTPAdapter):
             self._after_fork_in_child()
             self._pid = os.getpid()
         coordinator = self.coordinator
-        response: requests.Response | None = None
+        put_bearer = getattr(request, _MARK, False)
+        # Steps 1 and 2 of the rule, as it would ask them: the token, the send. The rule
+        # itself is built only for an answer it does not settle at once (flow.settled).
+        token = coordinator.token_for_request() if put_bearer else None
+        if token is not None:
+            _put_bearer(request, token)
+        response = super().send(request, **kwargs)
+        carried = _bearer(request)
+        if settled(response.status_code, carried, self.refresh_status_codes,
+                   coordinator.policy.longest_rate_limit_wait):
+            return response
+        return self._by_the_rule(request, kwargs, response, Answer(response.status_code, carried),
+                                 put_bearer=put_bearer)
+
+    def _by_the_rule(self, request: requests.PreparedRequest, kwargs: dict[str, Any],
+                     response: requests.Response, answered: Answer, *,
+                     put_bearer: bool) -> requests.Response:
+        """Drive :func:`~refresher.flow.request_rule` on from the first ``response``."""
+        coordinator = self.coordinator
         steps = Steps(request_rule(coordinator, self.refresh_status_codes,
-                                   put_bearer=getattr(request, _MARK, False),
-                                   max_rate_limit_wait=coordinator.policy.longest_rate_limit_wait))
+                                   put_bearer=put_bearer,
+                                   max_rate_limit_wait=coordinator.policy.longest_rate_limit_wait,
+                                   answered=answered))
         for step in steps:
             if isinstance(step, TokenNeeded):
                 steps.answer(coordinator.token_for_request())
             elif isinstance(step, Send):
                 if step.replay:
-                    assert response is not None
                     response.content  # noqa: B018 — read it: the connection goes back to the pool
                     response.close()
                     request = request.copy()
@@ -131,18 +149,15 @@ class RefreshingAdapter(HTTPAdapter):
                 response = super().send(request, **kwargs)
                 steps.answer(Answer(response.status_code, _bearer(request)))
             elif isinstance(step, Describe):
-                assert response is not None
                 steps.answer(Facts(f"{request.method} {_path(request)}",
                                    _problem_type(response), _rewind(request),
                                    _retry_after(response, coordinator)))
             elif isinstance(step, Wait):
-                assert response is not None
                 response.content  # noqa: B018 — read it: the connection goes back to the pool
                 response.close()
                 coordinator.clock.sleep(step.seconds)
             else:
                 steps.answer(coordinator.refresh(replacing=step.replacing))
-        assert response is not None
         return response
 
 

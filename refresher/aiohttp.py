@@ -20,18 +20,20 @@ from __future__ import annotations
 
 import contextvars
 
+from .errors import MissingExtra
+
 try:
     import aiohttp
     from yarl import URL
 except ImportError as exc:  # an optional dependency: say how to get it
-    raise ImportError("refresher.aiohttp needs aiohttp: pip install 'refresher[aiohttp]'"
-                      ) from exc
+    raise MissingExtra("refresher.aiohttp needs aiohttp", extra="aiohttp",
+                       name="aiohttp") from exc
 if not hasattr(aiohttp, "ClientMiddlewareType"):
-    raise ImportError(f"refresher.aiohttp needs aiohttp 3.12 or later (client middlewares), "
-                      f"not {aiohttp.__version__}: pip install 'refresher[aiohttp]'")
+    raise MissingExtra(f"refresher.aiohttp needs aiohttp 3.12 or later (client middlewares), "
+                       f"not {aiohttp.__version__}", extra="aiohttp", name="aiohttp")
 
 from ._retry_after import asked_wait
-from .flow import Answer, Describe, Facts, Send, Steps, TokenNeeded, Wait, request_rule
+from .flow import Answer, Describe, Facts, Send, Steps, TokenNeeded, Wait, request_rule, settled
 from .frontend import RefreshingFrontEnd
 from .wire import bearer_token, problem_type
 
@@ -73,20 +75,39 @@ class RefreshingMiddleware(RefreshingFrontEnd):
 
     async def __call__(self, request: aiohttp.ClientRequest,
                        handler: aiohttp.ClientHandlerType) -> aiohttp.ClientResponse:
-        if _redirected_away(request):
+        if _NEXT_HOP.get() is not None and _redirected_away(request):  # one lookup, mostly
             request.headers.pop("Authorization", None)
             return _noted(request, await handler(request), away=True)
         self._origin_check(request.url)
-        response: aiohttp.ClientResponse | None = None
+        # Steps 1 and 2 of the rule, as it would ask them: the token, the send. The rule
+        # itself is built only for an answer it does not settle at once (flow.settled).
+        token = self.coordinator.ready_token()  # AsyncTokens' hot path, with no coroutine
+        if token is None:
+            token = await self.tokens.token_for_request()
+        carried = token["access_token"]
+        request.headers["Authorization"] = f"Bearer {carried}"
+        response = _noted(request, await handler(request), away=False)
+        policy = self.policy
+        if settled(response.status, carried, policy.refresh_status_codes,
+                   policy.longest_rate_limit_wait):
+            return response
+        return await self._by_the_rule(request, handler, response,
+                                       Answer(response.status, carried))
+
+    async def _by_the_rule(self, request: aiohttp.ClientRequest,
+                           handler: aiohttp.ClientHandlerType,
+                           response: aiohttp.ClientResponse,
+                           answered: Answer) -> aiohttp.ClientResponse:
+        """Drive :func:`~refresher.flow.request_rule` on from the first ``response``."""
         clock = self.coordinator.clock
         steps = Steps(request_rule(self.coordinator, self.policy.refresh_status_codes,
-                                   max_rate_limit_wait=self.policy.longest_rate_limit_wait))
+                                   max_rate_limit_wait=self.policy.longest_rate_limit_wait,
+                                   answered=answered))
         for step in steps:
             if isinstance(step, TokenNeeded):
                 steps.answer(await self.tokens.token_for_request())
             elif isinstance(step, Send):
                 if step.replay:
-                    assert response is not None
                     response.release()
                 if step.token is not None:  # the hop carries what it is given: this token
                     carried: str | None = step.token["access_token"]
@@ -96,18 +117,15 @@ class RefreshingMiddleware(RefreshingFrontEnd):
                 response = _noted(request, await handler(request), away=False)
                 steps.answer(Answer(response.status, carried))
             elif isinstance(step, Describe):
-                assert response is not None
                 retry_after = (asked_wait(response.headers, clock.time())
                                if response.status == 429 else None)
                 steps.answer(Facts(_endpoint(request), await _problem_type(response),
                                    _replayable(request), retry_after))
             elif isinstance(step, Wait):
-                assert response is not None
                 response.release()  # the connection goes back to the pool for the wait
                 await clock.asleep(step.seconds)
             else:
                 steps.answer(await self.tokens.refresh(replacing=step.replacing))
-        assert response is not None
         return response
 
 

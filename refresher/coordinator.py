@@ -14,7 +14,8 @@ So is a pair X granted after the caller gave up waiting (it had been sent before
 deadline): the endpoint hands it over, and it is saved under the store's lock; until that
 answer came or can no longer come, the refresh token it spent is not sent again.
 
-Words (spend, adopt, sibling, brake, write back, lease, fencing): see ``docs/glossary.rst``.
+Words (spend, adopt, sibling, brake, write back, lease, fencing): see
+``docs/explanation/glossary.rst``.
 """
 
 from __future__ import annotations
@@ -186,6 +187,9 @@ class RefreshCoordinator:
 
     def token_for_request(self) -> Token:
         """The token to send now, refreshed first when it is expiring."""
+        ready = self.ready_token()
+        if ready is not None:
+            return ready  # the hot path: nothing to write back, load or refresh
         if self._write_back.waiting:
             self._write_back.now()
         token = self._token

@@ -43,6 +43,12 @@ The steps, in order:
 The rule ends when the driver should return the last answer it got. A driver iterates
 :class:`Steps` and answers each step with :meth:`Steps.answer`.
 
+Most answers end the rule at step 2, so the drivers take steps 1 and 2 themselves (the
+token, as they answer :class:`TokenNeeded`; the send), ask :func:`settled` — the rule's own
+test of that first answer — and start the rule from the answer (``answered=``) only when it
+is not settled. A 2xx then costs the bearer, the send and one test: no generator, no step
+objects; every decision after the first answer is still the rule's.
+
 Three things the front ends once did differently, decided here once:
 
 - **Which statuses are looked at**: the driver's ``status_codes`` — the policy's
@@ -60,14 +66,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Generator
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from ._constants import RATE_LIMIT_MARGIN
 from .token import Token
 
 __all__ = ["Answer", "Describe", "Facts", "Judge", "Refresh", "Send", "Step", "Steps",
-           "TokenNeeded", "Wait", "request_rule", "refused_replay"]
+           "TokenNeeded", "Wait", "refused_replay", "request_rule", "settled"]
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +86,13 @@ class Judge(Protocol):
     def refused_after_refresh(self, token: Token | str, endpoint: str) -> None: ...
 
 
-@dataclass(frozen=True)
-class TokenNeeded:
+# Steps and the values answered to them are immutable named tuples: many times cheaper to
+# define (at import) and to make (per request) than frozen dataclasses. Told apart by type.
+class TokenNeeded(NamedTuple):
     """Answer the token to send now (refreshed first when it is expiring)."""
 
 
-@dataclass(frozen=True)
-class Send:
+class Send(NamedTuple):
     """Send the request with ``Bearer <token>`` (as it is when ``token`` is ``None``);
     answer an :class:`Answer`. ``replay``: the second send, after a refresh."""
 
@@ -95,23 +100,20 @@ class Send:
     replay: bool = False
 
 
-@dataclass(frozen=True)
-class Describe:
+class Describe(NamedTuple):
     """Answer the :class:`Facts` of the answer with ``status`` (a 403: read its problem
     type)."""
 
     status: int
 
 
-@dataclass(frozen=True)
-class Refresh:
+class Refresh(NamedTuple):
     """Refresh, replacing the access token ``replacing``; answer the token to use now."""
 
     replacing: str
 
 
-@dataclass(frozen=True)
-class Wait:
+class Wait(NamedTuple):
     """Wait ``seconds`` (an API rate limit's reset), without blocking an event loop: the
     sync drivers sleep on the coordinator's clock, the async ones await it; answer
     ``None``. The driver may release the answer it holds first."""
@@ -122,8 +124,7 @@ class Wait:
 Step = TokenNeeded | Send | Describe | Refresh | Wait
 
 
-@dataclass(frozen=True)
-class Answer:
+class Answer(NamedTuple):
     """What came back: the status, and the bearer the answered request carried (``None``:
     no bearer, as on a hop to another origin)."""
 
@@ -131,8 +132,7 @@ class Answer:
     carried: str | None
 
 
-@dataclass(frozen=True)
-class Facts:
+class Facts(NamedTuple):
     """About an answer a refresh (or a wait) may cure: the call's name (method and URL
     without query, for log lines and the brake), the 403's problem+json ``type``, whether
     the request body can be sent again, and for a 429 the seconds until X's rate-limit
@@ -149,21 +149,28 @@ _NEED_TOKEN = TokenNeeded()
 
 
 def request_rule(judge: Judge, status_codes: Collection[int], *, put_bearer: bool = True,
-                 max_rate_limit_wait: float | None = None) -> Generator[Step, object, None]:
+                 max_rate_limit_wait: float | None = None, answered: Answer | None = None
+                 ) -> Generator[Step, object, None]:
     """The rule for one request; see the module docstring for the steps and what each
     expects back. ``max_rate_limit_wait``: the longest wait for a 429's reset (``None``: a
-    429 is returned as it comes)."""
-    token = (yield from _token()) if put_bearer else None
-    answer = yield Send(token)
-    assert isinstance(answer, Answer)
-    if answer.status == 429 and max_rate_limit_wait is not None:
+    429 is returned as it comes). ``answered``: steps 1 and 2 are done, this is the first
+    answer (see :func:`settled`): the rule goes on from there."""
+    if answered is None:
+        token = (yield from _token()) if put_bearer else None
+        answer = yield Send(token)
+        assert isinstance(answer, Answer)
+    else:
+        answer = answered
+    if _may_wait(answer.status, max_rate_limit_wait):
+        assert max_rate_limit_wait is not None
         waited = yield from _wait_out(max_rate_limit_wait, put_bearer=put_bearer)
         if waited is None:
             return
         answer = waited
-    sent = answer.carried
-    if sent is None or answer.status not in status_codes:
+    if not _looked_at(answer.status, answer.carried, status_codes):
         return
+    sent = answer.carried
+    assert sent is not None
     facts = yield Describe(answer.status)
     assert isinstance(facts, Facts)
     if not judge.may_cure(answer.status, sent, facts.endpoint, facts.problem_type):
@@ -180,6 +187,30 @@ def request_rule(judge: Judge, status_codes: Collection[int], *, put_bearer: boo
     if replay.status == 401 and replay.carried is not None \
             and replay.carried == fresh.get("access_token"):
         refused_replay(judge, fresh, facts.endpoint)
+
+
+def settled(status: int, carried: str | None, status_codes: Collection[int],
+            max_rate_limit_wait: float | None = None) -> bool:
+    """Whether the rule ends with the first answer — ``status``, to a request that carried
+    the bearer ``carried`` — returned as it is: nothing to describe, wait or refresh. It
+    is the rule's own test (:func:`request_rule` asks the same two questions), so a driver
+    that took steps 1 and 2 itself asks this, and starts the rule only when it says no
+    (``request_rule(..., answered=Answer(status, carried))``): the common 2xx then builds
+    no rule at all."""
+    # Neither _may_wait nor _looked_at, written out: this runs on every request, and a
+    # call costs more than the test (tests/test_flow.py holds the two to the same verdict).
+    return (status != 429 or max_rate_limit_wait is None) and (
+        carried is None or status not in status_codes)
+
+
+def _may_wait(status: int, max_rate_limit_wait: float | None) -> bool:
+    """A 429 that the policy may wait out (``max_rate_limit_wait`` set)."""
+    return status == 429 and max_rate_limit_wait is not None
+
+
+def _looked_at(status: int, carried: str | None, status_codes: Collection[int]) -> bool:
+    """An answer a refresh might cure: a status looked at, to a request with a bearer."""
+    return carried is not None and status in status_codes
 
 
 def _token() -> Generator[Step, object, Token]:

@@ -14,13 +14,12 @@ how async code asks the coordinator, never blocking the event loop.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 import weakref
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import requests
 
@@ -37,6 +36,9 @@ from .policy import DEFAULT_POLICY, RefreshPolicy
 from .stores import MemoryTokenStore, TokenStore, open_store
 from .token import Token
 from .transaction import Replacing
+
+if TYPE_CHECKING:  # asyncio is imported where a coroutine runs: `import refresher` skips it
+    import asyncio
 
 __all__ = ["AsyncTokens", "FrontEndOptions", "RefreshingFrontEnd", "Wired"]
 
@@ -165,8 +167,7 @@ class FrontEndOptions:
         return Wired(policy, store, coordinator)
 
 
-@dataclass(frozen=True)
-class Wired:
+class Wired(NamedTuple):
     """What :meth:`FrontEndOptions.wire` makes."""
 
     policy: RefreshPolicy
@@ -261,6 +262,8 @@ class AsyncTokens:
     def _loop_lock(self) -> asyncio.Lock:
         """This coordinator's lock for the running event loop (an asyncio.Lock belongs to
         one loop; a program may run several, in several threads)."""
+        import asyncio
+
         loop = asyncio.get_running_loop()
         with self._guard:
             lock = self._locks.get(loop)
@@ -330,9 +333,9 @@ class RefreshingFrontEnd:
         """One for an account ``refresher login`` saved, as
         :func:`~refresher.open_session` opens a session: the store (default
         ``$REFRESHER_STORE``, else the user's), the account (``$REFRESHER_ACCOUNT``, else
-        the store's only one), the client id and URLs from the arguments, the
-        ``REFRESHER_*`` variables, else what the login recorded. Other keywords go to the
-        constructor."""
+        the store's only one), the client id and URLs from the arguments, else what the
+        login recorded, else the ``REFRESHER_*`` variables, else X's. Other keywords go to
+        the constructor."""
         from .settings import saved_account_arguments
 
         return cls(**saved_account_arguments(account, store=store, client_id=client_id,

@@ -20,15 +20,17 @@ refuses one (:func:`refuse_async`).
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import inspect
 import logging
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import ConfigurationError
+
+if TYPE_CHECKING:  # asyncio is imported where a coroutine runs: `import refresher` skips it
+    import asyncio
 
 __all__ = ["AsyncHooks", "is_async", "refuse_async"]
 
@@ -107,6 +109,8 @@ class AsyncHooks:
         """``work(*args, **kwargs)`` on a worker thread (:func:`asyncio.to_thread`), then
         the coroutine hooks it made, awaited here on the caller's loop (also when ``work``
         raised; its exception follows)."""
+        import asyncio
+
         self.loop = asyncio.get_running_loop()
         collected = _Collected()
         context = _WAITING.set(collected)
@@ -121,6 +125,8 @@ class AsyncHooks:
         collected = _WAITING.get()
         if collected is not None and collected.add(call):
             return  # the task waiting for this thread awaits it
+        import asyncio
+
         loop = self.loop
         try:
             running = asyncio.get_running_loop()

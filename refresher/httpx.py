@@ -18,14 +18,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Generator
 
+from .errors import MissingExtra
+
 try:
     import httpx
 except ImportError as exc:  # an optional dependency: say how to get it
-    raise ImportError("refresher.httpx needs httpx: pip install 'refresher[httpx]'") from exc
+    raise MissingExtra("refresher.httpx needs httpx", extra="httpx", name="httpx") from exc
 
 from ._retry_after import asked_wait
 from .clock import Clock
-from .flow import Answer, Describe, Facts, Send, Steps, TokenNeeded, Wait, request_rule
+from .flow import Answer, Describe, Facts, Send, Steps, TokenNeeded, Wait, request_rule, settled
 from .frontend import RefreshingFrontEnd
 from .token import Token
 from .wire import bearer_token, problem_type
@@ -61,9 +63,11 @@ class RefreshingAuth(RefreshingFrontEnd, httpx.Auth):
                                                                    httpx.Response, None]:
         coordinator = self.coordinator
         self._origin_check(request.url)
-        response: httpx.Response | None = None
-        steps = Steps(request_rule(coordinator, self.policy.refresh_status_codes,
-                                   max_rate_limit_wait=self.policy.longest_rate_limit_wait))
+        response = yield _with_bearer(request, coordinator.token_for_request())
+        answered = self._unsettled(response)
+        if answered is None:
+            return  # the common case: no rule built (see _unsettled)
+        steps = self._rule(answered)
         for step in steps:
             if isinstance(step, TokenNeeded):
                 steps.answer(coordinator.token_for_request())
@@ -85,10 +89,15 @@ class RefreshingAuth(RefreshingFrontEnd, httpx.Auth):
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request,
                                                                                 httpx.Response]:
         self._origin_check(request.url)
-        response: httpx.Response | None = None
+        token = self.coordinator.ready_token()  # AsyncTokens' hot path, with no coroutine
+        if token is None:
+            token = await self.tokens.token_for_request()
+        response = yield _with_bearer(request, token)
+        answered = self._unsettled(response)
+        if answered is None:
+            return  # the common case: no rule built (see _unsettled)
         clock = self.coordinator.clock
-        steps = Steps(request_rule(self.coordinator, self.policy.refresh_status_codes,
-                                   max_rate_limit_wait=self.policy.longest_rate_limit_wait))
+        steps = self._rule(answered)
         for step in steps:
             if isinstance(step, TokenNeeded):
                 steps.answer(await self.tokens.token_for_request())
@@ -106,6 +115,23 @@ class RefreshingAuth(RefreshingFrontEnd, httpx.Auth):
                 await clock.asleep(step.seconds)
             else:
                 steps.answer(await self.tokens.refresh(replacing=step.replacing))
+
+    def _unsettled(self, response: httpx.Response) -> Answer | None:
+        """The first answer as the rule takes it (the flows do its steps 1 and 2, the token
+        and the send, themselves): ``None`` when the rule settles it at once
+        (:func:`~refresher.flow.settled`: the common 2xx, for which no rule is built), else
+        what the rule goes on from."""
+        carried, policy = _bearer(response.request), self.policy
+        if settled(response.status_code, carried, policy.refresh_status_codes,
+                   policy.longest_rate_limit_wait):
+            return None
+        return Answer(response.status_code, carried)
+
+    def _rule(self, answered: Answer) -> Steps:
+        """The rule, on from the first answer."""
+        return Steps(request_rule(self.coordinator, self.policy.refresh_status_codes,
+                                  max_rate_limit_wait=self.policy.longest_rate_limit_wait,
+                                  answered=answered))
 
 
 def _with_bearer(request: httpx.Request, token: Token | None) -> httpx.Request:

@@ -17,7 +17,7 @@ is at stake, top to bottom in :meth:`RefreshTransaction.run`:
 4. save the granted pair before anything else (a compare-and-set on the version read in
    2); a pair the store could not take is kept and written back first thing.
 
-Words (spend, adopt, sibling, write back, lease): see ``docs/glossary.rst``.
+Words (spend, adopt, sibling, write back, lease): see ``docs/explanation/glossary.rst``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
-from test_coordinator_unit import FakeEndpoint
+from fakes import FakeEndpoint
 
 from refresher import MemoryTokenStore, RefreshCoordinator, RefreshPolicy
 from refresher.flow import (
@@ -22,6 +22,7 @@ from refresher.flow import (
     TokenNeeded,
     Wait,
     request_rule,
+    settled,
 )
 from refresher.testing import FakeClock
 
@@ -43,14 +44,17 @@ def drive(coordinator: RefreshCoordinator, server: Callable[[str | None, int], i
           problem: str | None = None, replayable: bool = True, put_bearer: bool = True,
           codes: frozenset[int] = frozenset({401, 403}),
           carried: Callable[[str | None, int], str | None] = lambda token, n: token,
-          max_wait: float | None = None, retry_after: float | None = None) -> Run:
+          max_wait: float | None = None, retry_after: float | None = None,
+          answered: Answer | None = None) -> Run:
     """Drive the rule as a front end does. ``server(token, n)``: the status of the n-th
     send carrying ``token``; ``carried(token, n)``: the bearer the answered request carried
     (a redirect to another origin carries none). ``max_wait``: the longest wait for a 429
     (``None``: none), whose reset is ``retry_after`` seconds away; a wait moves the
-    coordinator's clock on."""
+    coordinator's clock on. ``answered``: the first send is done (a driver's fast path), the
+    rule goes on from its answer."""
     run, value = Run(), None
-    rule = request_rule(coordinator, codes, put_bearer=put_bearer, max_rate_limit_wait=max_wait)
+    rule = request_rule(coordinator, codes, put_bearer=put_bearer, max_rate_limit_wait=max_wait,
+                        answered=answered)
     while True:
         try:
             step = rule.send(value)
@@ -75,16 +79,6 @@ def drive(coordinator: RefreshCoordinator, server: Callable[[str | None, int], i
         else:
             assert isinstance(step, Refresh)
             value = coordinator.refresh(replacing=step.replacing)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def endpoint(clock: FakeClock) -> FakeEndpoint:
-    return FakeEndpoint(clock)
 
 
 @pytest.fixture
@@ -272,6 +266,40 @@ def test_a_request_with_its_own_header_is_waited_out_as_it_is(coordinator) -> No
     run = drive(coordinator, limited_once, put_bearer=False, max_wait=900.0, retry_after=5.0)
     assert run.steps == ["Send", "Describe", "Wait", "Send"]
     assert run.sent == ["callers-own", "callers-own"] and run.status == 200
+
+
+# -- the drivers' fast path: settled, and a rule that goes on from the first answer ----------
+
+@pytest.mark.parametrize("max_wait", [None, 900.0])
+@pytest.mark.parametrize("codes", [frozenset({401, 403}), frozenset({401}), frozenset()])
+def test_settled_is_the_rules_own_verdict_on_the_first_answer(clock, max_wait, codes) -> None:
+    """A driver may skip the rule when settled says so: exactly when the rule itself ends
+    at the first answer, having described nothing."""
+    for status in (200, 204, 302, 401, 403, 404, 429, 500, 503):
+        for bearer in ("own", "theirs", None):
+            endpoint = FakeEndpoint(clock)
+            coordinator = RefreshCoordinator(
+                MemoryTokenStore(), "alice", endpoint,  # type: ignore[arg-type]
+                clock=clock, policy=RefreshPolicy(background_refresh=False))
+            coordinator.load(seed=endpoint.pair(0))
+            run = drive(coordinator, lambda token, n, s=status: s if n == 0 else 200,
+                        codes=codes, max_wait=max_wait, retry_after=30.0,
+                        carried=lambda token, n, b=bearer: token if b == "own" else b)
+            carried = "at-0" if bearer == "own" else bearer
+            ends_at_once = run.steps == ["TokenNeeded", "Send"]
+            assert settled(status, carried, codes, max_wait) is ends_at_once, (status, bearer)
+
+
+def test_a_rule_started_from_the_first_answer_goes_on_as_the_whole_rule(coordinator,
+                                                                        endpoint) -> None:
+    run = drive(coordinator, refuses("at-0"), answered=Answer(401, "at-0"))
+    assert run.steps == ["Describe", "Refresh", "Send"]
+    assert run.sent == ["at-1"] and run.status == 200 and endpoint.spent == ["rt-0"]
+    waited = drive(coordinator, ok, answered=Answer(429, "at-1"), max_wait=900.0,
+                   retry_after=30.0)
+    assert waited.steps == ["Describe", "Wait", "TokenNeeded", "Send"]
+    assert waited.sent == ["at-1"] and waited.status == 200
+    assert drive(coordinator, ok, answered=Answer(200, "at-1")).steps == []
 
 
 def test_the_rule_is_a_plain_generator_of_frozen_steps(coordinator) -> None:

@@ -462,6 +462,49 @@ def test_an_in_memory_sqlite_database_is_refused(sqlalchemy_installed) -> None:
             SQLTokenStore(url)
 
 
+@pytest.mark.parametrize("url", ["postgresql+asyncpg://app:pw@127.0.0.1:1/tokens",
+                                 "postgresql+psycopg_async://app:pw@127.0.0.1:1/tokens",
+                                 "sqlite+aiosqlite:///tokens.db"])
+def test_an_asyncio_driver_is_refused_saying_what_works(url, tmp_path, monkeypatch,
+                                                        sqlalchemy_installed) -> None:
+    """The store is synchronous: an asyncio driver could only fail, and the [sql] extra
+    (psycopg 3) would not install it, so the error says what to write instead. Nothing is
+    created, and no password is shown."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(refresher.ConfigurationError) as caught:
+        open_store(url)
+    message = str(caught.value)
+    assert "asyncio driver" in message and "pw" not in message
+    assert "pip install" not in message
+    if url.startswith("postgresql"):
+        assert "use postgresql:// (or postgresql+psycopg://)" in message
+    else:
+        assert "use sqlite:///PATH" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_driver_no_extra_installs_is_named_and_no_extra_advised(sqlalchemy_installed,
+                                                                 monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "pg8000", None)  # as if it were not installed
+    with pytest.raises(refresher.MissingStoreExtra) as caught:
+        SQLTokenStore("postgresql+pg8000://app:pw@127.0.0.1:1/tokens")
+    error = caught.value
+    assert isinstance(error, ImportError) and isinstance(error, TokenStoreError)
+    assert error.extra is None and error.name == "pg8000"
+    assert "needs the database driver pg8000" in str(error)
+    assert "does not install" in str(error) and "pip install" not in str(error)
+
+
+def test_without_psycopg_postgresql_says_to_install_the_sql_extra(sqlalchemy_installed,
+                                                                   monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if it were not installed
+    with pytest.raises(refresher.MissingStoreExtra) as caught:
+        open_store("postgresql://app:pw@127.0.0.1:1/tokens")
+    error = caught.value
+    assert error.extra == "sql" and "pw" not in str(error)
+    assert "needs the database driver psycopg 3: pip install -e '.[sql]'" in str(error)
+
+
 def test_an_engine_of_your_own_is_used_as_is_and_left_open(tmp_path,
                                                            sqlalchemy_installed) -> None:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'app.db'}")

@@ -34,12 +34,13 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
-
-import filelock
+from typing import TYPE_CHECKING, Any
 
 from .._fork import PerProcess
 from ..errors import LockLost, LockTimeout, TokenStoreError
+
+if TYPE_CHECKING:  # imported with the first lock: `import refresher` need not load it
+    import filelock
 
 __all__ = ["account_lock_name", "ensure_lock_folder", "os_lock", "held", "acquire_lock",
            "acquire_current_lock_file", "holds_current_lock_file", "check_lock_file",
@@ -97,6 +98,8 @@ class _LockTable:
         self._held: dict[tuple[int, str], tuple[int, int, int]] = {}
 
     def lock_for(self, path: str) -> filelock.FileLock:
+        import filelock
+
         with self._guard:
             lock = self._locks.get(path)
             if lock is None:
@@ -204,6 +207,8 @@ def acquire_lock(lock: filelock.FileLock, lock_path: Path, where: str,
     ``where`` names the store in messages; ``requested`` is the timeout the caller asked
     for, for the message, when ``timeout`` is what is left of it.
     """
+    import filelock  # loaded already: the lock is one of its
+
     if requested is None:
         requested = timeout
     try:

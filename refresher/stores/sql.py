@@ -29,7 +29,9 @@ that steps cannot hand a live lease to another process. ``updated_at`` is writte
 server's clock on PostgreSQL, the machine's on SQLite.
 
 SQLAlchemy (and psycopg, for PostgreSQL) is an optional dependency, imported when a store
-is made: ``pip install refresher[sql]``.
+is made: the ``[sql]`` extra (:class:`~refresher.errors.MissingStoreExtra` says how to
+install it). The store is synchronous: an asyncio driver (``postgresql+asyncpg://``) is a
+:class:`~refresher.ConfigurationError`; async programs use ``postgresql://`` too.
 """
 
 from __future__ import annotations

@@ -15,9 +15,9 @@ Engines made from a URL get refresher's defaults (the caller's ``engine_options`
   for another writer in steps of a few milliseconds, within that timeout (on any SQLite
   engine, within its own): SQLite's waits grow to 100 ms each and oversleep a lock that
   is held for a millisecond.
-- PostgreSQL: ``postgresql://`` uses psycopg 3 (``refresher[sql]`` installs it, not
-  psycopg2); a 5 s connect timeout; ``pool_pre_ping``, so connections broken by a server
-  restart are replaced instead of failing once each.
+- PostgreSQL: ``postgresql://`` uses psycopg 3 (the ``[sql]`` extra installs it, not
+  psycopg2 or asyncpg); a 5 s connect timeout; ``pool_pre_ping``, so connections broken by a
+  server restart are replaced instead of failing once each.
 - Both: ``hide_parameters``, so SQLAlchemy's error messages never show a token.
 
 Logging. The store's statements run on a view of the engine (``engine.execution_options()``:
@@ -41,7 +41,7 @@ from urllib.parse import quote
 
 from .._fork import register
 from ..clock import SYSTEM_CLOCK, Clock
-from ..errors import ConfigurationError, TokenStoreError
+from ..errors import ConfigurationError, MissingStoreExtra, TokenStoreError
 from ._urls import scrub_url, url_password
 
 if TYPE_CHECKING:
@@ -89,19 +89,13 @@ def _quiet_logger() -> None:
 _quiet_logger()
 
 
-class _MissingSQLAlchemy(TokenStoreError, ImportError):
-    """SQLAlchemy or the database driver is not installed (a TokenStoreError and an
-    ImportError)."""
-
-
 def import_sqlalchemy() -> Any:
     """The sqlalchemy package; when it is absent, an error that says how to install it."""
     try:
         import sqlalchemy
     except ImportError:
-        raise _MissingSQLAlchemy(
-            "SQLTokenStore needs SQLAlchemy 2: pip install refresher[sql]"
-        ) from None
+        raise MissingStoreExtra("SQLTokenStore needs SQLAlchemy 2", extra="sql",
+                                name="sqlalchemy") from None
     return sqlalchemy
 
 
@@ -209,8 +203,9 @@ def _engine_from_url(sa: Any, text: str, options: dict[str, Any]) -> sqlalchemy.
         raise TokenStoreError(f"invalid database URL {scrub_url(text, 'database URL')}: "
                               f"{_detail(exc, url_password(text))}") from None
     if url.drivername in ("postgresql", "postgres"):
-        url = url.set(drivername="postgresql+psycopg")  # the driver refresher[sql] installs
+        url = url.set(drivername="postgresql+psycopg")  # the driver the [sql] extra installs
     backend = url.get_backend_name()
+    _refuse_async_driver(url)
     options = dict(options)
     options.setdefault("hide_parameters", True)
     connect_args = dict(options.pop("connect_args", {}))
@@ -238,15 +233,54 @@ def _engine_from_url(sa: Any, text: str, options: dict[str, Any]) -> sqlalchemy.
         engine: sqlalchemy.Engine = sa.create_engine(url, connect_args=connect_args,
                                                      **options)
     except ImportError as exc:
-        raise _MissingSQLAlchemy(
-            f"SQLTokenStore at {describe_server(url)} needs the database driver "
-            f"({exc.name or exc}): pip install refresher[sql]"
-        ) from None
+        raise _missing_driver(url, exc) from None
     except (sa.exc.ArgumentError, TypeError, ValueError) as exc:
         raise server_failure(describe_server(url), url.password, "start", exc) from None
     if backend == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_on_connect)
     return engine
+
+
+def _refuse_async_driver(url: sqlalchemy.URL) -> None:
+    """A :class:`~refresher.ConfigurationError` for an asyncio driver (asyncpg, aiosqlite,
+    psycopg_async...): the store talks to its database synchronously, and the async front
+    ends call it from a worker thread, so such a driver could only fail."""
+    try:
+        is_async = bool(url.get_dialect().is_async)
+    except Exception:  # an unknown dialect: create_engine says so, in its words
+        return
+    if is_async:
+        raise ConfigurationError(
+            f"SQLTokenStore cannot use {url.drivername}:// ({url.get_driver_name()} is an "
+            "asyncio driver, and the store talks to its database synchronously; async "
+            f"programs use it too, from a worker thread): use {_sync_form(url)}"
+        )
+
+
+def _sync_form(url: sqlalchemy.URL) -> str:
+    """What to write instead of ``url``'s scheme, in words."""
+    backend = url.get_backend_name()
+    if backend == "postgresql":
+        return ("postgresql:// (or postgresql+psycopg://): psycopg 3, which refresher's "
+                "[sql] extra installs")
+    if backend == "sqlite":
+        return "sqlite:///PATH (Python's own sqlite3)"
+    return f"{backend}:// with a synchronous driver"
+
+
+def _missing_driver(url: sqlalchemy.URL, exc: ImportError) -> MissingStoreExtra:
+    """The error for a database driver that is not installed: the extra that installs it
+    (psycopg 3, for postgresql:// and postgresql+psycopg://), or that no extra does."""
+    where = f"SQLTokenStore at {describe_server(url)}"
+    driver = exc.name or url.get_driver_name()
+    if url.get_backend_name() == "postgresql" and url.get_driver_name() == "psycopg":
+        return MissingStoreExtra(f"{where} needs the database driver psycopg 3", extra="sql",
+                                 name=driver)
+    return MissingStoreExtra(
+        f"{where} needs the database driver {driver}, which is not installed, and which "
+        "refresher's [sql] extra does not install (it installs psycopg 3, for postgresql:// "
+        f"and postgresql+psycopg://): use one of those, or install {driver} yourself",
+        extra=None, name=driver)
 
 
 def _quiet_view(engine: sqlalchemy.Engine) -> sqlalchemy.Engine:

@@ -51,7 +51,7 @@ host) is taken over (below).
 
 The lease is re-entrant within a thread, for one store object.
 
-Words (lease, lapse): see ``docs/glossary.rst``.
+Words (lease, lapse): see ``docs/explanation/glossary.rst``.
 """
 
 from __future__ import annotations
