@@ -261,7 +261,7 @@ def sql_unavailable() -> str | None:
     try:
         import sqlalchemy  # noqa: F401
     except ImportError:
-        return "SQLAlchemy is not installed (pip install refresher[sql])"
+        return "SQLAlchemy is not installed (pip install -e '.[sql]')"
     return None
 
 
@@ -274,7 +274,7 @@ def postgres_unavailable() -> str | None:
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        return "the psycopg driver is not installed (pip install refresher[sql])"
+        return "the psycopg driver is not installed (pip install -e '.[sql]')"
     try:
         from refresher.testing.postgres_server import find_bin_dir
     except ImportError:

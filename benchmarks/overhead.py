@@ -112,7 +112,7 @@ def aiohttp_unavailable() -> str | None:
 
         import refresher.aiohttp  # noqa: F401
     except ImportError as exc:
-        return f"aiohttp rows skipped: {exc} (pip install '.[aiohttp]')"
+        return f"aiohttp rows skipped: {exc} (pip install -e '.[aiohttp]')"
     return None
 
 
@@ -123,7 +123,7 @@ def httpx_unavailable() -> str | None:
 
         import refresher.httpx  # noqa: F401
     except ImportError as exc:
-        return f"httpx rows skipped: {exc} (pip install '.[httpx]')"
+        return f"httpx rows skipped: {exc} (pip install -e '.[httpx]')"
     return None
 
 

@@ -1,5 +1,10 @@
 """A Flask web app whose users log in with X, and whose tokens refresher keeps alive.
 
+Needs: Flask (``pip install flask``) and, for its default token store (SQLite) or a
+PostgreSQL one, refresher's ``[sql]`` extra: ``pip install -e '.[sql]' flask`` in a
+checkout of refresher (from a built wheel: ``pip install
+'refresher-0.1.0-py3-none-any.whl[sql]' flask``).
+
 - ``/login`` makes a fresh PKCE link: the ``state`` goes into the user's signed session
   cookie (it binds the login to this browser), the ``code_verifier`` stays on the server,
   in the app's database (``LoginFlow(pending=store)``; it is the PKCE secret: never send
@@ -7,17 +12,26 @@
 - ``/callback`` is where X sends the user back: the state is checked against the cookie,
   the login under way taken from the database (once: a replayed or expired callback is
   refused before any code is sent), the code exchanged, ``/2/users/me`` says who logged
-  in, and the token pair is saved in the token store under the user's X id. The store then
-  holds the live pair for good: any request (or background job) that opens a session on
-  that account gets a token that works.
+  in, and the token pair is saved in the token store under the user's X id, with the
+  client id and URLs it belongs to (as ``refresher login`` records them, so a background
+  job's ``refresher.open_session(user_id, store=...)`` finds them). The store then holds
+  the live pair for good: any request (or background job) that opens a session on that
+  account gets a token that works.
+- ``/`` calls X as the logged-in user; ``/logout`` forgets the user in this browser.
 
 The users' tokens live in the app's database through ``refresher.SQLTokenStore`` (SQLite
-here, ``DATABASE_URL`` to change it; ``pip install 'refresher[sql]'``): one row per user,
-and a lease per user for refreshes, so every worker process (gunicorn -w 4) and background
-job shares them, and two users' refreshes never wait for each other. The logins under way
-live there too, under a name no account can take: one worker may serve ``/login`` and
-another the ``/callback``.
-- ``/`` calls X as the logged-in user; ``/logout`` forgets the user in this browser.
+here; ``DATABASE_URL``, else ``REFRESHER_STORE``, to change it): one row per user, and a
+lease per user for refreshes, so every worker process (gunicorn -w 4) and background job
+shares them, and two users' refreshes never wait for each other. The logins under way live
+there too, under a name no account can take: one worker may serve ``/login`` and another
+the ``/callback``.
+
+Settings: the arguments of :func:`create_app`, else ``X_CLIENT_ID``, ``X_CLIENT_SECRET``,
+``X_REDIRECT_URI``, ``DATABASE_URL``, else refresher's own variables
+(``REFRESHER_CLIENT_ID``, ``REFRESHER_CLIENT_SECRET``, ``REFRESHER_REDIRECT_URI``,
+``REFRESHER_AUTHORIZE_URL``, ``REFRESHER_TOKEN_URL``, ``REFRESHER_API_URL``,
+``REFRESHER_REVOKE_URL``, ``REFRESHER_STORE``, ``REFRESHER_KEY``), else X's own URLs, the
+callback http://127.0.0.1:5000/callback and ``sqlite:///web-tokens.db``.
 
 Against X (register http://127.0.0.1:5000/callback as the app's callback URL)::
 
@@ -25,7 +39,14 @@ Against X (register http://127.0.0.1:5000/callback as the app's callback URL)::
     export DATABASE_URL=sqlite:///web-tokens.db     # or postgresql://user:pw@host/app
     flask --app examples/flask_app.py run --port 5000
 
-Offline, against the built-in X emulator (open http://127.0.0.1:5000 in a browser)::
+Against the emulator, through the ``export REFRESHER_...`` lines it prints (its callback
+registered for this app's port)::
+
+    refresher emulator --redirect-uri http://127.0.0.1:5000/callback
+    # in another shell: the export lines it printed, then
+    flask --app examples/flask_app.py run --port 5000
+
+Or all in one, the emulator started here (open http://127.0.0.1:5000 in a browser)::
 
     python examples/flask_app.py --emulator
 """
@@ -51,30 +72,35 @@ def create_app(
     client_secret: str | None = None,
     redirect_uri: str | None = None,
     store: refresher.TokenStore | None = None,
-    authorize_url: str = refresher.X_AUTHORIZE_URL,
-    token_url: str = refresher.X_TOKEN_URL,
-    api_url: str = refresher.X_API_URL,
+    authorize_url: str | None = None,
+    token_url: str | None = None,
+    api_url: str | None = None,
     secret_key: str | None = None,
 ) -> flask.Flask:
     """The app. Arguments left out come from X_CLIENT_ID, X_CLIENT_SECRET, X_REDIRECT_URI,
-    DATABASE_URL (the token store's database; default ``sqlite:///web-tokens.db``) and
-    FLASK_SECRET_KEY (``flask --app examples/flask_app.py run`` calls this with none)."""
+    DATABASE_URL (the token store's database) and FLASK_SECRET_KEY, else from refresher's
+    ``REFRESHER_*`` variables, else X's defaults (``flask --app examples/flask_app.py run``
+    calls this with none)."""
     app = flask.Flask(__name__)
     # Signs the session cookie. Set FLASK_SECRET_KEY in production: a random key logs
     # everyone out when the app restarts.
     app.secret_key = secret_key or os.environ.get("FLASK_SECRET_KEY") or secrets.token_hex(32)
     if store is None:
-        # One row per user in the app's database (the table is created if missing).
-        store = refresher.SQLTokenStore(os.environ.get("DATABASE_URL",
-                                                       "sqlite:///web-tokens.db"))
+        # One row per user in the app's database (the table is created if missing);
+        # encrypted when REFRESHER_KEY is set.
+        store = refresher.open_store(os.environ.get("DATABASE_URL")
+                                     or os.environ.get("REFRESHER_STORE")
+                                     or "sqlite:///web-tokens.db")
+    # What is not given here, LoginFlow reads from REFRESHER_* (else X's own URLs).
     flow = refresher.LoginFlow(
-        client_id or os.environ["X_CLIENT_ID"],
+        client_id or os.environ.get("X_CLIENT_ID"),
         client_secret or os.environ.get("X_CLIENT_SECRET"),
-        redirect_uri=redirect_uri or os.environ.get("X_REDIRECT_URI",
-                                                    "http://127.0.0.1:5000/callback"),
+        redirect_uri=(redirect_uri or os.environ.get("X_REDIRECT_URI")
+                      or os.environ.get("REFRESHER_REDIRECT_URI")
+                      or "http://127.0.0.1:5000/callback"),
         authorize_url=authorize_url,
         token_url=token_url,
-        api_base_url=api_url,
+        api_url=api_url,
         pending=store,  # the logins under way, in the same database: every worker sees them
     )
     app.extensions["refresher"] = {"flow": flow, "store": store}
@@ -105,9 +131,10 @@ def create_app(
         except (refresher.LoginError, requests.RequestException) as exc:
             return page(f"Login failed: {html.escape(str(exc))}. "
                         '<a href="/login">Try again</a>.', 400)
-        # Saved under the user's X id; a login over an older token of theirs replaces it.
+        # Saved under the user's X id, with the client id and URLs beside it (as
+        # `refresher login` records them: open_session(user_id, store=...) needs nothing
+        # more); a login over an older token of theirs replaces it.
         flow.session(token, store=store, account=user["id"]).close()
-        store.save_metadata(user["id"], {"username": user["username"], "client_id": flow.client_id})
         flask.session["user_id"] = user["id"]
         return flask.redirect("/")
 

@@ -4,6 +4,26 @@
 >>> store = refresher.JSONTokenStore("tokens.json")  # doctest: +SKIP
 >>> session = refresher.RefreshingSession("client-id", store=store)  # doctest: +SKIP
 >>> session.get("https://api.x.com/2/users/me")  # doctest: +SKIP
+
+The public names, all importable from here (``__all__``):
+
+- sessions: :class:`RefreshingSession`, :func:`open_session`, :class:`RefreshingAdapter`,
+  :class:`RefreshCoordinator`, :class:`RefreshingFrontEnd`, :class:`FrontEndOptions`
+  (the httpx and aiohttp front ends are ``refresher.httpx.RefreshingAuth`` and
+  ``refresher.aiohttp.RefreshingMiddleware``);
+- logging in: :class:`LoginFlow`, :class:`AuthorizationLink`;
+- stores: :func:`open_store`, :class:`TokenStore`, :class:`Versioned`,
+  :class:`MemoryTokenStore`, :class:`JSONTokenStore`, :class:`SQLTokenStore`,
+  :class:`RedisTokenStore`, :class:`EncryptedTokenStore`, :func:`new_key`;
+- the rule and its values: :class:`RefreshPolicy`, :class:`TokenState`, :class:`Token`,
+  :class:`Clock`, :class:`Refusal`; :func:`graceful_shutdown`, :class:`Terminated`;
+- X's endpoints: ``X_API_URL``, ``X_AUTHORIZE_URL``, ``X_TOKEN_URL``, ``X_REVOKE_URL``,
+  ``DEFAULT_SCOPES``;
+- errors, all under :class:`RefresherError` (see :mod:`refresher.errors`).
+
+``LoginFlow``, ``AuthorizationLink``, ``SQLTokenStore``, ``RedisTokenStore``,
+``EncryptedTokenStore`` and ``new_key`` are loaded on first use (their optional libraries
+are imported only when a store is made), and listed by ``dir(refresher)`` all the same.
 """
 
 from __future__ import annotations
@@ -24,6 +44,9 @@ from .errors import (
     LockLost,
     LockTimeout,
     LoginError,
+    MissingExtra,
+    MissingKeyringExtra,
+    MissingStoreExtra,
     ReauthorizationRequired,
     RefresherError,
     RefreshError,
@@ -87,6 +110,9 @@ __all__ = [
     "EncryptionKeyError",
     "InvalidTokenError",
     "InsecureTransport",
+    "MissingExtra",
+    "MissingStoreExtra",
+    "MissingKeyringExtra",
     "graceful_shutdown",
     "Terminated",
     "LoginFlow",
@@ -95,6 +121,11 @@ __all__ = [
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+
+def __dir__() -> list[str]:
+    # Every public name, the ones loaded on first use too (completion in a notebook, help()).
+    return sorted(set(globals()) | set(__all__))
 
 
 def __getattr__(name: str) -> Any:

@@ -20,15 +20,17 @@ from __future__ import annotations
 
 import contextvars
 
+from .errors import MissingExtra
+
 try:
     import aiohttp
     from yarl import URL
 except ImportError as exc:  # an optional dependency: say how to get it
-    raise ImportError("refresher.aiohttp needs aiohttp: pip install 'refresher[aiohttp]'"
-                      ) from exc
+    raise MissingExtra("refresher.aiohttp needs aiohttp", extra="aiohttp",
+                       name="aiohttp") from exc
 if not hasattr(aiohttp, "ClientMiddlewareType"):
-    raise ImportError(f"refresher.aiohttp needs aiohttp 3.12 or later (client middlewares), "
-                      f"not {aiohttp.__version__}: pip install 'refresher[aiohttp]'")
+    raise MissingExtra(f"refresher.aiohttp needs aiohttp 3.12 or later (client middlewares), "
+                       f"not {aiohttp.__version__}", extra="aiohttp", name="aiohttp")
 
 from ._retry_after import asked_wait
 from .flow import Answer, Describe, Facts, Send, Steps, TokenNeeded, Wait, request_rule, settled

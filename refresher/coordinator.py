@@ -14,7 +14,8 @@ So is a pair X granted after the caller gave up waiting (it had been sent before
 deadline): the endpoint hands it over, and it is saved under the store's lock; until that
 answer came or can no longer come, the refresh token it spent is not sent again.
 
-Words (spend, adopt, sibling, brake, write back, lease, fencing): see ``docs/glossary.rst``.
+Words (spend, adopt, sibling, brake, write back, lease, fencing): see
+``docs/explanation/glossary.rst``.
 """
 
 from __future__ import annotations

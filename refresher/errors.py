@@ -28,6 +28,9 @@ __all__ = [
     "LockLost",
     "RevokeError",
     "EncryptionKeyError",
+    "MissingExtra",
+    "MissingStoreExtra",
+    "MissingKeyringExtra",
 ]
 
 
@@ -156,3 +159,51 @@ class InsecureTransport(RefresherError, InsecureTransportError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+def install_advice(extra: str) -> str:
+    """How to install refresher with its extra ``extra``, from where a user is: a checkout
+    or a wheel they built (refresher is not on the package index). Quoted, for every shell.
+
+    >>> print(install_advice("sql"))  # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
+    pip install -e '.[sql]' in a checkout of refresher,
+    or pip install 'refresher-...-py3-none-any.whl[sql]' with a wheel you built
+    """
+    from . import __version__  # the package is whole by the time an extra is missed
+
+    return (f"pip install -e '.[{extra}]' in a checkout of refresher, or "
+            f"pip install 'refresher-{__version__}-py3-none-any.whl[{extra}]' with a wheel "
+            "you built")
+
+
+class MissingExtra(RefresherError, ImportError):
+    """What was used needs a library that one of refresher's extras installs, and it is
+    not installed.
+
+    ``extra`` is the extra's name (``"sql"``, ``"redis"``, ``"crypto"``, ``"keyring"``,
+    ``"httpx"``, ``"aiohttp"``; ``None`` for a library no extra installs, such as a
+    database driver of your choosing), ``name`` the library that could not be imported
+    (as for any :class:`ImportError`). The message names the public class or module that
+    needs it and says how to install the extra: ``pip install -e '.[sql]'`` in a checkout,
+    or the wheel you built with ``[sql]`` after its name, quoted.
+    Raised by ``import refresher.httpx`` and ``import refresher.aiohttp`` as they are
+    imported; the stores raise :class:`MissingStoreExtra`, keys from the OS keyring
+    :class:`MissingKeyringExtra`.
+    """
+
+    def __init__(self, needs: str, *, extra: str | None, name: str | None = None) -> None:
+        super().__init__(f"{needs}: {install_advice(extra)}" if extra else needs)
+        self.extra = extra
+        self.name = name
+
+
+class MissingStoreExtra(MissingExtra, TokenStoreError):
+    """A store (:class:`~refresher.SQLTokenStore`, :class:`~refresher.RedisTokenStore`,
+    :class:`~refresher.EncryptedTokenStore`) needs a library its extra installs: a
+    :class:`MissingExtra` and a :class:`TokenStoreError`, raised when the store is made."""
+
+
+class MissingKeyringExtra(MissingExtra, ConfigurationError):
+    """A key was asked of the OS keyring (``keyring:NAME``) and the keyring library (the
+    ``[keyring]`` extra) is not installed: a :class:`MissingExtra` and a
+    :class:`ConfigurationError`."""

@@ -333,9 +333,9 @@ class RefreshingFrontEnd:
         """One for an account ``refresher login`` saved, as
         :func:`~refresher.open_session` opens a session: the store (default
         ``$REFRESHER_STORE``, else the user's), the account (``$REFRESHER_ACCOUNT``, else
-        the store's only one), the client id and URLs from the arguments, the
-        ``REFRESHER_*`` variables, else what the login recorded. Other keywords go to the
-        constructor."""
+        the store's only one), the client id and URLs from the arguments, else what the
+        login recorded, else the ``REFRESHER_*`` variables, else X's. Other keywords go to
+        the constructor."""
         from .settings import saved_account_arguments
 
         return cls(**saved_account_arguments(account, store=store, client_id=client_id,

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Generator
 
+from .errors import MissingExtra
+
 try:
     import httpx
 except ImportError as exc:  # an optional dependency: say how to get it
-    raise ImportError("refresher.httpx needs httpx: pip install 'refresher[httpx]'") from exc
+    raise MissingExtra("refresher.httpx needs httpx", extra="httpx", name="httpx") from exc
 
 from ._retry_after import asked_wait
 from .clock import Clock

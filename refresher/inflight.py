@@ -14,7 +14,7 @@ makes the record moot: it names a refresh token no longer stored.
 Only a fingerprint and a time are kept: never a token. A store without metadata records
 nothing (its siblings then resend, as before).
 
-Words (answer pending, sibling, spend): see ``docs/glossary.rst``.
+Words (answer pending, sibling, spend): see ``docs/explanation/glossary.rst``.
 """
 
 from __future__ import annotations

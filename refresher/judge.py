@@ -7,7 +7,7 @@ says it may be about the token (see :meth:`~refresher.RefreshPolicy.may_cure_403
 memories (which tokens were handed out, which came from a refresh here, which endpoints are
 braked) live in a bounded :class:`~refresher.ledger.TokenLedger`.
 
-Words (brake, cure, spend): see ``docs/glossary.rst``.
+Words (brake, cure, spend): see ``docs/explanation/glossary.rst``.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import secrets
 from collections.abc import Sequence
 from typing import Any, TypeAlias
 
-from .errors import ConfigurationError, TokenStoreError
+from .errors import ConfigurationError, MissingKeyringExtra, TokenStoreError
 
 __all__ = [
     "KEY_VARIABLE",
@@ -48,10 +48,6 @@ KEYRING_SERVICE = "refresher"
 KeySpec: TypeAlias = "str | bytes | Sequence[str | bytes]"
 
 _KEY_BYTES = 32
-
-
-class _MissingKeyring(ConfigurationError, ImportError):
-    """``keyring:NAME`` was given, and the keyring package is not installed."""
 
 
 def new_key() -> str:
@@ -140,9 +136,9 @@ def _keyring() -> Any:
     try:
         import keyring
     except ImportError:
-        raise _MissingKeyring(
-            "keys from the OS keyring (keyring:NAME) need the keyring package: "
-            "pip install refresher[keyring]") from None
+        raise MissingKeyringExtra(
+            "keys from the OS keyring (keyring:NAME) need the keyring package",
+            extra="keyring", name="keyring") from None
     return keyring
 
 

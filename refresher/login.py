@@ -38,7 +38,7 @@ from .loopback import DEFAULT_REDIRECT_URI, OpenBrowser, callback_params, wait_f
 from .pending_logins import DEFAULT_PENDING_TTL, PendingLogins
 from .revoke import revoke_pair
 from .session import RefreshingSession, open_session
-from .settings import default_store_location, resolve_setting
+from .settings import default_store_location, record_login, resolve_setting
 from .stores import MemoryTokenStore, TokenStore, open_store
 from .token import Token, normalize_token
 
@@ -127,7 +127,7 @@ class LoginFlow:
                 require_secure_transport(getattr(self, name))
             except InsecureTransport as exc:
                 raise InsecureTransport(f"{name}: {exc}") from None
-        #: Where the logins under way are kept (``None``: with the caller).
+        #: Where the logins under way are kept, or ``None`` when the caller keeps them.
         self.pending: PendingLogins | None = None if pending is None else PendingLogins(
             pending if isinstance(pending, TokenStore) else open_store(pending), ttl=pending_ttl)
 
@@ -369,16 +369,13 @@ class LoginFlow:
         if "api_url" not in kwargs and "api_base_url" not in kwargs:
             kwargs["api_url"] = self.api_url
         session = RefreshingSession(
-            self.client_id,
-            client_secret=self._client_secret,
-            token_url=self.token_url,
-            store=store if store is not None else MemoryTokenStore(),
-            account=account,
-            token=token,
-            **kwargs,
-        )
+            self.client_id, client_secret=self._client_secret, token_url=self.token_url,
+            store=store if store is not None else MemoryTokenStore(), account=account,
+            token=token, **kwargs)
         if token and _should_replace(session.token, token):
             session.token = dict(token)  # a new login: saved under the store's lock
+        if token and store is not None:  # beside the pair, what it was logged in with
+            record_login(session.store, account, self, token, session.policy.lock_timeout)
         return session
 
     def revoke(self, token: Mapping[str, Any], *, timeout: float | None = None) -> None:

@@ -12,7 +12,7 @@ saved; when it holds something else (a new login meanwhile), that wins.
 coordinator: before its next request or refresh, or at once for a late grant, and who hears
 of a pair it saved (``on_token_update``, once the locks are released).
 
-Words (write back, parent, late grant): see ``docs/glossary.rst``.
+Words (write back, parent, late grant): see ``docs/explanation/glossary.rst``.
 """
 
 from __future__ import annotations

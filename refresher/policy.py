@@ -193,8 +193,8 @@ class RefreshPolicy:
 
     @property
     def longest_rate_limit_wait(self) -> float | None:
-        """The longest wait for an API rate limit's reset; ``None``: no waiting (a 429 is
-        returned as it comes)."""
+        """The longest wait for an API rate limit's reset, or ``None`` for no waiting (a
+        429 is returned as it comes)."""
         return self.max_rate_limit_wait if self.wait_on_rate_limit else None
 
     # -- which refused requests a refresh may cure -----------------------------------------

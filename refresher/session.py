@@ -60,6 +60,11 @@ class RefreshingSession(OAuth2Session):
 
     Without ``store`` and ``on_token_update`` it is exactly an ``OAuth2Session``.
 
+    It reads its arguments, and X's defaults for the rest: ``token_url`` and ``api_url``
+    are X's unless given, whatever a login recorded or ``REFRESHER_*`` says; only the
+    client id falls back to the account's record, then ``$REFRESHER_CLIENT_ID``. For an
+    account ``refresher login`` saved, :func:`open_session` reads the record.
+
     ``token`` seeds the store when the account is empty; a token already in the store
     wins. From then on the store holds the live pair: the dict passed in may be spent.
 

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from ._constants import X_API_URL, X_AUTHORIZE_URL, X_REVOKE_URL, X_TOKEN_URL
 from .errors import ConfigurationError, ReauthorizationRequired
@@ -240,3 +241,35 @@ def saved_account_arguments(
     if "api_url" not in kwargs and "api_base_url" not in kwargs:
         kwargs["api_url"] = resolve_setting("api_url", None, metadata)
     return dict(kwargs, client_id=client, client_secret=secret, store=store, account=name)
+
+
+class LoginSettings(Protocol):
+    """What :func:`record_login` reads of a login (a :class:`~refresher.LoginFlow`)."""
+
+    client_id: str
+    authorize_url: str
+    token_url: str
+    api_url: str
+    revoke_url: str
+    redirect_uri: str
+    scopes: tuple[str, ...]
+
+    @property
+    def confidential(self) -> bool: ...
+
+
+def record_login(store: TokenStore | None, account: str, login: LoginSettings,
+                 token: Mapping[str, Any], lock_timeout: float | None = None) -> None:
+    """Save, beside a new login's pair, what it was logged in with (the client id, whether
+    it is confidential, the URLs, the scopes X granted; never a secret) and when, under the
+    account's lock. It replaces the account's earlier record, refusals included: they were
+    about the pair this login replaced. :func:`saved_account_arguments` reads it back.
+    A store that keeps no metadata records nothing."""
+    if store is None or not store.keeps_metadata:
+        return
+    record = {name: getattr(login, name) for name in (
+        "client_id", "confidential", "authorize_url", "token_url", "api_url", "revoke_url",
+        "redirect_uri")}
+    record["scopes"] = str(token.get("scope") or " ".join(login.scopes)).split()
+    with store.lock(account, timeout=lock_timeout):
+        store.save_metadata(account, {**record, "logged_in_at": time.time()})

@@ -5,7 +5,10 @@ thread lock; this class does the refresh itself, the part where a single-use ref
 is at stake, top to bottom in :meth:`RefreshTransaction.run`:
 
 1. wait for an answer of ours that may still come (the refresh token it spent is not sent
-   again meanwhile), then take the store's lock for the account;
+   again meanwhile), then take the store's lock for the account. When a sibling holds it,
+   look at the store first, and adopt a usable replacement that sibling already saved
+   (reading spends nothing: processes whose tokens expire together do not queue for the
+   lock only to read the pair); else wait for the lock (or, without waiting, give up);
 2. write back a pair that waits to be saved; read the store with its version: if a sibling
    already replaced the token being replaced, adopt theirs; if X already refused the
    stored refresh token to this client id at this token URL, say a login is needed;
@@ -14,7 +17,7 @@ is at stake, top to bottom in :meth:`RefreshTransaction.run`:
 4. save the granted pair before anything else (a compare-and-set on the version read in
    2); a pair the store could not take is kept and written back first thing.
 
-Words (spend, adopt, sibling, write back, lease): see ``docs/glossary.rst``.
+Words (spend, adopt, sibling, write back, lease): see ``docs/explanation/glossary.rst``.
 """
 
 from __future__ import annotations
@@ -101,19 +104,11 @@ class RefreshTransaction:
         if not self.answers.ours_done(wait):
             return None
         with contextlib.ExitStack() as held:
-            try:
-                held.enter_context(self.account.lock(self.policy.lock_timeout if wait else 0))
-            except LockTimeout:
-                if wait:
-                    raise
-                return None  # a sibling is refreshing; the current token still works
+            if not self._locked(held, replacing, wait):
+                return None  # a sibling's token adopted, or (no wait) a sibling refreshes
             self.write_back.locked()
             stored = self.account.load_versioned()
-            if self._usable_replacement(stored.token, replacing):
-                assert stored.token is not None
-                log.info("account %r: adopting token %s refreshed by a sibling",
-                         self.account.account, fingerprint(stored.token.get("access_token")))
-                self._adopt(stored.token, True)
+            if self._adopted(stored.token, replacing):
                 return None
             refresh_token = (stored.token or live or {}).get("refresh_token")
             if not refresh_token:
@@ -154,6 +149,39 @@ class RefreshTransaction:
                     "refreshes again"
                 )
             return granted
+
+    def _locked(self, held: contextlib.ExitStack, replacing: Replacing, wait: bool) -> bool:
+        """Take the store's lock for ``held``: True. When a sibling holds it, look first
+        (without it: reading spends nothing) whether the store already has a usable
+        replacement for ``replacing`` (that sibling refreshed, and may still be letting
+        the lock go), and adopt it: False. Otherwise wait for the lock, or with ``wait``
+        off give up: False (the current token still works)."""
+        try:
+            held.enter_context(self.account.lock(0))
+            return True
+        except LockTimeout:
+            if self._adopted_unlocked(replacing) or not wait:
+                return False
+        held.enter_context(self.account.lock(self.policy.lock_timeout))
+        return True
+
+    def _adopted_unlocked(self, replacing: Replacing) -> bool:
+        """Whether the stored token, read without the store's lock, was adopted (see
+        :meth:`_adopted`). Not while a pair of ours waits to be written back: that is done
+        under the lock, before anything else."""
+        if replacing is None or self.write_back.waiting:
+            return False
+        return self._adopted(self.account.load(), replacing)
+
+    def _adopted(self, stored: Token | None, replacing: Replacing) -> bool:
+        """Adopt ``stored`` when it is a usable replacement for ``replacing``; whether it was."""
+        if not self._usable_replacement(stored, replacing):
+            return False
+        assert stored is not None
+        log.info("account %r: adopting token %s refreshed by a sibling",
+                 self.account.account, fingerprint(stored.get("access_token")))
+        self._adopt(stored, True)
+        return True
 
     def _usable_replacement(self, candidate: Token | None, replacing: Replacing) -> bool:
         """``candidate`` is a token other than the one being replaced, and not expiring."""

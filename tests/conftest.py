@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
+from fakes import FakeEndpoint
 
 from refresher import MemoryTokenStore, RefreshingSession, RefreshPolicy, TokenStore
 from refresher.demo.workload import WorkerReport, WorkloadSpec, run_workers, summarize
-from refresher.testing import DEFAULT_CLIENT_ID, XEmulator
+from refresher.testing import DEFAULT_CLIENT_ID, FakeClock, XEmulator
 from refresher.testing.postgres_server import PostgresServer, find_bin_dir
 from refresher.testing.redis_server import RedisServer
 
@@ -584,3 +585,15 @@ def _no_key_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
     """A REFRESHER_KEY in the developer's shell would encrypt every store the tests open:
     the tests that want one set it themselves."""
     monkeypatch.delenv("REFRESHER_KEY", raising=False)
+
+
+# -- a fake token endpoint on a fake clock (tests/fakes.py), for the unit tests -----------
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def endpoint(clock: FakeClock) -> FakeEndpoint:
+    return FakeEndpoint(clock)

@@ -1,6 +1,6 @@
 """refresher.aiohttp.RefreshingMiddleware: the adapter's rule as an aiohttp client middleware,
-against the emulator over loopback; tweepy's AsyncClient on such a session; the README's
-recipe as printed."""
+against the emulator over loopback; tweepy's AsyncClient on such a session; the recipes of
+docs/howto/async.rst as printed."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from doc_blocks import doc_block
 
 from refresher import InsecureTransport, JSONTokenStore, MemoryTokenStore
 from refresher.testing import DEFAULT_CLIENT_ID
@@ -291,36 +292,7 @@ def test_tweepy_async_client_gets_forbidden_for_a_duplicate_without_a_refresh(
     assert x_emulator.stats.refreshes == 0
 
 
-# -- the README's recipe, as printed ------------------------------------------------------------
-
-TWEEPY_RECIPE = '''\
-import asyncio
-
-import aiohttp
-from tweepy.asynchronous import AsyncClient
-from yarl import URL
-
-from refresher.aiohttp import RefreshingMiddleware
-
-refreshing = RefreshingMiddleware.open("alice")   # as `refresher login` saved it
-
-
-async def offline(request, handler):   # tweepy calls api.twitter.com: send it to the emulator
-    if refreshing.api_url != "https://api.x.com":
-        request.url = URL(refreshing.api_url + request.url.raw_path_qs, encoded=True)
-    return await handler(request)
-
-
-async def main() -> None:
-    async with aiohttp.ClientSession(middlewares=[offline, refreshing]) as session:
-        client = AsyncClient(bearer_token="unused: refresher sends the token")
-        client.session = session
-        me = await client.get_me(user_auth=False)
-    print(f"@{me.data.username}")
-
-
-asyncio.run(main())
-'''
+# -- the docs' recipes, as printed (docs/howto/async.rst) ---------------------------------------
 
 
 def logged_in(x, path, monkeypatch, account="alice"):
@@ -340,24 +312,25 @@ def logged_in(x, path, monkeypatch, account="alice"):
     return store
 
 
-def readme_block(script: str) -> str:
-    """``script`` as a code block of the README shows it (indented four spaces)."""
-    return "".join(f"    {line}" if line.strip() else "\n"
-                   for line in script.splitlines(keepends=True))
-
-
 def test_tweepy_recipe_runs_as_printed(x_emulator, tmp_path, monkeypatch, capsys):
     pytest.importorskip("tweepy.asynchronous")
     logged_in(x_emulator, tmp_path / "tokens.json", monkeypatch)
     namespace: dict[str, Any] = {"__name__": "__recipe__"}
-    exec(compile(TWEEPY_RECIPE, "tweepy_recipe.py", "exec"), namespace)
+    recipe = doc_block("docs/howto/async.rst", "(against X it changes nothing):")
+    exec(compile(recipe, "tweepy_recipe.py", "exec"), namespace)
     namespace["refreshing"].close()
     assert capsys.readouterr().out == "@emulated_user\n"
     assert x_emulator.stats.refreshes == 1 and x_emulator.stats.reused_refresh_tokens == 0
 
 
-def test_the_readme_shows_the_tweepy_recipe_as_the_test_runs_it():
-    from pathlib import Path
-
-    readme = (Path(__file__).resolve().parent.parent / "README.rst").read_text()
-    assert readme_block(TWEEPY_RECIPE) in readme
+def test_aiohttp_recipe_runs_as_printed(x_emulator, tmp_path, monkeypatch, capsys):
+    logged_in(x_emulator, tmp_path / "tokens.json", monkeypatch)
+    namespace: dict[str, Any] = {"__name__": "__recipe__"}
+    recipe = doc_block("docs/howto/async.rst", "``Authorization`` header already there.")
+    exec(compile(recipe, "aiohttp_recipe.py", "exec"), namespace)
+    namespace["refreshing"].close()
+    assert capsys.readouterr().out == "@emulated_user via aiohttp\n"
+    stats = x_emulator.stats
+    # X refused the stored token: one refresh, one replay, and the recipe never saw the 401
+    assert stats.refreshes == 1 and stats.unauthorized == 1 and stats.api_requests == 2
+    assert stats.reused_refresh_tokens == 0

@@ -8,14 +8,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import re
-import textwrap
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 import pytest
+from doc_blocks import doc_block
 
 from refresher import (
     ConfigurationError,
@@ -164,13 +162,10 @@ def test_the_sync_session_refuses_a_coroutine_function_hook(hook, x_emulator) ->
                           **{hook: coroutine_hook})
 
 
-def test_the_readme_async_hook_recipe_as_printed(x_emulator, tmp_path, monkeypatch,
-                                                 capsys) -> None:
+def test_the_docs_async_hook_recipe_as_printed(x_emulator, tmp_path, monkeypatch,
+                                               capsys) -> None:
     pytest.importorskip("httpx")
-    readme = (Path(__file__).resolve().parent.parent / "README.rst").read_text()
-    start = readme.index("A hook may be a coroutine function")
-    block = re.search(r"\.\. code-block:: python\n\n((?:(?: {4}.*)?\n)+)", readme[start:])
-    assert block is not None
+    recipe = doc_block("docs/howto/async.rst", "never raised into the request:")
     store = JSONTokenStore(tmp_path / "tokens.json")  # as `refresher login` leaves it
     store.save("alice", _expired(x_emulator))
     store.save_metadata("alice", {"client_id": DEFAULT_CLIENT_ID, "confidential": False,
@@ -182,8 +177,7 @@ def test_the_readme_async_hook_recipe_as_printed(x_emulator, tmp_path, monkeypat
     monkeypatch.setenv("REFRESHER_STORE", str(tmp_path / "tokens.json"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        exec(compile(textwrap.dedent(block.group(1)), "hook_recipe.py", "exec"),
-             {"__name__": "__recipe__"})
+        exec(compile(recipe, "hook_recipe.py", "exec"), {"__name__": "__recipe__"})
         gc.collect()
     assert capsys.readouterr().out == "1 new pair synced\n"
     assert not [w for w in caught if "never awaited" in str(w.message)]

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 import requests
+from doc_blocks import doc_block
 
 from refresher import JSONTokenStore, ReauthorizationRequired
 from refresher.endpoint import TokenEndpoint
@@ -465,8 +466,8 @@ WEEKLY_CRON = "0 4 * * 1  cd /srv/bot && .venv/bin/refresher refresh --all --sto
 
 
 def test_weekly_cron_recipe_keeps_untouched_accounts_alive(cli, x_emulator, tmp_path):
-    readme = (Path(__file__).resolve().parent.parent / "README.rst").read_text()
-    assert f"    {WEEKLY_CRON}\n" in readme
+    assert doc_block("docs/howto/idle-accounts.rst", "every Monday at 04:00:") == \
+        f"{WEEKLY_CRON}\n"
     folder = tmp_path / "srv-bot"
     folder.mkdir()
     for name in ("alice", "bob"):
@@ -484,6 +485,36 @@ def test_weekly_cron_recipe_keeps_untouched_accounts_alive(cli, x_emulator, tmp_
     assert x_emulator.stats.refreshes == 6 and x_emulator.stats.reused_refresh_tokens == 0
     for name in after:  # every pair still works
         assert _refreshable(x_emulator, after[name])
+
+
+def test_the_web_apps_keep_alive_job_as_printed(x_emulator, tmp_path):
+    """The how-to's job for accounts a web app saved (no login record): each is refreshed
+    with the app's client from REFRESHER_*, and one X refused is reported, not fatal."""
+    import refresher
+
+    x = x_emulator
+    store = refresher.open_store(f"sqlite:///{tmp_path / 'app.db'}")
+    flow = refresher.LoginFlow(DEFAULT_CLIENT_ID, token_url=x.token_url, api_url=x.api_url,
+                               revoke_url=x.revoke_url, pending=store)
+    flow.authorization_url()  # a login under way: not an account
+    pairs = {user_id: x.issue_token() for user_id in ("1001", "1002")}
+    for user_id, pair in pairs.items():
+        flow.session(pair, store=store, account=user_id).close()
+    flow.revoke(pairs["1002"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REFRESHER_")}
+    env.update(REFRESHER_CLIENT_ID=DEFAULT_CLIENT_ID, REFRESHER_TOKEN_URL=x.token_url,
+               REFRESHER_API_URL=x.api_url)
+    script = tmp_path / "keep_alive.py"
+    script.write_text(doc_block("docs/howto/idle-accounts.rst", "as they can for the app):"))
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "1002 needs to log in again\n"
+    fresh = store.load("1001")
+    assert fresh is not None and fresh["refresh_token"] != pairs["1001"]["refresh_token"]
+    assert x.refresh_token_state(fresh["refresh_token"]) == "live"
+    assert x.stats.refreshes == 1 and x.stats.reused_refresh_tokens == 0
+    store.close()
 
 
 def test_logout_revokes_at_x_and_removes_the_account(cli, x_emulator):
@@ -869,11 +900,14 @@ def test_both_emulator_mains_stop_on_either_signal_even_with_sigint_ignored(cli,
 
 
 def test_demo_with_the_defaults_and_no_environment(cli, tmp_path):
-    """What a new user runs first: no variable set, a table, exit 0."""
+    """What a new user runs first (the tutorial's first command, as printed): no variable
+    set, a table, exit 0."""
+    command = doc_block("docs/tutorial/emulator.rst", "Watch the demo")
+    assert command == "refresher demo\n"
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(cli.home)}
     started = time.monotonic()
-    done = subprocess.run([*COMMAND, "demo"], env=env, capture_output=True, text=True,
-                          timeout=120, cwd=tmp_path)
+    done = subprocess.run([*COMMAND, *command.split()[1:]], env=env, capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
     print(done.stdout, done.stderr, f"{time.monotonic() - started:.1f} s")
     assert done.returncode == 0, done.stderr
     out = done.stdout.splitlines()
@@ -889,6 +923,10 @@ def test_demo_with_the_defaults_and_no_environment(cli, tmp_path):
     # fewer requests on a busy machine, not a fault: no lower bound.
     assert int(numbers["refreshes"]) >= 1 and float(numbers["refreshes per window"]) <= 1.6
     assert out[-1].startswith("OK:")
+    shown = doc_block("docs/tutorial/emulator.rst", "    refresher demo\n\n").splitlines()
+    table = shown[shown.index(out[0]):]  # the page shows the same table, with its numbers
+    assert [line[:24].strip() for line in table[1:-1]] == list(numbers)
+    assert table[-1] == out[-1]
     progress = [line for line in done.stderr.splitlines() if " requests " in line]
     assert len(progress) >= 3 and "\r" not in done.stderr  # plain lines when not a terminal
     assert "Logged in as @emulated_user" in done.stderr
@@ -922,7 +960,11 @@ def test_demo_never_touches_a_real_account_nor_makes_folders(cli, x_emulator, tm
     assert cli.store.read_text() == kept
     forced = cli.run("demo", *small, "--store", str(cli.store), "--force")
     assert forced.returncode == 0, forced.stderr
-    assert JSONTokenStore(cli.store).load_metadata("demo").get("username") == "emulated_user"
+    # The demo's login replaced the account, and its record: its own emulator's URLs now.
+    record = JSONTokenStore(cli.store).load_metadata("demo")
+    assert record["client_id"] == DEFAULT_CLIENT_ID and "username" not in record
+    assert record["token_url"].startswith("http://127.0.0.1:")
+    assert record["token_url"] != x_emulator.token_url
 
     missing = tmp_path / "nonexistent" / "dir"
     done = cli.run("demo", *small, "--store", str(missing / "tokens.json"))
@@ -1017,35 +1059,12 @@ def test_a_demo_with_failures_or_reused_tokens_is_not_ok():
         assert list(result.public()) == JSON_KEYS
 
 
-# -- the README recipes: a sync script, and a cron job whose runs overlap ------------------------
+# -- the recipes: a sync script and a cron job whose runs overlap (the tutorial), rate limits --
 
 
-SYNC_SCRIPT = '''\
-from refresher.login import open_session
-
-session = open_session("alice")   # the store, client id and URLs `refresher login` saved
-me = session.me()
-posted = session.post(f"{session.api_url}/2/tweets", json={"text": "synced!"})
-print(f"@{me['username']} posted tweet {posted.json()['data']['id']}")
-'''
-
-CRON_SCRIPT = '''\
-import time
-from refresher.login import open_session
-
-with open_session("alice") as x:   # every run shares one store file, and its lock
-    for _ in range(30):            # a job long enough to outlive an access token
-        x.me()
-        time.sleep(0.1)
-'''
-
-RATE_LIMIT_SCRIPT = '''\
-from refresher.login import open_session
-
-session = open_session("alice", wait_on_rate_limit=True, max_rate_limit_wait=900)
-for _ in range(3):
-    print(session.me()["username"])   # a 429 sleeps until the reset, then goes again
-'''
+#: The tutorial's scripts, as printed (docs/tutorial/first-script.rst, docs/tutorial/cron.rst).
+SYNC_SCRIPT = doc_block("docs/tutorial/first-script.rst", "Save this as ``sync.py``:")
+CRON_SCRIPT = doc_block("docs/tutorial/cron.rst", "Save this as ``cron_job.py``:")
 
 
 def test_sync_script_recipe(cli, x_emulator, tmp_path):
@@ -1091,7 +1110,8 @@ def test_rate_limit_recipe_waits_out_the_429s(cli, x_emulator_factory, tmp_path)
     x = x_emulator_factory(enforce_rate_limits=True, rate_limit=2, rate_window=1.0)
     cli.login(x, "--account", "alice")
     script = tmp_path / "patient.py"
-    script.write_text(RATE_LIMIT_SCRIPT)
+    script.write_text(doc_block("docs/howto/rate-limits.rst",
+                                "plus a second, then goes out once more:"))
     env = dict(cli.env, REFRESHER_STORE=str(cli.store))
     before = x.stats.api_requests
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
@@ -1102,14 +1122,9 @@ def test_rate_limit_recipe_waits_out_the_429s(cli, x_emulator_factory, tmp_path)
     assert stats.api_requests - before == 3 + stats.rate_limited  # each 429 replayed once
 
 
-def test_the_readme_shows_exactly_the_recipes_these_tests_run():
-    from pathlib import Path
-
-    readme = (Path(__file__).resolve().parent.parent / "README.rst").read_text()
-    for script in (SYNC_SCRIPT, CRON_SCRIPT, RATE_LIMIT_SCRIPT):
-        block = "".join(f"    {line}" if line.strip() else "\n"
-                        for line in script.splitlines(keepends=True))
-        assert block in readme
+def test_the_recipes_these_tests_run_are_the_pages_blocks():
+    """The scripts come from the pages (doc_block), so the pages show exactly what runs."""
+    assert "open_session(\"alice\")" in SYNC_SCRIPT and "for _ in range(30)" in CRON_SCRIPT
 
 
 @pytest.mark.integration

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
+from fakes import FakeEndpoint
 
 from refresher import (
     ConfigurationError,
@@ -17,53 +19,6 @@ from refresher import (
     TokenStoreError,
 )
 from refresher.testing import FakeClock
-
-
-class FakeEndpoint:
-    """Grants numbered pairs; each refresh token works once, as at X."""
-
-    token_url = "https://api.x.com/2/oauth2/token"
-    client_id = "cid"
-    deadline = 15.0
-
-    def __init__(self, clock: FakeClock, lifetime: int = 7200) -> None:
-        self.clock = clock
-        self.lifetime = lifetime
-        self.spent: list[str] = []
-        self.live = {"rt-0"}
-        self.fail_with: Exception | None = None
-        self.count = 0
-
-    def pair(self, n: int) -> dict[str, Any]:
-        return {"access_token": f"at-{n}", "refresh_token": f"rt-{n}", "token_type": "bearer",
-                "expires_in": self.lifetime, "expires_at": self.clock.time() + self.lifetime}
-
-    def refresh(self, refresh_token: str, *, on_late_grant: Any = None) -> dict[str, Any]:
-        self.spent.append(refresh_token)
-        if self.fail_with is not None:
-            raise self.fail_with
-        if refresh_token not in self.live:
-            raise ReauthorizationRequired("Value passed for the token was invalid.")
-        self.live.discard(refresh_token)
-        self.count += 1
-        self.live.add(f"rt-{self.count}")
-        return self.pair(self.count)
-
-    def wait_for_late_answers(self, timeout: float) -> bool:
-        return True
-
-    def close(self) -> None:
-        pass
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def endpoint(clock: FakeClock) -> FakeEndpoint:
-    return FakeEndpoint(clock)
 
 
 def make(store: Any, endpoint: FakeEndpoint, clock: FakeClock, **kw: Any) -> RefreshCoordinator:
@@ -193,6 +148,58 @@ def test_a_sibling_token_in_the_store_is_adopted_without_spending(clock, endpoin
     first.refresh(replacing="at-0")
     assert second.refresh(replacing="at-0")["access_token"] == "at-1"
     assert endpoint.spent == ["rt-0"]
+
+
+class SiblingHolding:
+    """Another holder (a thread standing for a sibling process) that holds the store's lock
+    for ``account`` until the block ends; :meth:`save` saves its pair meanwhile."""
+
+    def __init__(self, store: MemoryTokenStore, account: str = "alice") -> None:
+        self.store, self.account = store, account
+        self.taken, self.release = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self._hold)
+        self.thread.start()
+        assert self.taken.wait(10)
+
+    def _hold(self) -> None:
+        with self.store.lock(self.account):
+            self.taken.set()
+            self.release.wait(30)
+
+    def save(self, token: dict[str, Any]) -> None:
+        """Save as the holder would (a memory store's save takes no lock of its own)."""
+        self.store.save(self.account, token)
+
+    def __enter__(self) -> SiblingHolding:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release.set()
+        self.thread.join(10)
+
+
+def test_a_background_refresh_adopts_a_saved_sibling_token_without_its_lock(
+        clock, endpoint) -> None:
+    store = MemoryTokenStore()
+    coordinator = make(store, endpoint, clock)
+    with SiblingHolding(store) as sibling:
+        clock.advance(7200 - 59)  # in the leeway, with a margin
+        sibling.save(endpoint.pair(9))  # saved, and the sibling still lets the lock go
+        assert coordinator.token_for_request()["access_token"] == "at-0"  # sent as it is
+        assert coordinator.wait_for_background(10)  # no wait for the sibling's lock
+        assert coordinator.token_for_request()["access_token"] == "at-9"
+    assert endpoint.spent == []
+
+
+def test_a_request_near_expiry_adopts_a_saved_sibling_token_without_its_lock(
+        clock, endpoint) -> None:
+    store = MemoryTokenStore()
+    coordinator = make(store, endpoint, clock, policy=RefreshPolicy(lock_timeout=5.0))
+    with SiblingHolding(store) as sibling:
+        clock.advance(7200 - 10)  # under half the leeway left: the request waits...
+        sibling.save(endpoint.pair(9))
+        assert coordinator.token_for_request()["access_token"] == "at-9"  # ...for nothing
+    assert endpoint.spent == []
 
 
 def test_a_refused_refresh_token_is_recorded_and_not_resent(clock, endpoint) -> None:

@@ -1,6 +1,7 @@
 """Encryption at rest from the outside: the ``refresher`` command with ``REFRESHER_KEY``
 (``key new``, ``key rotate``, ``status`` with a key, without one, with a wrong one), worker
-processes sharing an encrypted store, and the README's recipes run as printed."""
+processes sharing an encrypted store, and the recipes of docs/howto/encryption.rst run as
+printed."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from doc_blocks import doc_block
 from test_cli import CLI
-from test_readme_story import bash, readme_block
+from test_readme_story import bash
 
 from refresher import EncryptedTokenStore, JSONTokenStore, new_key, open_store
 from refresher.keys import key_id, parse_keys
@@ -132,7 +134,7 @@ def test_worker_processes_share_an_encrypted_store(kind: str, x_emulator_factory
     store.close()
 
 
-# -- the README's recipes, as printed ------------------------------------------------------------
+# -- the how-to's recipes, as printed -----------------------------------------------------------
 
 
 def _shell(cli: CLI, tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -141,13 +143,14 @@ def _shell(cli: CLI, tmp_path: Path, **extra: str) -> dict[str, str]:
     return dict(cli.env, REFRESHER_STORE=str(cli.store), PATH=path, **extra)
 
 
-def test_the_readme_recipe_encrypts_a_store_from_before_the_key(cli: CLI,
-                                                                tmp_path: Path) -> None:
+def test_the_howto_recipe_encrypts_a_store_from_before_the_key(cli: CLI,
+                                                               tmp_path: Path) -> None:
     plain = JSONTokenStore(cli.store)
     with plain.lock("alice"):
         plain.save("alice", {"access_token": "AT-old", "refresh_token": "RT-old",
                              "expires_at": 2e9})
-    block = readme_block("(``refresher key rotate`` does them all at once):")
+    block = doc_block("docs/howto/encryption.rst",
+                      "(``refresher key rotate`` does them all at once):")
     assert block.startswith('eval "$(refresher key new)"')
     done = bash(_shell(cli, tmp_path), *block.splitlines(), "echo \"KEY=$REFRESHER_KEY\"")
     assert done.returncode == 0, done.stderr
@@ -159,12 +162,12 @@ def test_the_readme_recipe_encrypts_a_store_from_before_the_key(cli: CLI,
     assert (open_store(cli.store, key=key).load("alice") or {})["refresh_token"] == "RT-old"
 
 
-def test_the_readme_rotation_recipe_leaves_only_the_new_key(cli: CLI, tmp_path: Path) -> None:
+def test_the_howto_rotation_recipe_leaves_only_the_new_key(cli: CLI, tmp_path: Path) -> None:
     old = new_key()
     store = open_store(cli.store, key=old)
     with store.lock("alice"):
         store.save("alice", {"access_token": "AT-1", "refresh_token": "RT-1"})
-    block = readme_block("re-encrypt, then drop the old one:")
+    block = doc_block("docs/howto/encryption.rst", "re-encrypt, then drop the old one:")
     done = bash(_shell(cli, tmp_path, REFRESHER_KEY=old), *block.splitlines(),
                 "echo \"KEY=$REFRESHER_KEY\"")
     assert done.returncode == 0, done.stderr
@@ -175,9 +178,10 @@ def test_the_readme_rotation_recipe_leaves_only_the_new_key(cli: CLI, tmp_path: 
     assert document["accounts"]["alice"]["token"]["key_id"] == key_id(parse_keys(new)[0])
 
 
-def test_the_readme_python_recipe_runs_as_printed(tmp_path: Path) -> None:
+def test_the_howto_python_recipe_runs_as_printed(tmp_path: Path) -> None:
     script = tmp_path / "recipe.py"
-    script.write_text(readme_block("In Python, wrap any store, or give ``open_store`` the key:")
+    script.write_text(doc_block("docs/howto/encryption.rst",
+                                "or give ``open_store`` the key:")
                       + "with store.lock('a'):\n"
                         "    store.save('a', {'access_token': 'AT-x', 'refresh_token': 'RT-x'})\n"
                         "assert same.load('a')['refresh_token'] == 'RT-x'\n")

@@ -143,6 +143,19 @@ def test_the_table_has_a_row_per_fault_and_front_end_or_one_where_all_agree() ->
     assert len(_matrix.table(agree).splitlines()) == 3 + 2 + 1
 
 
+def test_the_guarantees_page_shows_every_fault_and_store() -> None:
+    """docs/explanation/guarantees.rst carries the script's table: a row for every fault of
+    the registry (by its name), a column for every store, and a line saying what it is."""
+    page = (Path(__file__).resolve().parent.parent / "docs" / "explanation" / "guarantees.rst"
+            ).read_text()
+    table = page[page.index("\nfault  "):]
+    assert table.split("\n", 2)[1].split() == ["fault", "front", "end", *_matrix.STORES]
+    meanings = page[page.index("What each fault is"):]
+    for fault in _matrix.FAULTS:
+        assert f"\n{fault.name}  " in table, fault.name
+        assert fault.name in meanings, fault.name
+
+
 def test_the_script_runs_the_cells_asked_for() -> None:
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "fault_matrix.py"
     done = subprocess.run([sys.executable, str(script), "--json", "--stores", "json",

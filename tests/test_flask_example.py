@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
+import refresher
 from refresher import SQLTokenStore
 from refresher.testing import DEFAULT_CLIENT_ID, XEmulator
 from refresher.testing.net import free_port
@@ -83,7 +85,7 @@ def test_a_user_logs_in_and_the_app_keeps_their_token_alive(make_app, x_emulator
     assert done.status_code == 302 and done.headers["Location"] == "/"
 
     assert store.accounts() == ["1000000001"]            # saved under the user's X id
-    assert store.load_metadata("1000000001")["username"] == "emulated_user"
+    assert store.load_metadata("1000000001")["token_url"] == x.token_url  # as login records
     first = store.load("1000000001")
     assert "Hello @emulated_user" in client.get("/").get_data(as_text=True)
 
@@ -236,3 +238,53 @@ def test_one_worker_serves_login_and_another_the_callback(x_emulator, tmp_path):
     assert store.load("refresher:pending-logins") is None
     store.close()
     assert x_emulator.stats.exchanges == x_emulator.stats.token_requests == 1
+
+
+# -- what it needs, and REFRESHER_* ---------------------------------------------------------
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "flask_app.py"
+
+
+def test_the_example_says_what_it_needs_at_its_top() -> None:
+    top = "\n".join(EXAMPLE.read_text().splitlines()[:8])
+    assert "pip install flask" in top
+    assert "pip install -e '.[sql]' flask" in top      # a checkout: the one spelling, quoted
+    assert "refresher-0.1.0-py3-none-any.whl[sql]' flask" in top
+
+
+def test_pointed_at_the_emulator_by_the_export_lines_refresher_emulator_prints(
+        x_emulator_factory, monkeypatch, tmp_path) -> None:
+    """Nothing given to create_app: the client id, the URLs, the callback and the store
+    come from the ``export REFRESHER_...`` lines ``refresher emulator --redirect-uri
+    http://127.0.0.1:5000/callback`` prints (the store moved into this test's folder). The
+    login is recorded as refresher login records one, so a background job's
+    ``open_session(user_id, store=...)`` needs nothing more."""
+    from refresher.cli.offline import banner
+
+    for name in [k for k in os.environ if k.startswith(("REFRESHER_", "X_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    x = x_emulator_factory(redirect_uris=[REDIRECT_URI])
+    printed = banner(x, [REDIRECT_URI], REDIRECT_URI)
+    exports = dict(re.findall(r"^ +export (REFRESHER_\w+)=(\S+)$", printed, re.MULTILINE))
+    assert {"REFRESHER_CLIENT_ID", "REFRESHER_TOKEN_URL", "REFRESHER_STORE"} <= set(exports)
+    exports["REFRESHER_STORE"] = str(tmp_path / "tokens.json")
+    for name, value in exports.items():
+        monkeypatch.setenv(name, value)
+
+    app = _example().create_app(secret_key="test-only")
+    store = app.extensions["refresher"]["store"]
+    assert store.path == tmp_path / "tokens.json"
+    client = app.test_client()
+    location = _to_x_and_back(client)               # the callback REFRESHER_REDIRECT_URI says
+    assert client.get(_path(location)).status_code == 302
+    assert "Hello @emulated_user" in client.get("/").get_data(as_text=True)
+    assert x.stats.exchanges == 1
+
+    for name in ("REFRESHER_CLIENT_ID", "REFRESHER_TOKEN_URL", "REFRESHER_API_URL"):
+        monkeypatch.delenv(name)                    # the login's record is enough
+    with refresher.open_session("1000000001", store=str(tmp_path / "tokens.json")) as job:
+        assert job.token_url == x.token_url and job.api_url == x.api_url
+        assert job.me()["username"] == "emulated_user"
+        job.refresh()
+    assert x.stats.refreshes == 1 and x.stats.reused_refresh_tokens == 0

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
-from test_coordinator_unit import FakeEndpoint
+from fakes import FakeEndpoint
 
 from refresher import MemoryTokenStore, RefreshCoordinator, RefreshPolicy
 from refresher.flow import (
@@ -79,16 +79,6 @@ def drive(coordinator: RefreshCoordinator, server: Callable[[str | None, int], i
         else:
             assert isinstance(step, Refresh)
             value = coordinator.refresh(replacing=step.replacing)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def endpoint(clock: FakeClock) -> FakeEndpoint:
-    return FakeEndpoint(clock)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ And the fast path every driver takes: a 2xx to a ready token builds no rule at a
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -106,6 +107,45 @@ def test_a_replay_refused_with_the_new_token_brakes_and_no_other_does(kind, make
     home.expire_access_token(front.token["access_token"])
     assert _get(kind, front, away, to=home.api_url + "/2/users/me") == 200
     assert home.stats.refreshes == 3 and home.stats.reused_refresh_tokens == 0
+
+
+def test_the_refresh_rule_pages_example_never_refreshes_on_a_403(x_emulator, tmp_path,
+                                                                 monkeypatch):
+    """docs/explanation/refresh-rule.rst's example, as printed, on a saved account: with
+    ``refresh_status_codes={401}`` a 403 refreshes nothing, even for a token late in its
+    life, where the default would refresh it once; a 401 still refreshes."""
+    from doc_blocks import doc_block
+
+    from refresher import JSONTokenStore, open_session
+    from refresher.testing import DEFAULT_CLIENT_ID
+
+    store = tmp_path / "tokens.json"
+    late = dict(x_emulator.issue_token())  # X still takes it; it says it is 80 minutes old
+    late["expires_at"] = time.time() + float(late["expires_in"]) / 3
+    JSONTokenStore(store).save("alice", late)
+    for name, value in {"REFRESHER_STORE": str(store), "REFRESHER_CLIENT_ID": DEFAULT_CLIENT_ID,
+                        "REFRESHER_TOKEN_URL": x_emulator.token_url,
+                        "REFRESHER_API_URL": x_emulator.api_url}.items():
+        monkeypatch.setenv(name, value)
+    namespace: dict[str, Any] = {}
+    exec(doc_block("docs/explanation/refresh-rule.rst", "leave it out of the statuses looked at:"),
+         namespace)
+    session = namespace["session"]
+    assert session.policy.refresh_status_codes == {401}
+
+    def post(front: Any) -> int:  # the token has no tweet.write: X answers 403
+        return int(front.post(f"{x_emulator.api_url}/2/tweets", json={"text": "hi"},
+                              timeout=10).status_code)
+
+    assert post(session) == 403 and x_emulator.stats.refreshes == 0
+    with open_session("alice") as default:  # the default statuses: this 403 may be cured
+        assert post(default) == 403 and x_emulator.stats.refreshes == 1
+    assert session.get(x_emulator.api_url + "/2/emulator/unauthorized", timeout=10
+                       ).status_code == 401
+    # A 401 is still cured: by the pair the other session saved (adopted, not refreshed
+    # again), and the request replayed once.
+    assert x_emulator.stats.refreshes == 1 and x_emulator.stats.unauthorized == 2
+    session.close()
 
 
 @pytest.mark.parametrize("kind", FRONTS)

@@ -13,6 +13,7 @@ import threading
 import time
 
 import pytest
+from doc_blocks import doc_block
 
 from refresher import InsecureTransport, MemoryTokenStore
 from refresher.testing import DEFAULT_CLIENT_ID
@@ -465,27 +466,7 @@ def test_the_body_hash_of_a_replayed_upload_matches(x_emulator, make_auth):
     assert x_emulator.stats.refreshes == 1
 
 
-# -- the README's recipe, as printed ------------------------------------------------------------
-
-HTTPX_RECIPE = '''\
-import asyncio
-
-import httpx
-
-from refresher.httpx import RefreshingAuth
-
-
-async def main() -> None:
-    auth = RefreshingAuth.open("alice")   # the store, client id and URLs `refresher login` saved
-    async with httpx.AsyncClient(auth=auth, base_url=auth.api_url) as x:
-        answers = await asyncio.gather(*(x.get("/2/users/me") for _ in range(20)))
-    for answer in answers:
-        answer.raise_for_status()
-    print(f"@{answers[0].json()['data']['username']}: {len(answers)} calls at once")
-
-
-asyncio.run(main())
-'''
+# -- the docs' recipe, as printed (docs/howto/async.rst) ----------------------------------------
 
 
 def test_httpx_recipe_runs_as_printed(x_emulator, tmp_path, monkeypatch, capsys):
@@ -501,17 +482,9 @@ def test_httpx_recipe_runs_as_printed(x_emulator, tmp_path, monkeypatch, capsys)
                  "REFRESHER_TOKEN_URL", "REFRESHER_API_URL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("REFRESHER_STORE", str(tmp_path / "tokens.json"))
-    exec(compile(HTTPX_RECIPE, "httpx_recipe.py", "exec"), {"__name__": "__recipe__"})
+    recipe = doc_block("docs/howto/async.rst", "``RefreshingAuth.open(account)`` finds them")
+    exec(compile(recipe, "httpx_recipe.py", "exec"), {"__name__": "__recipe__"})
     assert capsys.readouterr().out == "@emulated_user: 20 calls at once\n"
     stats = x_emulator.stats
     assert stats.refreshes == 1 and stats.unauthorized == 0 and stats.api_requests == 20
     assert stats.reused_refresh_tokens == 0
-
-
-def test_the_readme_shows_the_httpx_recipe_as_the_test_runs_it():
-    from pathlib import Path
-
-    readme = (Path(__file__).resolve().parent.parent / "README.rst").read_text()
-    block = "".join(f"    {line}" if line.strip() else "\n"
-                    for line in HTTPX_RECIPE.splitlines(keepends=True))
-    assert block in readme

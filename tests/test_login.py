@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import ast
 import base64
 import hashlib
 import io
+import json
 import logging
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+import webbrowser
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 import requests
+from doc_blocks import doc_block
 
 import refresher
 from refresher import ConfigurationError, JSONTokenStore, LoginError, LoginFlow, MemoryTokenStore
@@ -399,6 +405,38 @@ def test_session_saves_a_new_login_over_the_accounts_old_token(x_emulator, tmp_p
     assert session.token["access_token"] == new["access_token"]
 
 
+def test_a_login_saved_by_the_flow_records_what_open_session_and_the_cli_need(
+        x_emulator, tmp_path):
+    """flow.session(token, store=...) records the client id and URLs beside the pair (never a
+    secret), as `refresher login` does: open_session and `refresher refresh --all` then need
+    no REFRESHER_* variable. A new login's record replaces the old one's refusals."""
+    store = JSONTokenStore(tmp_path / "tokens.json")
+    flow = _flow(x_emulator, DEFAULT_CONFIDENTIAL_CLIENT_ID, client_secret=DEFAULT_CLIENT_SECRET,
+                 revoke_url=x_emulator.revoke_url)
+    token = flow.run_local_server(port=0, open_browser=Browser(), timeout=10)
+    store.save("42", {"access_token": "old", "refresh_token": "old-rt", "expires_at": 1})
+    store.mark_needs_login("42", "old-rt")
+    flow.session(token, store=store, account="42").close()
+    record = store.load_metadata("42")
+    assert {k: record[k] for k in ("client_id", "confidential", "token_url", "api_url",
+                                   "revoke_url")} == {
+        "client_id": DEFAULT_CONFIDENTIAL_CLIENT_ID, "confidential": True,
+        "token_url": x_emulator.token_url, "api_url": x_emulator.api_url,
+        "revoke_url": x_emulator.revoke_url}
+    assert DEFAULT_CLIENT_SECRET not in json.dumps(record)
+    assert not store.needs_login("42")
+    with open_session("42", store=store, client_secret=DEFAULT_CLIENT_SECRET) as session:
+        assert session.me()["username"] == "emulated_user"
+    cron = {k: v for k, v in os.environ.items() if not k.startswith("REFRESHER_")}
+    cron["REFRESHER_CLIENT_SECRET"] = DEFAULT_CLIENT_SECRET  # the one setting cron is given
+    done = subprocess.run([sys.executable, "-m", "refresher", "refresh", "--all", "--store",
+                           str(tmp_path / "tokens.json")], env=cron, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "Refreshed account '42'" in done.stdout
+    assert x_emulator.stats.reused_refresh_tokens == 0
+
+
 def test_session_with_a_spent_dict_keeps_the_stores_newer_pair(x_emulator):
     """Re-running a notebook cell must not put a spent refresh token back in the store."""
     store = MemoryTokenStore()
@@ -593,29 +631,56 @@ def test_open_session_of_a_confidential_client_wants_its_secret(x_emulator, tmp_
     assert x_emulator.stats.refreshes == 1
 
 
-# -- the notebook recipe (README) ------------------------------------------------------------------
+# -- the notebook (docs/tutorial/notebook.rst), its cells as printed ------------------------------
+
+
+def _cell(code: str, kernel: dict[str, Any]) -> Any:
+    """Run a notebook cell in ``kernel`` (its globals), as Jupyter does: the cell's value is
+    its last line's, when that line is an expression."""
+    tree = ast.parse(code)
+    last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+    exec(compile(tree, "<cell>", "exec"), kernel)
+    if last is None:
+        return None
+    return eval(compile(ast.Expression(last.value), "<cell>", "eval"), kernel)
 
 
 def test_notebook_recipe(x_emulator_factory, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     x = x_emulator_factory(access_ttl=1)
-    # In [1]: (the README's cell, pointed at the emulator and its auto-approving "browser")
-    import refresher
-
-    flow = refresher.LoginFlow(DEFAULT_CLIENT_ID, authorize_url=x.authorize_url,
-                               token_url=x.token_url, api_url=x.api_url)
-    token = flow.run_local_server(port=0, open_browser=Browser())
-    session = flow.session(token, store="tokens.json", account="me")
-    shown = repr(session)  # what the cell displays
-    assert "account='me'" in shown and "expires in" in shown
+    # The kernel inherits the second shell's exports, and the browser approves at once.
+    for name, value in {
+        "REFRESHER_CLIENT_ID": DEFAULT_CLIENT_ID, "REFRESHER_AUTHORIZE_URL": x.authorize_url,
+        "REFRESHER_TOKEN_URL": x.token_url, "REFRESHER_REVOKE_URL": x.revoke_url,
+        "REFRESHER_API_URL": x.api_url,
+        "REFRESHER_REDIRECT_URI": f"http://127.0.0.1:{free_port()}/callback",
+    }.items():
+        monkeypatch.setenv(name, value)
+    browser = Browser()
+    monkeypatch.setattr(webbrowser, "open", lambda url, *args, **kw: browser(url) is None)
+    first = doc_block("docs/tutorial/notebook.rst", "Log in from a cell")
+    later = doc_block("docs/tutorial/notebook.rst", "Use it in any cell")
+    kernel: dict[str, Any] = {}
+    # In [1]: the page's cell, as printed
+    shown = repr(_cell(first, kernel))  # what the cell displays
+    token = kernel["token"]
+    assert browser.urls and "account='me'" in shown and "expires in" in shown
     assert token["access_token"] not in shown and token["refresh_token"] not in shown
+    assert (tmp_path / "tokens.json").is_file()
     # In [2]: ... and later cells, long after the first token expired
-    assert session.me()["username"] == "emulated_user"
+    assert _cell(later, kernel)["username"] == "emulated_user"
     x.access_ttl = 60  # the pairs granted from now on cannot run out in flight, however busy
     time.sleep(1.1)
-    assert session.me()["username"] == "emulated_user"
-    # In [1] again (re-run): the dict `token` is spent, the store's pair wins
-    session = flow.session(token, store="tokens.json", account="me")
-    assert session.me()["username"] == "emulated_user"
+    assert _cell(later, kernel)["username"] == "emulated_user"
+    # In [1] again, its last two lines only (re-run): the dict `token` is spent, the store's
+    # pair wins
+    rerun = "\n".join(first.splitlines()[-2:])
+    assert rerun.startswith("session = flow.session(token, ")
+    _cell(rerun, kernel)
+    assert _cell(later, kernel)["username"] == "emulated_user"
+    # In [1], in a new kernel: the stored pair, no login
+    tomorrow = doc_block("docs/tutorial/notebook.rst", "leave the token out")
+    assert _cell(tomorrow, {})["username"] == "emulated_user"
+    assert len(browser.urls) == 1
     assert x.stats.refreshes >= 1 and x.stats.reused_refresh_tokens == 0
     assert x.stats.unauthorized == 0

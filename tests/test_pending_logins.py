@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import stat
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any
 
 import pytest
 import requests
+from doc_blocks import doc_block
 
 import refresher
 from refresher import (
@@ -434,21 +433,15 @@ def test_one_process_makes_the_link_and_others_race_to_finish_it(
     assert store.accounts() == ["alice"] and store.load(PENDING_LOGINS) is None
 
 
-# -- the README's recipe, as printed: /login in one process, /callback in another -----------
-
-def _readme_recipe() -> str:
-    readme = (Path(__file__).resolve().parent.parent / "README.rst").read_text()
-    start = readme.index("A web app with several workers\n---")
-    match = re.search(r"\.\. code-block:: python\n\n((?:(?: {4}.*)?\n)+)", readme[start:])
-    assert match
-    return textwrap.dedent(match.group(1)).strip("\n") + "\n"
+# -- the how-to's routes, as printed: /login, /callback and / in three processes ------------
 
 
 @pytest.mark.integration
-def test_the_readme_recipe_runs_as_printed_in_two_processes(x_emulator: XEmulator,
-                                                             tmp_path: Path) -> None:
+def test_the_howto_routes_run_as_printed_in_three_processes(x_emulator: XEmulator,
+                                                            tmp_path: Path) -> None:
     pytest.importorskip("sqlalchemy")
-    (tmp_path / "web_login.py").write_text(_readme_recipe())
+    (tmp_path / "web_login.py").write_text(
+        doc_block("docs/howto/web-apps.rst", "Whatever your web framework, the routes are:"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("REFRESHER_")}
     env.update(REFRESHER_CLIENT_ID=DEFAULT_CLIENT_ID, REFRESHER_REDIRECT_URI=REDIRECT_URI,
                REFRESHER_AUTHORIZE_URL=x_emulator.authorize_url,
@@ -467,6 +460,8 @@ def test_the_readme_recipe_runs_as_printed_in_two_processes(x_emulator: XEmulato
                   "print(web_login.callback(sys.argv[1], json.loads(sys.argv[2])))",
                   callback, json.dumps(cookie))
     assert user_id == "1000000001\n"
+    assert run("import sys, web_login; print(web_login.home(sys.argv[1]))",
+               user_id.strip()) == "emulated_user\n"
     store = refresher.open_store(f"sqlite:///{tmp_path / 'app.db'}")
     assert store.accounts() == ["1000000001"] and store.load(PENDING_LOGINS) is None
     store.close()

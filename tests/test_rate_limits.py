@@ -13,13 +13,26 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from doc_blocks import doc_block
+from test_cli import CLI
+from test_readme_story import Emulator, _environment, bash, login_with_curl
 
-from refresher import ConfigurationError, MemoryTokenStore, RefreshError, RefreshPolicy
+from refresher import (
+    ConfigurationError,
+    JSONTokenStore,
+    MemoryTokenStore,
+    RefreshError,
+    RefreshPolicy,
+)
 from refresher.testing import FakeClock, XEmulator
+from refresher.testing.net import free_port
 
 FRONTS = ["requests", "httpx", "httpx-async", "aiohttp"]
 WINDOW = 60.0
@@ -300,3 +313,49 @@ def test_the_arguments_override_the_policy(make_session, x) -> None:
 def test_the_policy_refuses_what_it_cannot_use(changes) -> None:
     with pytest.raises(ConfigurationError):
         RefreshPolicy(**changes)
+
+
+# -- the how-to (docs/howto/rate-limits.rst), as printed -----------------------------------------
+
+
+@pytest.mark.integration
+def test_the_howtos_emulator_walk_through(tmp_path: Path) -> None:
+    """``refresher emulator --rate-limits 2/5``, its exports and login (finished by curl, as
+    its banner says), then the page's script: three names, one 429 waited out."""
+    block = doc_block("docs/howto/rate-limits.rst", "2 calls per\n5 seconds:")
+    assert block == "refresher emulator --rate-limits 2/5\n"
+    env = _environment(tmp_path)
+    callback = f"http://127.0.0.1:{free_port()}/callback"  # not 8765: others log in there
+    running = Emulator(env, *block.split()[2:], "--redirect-uri", callback)
+    try:
+        assert "Rate limits enforced: 2 calls per 5 s" in running.banner
+        login = login_with_curl(env, *running.printed)
+        assert login.returncode == 0, login.stderr
+        script = tmp_path / "patient.py"
+        script.write_text(doc_block("docs/howto/rate-limits.rst",
+                                    "plus a second, then goes out once more:"))
+        exports = [line for line in running.printed if line.startswith("export ")]
+        done = bash(env, *exports, f"python {script}", timeout=90)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["emulated_user"] * 3
+        assert running.stats()["rate_limited"] >= 1
+    finally:
+        assert "Traceback" not in running.stop()
+
+
+@pytest.mark.integration
+def test_the_howtos_token_endpoint_block(x_emulator: XEmulator, tmp_path: Path) -> None:
+    """A 429 with ``Retry-After: 60`` from the token endpoint: the page's block says how long,
+    and the pair it holds is the live one."""
+    cli = CLI(tmp_path)
+    cli.login(x_emulator, "--account", "alice")
+    before = JSONTokenStore(cli.store).load("alice")
+    x_emulator.fail_token_endpoint(times=1, status=429, headers={"Retry-After": "60"})
+    script = tmp_path / "paused.py"
+    script.write_text(doc_block("docs/howto/rate-limits.rst", "and the stored pair is intact:"))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env=dict(cli.env, REFRESHER_STORE=str(cli.store)), timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "X asks for 60 s of quiet; the stored pair is intact\n"
+    assert JSONTokenStore(cli.store).load("alice") == before
+    assert x_emulator.refresh_token_state(before["refresh_token"]) == "live"

@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import socket
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from doc_blocks import doc_block
+from test_cli import CLI
+from test_readme_story import bash
 
 from refresher import (
     JSONTokenStore,
@@ -186,13 +187,10 @@ def test_revoke_on_a_shared_store_removes_the_account_for_every_process(store_ur
         session.close()
 
 
-def test_the_readme_recipe_as_printed(x_emulator, tmp_path) -> None:
-    """The README's revoke block, run as printed in a fresh interpreter, on a store holding
+def test_the_howto_recipe_as_printed(x_emulator, tmp_path) -> None:
+    """The how-to's revoke block, run as printed in a fresh interpreter, on a store holding
     an account as ``refresher login`` leaves it (with the emulator's URLs recorded)."""
-    readme = (Path(__file__).resolve().parent.parent / "README.rst").read_text()
-    start = readme.index("Disconnecting a user (revoke)")
-    block = re.search(r"\.\. code-block:: python\n\n((?:(?: {4}.*)?\n)+)", readme[start:])
-    assert block is not None
+    block = doc_block("docs/howto/revoke.rst", "until the user logs in again:")
     x, location = x_emulator, str(tmp_path / "tokens.json")
     store = open_store(location)
     token = x.issue_token()
@@ -201,9 +199,44 @@ def test_the_readme_recipe_as_printed(x_emulator, tmp_path) -> None:
                                   "api_url": x.api_url, "revoke_url": x.revoke_url})
     env = {k: v for k, v in os.environ.items() if not k.startswith("REFRESHER_")}
     env["REFRESHER_STORE"] = location
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(block.group(1))], env=env,
+    done = subprocess.run([sys.executable, "-c", block], env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "alice is disconnected: send her to the login page\n"
     assert x.refresh_token_state(token["refresh_token"]) == "revoked"
     assert open_store(location).accounts() == []
+
+
+# -- refresher logout, as the how-to prints it ---------------------------------------------------
+
+
+def test_the_howtos_logout_commands_as_printed(tmp_path, x_emulator) -> None:
+    """``refresher logout`` revokes and removes; with X out of reach it keeps the account and
+    says so, and ``--forget-only`` then removes it without revoking (the pair stays live)."""
+    cli, x = CLI(tmp_path), x_emulator
+    shell = dict(cli.emulated(x), PATH=os.pathsep.join(
+        [str(Path(sys.executable).parent), cli.env.get("PATH", "")]))
+    cli.login(x, "--account", ACCOUNT)
+    pair = JSONTokenStore(cli.store).load(ACCOUNT)
+    logout = doc_block("docs/howto/revoke.rst", "runs the same code for an account of the store:")
+    assert logout == "refresher logout --account alice\n"
+    done = bash(shell, logout)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"Logged out account 'alice' (@emulated_user): revoked at "
+                                  f"{x.revoke_url}")
+    assert x.refresh_token_state(pair["refresh_token"]) == "revoked"
+    assert JSONTokenStore(cli.store).accounts() == []
+
+    cli.login(x, "--account", ACCOUNT)
+    pair = JSONTokenStore(cli.store).load(ACCOUNT)
+    x.stop()  # X out of reach: the account is kept, and the message says what to do
+    done = bash(shell, logout)
+    assert done.returncode == 1 and "--forget-only" in done.stderr
+    assert JSONTokenStore(cli.store).accounts() == [ACCOUNT]
+    forget = doc_block("docs/howto/revoke.rst", "To remove\nit from the store anyway")
+    assert forget == "refresher logout --account alice --forget-only\n"
+    done = bash(shell, forget)
+    assert done.returncode == 0 and "(not revoked at X)" in done.stdout, done.stderr
+    assert JSONTokenStore(cli.store).accounts() == []
+    x.start()  # back on the same port: the forgotten pair is still good there
+    assert x.refresh_token_state(pair["refresh_token"]) == "live"

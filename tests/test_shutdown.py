@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 import requests
+from doc_blocks import doc_block
 from test_cli import CLI, COMMAND
 
 import refresher
@@ -415,3 +416,25 @@ def test_a_demo_worker_stopped_by_sigterm_saves_its_pair_and_reports(
     token = JSONTokenStore(store).load("demo")
     assert x.refresh_token_state(token["refresh_token"]) == "live"
     assert x.stats.reused_refresh_tokens == 0
+
+
+# -- the how-to (docs/howto/shutdown.rst), as printed -------------------------------------------
+
+
+@pytest.mark.integration
+def test_the_howtos_worker_saves_the_pair_in_flight_then_exits_143(cli, x_emulator_factory):
+    """The page's worker, on an account ``refresher login`` saved: SIGTERM while X holds its
+    refresh; exit status 143 once the pair is saved, and the next refresh reuses nothing."""
+    x = x_emulator_factory(access_ttl=2.0)
+    cli.login(x, "--account", "alice")
+    x.token_delay = 1.0  # from here on, X takes a second to answer a refresh
+    script = cli.home / "worker.py"
+    script.write_text(doc_block("docs/howto/shutdown.rst", "before the work starts:"))
+    child = subprocess.Popen([sys.executable, str(script)], text=True,
+                             env=dict(cli.env, REFRESHER_STORE=str(cli.store)),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _term_in_token_call(x, child, calls=x.stats.token_requests + 1)
+    out, err = _finish(child)
+    assert child.returncode == EXIT_STATUS, err
+    assert out == "" and "Traceback" not in err
+    _pair_saved_and_usable(x, cli.store, "alice", refreshes=1)

@@ -388,10 +388,121 @@ def test_sqlite_is_a_private_file_in_wal_mode_with_a_busy_timeout(tmp_path,
     store.close()
 
 
+def _hold_sqlite_write_lock(path: Any, until: threading.Event) -> threading.Thread:
+    """Another writer: a plain sqlite3 connection holding the write lock until ``until``."""
+    import sqlite3
+
+    taken = threading.Event()
+
+    def hold() -> None:
+        connection = sqlite3.connect(str(path), isolation_level=None)
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            taken.set()
+            until.wait(30)
+            connection.execute("COMMIT")
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert taken.wait(10)
+    return thread
+
+
+def test_a_sqlite_save_waits_for_another_writer_and_its_engine_keeps_its_busy_timeout(
+        tmp_path, sqlalchemy_installed) -> None:
+    path = tmp_path / "tokens.db"
+    store = SQLTokenStore(f"sqlite:///{path}")
+    store.save(ACCOUNT, TOKEN)  # the table and a pooled connection
+    release, order = threading.Event(), []
+    holder = _hold_sqlite_write_lock(path, release)
+    timer = threading.Timer(0.3, lambda: (order.append("released"), release.set()))
+    timer.start()
+    try:
+        with store.lock(ACCOUNT, timeout=10):
+            store.save(ACCOUNT, dict(TOKEN, access_token="at-2"))
+        order.append("saved")
+    finally:
+        release.set()
+        timer.join()
+        holder.join()
+    assert order == ["released", "saved"]
+    assert store.load(ACCOUNT)["access_token"] == "at-2"
+    with store.engine.connect() as connection:  # the pool's connection, as the store left it
+        assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 10_000
+    store.close()
+
+
+def test_a_sqlite_writer_held_past_the_busy_timeout_is_a_TokenStoreError(
+        tmp_path, sqlalchemy_installed) -> None:
+    path = tmp_path / "tokens.db"
+    engine = sa.create_engine(f"sqlite:///{path}", connect_args={"timeout": 0.2})
+    store = SQLTokenStore(engine)
+    store.save(ACCOUNT, TOKEN)
+    release = threading.Event()
+    holder = _hold_sqlite_write_lock(path, release)
+    try:  # the engine's own busy timeout (0.2 s) bounds the wait
+        with pytest.raises(TokenStoreError, match="database is locked") as caught:
+            store.save(ACCOUNT, dict(TOKEN, access_token="at-2"))
+    finally:
+        release.set()
+        holder.join()
+    assert f"sqlite:///{path}" in str(caught.value)
+    assert store.load(ACCOUNT) == TOKEN
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 200
+    store.close()
+    engine.dispose()
+
+
 def test_an_in_memory_sqlite_database_is_refused(sqlalchemy_installed) -> None:
     for url in ("sqlite://", "sqlite:///:memory:"):
         with pytest.raises(refresher.ConfigurationError, match="MemoryTokenStore"):
             SQLTokenStore(url)
+
+
+@pytest.mark.parametrize("url", ["postgresql+asyncpg://app:pw@127.0.0.1:1/tokens",
+                                 "postgresql+psycopg_async://app:pw@127.0.0.1:1/tokens",
+                                 "sqlite+aiosqlite:///tokens.db"])
+def test_an_asyncio_driver_is_refused_saying_what_works(url, tmp_path, monkeypatch,
+                                                        sqlalchemy_installed) -> None:
+    """The store is synchronous: an asyncio driver could only fail, and the [sql] extra
+    (psycopg 3) would not install it, so the error says what to write instead. Nothing is
+    created, and no password is shown."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(refresher.ConfigurationError) as caught:
+        open_store(url)
+    message = str(caught.value)
+    assert "asyncio driver" in message and "pw" not in message
+    assert "pip install" not in message
+    if url.startswith("postgresql"):
+        assert "use postgresql:// (or postgresql+psycopg://)" in message
+    else:
+        assert "use sqlite:///PATH" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_driver_no_extra_installs_is_named_and_no_extra_advised(sqlalchemy_installed,
+                                                                 monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "pg8000", None)  # as if it were not installed
+    with pytest.raises(refresher.MissingStoreExtra) as caught:
+        SQLTokenStore("postgresql+pg8000://app:pw@127.0.0.1:1/tokens")
+    error = caught.value
+    assert isinstance(error, ImportError) and isinstance(error, TokenStoreError)
+    assert error.extra is None and error.name == "pg8000"
+    assert "needs the database driver pg8000" in str(error)
+    assert "does not install" in str(error) and "pip install" not in str(error)
+
+
+def test_without_psycopg_postgresql_says_to_install_the_sql_extra(sqlalchemy_installed,
+                                                                   monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if it were not installed
+    with pytest.raises(refresher.MissingStoreExtra) as caught:
+        open_store("postgresql://app:pw@127.0.0.1:1/tokens")
+    error = caught.value
+    assert error.extra == "sql" and "pw" not in str(error)
+    assert "needs the database driver psycopg 3: pip install -e '.[sql]'" in str(error)
 
 
 def test_an_engine_of_your_own_is_used_as_is_and_left_open(tmp_path,

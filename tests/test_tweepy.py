@@ -7,12 +7,11 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 import time
-from pathlib import Path
 
 import pytest
 import requests
+from doc_blocks import doc_block
 
 from refresher import JSONTokenStore, LoginFlow, MemoryTokenStore
 from refresher.testing import DEFAULT_CLIENT_ID, route_to_emulator
@@ -70,20 +69,10 @@ def test_route_to_emulator_takes_the_emulators_url(x_emulator, make_session):
             route_to_emulator(requests.Session(), wrong)
 
 
-def _readme_blocks() -> list[str]:
-    """The tweepy section's two Python blocks: the recipe, and the lines for the emulator."""
-    readme = (Path(__file__).resolve().parent.parent / "README.rst").read_text()
-    heading = "\ntweepy\n======\n"
-    section = readme[readme.index(heading) + len(heading):]
-    section = section[:section.index("\n=====")]  # up to the next section's heading
-    blocks = re.findall(r"\.\. code-block:: python\n\n((?:(?: {4}.*)?\n)+)", section)
-    return [textwrap.dedent(block).strip("\n") + "\n" for block in blocks]
-
-
 @pytest.mark.integration
-def test_the_readme_recipe_as_printed_against_an_emulator(x_emulator_factory, tmp_path):
+def test_the_docs_recipe_as_printed_against_an_emulator(x_emulator_factory, tmp_path):
     """The reader's steps: log in as alice (to an emulator whose tokens live a second), put
-    the README's offline lines after ``client.session = session``, run the script."""
+    the page's offline lines after ``client.session = session``, run the script."""
     x = x_emulator_factory(access_ttl=1.0)
     store = tmp_path / "tokens.json"
     flow = LoginFlow(DEFAULT_CLIENT_ID, redirect_uri="http://127.0.0.1:0/callback",
@@ -94,7 +83,8 @@ def test_the_readme_recipe_as_printed_against_an_emulator(x_emulator_factory, tm
     JSONTokenStore(store).save_metadata("alice", {  # what `refresher login` records
         "client_id": DEFAULT_CLIENT_ID, "token_url": x.token_url, "api_url": x.api_url})
 
-    recipe, offline = _readme_blocks()
+    recipe = doc_block("docs/howto/tweepy.rst", "A bot that posts")
+    offline = doc_block("docs/howto/tweepy.rst", "Run it against the emulator")
     anchor = "client.session = session\n"
     assert anchor in recipe and "route_to_emulator(session, os.environ[" in offline
     script = tmp_path / "bot.py"

@@ -9,14 +9,12 @@ nothing to spend behind refresher's back; given them, it spends the pair (shown 
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 import requests
+from doc_blocks import doc_block
 
 from refresher import JSONTokenStore, LoginFlow, MemoryTokenStore, ReauthorizationRequired
 from refresher.testing import (
@@ -30,7 +28,8 @@ xdk = pytest.importorskip("xdk")
 
 
 def _client(session):
-    """The README's way: xdk aimed at the session's API URL, holding nothing to refresh."""
+    """The docs' way (docs/howto/xdk.rst): xdk aimed at the session's API URL, holding
+    nothing to refresh."""
     client = xdk.Client(base_url=session.api_url, access_token="unused: the session supplies it")
     client.session = session
     return client
@@ -85,17 +84,8 @@ def test_why_the_recipe_gives_xdk_no_token(x_emulator, make_session, monkeypatch
     assert x_emulator.stats.reused_refresh_tokens == 1
 
 
-def _readme_block() -> str:
-    readme = (Path(__file__).resolve().parent.parent / "README.rst").read_text()
-    heading = "\nxdk (X's Python SDK)\n====================\n"
-    section = readme[readme.index(heading) + len(heading):]
-    block = re.search(r"\.\. code-block:: python\n\n((?:(?: {4}.*)?\n)+)", section)
-    assert block, "no Python block in the README's xdk section"
-    return textwrap.dedent(block[1]).strip("\n") + "\n"
-
-
 @pytest.mark.integration
-def test_the_readme_recipe_as_printed(x_emulator_factory, tmp_path):
+def test_the_docs_recipe_as_printed(x_emulator_factory, tmp_path):
     x = x_emulator_factory()
     store = tmp_path / "tokens.json"
     flow = LoginFlow(DEFAULT_CLIENT_ID, redirect_uri="http://127.0.0.1:0/callback",
@@ -105,7 +95,7 @@ def test_the_readme_recipe_as_printed(x_emulator_factory, tmp_path):
     JSONTokenStore(store).save_metadata("alice", {  # what `refresher login` records
         "client_id": DEFAULT_CLIENT_ID, "token_url": x.token_url, "api_url": x.api_url})
     script = tmp_path / "xdk_bot.py"
-    script.write_text(_readme_block())
+    script.write_text(doc_block("docs/howto/xdk.rst", "The recipe\n"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("REFRESHER_")}
     env["REFRESHER_STORE"] = str(store)
     for _ in range(2):  # the second run after X stopped taking the access token

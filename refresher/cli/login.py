@@ -88,20 +88,9 @@ def run_login(args: argparse.Namespace) -> int:
     session = flow.session(token, store=store, account=account)
     token = session.token
     session.close()
-    store.save_metadata(account, {
-        "client_id": client_id,
-        "confidential": secret is not None,
-        "authorize_url": urls["authorize_url"],
-        "token_url": urls["token_url"],
-        "api_url": urls["api_url"],
-        "revoke_url": urls["revoke_url"],
-        "redirect_uri": flow.redirect_uri,
-        "scopes": str(token.get("scope") or " ".join(scopes)).split(),
-        "user_id": user.get("id"),
-        "username": user.get("username"),
-        "name": user.get("name"),
-        "logged_in_at": time.time(),
-    })
+    # The flow recorded the client id and URLs beside the pair; add who logged in.
+    store.save_metadata(account, {**store.load_metadata(account), "user_id": user.get("id"),
+                                  "username": user.get("username"), "name": user.get("name")})
 
     who = f"@{user['username']}" if user.get("username") else "an unnamed user"
     print(f"Logged in as {who} ({user.get('name') or '?'}, id {user.get('id') or '?'}).")

@@ -34,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "refresh and revoke stored tokens, or run the offline demo.",
         epilog="Settings also come from REFRESHER_CLIENT_ID, REFRESHER_CLIENT_SECRET, "
                "REFRESHER_STORE, REFRESHER_ACCOUNT, REFRESHER_TOKEN_URL, REFRESHER_API_URL, "
-               "REFRESHER_AUTHORIZE_URL, REFRESHER_REVOKE_URL, and the key of an encrypted "
-               "store from REFRESHER_KEY. Try: refresher demo",
+               "REFRESHER_AUTHORIZE_URL, REFRESHER_REVOKE_URL, REFRESHER_REDIRECT_URI, and "
+               "the key of an encrypted store from REFRESHER_KEY. Try: refresher demo",
     )
     parser.add_argument("--debug", action="store_true",
                         help="show tracebacks and refresher's debug log (never a token)")
@@ -106,10 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     login.set_defaults(run=run_login)
 
     status = commands.add_parser(
-        "status", parents=[common, store, account],
+        "status", parents=[common, store],
         help="list the stored accounts (never a token)",
         description="A table of the store's accounts: user, scopes, expiry, last refresh and "
                     "a short fingerprint of the access token. Never the token itself.")
+    status.add_argument("--account", metavar="NAME", type=_account_name,
+                        help="show only this account (default: every account of the store, "
+                             "whatever $REFRESHER_ACCOUNT says)")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.set_defaults(run=run_status)
 
@@ -156,8 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "export REFRESHER_KEY=...")
     key_new.add_argument("--keyring", metavar="NAME",
                          help="keep the key in the OS keyring under NAME instead, and print "
-                              "export REFRESHER_KEY=keyring:NAME (pip install "
-                              "refresher[keyring])")
+                              "export REFRESHER_KEY=keyring:NAME (needs refresher's "
+                              "[keyring] extra)")
     key_new.set_defaults(run=run_key_new)
     key_rotate = key_commands.add_parser(
         "rotate", parents=[common, store],

@@ -18,8 +18,9 @@ __all__ = ["TokenStore", "MemoryTokenStore", "JSONTokenStore", "Versioned", "ope
 # URL schemes of the stores open_store knows (SQL ones with or without a "+driver").
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 _SQL_SCHEMES = ("sqlite", "postgresql", "postgres")
-# A location's URL scheme: two characters at least, so "C:\tokens.json" stays a Windows path.
-_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):(//)?")
+# A location's URL scheme: two characters at least, so "C:\tokens.json" stays a Windows path;
+# "_" too, as SQLAlchemy's driver names have it (postgresql+psycopg_async).
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+._-]+):(//)?")
 
 
 def open_store(location: str | os.PathLike[str], key: KeySpec | None = None,

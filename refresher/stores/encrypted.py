@@ -21,7 +21,7 @@ import json
 import os
 from typing import Any
 
-from ..errors import EncryptionKeyError, StaleTokenError, TokenStoreError
+from ..errors import EncryptionKeyError, MissingStoreExtra, StaleTokenError
 from ..keys import KEY_VARIABLE, KeySpec, key_id, parse_keys
 from ..token import Token
 from .base import TokenStore, Versioned
@@ -32,19 +32,14 @@ __all__ = ["EncryptedTokenStore", "require_cryptography"]
 _NONCE_BYTES = 12
 
 
-class _MissingCryptography(TokenStoreError, ImportError):
-    """The cryptography package is not installed."""
-
-
 def require_cryptography() -> tuple[Any, type[Exception]]:
     """``AESGCM`` and ``InvalidTag``; without cryptography, an error naming the extra."""
     try:
         from cryptography.exceptions import InvalidTag
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     except ImportError:
-        raise _MissingCryptography(
-            "EncryptedTokenStore needs the cryptography package: pip install refresher[crypto]"
-        ) from None
+        raise MissingStoreExtra("EncryptedTokenStore needs the cryptography package",
+                                extra="crypto", name="cryptography") from None
     return AESGCM, InvalidTag
 
 

@@ -105,13 +105,14 @@ class JSONTokenStore(TokenStore):
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        #: The path as the user gave it (absolute): what messages and ``repr`` name.
+        #: The path as the user gave it, made absolute; messages and ``repr`` name it.
         self.path = Path(os.path.expanduser(os.fspath(path))).absolute()
         #: Where the file really is, symlinks resolved (a dangling link resolves to where its
         #: target will be). Reads, writes, temp files and the locks all use this path, so a
         #: program using the link and one using the real path share one file and its locks.
         self.real_path = Path(os.path.realpath(self.path))
-        #: The file lock: held for each read-modify-write of the file, never across a refresh.
+        #: The file lock's path; the lock is held for each read-modify-write of the file,
+        #: never across a refresh.
         self.lock_path = Path(str(self.real_path) + ".lock")
         #: The folder of the per-account refresh locks (see :meth:`account_lock_path`).
         self.locks_folder = Path(str(self.real_path) + ".locks")

@@ -23,10 +23,10 @@ refresh is the only live pair of the account. A save with no load before it unde
 lock (a new login, meant to replace whatever is stored) is a plain write, and so is a
 save onto an account that has no token (there is nothing newer to protect).
 
-redis (the Python client) is an optional dependency, imported when a store is made:
-``pip install refresher[redis]``.
+redis (the Python client) is an optional dependency, imported when a store is made: the
+``[redis]`` extra (:class:`~refresher.errors.MissingStoreExtra` says how to install it).
 
-Words (fencing, lapse): see ``docs/glossary.rst``.
+Words (fencing, lapse): see ``docs/explanation/glossary.rst``.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import TokenStoreError
+from ..errors import MissingStoreExtra, TokenStoreError
 from ._urls import scrub_url, url_password
 
 __all__ = ["import_redis", "open_client", "client_password",
@@ -23,18 +23,13 @@ _SOCKET_TIMEOUT = 5.0
 _RETRIES = 2
 
 
-class _MissingRedis(TokenStoreError, ImportError):
-    """The redis package is not installed (both a TokenStoreError and an ImportError)."""
-
-
 def import_redis() -> Any:
     """The redis package; when it is absent, an error that says how to install it."""
     try:
         import redis
     except ImportError:
-        raise _MissingRedis(
-            "RedisTokenStore needs the redis package: pip install refresher[redis]"
-        ) from None
+        raise MissingStoreExtra("RedisTokenStore needs the redis package", extra="redis",
+                                name="redis") from None
     return redis
 
 

@@ -29,7 +29,9 @@ that steps cannot hand a live lease to another process. ``updated_at`` is writte
 server's clock on PostgreSQL, the machine's on SQLite.
 
 SQLAlchemy (and psycopg, for PostgreSQL) is an optional dependency, imported when a store
-is made: ``pip install refresher[sql]``.
+is made: the ``[sql]`` extra (:class:`~refresher.errors.MissingStoreExtra` says how to
+install it). The store is synchronous: an asyncio driver (``postgresql+asyncpg://``) is a
+:class:`~refresher.ConfigurationError`; async programs use ``postgresql://`` too.
 """
 
 from __future__ import annotations
@@ -162,16 +164,16 @@ class SQLTokenStore(TokenStore):
         with self._table_guard:
             if self._table_ready:
                 return
+            doing = f"create table {self.table!r}"
             try:
-                with self._db.begin(f"create table {self.table!r}") as connection:
-                    self._table.create(connection, checkfirst=True)
+                self._db.run(doing, lambda connection: self._table.create(connection,
+                                                                          checkfirst=True))
             except TokenStoreError:
                 # Another process may have created it at the same moment: fine if it is.
                 sa = import_sqlalchemy()
-                with self._db.begin(f"create table {self.table!r}") as connection:
-                    if not sa.inspect(connection).has_table(self.table,
-                                                            schema=self._table.schema):
-                        raise
+                if not self._db.run(doing, lambda connection: sa.inspect(connection).has_table(
+                        self.table, schema=self._table.schema)):
+                    raise
             self._table_ready = True
 
     def _build_statements(self, sa: Any) -> None:
@@ -216,8 +218,8 @@ class SQLTokenStore(TokenStore):
 
     def _read(self, account: str) -> tuple[Token | None, int]:
         self._ensure_table()
-        with self._db.begin(f"read account {account!r}") as connection:
-            row = connection.execute(self._select_token, {"a": account}).first()
+        row = self._db.run(f"read account {account!r}", lambda connection: connection.execute(
+            self._select_token, {"a": account}).first())
         if row is None:
             return None, 0
         token = self._json(row[0], account, "token")
@@ -243,16 +245,17 @@ class SQLTokenStore(TokenStore):
 
     def accounts(self) -> list[str]:
         self._ensure_table()
-        with self._db.begin("list accounts") as connection:
-            names = connection.execute(self._select_accounts).scalars().all()
+        names = self._db.run("list accounts", lambda connection: connection.execute(
+            self._select_accounts).scalars().all())
         return sorted(accounts_only(str(name) for name in names))
 
     def load_metadata(self, account: str) -> dict[str, Any]:
         """The account's metadata, with ``updated_at`` (epoch seconds of the last token
         save) when there was one; ``{}`` for an unknown account."""
         self._ensure_table()
-        with self._db.begin(f"read the metadata of {account!r}") as connection:
-            row = connection.execute(self._select_meta, {"a": account}).first()
+        row = self._db.run(f"read the metadata of {account!r}",
+                           lambda connection: connection.execute(
+                               self._select_meta, {"a": account}).first())
         if row is None:
             return {}
         metadata = self._json(row[0], account, "metadata")
@@ -285,7 +288,8 @@ class SQLTokenStore(TokenStore):
                   "expected": expected}
         update = self._update_token if expected is None else self._update_token_if
         self._ensure_table()
-        with self._db.begin(f"save account {account!r}") as connection:
+
+        def write(connection: sqlalchemy.Connection) -> int:
             for _ in range(3):  # a row inserted by someone else meanwhile: try again
                 if connection.execute(update, params).rowcount == 1:
                     row = connection.execute(self._select_token, params).first()
@@ -303,26 +307,34 @@ class SQLTokenStore(TokenStore):
                     f"{expected}) after this one's lease lapsed (lock_ttl={self.lock_ttl:g} "
                     "s); the newer token is kept. If refreshes take that long, raise lock_ttl."
                 )
-        raise TokenStoreError(f"SQL token store at {self.server}: account {account!r} kept "
-                              "appearing and disappearing while it was saved; try again")
+            raise TokenStoreError(f"SQL token store at {self.server}: account {account!r} "
+                                  "kept appearing and disappearing while it was saved; try again")
+
+        return self._db.run(f"save account {account!r}", write)
 
     def save_metadata(self, account: str, metadata: dict[str, Any]) -> None:
         params = {"a": account, "meta_json": json.dumps(dict(metadata), sort_keys=True)}
         self._ensure_table()
-        with self._db.begin(f"save the metadata of {account!r}") as connection:
+
+        def write(connection: sqlalchemy.Connection) -> None:
             for _ in range(2):
                 if connection.execute(self._update_meta, params).rowcount == 1:
                     return
                 if self._db.inserted(connection, self._insert_meta, params):
                     return
 
+        self._db.run(f"save the metadata of {account!r}", write)
+
     def delete(self, account: str) -> None:
         """Forget the account's token and metadata (its row; a lease someone holds on it
         stays until released)."""
         self._ensure_table()
-        with self._db.begin(f"delete account {account!r}") as connection:
+
+        def delete(connection: sqlalchemy.Connection) -> None:
             if connection.execute(self._delete_row, {"a": account}).rowcount == 0:
                 connection.execute(self._empty_row, {"a": account})
+
+        self._db.run(f"delete account {account!r}", delete)
 
     # -- locking -------------------------------------------------------------------------
 

@@ -11,10 +11,13 @@ Engines made from a URL get refresher's defaults (the caller's ``engine_options`
 - SQLite: the file is created mode 0600 (its folder 0700) when missing, as token files
   are; WAL mode (readers never wait for a writer); ``synchronous=FULL`` (every committed
   token is on disk: a lost save can lose an account); a busy timeout of 10 s (writers
-  queue instead of failing with "database is locked").
-- PostgreSQL: ``postgresql://`` uses psycopg 3 (``refresher[sql]`` installs it, not
-  psycopg2); a 5 s connect timeout; ``pool_pre_ping``, so connections broken by a server
-  restart are replaced instead of failing once each.
+  queue instead of failing with "database is locked"). The store's own transactions wait
+  for another writer in steps of a few milliseconds, within that timeout (on any SQLite
+  engine, within its own): SQLite's waits grow to 100 ms each and oversleep a lock that
+  is held for a millisecond.
+- PostgreSQL: ``postgresql://`` uses psycopg 3 (the ``[sql]`` extra installs it, not
+  psycopg2 or asyncpg); a 5 s connect timeout; ``pool_pre_ping``, so connections broken by a
+  server restart are replaced instead of failing once each.
 - Both: ``hide_parameters``, so SQLAlchemy's error messages never show a token.
 
 Logging. The store's statements run on a view of the engine (``engine.execution_options()``:
@@ -30,13 +33,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from .._fork import register
 from ..clock import SYSTEM_CLOCK, Clock
-from ..errors import ConfigurationError, TokenStoreError
+from ..errors import ConfigurationError, MissingStoreExtra, TokenStoreError
 from ._urls import scrub_url, url_password
 
 if TYPE_CHECKING:
@@ -45,8 +50,18 @@ if TYPE_CHECKING:
 __all__ = ["Database", "ENGINE_LOGGER", "import_sqlalchemy", "describe_server",
            "server_failure"]
 
+_T = TypeVar("_T")
+
 #: Seconds a SQLite writer waits for another's transaction before "database is locked".
 SQLITE_BUSY_TIMEOUT = 10.0
+# SQLite's own wait for another writer sleeps 1, 2, 5, 10... then 100 ms at a time, and
+# oversleeps a lock held a millisecond: 16 processes taking their leases at once queued for
+# several times their work. In the store's transactions SQLite waits this long at most
+# (milliseconds)...
+_SQLITE_BUSY_SLICE_MS = 5
+# ...then the store tries again after this many seconds, within the busy timeout.
+_BUSY_RETRY = 0.0005
+_SQLITE_BUSY = 5  # SQLite's result code (its extended codes keep it in their low byte)
 #: Seconds to connect to a database server before it counts as unreachable.
 CONNECT_TIMEOUT = 5
 # What of a driver's message goes into ours: its first line, this long at most.
@@ -74,19 +89,13 @@ def _quiet_logger() -> None:
 _quiet_logger()
 
 
-class _MissingSQLAlchemy(TokenStoreError, ImportError):
-    """SQLAlchemy or the database driver is not installed (a TokenStoreError and an
-    ImportError)."""
-
-
 def import_sqlalchemy() -> Any:
     """The sqlalchemy package; when it is absent, an error that says how to install it."""
     try:
         import sqlalchemy
     except ImportError:
-        raise _MissingSQLAlchemy(
-            "SQLTokenStore needs SQLAlchemy 2: pip install refresher[sql]"
-        ) from None
+        raise MissingStoreExtra("SQLTokenStore needs SQLAlchemy 2", extra="sql",
+                                name="sqlalchemy") from None
     return sqlalchemy
 
 
@@ -156,6 +165,36 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+@contextlib.contextmanager
+def _short_busy_waits(connection: sqlalchemy.Connection) -> Iterator[float]:
+    """For the block, SQLite's own wait for another writer's lock cut to
+    :data:`_SQLITE_BUSY_SLICE_MS`, on the connection's SQLite handle; the block gets the
+    seconds the connection would have waited (its busy timeout: 10 s on refresher's
+    engines, the caller's choice on theirs), which is set back after it."""
+    handle = connection.connection.dbapi_connection
+    if handle is None:  # pragma: no cover (a connection just checked out has its handle)
+        yield 0.0
+        return
+    before = int(handle.execute("PRAGMA busy_timeout").fetchone()[0])
+    handle.execute(f"PRAGMA busy_timeout = {min(before, _SQLITE_BUSY_SLICE_MS)}")
+    try:
+        yield before / 1000
+    finally:
+        with contextlib.suppress(sqlite3.Error):  # a broken handle: the pool drops it
+            handle.execute(f"PRAGMA busy_timeout = {before}")
+
+
+def _busy(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite's "database is locked": another writer holds the lock."""
+    original = getattr(exc, "orig", None)
+    if not isinstance(original, sqlite3.OperationalError):
+        return False
+    code = getattr(original, "sqlite_errorcode", None)  # Python 3.11 and later
+    if code is not None:
+        return bool(code & 0xFF == _SQLITE_BUSY)
+    return "database is locked" in str(original)
+
+
 def _engine_from_url(sa: Any, text: str, options: dict[str, Any]) -> sqlalchemy.Engine:
     """An engine for ``text`` with refresher's defaults under ``options``."""
     try:
@@ -164,8 +203,9 @@ def _engine_from_url(sa: Any, text: str, options: dict[str, Any]) -> sqlalchemy.
         raise TokenStoreError(f"invalid database URL {scrub_url(text, 'database URL')}: "
                               f"{_detail(exc, url_password(text))}") from None
     if url.drivername in ("postgresql", "postgres"):
-        url = url.set(drivername="postgresql+psycopg")  # the driver refresher[sql] installs
+        url = url.set(drivername="postgresql+psycopg")  # the driver the [sql] extra installs
     backend = url.get_backend_name()
+    _refuse_async_driver(url)
     options = dict(options)
     options.setdefault("hide_parameters", True)
     connect_args = dict(options.pop("connect_args", {}))
@@ -193,15 +233,54 @@ def _engine_from_url(sa: Any, text: str, options: dict[str, Any]) -> sqlalchemy.
         engine: sqlalchemy.Engine = sa.create_engine(url, connect_args=connect_args,
                                                      **options)
     except ImportError as exc:
-        raise _MissingSQLAlchemy(
-            f"SQLTokenStore at {describe_server(url)} needs the database driver "
-            f"({exc.name or exc}): pip install refresher[sql]"
-        ) from None
+        raise _missing_driver(url, exc) from None
     except (sa.exc.ArgumentError, TypeError, ValueError) as exc:
         raise server_failure(describe_server(url), url.password, "start", exc) from None
     if backend == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_on_connect)
     return engine
+
+
+def _refuse_async_driver(url: sqlalchemy.URL) -> None:
+    """A :class:`~refresher.ConfigurationError` for an asyncio driver (asyncpg, aiosqlite,
+    psycopg_async...): the store talks to its database synchronously, and the async front
+    ends call it from a worker thread, so such a driver could only fail."""
+    try:
+        is_async = bool(url.get_dialect().is_async)
+    except Exception:  # an unknown dialect: create_engine says so, in its words
+        return
+    if is_async:
+        raise ConfigurationError(
+            f"SQLTokenStore cannot use {url.drivername}:// ({url.get_driver_name()} is an "
+            "asyncio driver, and the store talks to its database synchronously; async "
+            f"programs use it too, from a worker thread): use {_sync_form(url)}"
+        )
+
+
+def _sync_form(url: sqlalchemy.URL) -> str:
+    """What to write instead of ``url``'s scheme, in words."""
+    backend = url.get_backend_name()
+    if backend == "postgresql":
+        return ("postgresql:// (or postgresql+psycopg://): psycopg 3, which refresher's "
+                "[sql] extra installs")
+    if backend == "sqlite":
+        return "sqlite:///PATH (Python's own sqlite3)"
+    return f"{backend}:// with a synchronous driver"
+
+
+def _missing_driver(url: sqlalchemy.URL, exc: ImportError) -> MissingStoreExtra:
+    """The error for a database driver that is not installed: the extra that installs it
+    (psycopg 3, for postgresql:// and postgresql+psycopg://), or that no extra does."""
+    where = f"SQLTokenStore at {describe_server(url)}"
+    driver = exc.name or url.get_driver_name()
+    if url.get_backend_name() == "postgresql" and url.get_driver_name() == "psycopg":
+        return MissingStoreExtra(f"{where} needs the database driver psycopg 3", extra="sql",
+                                 name=driver)
+    return MissingStoreExtra(
+        f"{where} needs the database driver {driver}, which is not installed, and which "
+        "refresher's [sql] extra does not install (it installs psycopg 3, for postgresql:// "
+        f"and postgresql+psycopg://): use one of those, or install {driver} yourself",
+        extra=None, name=driver)
 
 
 def _quiet_view(engine: sqlalchemy.Engine) -> sqlalchemy.Engine:
@@ -298,15 +377,32 @@ class Database:
         """A TokenStoreError for ``exc``, naming the server and never the password."""
         return server_failure(self.server, self._password, doing, exc)
 
-    @contextlib.contextmanager
-    def begin(self, doing: str) -> Iterator[sqlalchemy.Connection]:
-        """A connection in a transaction, committed at the end of the block; a database
-        error is a :class:`~refresher.TokenStoreError` saying what was being done."""
-        try:
-            with self._view.begin() as connection:
-                yield connection
-        except self._error as exc:
-            raise self.failure(doing, exc) from None
+    def run(self, doing: str, work: Callable[[sqlalchemy.Connection], _T]) -> _T:
+        """``work(connection)`` in a transaction, committed when it returns; its result. A
+        database error is a :class:`~refresher.TokenStoreError` saying what was being done.
+
+        On SQLite, a transaction that meets another writer's lock is rolled back and run
+        again every millisecond or so, for as long as the connection's busy timeout says
+        (:func:`_short_busy_waits`); so ``work`` must do nothing but talk to the database.
+        """
+        if self.dialect != "sqlite":
+            try:
+                with self._view.begin() as connection:
+                    return work(connection)
+            except self._error as exc:
+                raise self.failure(doing, exc) from None
+        give_up: float | None = None
+        while True:
+            try:
+                with self._view.begin() as connection, \
+                        _short_busy_waits(connection) as patience:
+                    if give_up is None:
+                        give_up = time.monotonic() + patience
+                    return work(connection)
+            except self._error as exc:
+                if not _busy(exc) or give_up is None or time.monotonic() >= give_up:
+                    raise self.failure(doing, exc) from None
+            time.sleep(_BUSY_RETRY)
 
     def _after_fork_in_child(self) -> None:
         # SQLAlchemy's advice for a forked child: a new pool, the parent's connections

@@ -51,7 +51,7 @@ host) is taken over (below).
 
 The lease is re-entrant within a thread, for one store object.
 
-Words (lease, lapse): see ``docs/glossary.rst``.
+Words (lease, lapse): see ``docs/explanation/glossary.rst``.
 """
 
 from __future__ import annotations
@@ -186,11 +186,15 @@ class Leases:
 
     def _try_take(self, account: str, owner: str) -> bool:
         params = {"a": account, "me": owner, "ttl": self.lock_ttl}
-        with self._db.begin(f"lock account {account!r}") as connection:
+
+        def take(connection: sqlalchemy.Connection) -> bool:
             taken = connection.execute(self._take, params).rowcount == 1 \
                 or self._db.inserted(connection, self._take_new, params)
             if not taken and self._db.clock != "database":
                 taken = self._take_if_outlasted(connection, account, params)
+            return taken
+
+        taken = self._db.run(f"lock account {account!r}", take)
         if taken:
             self._watched.pop(account, None)
         return taken
@@ -229,8 +233,8 @@ class Leases:
     def _timeout_message(self, account: str, timeout: float | None) -> str:
         holder = ""
         with contextlib.suppress(TokenStoreError):
-            with self._db.begin(f"read the lock of {account!r}") as connection:
-                row = connection.execute(self._holder, {"a": account}).first()
+            row = self._db.run(f"read the lock of {account!r}", lambda connection:
+                               connection.execute(self._holder, {"a": account}).first())
             if row is not None and row[0] is not None:
                 holder = f" (held by {row[0]}{self._outlook(account, row)})"
         return (
@@ -259,8 +263,8 @@ class Leases:
         if owner is None:
             raise LockLost(f"account {account!r}: this thread does not hold its SQL lease")
         params = {"a": account, "me": owner, "ttl": self.lock_ttl}
-        with self._db.begin(f"renew the lock of {account!r}") as connection:
-            renewed = connection.execute(self._renew, params).rowcount == 1
+        renewed = self._db.run(f"renew the lock of {account!r}", lambda connection:
+                               connection.execute(self._renew, params).rowcount == 1)
         if not renewed:
             raise LockLost(
                 f"account {account!r} in SQL token store at {self._db.server}: the lease "
@@ -274,12 +278,15 @@ class Leases:
             self._unreleased.setdefault(account, owner)
 
     def _give_back(self, account: str, owner: str) -> None:
+        def release(connection: sqlalchemy.Connection) -> bool:
+            released = connection.execute(self._release,
+                                          {"a": account, "me": owner}).rowcount == 1
+            if released:
+                connection.execute(self._prune, {"a": account})
+            return released
+
         try:
-            with self._db.begin(f"release the lock of {account!r}") as connection:
-                released = connection.execute(self._release,
-                                              {"a": account, "me": owner}).rowcount == 1
-                if released:
-                    connection.execute(self._prune, {"a": account})
+            released = self._db.run(f"release the lock of {account!r}", release)
         except TokenStoreError as exc:
             # Raising here would hide the error that ended the block, if any.
             log.warning("%s; the lease frees itself within lock_ttl=%g s (this store takes "

@@ -90,7 +90,6 @@ class PostgresServer(ServerProcess):
 
     name = "postgres"
     start_timeout = 30.0
-    poll_interval = 0.05
     end_timeout = 30.0
     #: A fast shutdown (clients are cut off, data is kept); an immediate one, as a crash.
     stop_signal = signal.SIGINT

@@ -37,10 +37,10 @@ class XEmulator(EmulatorControls, OAuthEndpoints, ApiEndpoints, MediaEndpoints):
     ``clients`` maps client ids to secrets (``None`` for a public client). ``redirect_uris``
     of ``None`` accepts any loopback ``http`` redirect URI; a list demands an exact match, as
     X does. ``token_delay`` holds each token answer back that many seconds before X acts on
-the request; ``answer_delay`` holds it back after (the refresh token is spent, the new pair
-issued, and the answer slow to arrive);
-    ``token_trickle`` sends its headers at once and then its body one byte every that many
-    seconds (a server that never quite answers). ``enforce_rate_limits`` makes every API
+    the request; ``answer_delay`` holds it back after (the refresh token is spent, the new
+    pair issued, and the answer slow to arrive); ``token_trickle`` sends its headers at
+    once and then its body one byte every that many seconds (a server that never quite
+    answers). ``enforce_rate_limits`` makes every API
     route answer X's 429 past ``rate_limit`` calls per ``rate_window`` seconds, per user
     and app and route, as X counts (default X's documented limit of ``/2/users/me``, 75
     per 15 minutes; the ``x-rate-limit-*`` headers are sent either way; off by default, so
