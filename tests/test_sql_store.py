@@ -434,6 +434,30 @@ def test_a_sqlite_save_waits_for_another_writer_and_its_engine_keeps_its_busy_ti
     store.close()
 
 
+def test_a_new_sqlite_file_opened_while_another_process_writes_to_it_waits(
+        tmp_path, sqlalchemy_installed) -> None:
+    """Switching a file to WAL meets another writer's lock with "database is locked" at once
+    (SQLite skips its busy wait there): processes opening a new database together failed
+    about one time in ten on their first connection. Now the switch waits for the lock."""
+    path = tmp_path / "tokens.db"
+    release, order = threading.Event(), []
+    holder = _hold_sqlite_write_lock(path, release)  # the file is new: not in WAL mode yet
+    timer = threading.Timer(0.3, lambda: (order.append("released"), release.set()))
+    timer.start()
+    try:
+        store = SQLTokenStore(f"sqlite:///{path}")
+        store.save(ACCOUNT, TOKEN)
+        order.append("saved")
+    finally:
+        release.set()
+        timer.join()
+        holder.join()
+    assert order == ["released", "saved"]
+    with store.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    store.close()
+
+
 def test_a_sqlite_writer_held_past_the_busy_timeout_is_a_TokenStoreError(
         tmp_path, sqlalchemy_installed) -> None:
     path = tmp_path / "tokens.db"

@@ -159,10 +159,26 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT * 1000)}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _switch_to_wal(cursor)
         cursor.execute("PRAGMA synchronous = FULL")
     finally:
         cursor.close()
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    """``PRAGMA journal_mode = WAL``, tried again while another connection holds the lock,
+    within :data:`SQLITE_BUSY_TIMEOUT`: SQLite answers a journal-mode change that meets
+    another connection's lock with "database is locked" at once, without its busy wait,
+    so processes opening a new database file together failed on their first connection."""
+    give_up = time.monotonic() + SQLITE_BUSY_TIMEOUT
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if not _sqlite_busy(exc) or time.monotonic() >= give_up:
+                raise
+        time.sleep(_BUSY_RETRY)
 
 
 @contextlib.contextmanager
@@ -187,12 +203,15 @@ def _short_busy_waits(connection: sqlalchemy.Connection) -> Iterator[float]:
 def _busy(exc: BaseException) -> bool:
     """Whether ``exc`` is SQLite's "database is locked": another writer holds the lock."""
     original = getattr(exc, "orig", None)
-    if not isinstance(original, sqlite3.OperationalError):
-        return False
-    code = getattr(original, "sqlite_errorcode", None)  # Python 3.11 and later
+    return isinstance(original, sqlite3.OperationalError) and _sqlite_busy(original)
+
+
+def _sqlite_busy(error: sqlite3.OperationalError) -> bool:
+    """Whether the driver's ``error`` is SQLite's SQLITE_BUSY (any of its extended codes)."""
+    code = getattr(error, "sqlite_errorcode", None)  # Python 3.11 and later
     if code is not None:
         return bool(code & 0xFF == _SQLITE_BUSY)
-    return "database is locked" in str(original)
+    return "database is locked" in str(error)
 
 
 def _engine_from_url(sa: Any, text: str, options: dict[str, Any]) -> sqlalchemy.Engine:
