@@ -13,8 +13,7 @@ Engines made from a URL get refresher's defaults (the caller's ``engine_options`
   token is on disk: a lost save can lose an account); a busy timeout of 10 s (writers
   queue instead of failing with "database is locked"). The store's own transactions wait
   for another writer in steps of a few milliseconds, within that timeout (on any SQLite
-  engine, within its own): SQLite's waits grow to 100 ms each and oversleep a lock that
-  is held for a millisecond.
+  engine, within its own). How: :mod:`refresher.stores.sqlite_tuning`.
 - PostgreSQL: ``postgresql://`` uses psycopg 3 (the ``[sql]`` extra installs it, not
   psycopg2 or asyncpg); a 5 s connect timeout; ``pool_pre_ping``, so connections broken by a
   server restart are replaced instead of failing once each.
@@ -33,15 +32,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from .._fork import register
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import ConfigurationError, MissingStoreExtra, TokenStoreError
+from . import sqlite_tuning
 from ._urls import scrub_url, url_password
 
 if TYPE_CHECKING:
@@ -52,16 +51,6 @@ __all__ = ["Database", "ENGINE_LOGGER", "import_sqlalchemy", "describe_server",
 
 _T = TypeVar("_T")
 
-#: Seconds a SQLite writer waits for another's transaction before "database is locked".
-SQLITE_BUSY_TIMEOUT = 10.0
-# SQLite's own wait for another writer sleeps 1, 2, 5, 10... then 100 ms at a time, and
-# oversleeps a lock held a millisecond: 16 processes taking their leases at once queued for
-# several times their work. In the store's transactions SQLite waits this long at most
-# (milliseconds)...
-_SQLITE_BUSY_SLICE_MS = 5
-# ...then the store tries again after this many seconds, within the busy timeout.
-_BUSY_RETRY = 0.0005
-_SQLITE_BUSY = 5  # SQLite's result code (its extended codes keep it in their low byte)
 #: Seconds to connect to a database server before it counts as unreachable.
 CONNECT_TIMEOUT = 5
 # What of a driver's message goes into ours: its first line, this long at most.
@@ -144,76 +133,6 @@ def _detail(exc: BaseException, password: str | None) -> str:
     return detail
 
 
-def _prepare_sqlite_file(path: str) -> None:
-    """Create the database file mode 0600 (SQLite gives its WAL the same mode), and its
-    folder 0700, when missing: a token database is as secret as a token file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, mode=0o700, exist_ok=True)
-    try:
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-    except FileExistsError:
-        pass
-
-
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT * 1000)}")
-        _switch_to_wal(cursor)
-        cursor.execute("PRAGMA synchronous = FULL")
-    finally:
-        cursor.close()
-
-
-def _switch_to_wal(cursor: Any) -> None:
-    """``PRAGMA journal_mode = WAL``, tried again while another connection holds the lock,
-    within :data:`SQLITE_BUSY_TIMEOUT`: SQLite answers a journal-mode change that meets
-    another connection's lock with "database is locked" at once, without its busy wait,
-    so processes opening a new database file together failed on their first connection."""
-    give_up = time.monotonic() + SQLITE_BUSY_TIMEOUT
-    while True:
-        try:
-            cursor.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if not _sqlite_busy(exc) or time.monotonic() >= give_up:
-                raise
-        time.sleep(_BUSY_RETRY)
-
-
-@contextlib.contextmanager
-def _short_busy_waits(connection: sqlalchemy.Connection) -> Iterator[float]:
-    """For the block, SQLite's own wait for another writer's lock cut to
-    :data:`_SQLITE_BUSY_SLICE_MS`, on the connection's SQLite handle; the block gets the
-    seconds the connection would have waited (its busy timeout: 10 s on refresher's
-    engines, the caller's choice on theirs), which is set back after it."""
-    handle = connection.connection.dbapi_connection
-    if handle is None:  # pragma: no cover (a connection just checked out has its handle)
-        yield 0.0
-        return
-    before = int(handle.execute("PRAGMA busy_timeout").fetchone()[0])
-    handle.execute(f"PRAGMA busy_timeout = {min(before, _SQLITE_BUSY_SLICE_MS)}")
-    try:
-        yield before / 1000
-    finally:
-        with contextlib.suppress(sqlite3.Error):  # a broken handle: the pool drops it
-            handle.execute(f"PRAGMA busy_timeout = {before}")
-
-
-def _busy(exc: BaseException) -> bool:
-    """Whether ``exc`` is SQLite's "database is locked": another writer holds the lock."""
-    original = getattr(exc, "orig", None)
-    return isinstance(original, sqlite3.OperationalError) and _sqlite_busy(original)
-
-
-def _sqlite_busy(error: sqlite3.OperationalError) -> bool:
-    """Whether the driver's ``error`` is SQLite's SQLITE_BUSY (any of its extended codes)."""
-    code = getattr(error, "sqlite_errorcode", None)  # Python 3.11 and later
-    if code is not None:
-        return bool(code & 0xFF == _SQLITE_BUSY)
-    return "database is locked" in str(error)
-
-
 def _engine_from_url(sa: Any, text: str, options: dict[str, Any]) -> sqlalchemy.Engine:
     """An engine for ``text`` with refresher's defaults under ``options``."""
     try:
@@ -236,10 +155,10 @@ def _engine_from_url(sa: Any, text: str, options: dict[str, Any]) -> sqlalchemy.
                 "share tokens or locks: give a file (sqlite:///tokens.db), or use "
                 "MemoryTokenStore"
             )
-        connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT)
+        connect_args.setdefault("timeout", sqlite_tuning.SQLITE_BUSY_TIMEOUT)
         if not url.query.get("uri"):
             try:
-                _prepare_sqlite_file(database)
+                sqlite_tuning.prepare_file(database)
             except OSError as exc:
                 raise TokenStoreError(
                     f"SQL token store at {describe_server(url)}: cannot create the database "
@@ -256,7 +175,7 @@ def _engine_from_url(sa: Any, text: str, options: dict[str, Any]) -> sqlalchemy.
     except (sa.exc.ArgumentError, TypeError, ValueError) as exc:
         raise server_failure(describe_server(url), url.password, "start", exc) from None
     if backend == "sqlite":
-        sa.event.listen(engine, "connect", _sqlite_on_connect)
+        sa.event.listen(engine, "connect", sqlite_tuning.on_connect)
     return engine
 
 
@@ -402,7 +321,8 @@ class Database:
 
         On SQLite, a transaction that meets another writer's lock is rolled back and run
         again every millisecond or so, for as long as the connection's busy timeout says
-        (:func:`_short_busy_waits`); so ``work`` must do nothing but talk to the database.
+        (:func:`~refresher.stores.sqlite_tuning.short_busy_waits`); so ``work`` must do
+        nothing but talk to the database.
         """
         if self.dialect != "sqlite":
             try:
@@ -414,14 +334,15 @@ class Database:
         while True:
             try:
                 with self._view.begin() as connection, \
-                        _short_busy_waits(connection) as patience:
+                        sqlite_tuning.short_busy_waits(connection) as patience:
                     if give_up is None:
                         give_up = time.monotonic() + patience
                     return work(connection)
             except self._error as exc:
-                if not _busy(exc) or give_up is None or time.monotonic() >= give_up:
+                if (not sqlite_tuning.busy(exc) or give_up is None
+                        or time.monotonic() >= give_up):
                     raise self.failure(doing, exc) from None
-            time.sleep(_BUSY_RETRY)
+            time.sleep(sqlite_tuning.BUSY_RETRY)
 
     def _after_fork_in_child(self) -> None:
         # SQLAlchemy's advice for a forked child: a new pool, the parent's connections
