@@ -87,7 +87,29 @@ class Judge(Protocol):
 
 
 # Steps and the values answered to them are immutable named tuples: many times cheaper to
-# define (at import) and to make (per request) than frozen dataclasses. Told apart by type.
+# define (at import) and to make (per request) than frozen dataclasses. Told apart by type:
+# each compares equal only to one of its own type (a plain tuple compares by its items, so
+# Describe(401) would equal Wait(401)), and each is true, TokenNeeded() too.
+def _same_type_eq(self: tuple[object, ...], other: object) -> bool:
+    return type(self) is type(other) and tuple.__eq__(self, other)  # type: ignore[arg-type]
+
+
+def _same_type_ne(self: tuple[object, ...], other: object) -> bool:
+    return not _same_type_eq(self, other)
+
+
+def _typed_hash(self: tuple[object, ...]) -> int:
+    return hash((type(self).__name__, *self))
+
+
+def _told_apart_by_type(*classes: type) -> None:
+    for cls in classes:
+        cls.__eq__ = _same_type_eq  # type: ignore[assignment]
+        cls.__ne__ = _same_type_ne  # type: ignore[assignment]
+        cls.__hash__ = _typed_hash  # type: ignore[assignment]
+        cls.__bool__ = lambda self: True  # type: ignore[attr-defined]
+
+
 class TokenNeeded(NamedTuple):
     """Answer the token to send now (refreshed first when it is expiring)."""
 
@@ -145,6 +167,7 @@ class Facts(NamedTuple):
     retry_after: float | None = None
 
 
+_told_apart_by_type(TokenNeeded, Send, Describe, Refresh, Wait, Answer, Facts)
 _NEED_TOKEN = TokenNeeded()
 
 

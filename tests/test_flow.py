@@ -99,6 +99,17 @@ def refuses(*tokens: str, status: int = 401) -> Callable[[str | None, int], int]
 
 # -- before the send: which token ---------------------------------------------------------
 
+def test_steps_and_values_are_told_apart_by_type_and_are_all_true() -> None:
+    """A driver or a test comparing steps must not mistake one for another that happens
+    to hold the same items (as plain tuples would: Describe(401) == Wait(401))."""
+    assert Describe(401) != Wait(401) and not Describe(401) == Wait(401)
+    assert Refresh("at") != Send("at") and Send(None) != (None, False)
+    assert Describe(401) == Describe(401) and Send(None) == Send(None, replay=False)
+    assert Answer(401, "at") != Describe(401) and Answer(401, "at") == Answer(401, "at")
+    assert len({Describe(401), Wait(401), Describe(401)}) == 2
+    assert all([TokenNeeded(), Send(None), Facts("GET x", None, True)])
+
+
 def test_a_fresh_token_goes_out_and_nothing_else_happens(coordinator, endpoint) -> None:
     run = drive(coordinator, ok)
     assert run.steps == ["TokenNeeded", "Send"] and run.sent == ["at-0"]
