@@ -5,6 +5,7 @@ they share nothing but the database URL)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -410,23 +411,31 @@ def _hold_sqlite_write_lock(path: Any, until: threading.Event) -> threading.Thre
     return thread
 
 
+@contextlib.contextmanager
+def _another_writer_for(path: Any, seconds: float) -> Iterator[list[str]]:
+    """Another writer holds the write lock for ``seconds``; the block gets the list where
+    "released" is appended when it lets go."""
+    release, order = threading.Event(), []
+    holder = _hold_sqlite_write_lock(path, release)
+    timer = threading.Timer(seconds, lambda: (order.append("released"), release.set()))
+    timer.start()
+    try:
+        yield order
+    finally:
+        release.set()
+        timer.join()
+        holder.join()
+
+
 def test_a_sqlite_save_waits_for_another_writer_and_its_engine_keeps_its_busy_timeout(
         tmp_path, sqlalchemy_installed) -> None:
     path = tmp_path / "tokens.db"
     store = SQLTokenStore(f"sqlite:///{path}")
     store.save(ACCOUNT, TOKEN)  # the table and a pooled connection
-    release, order = threading.Event(), []
-    holder = _hold_sqlite_write_lock(path, release)
-    timer = threading.Timer(0.3, lambda: (order.append("released"), release.set()))
-    timer.start()
-    try:
+    with _another_writer_for(path, seconds=0.3) as order:
         with store.lock(ACCOUNT, timeout=10):
             store.save(ACCOUNT, dict(TOKEN, access_token="at-2"))
         order.append("saved")
-    finally:
-        release.set()
-        timer.join()
-        holder.join()
     assert order == ["released", "saved"]
     assert store.load(ACCOUNT)["access_token"] == "at-2"
     with store.engine.connect() as connection:  # the pool's connection, as the store left it
@@ -440,18 +449,10 @@ def test_a_new_sqlite_file_opened_while_another_process_writes_to_it_waits(
     (SQLite skips its busy wait there): processes opening a new database together failed
     about one time in ten on their first connection. Now the switch waits for the lock."""
     path = tmp_path / "tokens.db"
-    release, order = threading.Event(), []
-    holder = _hold_sqlite_write_lock(path, release)  # the file is new: not in WAL mode yet
-    timer = threading.Timer(0.3, lambda: (order.append("released"), release.set()))
-    timer.start()
-    try:
+    with _another_writer_for(path, seconds=0.3) as order:  # a new file: not in WAL mode yet
         store = SQLTokenStore(f"sqlite:///{path}")
         store.save(ACCOUNT, TOKEN)
         order.append("saved")
-    finally:
-        release.set()
-        timer.join()
-        holder.join()
     assert order == ["released", "saved"]
     with store.engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
