@@ -17,6 +17,7 @@ import functools
 import json
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
+from doc_blocks import doc_block
 from fakes import FakeEndpoint
 
 from refresher import MemoryTokenStore, RefreshingSession, RefreshPolicy, TokenStore
@@ -104,6 +106,33 @@ def shared_redis_server(redis_binary: str, tmp_path_factory: pytest.TempPathFact
     server.start()
     yield server
     server.kill()
+
+
+@pytest.fixture(scope="session")
+def built_docs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The site, built by the command docs/development.rst prints (``-W``: warnings are
+    errors), with this interpreter, into a temporary folder: once per test run, whichever
+    xdist worker asks first (the others wait for it on a file lock)."""
+    try:
+        import furo  # noqa: F401
+        import sphinx  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip("sphinx and furo are not installed (pip install -e '.[docs]')")
+    from filelock import FileLock
+
+    build = doc_block("docs/development.rst", "from a fresh virtual environment:"
+                      ).splitlines()[1]
+    shared = tmp_path_factory.getbasetemp().parent  # one folder for all the workers
+    out = shared / "docs-html"
+    with FileLock(str(shared / "docs-html.lock"), timeout=600):
+        if not (out / "index.html").is_file():
+            command = [sys.executable, *shlex.split(build)[1:-1], str(out)]
+            result = subprocess.run(command, cwd=Path(__file__).resolve().parent.parent,
+                                    capture_output=True, text=True, timeout=300)
+            assert result.returncode == 0, result.stderr[-4000:]
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,6 @@ import importlib
 import inspect
 import pkgutil
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -153,23 +152,11 @@ def test_the_cli_page_renders_every_command_from_the_parser() -> None:
         assert max(len(line) for line in help_text.splitlines()) <= refresher_cli.WIDTH
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory) -> Path:
-    pytest.importorskip("sphinx")
-    pytest.importorskip("furo")
-    out = tmp_path_factory.mktemp("docs") / "html"
-    done = subprocess.run([sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b",
-                           "html", str(ROOT / "docs"), str(out)],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return out
-
-
 @pytest.mark.integration
-def test_the_built_site_has_every_name_and_command(built) -> None:
+def test_the_built_site_has_every_name_and_command(built_docs: Path) -> None:
     from sphinx.util.inventory import InventoryFile
 
-    with open(built / "objects.inv", "rb") as stream:
+    with open(built_docs / "objects.inv", "rb") as stream:
         inventory = InventoryFile.load(stream, "", lambda base, uri: uri)
     objects = {name for kind in inventory.values() for name in kind}
     names = [f"refresher.{name}" for name in refresher.__all__]
@@ -181,6 +168,6 @@ def test_the_built_site_has_every_name_and_command(built) -> None:
     assert [name for name in names if name not in objects] == []
     for path in _command_paths(build_parser()):
         assert f"cli-{'-'.join(path)}" in objects or not path  # a :ref: label per command
-    page = (built / "reference" / "cli.html").read_text(encoding="utf-8")
+    page = (built_docs / "reference" / "cli.html").read_text(encoding="utf-8")
     for path in _command_paths(build_parser()):
         assert f"usage: {' '.join(('refresher', *path))} " in page, path
