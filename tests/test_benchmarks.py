@@ -44,7 +44,7 @@ def _header(output: str, first_column: str) -> list[str]:
 
 
 @pytest.mark.parametrize("script", ["overhead.py", "contention.py", "startup.py",
-                                    "accounts.py", "encryption.py"])
+                                    "accounts.py", "encryption.py", "refresh_window.py"])
 def test_every_script_explains_itself(script: str) -> None:
     out = _run(script, "--help").stdout
     assert out.startswith("usage:")
@@ -283,6 +283,19 @@ def test_contention_has_an_async_row() -> None:
     row = results["json file, async"]  # httpx is in the test extra
     assert row["requests"] > 0 and row["failed"] == 0, row["errors"]
     assert row["reused_refresh_tokens"] == 0 and row["refreshes"] >= 1
+
+
+def test_refresh_window_rows_for_each_way_of_making_the_token_request() -> None:
+    out = _run("refresh_window.py", "--seconds", "2", "--every", "0.2", "--runs", "1",
+               "--json", timeout=120).stdout
+    document = json.loads(out)
+    rows = {row["token requests from"]: row for row in document["rows"]}
+    assert list(rows) == ["refresher", "bare POST", "other process"]
+    for row in rows.values():  # requests ran beside the token requests
+        assert row["outside reqs"] > 0 and row["out p50 ms"] > 0
+    # ~10 token requests of a few ms each beside ~80 requests a second per thread: some
+    # requests overlap them (the split works), though maybe not in every row of so short a run
+    assert sum(row["in-window reqs"] for row in rows.values()) > 0
 
 
 def test_encryption_prints_plain_and_encrypted_for_each_store() -> None:
