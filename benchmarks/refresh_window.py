@@ -10,7 +10,15 @@ way of making it:
 - ``bare POST``: a plain ``requests.Session().post`` to the token endpoint in the worker
   process, from a thread of its own: the least any in-process refresh must do;
 - ``other process``: ``TokenEndpoint.refresh`` from a process of its own, at the same
-  rhythm: the emulator and the machine do the same work, the worker process none.
+  rhythm: the emulator and the machine do the same work, the worker process none;
+- ``coordinator``: ``session.coordinator.refresh()`` from a thread of the worker process:
+  that call plus the coordinator's part of a refresh (locks, the store: a memory store);
+- ``background``: no thread of ours: tokens live ``--ttl`` seconds, and the session
+  refreshes them in the background, started by the request that finds its token in the
+  refresh window, as in ``contention.py`` (one process, a memory store).
+
+For the last two, a window runs from ``on_refresh_start`` to ``on_token_update``, as in
+``contention.py``.
 
 A request is *in the window* when it overlaps a token request (``contention.py`` uses the
 same split). ``in/out p50`` and ``in/out p99`` compare the requests in the windows with the
@@ -18,9 +26,9 @@ others. If ``refresher`` reads like ``bare POST``, the stall in ``contention.py`
 windows comes from making an HTTP request in the process at all, not from refresher's
 code; ``other process`` is what is left when the process makes none.
 
-The token requests here are timed from a thread that sleeps, not started by a request as a
-session's background refresh is, so the request that finds its token in the window (and
-pays for starting the refresh) is not among them.
+Only in ``background`` is a token request started by a request (the one that finds its
+token in the window, which then runs beside the refresh's start); in the other rows a
+thread that sleeps starts them.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ from contention import merge_spans, overlaps  # noqa: E402
 from refresher.testing import DEFAULT_CLIENT_ID, XEmulator  # noqa: E402
 
 Span = tuple[float, float]
-WAYS = ("refresher", "bare POST", "other process")
+WAYS = ("refresher", "bare POST", "other process", "coordinator", "background")
 
 
 def _token_requests(way: str, token_url: str, refresh_token: str, every: float,
@@ -85,12 +93,24 @@ def _worker(way: str, args: dict[str, Any], token: dict[str, Any], refresh_token
     """The requests (and, for the in-process ways, the token requests) of one run."""
     from refresher import MemoryTokenStore, RefreshingSession
 
-    session = RefreshingSession(DEFAULT_CLIENT_ID, store=MemoryTokenStore(), account="bench",
-                                token=token, token_url=token_url, api_url=api_url)
-    url = api_url.rstrip("/") + "/2/users/me"
-    until = start_at + args["seconds"]
     latencies: list[Span] = []  # (start, seconds)
     spans: list[Span] = []
+    started: dict[int, float] = {}
+    hooked = way in ("coordinator", "background")
+
+    def on_start() -> None:  # the windows of a session's refresh, as contention.py has them
+        started[threading.get_ident()] = time.time()
+
+    def on_update(_token: dict[str, Any]) -> None:
+        ended = time.time()
+        spans.append((started.pop(threading.get_ident(), ended), ended))
+
+    session = RefreshingSession(DEFAULT_CLIENT_ID, store=MemoryTokenStore(), account="bench",
+                                token=token, token_url=token_url, api_url=api_url,
+                                on_refresh_start=on_start if hooked else None,
+                                on_token_update=on_update if hooked else None)
+    url = api_url.rstrip("/") + "/2/users/me"
+    until = start_at + args["seconds"]
     lock = threading.Lock()
 
     def requests_loop() -> None:
@@ -104,12 +124,19 @@ def _worker(way: str, args: dict[str, Any], token: dict[str, Any], refresh_token
             latencies.extend(mine)
 
     def token_loop() -> None:
-        spans.extend(_token_requests(way, token_url, refresh_token, args["every"], until))
+        if way != "coordinator":
+            spans.extend(_token_requests(way, token_url, refresh_token, args["every"], until))
+            return
+        coordinator = session.coordinator
+        assert coordinator is not None
+        while time.time() + args["every"] < until:
+            time.sleep(args["every"])
+            coordinator.refresh()
 
     while time.time() < start_at:
         time.sleep(0.001)
     threads = [threading.Thread(target=requests_loop) for _ in range(args["threads"])]
-    if way != "other process":
+    if way not in ("other process", "background"):
         threads.append(threading.Thread(target=token_loop))
     for thread in threads:
         thread.start()
@@ -122,7 +149,8 @@ def _worker(way: str, args: dict[str, Any], token: dict[str, Any], refresh_token
 def run_way(way: str, args: argparse.Namespace) -> tuple[list[float], list[float]]:
     """One run of ``way``: the latencies (seconds) inside the windows and outside."""
     context = multiprocessing.get_context("spawn")
-    with XEmulator(host="127.0.0.1", port=0, access_ttl=10 * args.seconds + 3600) as x:
+    ttl = args.ttl if way == "background" else 10 * args.seconds + 3600
+    with XEmulator(host="127.0.0.1", port=0, access_ttl=ttl) as x:
         token, chain = x.issue_token(), str(x.issue_token()["refresh_token"])
         results = context.Queue()
         start_at = time.time() + 2.0
@@ -160,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds each thread waits between requests (default 0.01)")
     parser.add_argument("--every", type=float, default=0.5,
                         help="seconds between token requests (default 0.5)")
+    parser.add_argument("-L", "--ttl", type=float, default=1.0,
+                        help="seconds a token lives in the background row (default 1: a "
+                             "refresh about every 0.9 s)")
     parser.add_argument("--runs", type=int, default=3,
                         help="runs per row, interleaved; samples pooled (default 3)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -190,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
                 "in-window: requests overlapping a token request; refresher: the call a "
                 "refresh makes; bare POST: requests.Session().post; both from a thread "
                 "of the worker process. other process: the same calls, from another "
-                "process."])
+                "process. coordinator: session.coordinator.refresh() from a thread of "
+                f"the worker; background: the session's own refreshes, tokens living "
+                f"{args.ttl:g} s (windows from on_refresh_start to on_token_update)."])
     return 0
 
 
