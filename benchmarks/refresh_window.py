@@ -153,7 +153,7 @@ def run_way(way: str, args: argparse.Namespace) -> tuple[list[float], list[float
     with XEmulator(host="127.0.0.1", port=0, access_ttl=ttl) as x:
         token, chain = x.issue_token(), str(x.issue_token()["refresh_token"])
         results = context.Queue()
-        start_at = time.time() + 2.0
+        start_at = time.time() + 1.0  # spawned interpreters are up well within it
         worker = context.Process(target=_worker, args=(
             way, vars(args), token, chain, x.token_url, x.api_url, start_at, results))
         worker.start()

@@ -286,7 +286,7 @@ def test_contention_has_an_async_row() -> None:
 
 
 def test_refresh_window_rows_for_each_way_of_making_the_token_request() -> None:
-    out = _run("refresh_window.py", "--seconds", "2", "--every", "0.2", "--runs", "1",
+    out = _run("refresh_window.py", "--seconds", "1.5", "--every", "0.1", "--runs", "1",
                "--json", timeout=120).stdout
     document = json.loads(out)
     rows = {row["token requests from"]: row for row in document["rows"]}
