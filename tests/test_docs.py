@@ -7,6 +7,7 @@ import ast
 import shlex
 from pathlib import Path
 
+import pytest
 from doc_blocks import (
     ROOT,
     UNTESTED,
@@ -78,6 +79,7 @@ def test_the_harness_finds_blocks_of_every_kind() -> None:
     assert "" in found  # "::" literal blocks (output) are found, and not runnable
 
 
+@pytest.mark.xdist_group("docs-build")
 def test_the_docs_build_with_warnings_as_errors(built_docs: Path) -> None:
     """The build command docs/development.rst prints (``-W``: warnings are errors) builds
     the site (the ``built_docs`` fixture runs it); its install line names the docs extra."""

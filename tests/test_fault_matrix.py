@@ -32,7 +32,7 @@ from _matrix_env import Servers  # noqa: E402
 
 pytestmark = [
     pytest.mark.faults,
-    pytest.mark.xdist_group("fault-matrix"),  # one worker runs the cells it chose, once
+    pytest.mark.xdist_group("fault-matrix"),  # one worker takes every cell
     pytest.mark.integration,  # processes, forks, servers
     pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork"),
     pytest.mark.timeout(900),  # the first cell's test runs them all; only "did not hang"
@@ -83,18 +83,28 @@ def _servers(request: pytest.FixtureRequest, cells: list[_matrix.Cell], folder: 
 @pytest.fixture(scope="module")
 def matrix(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[dict[str, _matrix.Result]]:
-    """The selected cells, run once; their results by cell id."""
+    """The selected cells, run once per test run (whichever xdist worker asks first runs
+    them, behind a file lock in pytest's temp folder that all workers share; the others
+    read its results); their results by cell id."""
+    from filelock import FileLock
+
     chosen = [item.callspec.params["cell"] for item in request.session.items
               if item.module is request.module and "cell" in getattr(
                   getattr(item, "callspec", None), "params", {})]
-    notes: dict[str, str] = {}
-    servers = _servers(request, chosen, tmp_path_factory.mktemp("matrix"), notes)
-    results = _matrix.run(chosen, servers)
-    for result in results:
-        if result.missing is not None and result.store in notes:
-            result.missing = notes[result.store]
-    path = tmp_path_factory.getbasetemp() / "fault_matrix.json"
-    path.write_text(json.dumps([r.as_dict() for r in results], indent=1))
+    shared = tmp_path_factory.getbasetemp().parent
+    path = shared / "fault_matrix.json"
+    with FileLock(str(shared / "fault_matrix.lock"), timeout=900):
+        if path.is_file():
+            results = [_matrix.Result(**{k: v for k, v in row.items() if k != "ok"})
+                       for row in json.loads(path.read_text())]
+        else:
+            notes: dict[str, str] = {}
+            servers = _servers(request, chosen, tmp_path_factory.mktemp("matrix"), notes)
+            results = _matrix.run(chosen, servers)
+            for result in results:
+                if result.missing is not None and result.store in notes:
+                    result.missing = notes[result.store]
+            path.write_text(json.dumps([r.as_dict() for r in results], indent=1))
     yield {cell.id: result for cell, result in zip(chosen, results, strict=True)}
     print(f"\n\nfault matrix (lost pairs / reused refresh tokens), also in {path}:\n")
     print(_matrix.table(results))

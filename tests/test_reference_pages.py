@@ -153,6 +153,7 @@ def test_the_cli_page_renders_every_command_from_the_parser() -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.xdist_group("docs-build")
 def test_the_built_site_has_every_name_and_command(built_docs: Path) -> None:
     from sphinx.util.inventory import InventoryFile
 
