@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import contextlib
+import dataclasses
 import math
 import multiprocessing
 import os
@@ -203,10 +204,82 @@ class Run:
     stats: dict[str, int]
     loaded_rtts: list[float]
     idle_rtt: float
+    sidecar_refreshes: int = 0
+
+
+class Sidecar:
+    """The refreshes made by a process of their own (``with sidecar:``), as ``refresher
+    refresh --all --within W --every E`` makes them: ``RefreshingSession.refresh(within=W)``
+    every ``E`` seconds. ``report`` (after the block) holds its refresh spans and errors."""
+
+    def __init__(self, spec: WorkloadSpec, seed: dict[str, Any], within: float,
+                 every: float) -> None:
+        self.args = (spec, seed, within, every)
+        self.report = WorkerReport()
+        self._process: Any = None
+        self._stop: Any = None
+        self._results: Any = None
+
+    def __enter__(self) -> Sidecar:
+        context = multiprocessing.get_context("spawn")
+        self._stop, (self._results, child) = context.Event(), context.Pipe(duplex=False)
+        self._process = context.Process(target=_sidecar_process, daemon=True,
+                                        args=(*self.args, self._stop, child))
+        self._process.start()
+        child.close()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        if self._results.poll(30):
+            spans, errors, refreshes = self._results.recv()
+            self.report = WorkerReport(refreshes=refreshes, refresh_spans=spans,
+                                       errors=errors)
+        else:
+            self.report = WorkerReport(errors=["the sidecar sent no report (crashed?)"])
+        self._process.join(timeout=30)
+
+
+def _sidecar_process(spec: WorkloadSpec, seed: dict[str, Any], within: float, every: float,
+                     stop: Any, results: Any) -> None:
+    """The sidecar's loop: its refresh spans (token call to saved pair, as the workers
+    record theirs), its errors and its refresh count, sent to ``results`` when ``stop`` is
+    set."""
+    import threading
+
+    from refresher.session import RefreshingSession
+    from refresher.stores import open_store
+
+    spans: list[Span] = []
+    errors: list[str] = []
+    started: dict[int, float] = {}
+
+    def on_start() -> None:
+        started[threading.get_ident()] = time.time()
+
+    def on_update(token: dict[str, Any]) -> None:
+        ended = time.time()
+        spans.append((started.pop(threading.get_ident(), ended), ended))
+
+    store = open_store(spec.store)
+    session = RefreshingSession(spec.client_id, store=store, account=spec.account, token=seed,
+                                token_url=spec.token_url, api_url=spec.api_url,
+                                on_refresh_start=on_start, on_token_update=on_update)
+    try:
+        while not stop.wait(every):
+            try:
+                session.refresh(within=within)
+            except Exception as exc:  # counted, and tried again at the next tick
+                errors.append(f"sidecar: {type(exc).__name__}: {exc}")
+    finally:
+        coordinator = session.coordinator
+        results.send((spans, errors[:5], coordinator.refreshes if coordinator else 0))
+        session.close()
+        store.close()
 
 
 def run_once(label: str, store: str, shared: bool, args: argparse.Namespace,
-             client: str = "requests") -> Run:
+             client: str = "requests", sidecar: bool = False) -> Run:
     with XEmulator(host="127.0.0.1", port=0, access_ttl=args.ttl) as x:
         idle_rtt = idle_round_trip(x)
         x.reset_stats()
@@ -222,14 +295,28 @@ def run_once(label: str, store: str, shared: bool, args: argparse.Namespace,
         x.access_ttl = 1.0 + 0.25 * args.processes + args.ttl / 2
         seed = x.issue_token()
         x.access_ttl = args.ttl
-        with TokenRoundTripProbe(x) as probe:
+        with contextlib.ExitStack() as beside:
+            probe = beside.enter_context(TokenRoundTripProbe(x))
+            helper = beside.enter_context(Sidecar(spec, seed, *sidecar_times(args.ttl))) \
+                if sidecar else None
             reports = run_workers(spec, args.processes, seed=seed)
+        if helper is not None:  # its refreshes are windows like the workers' own
+            reports.append(helper.report)
         stats = x.stats.as_dict()
     stats["refreshes"] -= probe.refreshes
     latencies = [sample for report in reports for sample in report.latencies]
     first = min((began for began, _ in latencies), default=0.0)
     last = max((began + seconds for began, seconds in latencies), default=0.0)
-    return Run(reports, stats, probe.between(first, last), idle_rtt)
+    return Run(reports, stats, probe.between(first, last), idle_rtt,
+               helper.report.refreshes if helper is not None else 0)
+
+
+def sidecar_times(ttl: float) -> tuple[float, float]:
+    """The sidecar's ``within`` and ``every`` for tokens living ``ttl`` s: refresh with 30 %
+    of the lifetime left, looking every 5 % of it (X's two-hour tokens: ``--within 2160
+    --every 360``; ``--within 600 --every 60`` does as well). The workers' own leeway is 10 %:
+    by then the store holds the sidecar's pair, and they adopt it."""
+    return 0.3 * ttl, 0.05 * ttl
 
 
 #: Where the placebo windows go: every refresh window moved these fractions of a token
@@ -307,6 +394,7 @@ def measure(label: str, runs: Sequence[Run], args: argparse.Namespace) -> dict[s
         "windows": windows,
         "refreshes_per_window": refreshes / windows if windows else None,
         "reused_refresh_tokens": reused,
+        "sidecar_refreshes": sum(run.sidecar_refreshes for run in runs),
         "refresh_attempts_rejected": sum(run.stats.get("invalid_refresh_tokens", 0)
                                          for run in runs),
         "p50_ms": percentile(overall, 50) * 1000,
@@ -386,6 +474,7 @@ class Row:
     shared: bool
     location: Callable[[int], str]
     client: str = "requests"
+    sidecar: bool = False
 
 
 def httpx_unavailable() -> str | None:
@@ -409,8 +498,9 @@ def _flushed(url: str) -> str:
 
 
 def plan_rows(wanted: Sequence[str], folder: str, servers: contextlib.ExitStack,
-              notes: list[str]) -> list[Row]:
-    """The rows that can run here, their servers started; a note for each that cannot."""
+              notes: list[str], sidecar: bool = False) -> list[Row]:
+    """The rows that can run here, their servers started; a note for each that cannot.
+    With ``sidecar``, each shared store's row is followed by its sidecar row."""
     rows: list[Row] = []
     for name in wanted:
         why = {"sqlite": sql_unavailable, "postgres": postgres_unavailable,
@@ -447,6 +537,12 @@ def plan_rows(wanted: Sequence[str], folder: str, servers: contextlib.ExitStack,
             rows.append(Row(label, True, lambda run, rs=redis_server: _flushed(rs.url)))
         else:
             rows.append(Row(label, False, lambda run: ":memory:"))
+        if sidecar and rows and rows[-1].label == label:
+            if rows[-1].shared:
+                rows.append(dataclasses.replace(rows[-1], label=f"{label}, sidecar",
+                                                sidecar=True))
+            else:
+                notes.append(f"{label}: no sidecar row (nothing shared to adopt from).")
     return rows
 
 
@@ -480,6 +576,10 @@ def main(argv: list[str] | None = None) -> int:
                         "postgres, redis, memory (default all six)")
     parser.add_argument("--ratio-target", type=float, default=1.5,
                         help="the target for in-window p99 / outside-window p99 (default 1.5)")
+    parser.add_argument("--sidecar", action="store_true",
+                        help="after each shared store's row, the same with a sidecar "
+                        "process making the refreshes (refresher refresh --within): the "
+                        "workers adopt its pairs from the store")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     if min(args.processes, args.threads, args.runs) < 1 or args.ttl <= 0 or args.seconds <= 0:
@@ -492,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
 
     notes: list[str] = []
     with tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as servers:
-        rows = plan_rows(wanted, folder, servers, notes)
+        rows = plan_rows(wanted, folder, servers, notes, args.sidecar)
         runs: dict[str, list[Run]] = {row.label: [] for row in rows}
         # Run 1 of every row, then run 2 of every row...: noise falls on every row alike.
         for number in range(args.runs):
@@ -501,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"processes x {args.threads} threads, {args.seconds:g} s, tokens "
                          f"living {args.ttl:g} s")
                 runs[row.label].append(run_once(row.label, row.location(number), row.shared,
-                                                args, row.client))
+                                                args, row.client, row.sidecar))
     results = [measure(row.label, runs[row.label], args) for row in rows]
     report(results, notes, args)
     return 0
@@ -553,6 +653,15 @@ def report(results: list[dict[str, Any]], notes: list[str], args: argparse.Names
             f"p99 {_ms(result['placebo_in_window_p99_ms'])}: "
             f"{_times(result['in_over_placebo_p99'])} -> {adjusted}."
         )
+    for result in results:
+        if result["store"].endswith(", sidecar"):
+            within, every = sidecar_times(args.ttl)
+            notes.append(
+                f"Sidecar ({result['store']}): a process of its own refreshes with "
+                f"{within:g} s left, looking every {every:g} s; the workers adopt its pairs "
+                f"from the store (a read, not a window). Refreshes by the sidecar "
+                f"{result['sidecar_refreshes']}, by the workers "
+                f"{result['refreshes'] - result['sidecar_refreshes']}.")
     for result in results:
         for error in result["errors"]:
             notes.append(f"  {result['store']} error: {error.strip().splitlines()[-1][:160]}")

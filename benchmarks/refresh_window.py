@@ -11,6 +11,10 @@ way of making it:
   process, from a thread of its own: the least any in-process refresh must do;
 - ``other process``: ``TokenEndpoint.refresh`` from a process of its own, at the same
   rhythm: the emulator and the machine do the same work, the worker process none;
+- ``busy thread``: no token request at all: a thread of the worker process runs pure Python
+  for ``--burn-ms`` of CPU (about what one refresh costs) at the same rhythm: what any
+  work of that size in the process costs the requests beside it, through the
+  interpreter lock alone;
 - ``coordinator``: ``session.coordinator.refresh()`` from a thread of the worker process:
   that call plus the coordinator's part of a refresh (locks, the store: a memory store);
 - ``background``: no thread of ours: tokens live ``--ttl`` seconds, and the session
@@ -49,12 +53,21 @@ from contention import merge_spans, overlaps  # noqa: E402
 from refresher.testing import DEFAULT_CLIENT_ID, XEmulator  # noqa: E402
 
 Span = tuple[float, float]
-WAYS = ("refresher", "bare POST", "other process", "coordinator", "background")
+WAYS = ("refresher", "bare POST", "other process", "busy thread", "coordinator", "background")
+
+
+def _burn(seconds: float) -> None:
+    """Run Python (holding the interpreter lock but for its switch interval) for ``seconds``
+    of this thread's CPU time."""
+    until = time.thread_time() + seconds
+    while time.thread_time() < until:
+        sum(range(200))
 
 
 def _token_requests(way: str, token_url: str, refresh_token: str, every: float,
-                    until: float) -> list[Span]:
-    """Spend the chain of ``refresh_token`` every ``every`` s until ``until``; the spans."""
+                    until: float, burn: float = 0.0) -> list[Span]:
+    """Spend the chain of ``refresh_token`` every ``every`` s until ``until`` (``busy
+    thread``: burn ``burn`` s of CPU instead); the spans."""
     import requests
 
     from refresher.endpoint import TokenEndpoint
@@ -66,7 +79,9 @@ def _token_requests(way: str, token_url: str, refresh_token: str, every: float,
         while time.time() + every < until:
             time.sleep(every)
             began = time.time()
-            if way == "bare POST":
+            if way == "busy thread":
+                _burn(burn)
+            elif way == "bare POST":
                 answer = session.post(token_url, headers={"Accept": "application/json"},
                                       data={"grant_type": "refresh_token",
                                             "refresh_token": refresh_token,
@@ -125,7 +140,8 @@ def _worker(way: str, args: dict[str, Any], token: dict[str, Any], refresh_token
 
     def token_loop() -> None:
         if way != "coordinator":
-            spans.extend(_token_requests(way, token_url, refresh_token, args["every"], until))
+            spans.extend(_token_requests(way, token_url, refresh_token, args["every"], until,
+                                         args["burn_ms"] / 1000))
             return
         coordinator = session.coordinator
         assert coordinator is not None
@@ -191,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-L", "--ttl", type=float, default=1.0,
                         help="seconds a token lives in the background row (default 1: a "
                              "refresh about every 0.9 s)")
+    parser.add_argument("--burn-ms", type=float, default=1.1,
+                        help="ms of CPU the busy thread row burns each time (default 1.1: "
+                             "about one coordinated refresh on a memory store)")
     parser.add_argument("--runs", type=int, default=3,
                         help="runs per row, interleaved; samples pooled (default 3)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -221,8 +240,10 @@ def main(argv: list[str] | None = None) -> int:
                 "in-window: requests overlapping a token request; refresher: the call a "
                 "refresh makes; bare POST: requests.Session().post; both from a thread "
                 "of the worker process. other process: the same calls, from another "
-                "process. coordinator: session.coordinator.refresh() from a thread of "
-                f"the worker; background: the session's own refreshes, tokens living "
+                f"process. busy thread: no token request, {args.burn_ms:g} ms of pure "
+                "Python CPU in a thread of the worker. coordinator: "
+                "session.coordinator.refresh() from a thread of the worker; background: "
+                "the session's own refreshes, tokens living "
                 f"{args.ttl:g} s (windows from on_refresh_start to on_token_update)."])
     return 0
 

@@ -323,6 +323,31 @@ class RefreshCoordinator:
         assert self._token is not None
         return self._token
 
+    def refresh_within(self, within: float, *, retry_refused: bool = False) -> Token:
+        """Refresh only if the stored token expires within ``within`` seconds; the token to
+        use from now on. A token that does not say when it expires is left alone (X's 401
+        will tell).
+
+        What a sidecar or a cron job calls so that the processes serving requests never
+        refresh themselves (``refresher refresh --within``): the store is read without a
+        lock, and a token with more than ``within`` seconds left is returned as it is. An
+        expiring one is refreshed as :meth:`refresh` does, replacing the access token read:
+        a sibling that refreshed in between is adopted, nothing is spent twice.
+        """
+        if not (isinstance(within, (int, float)) and not isinstance(within, bool)
+                and math.isfinite(within) and within >= 0):
+            raise ValueError(f"within must be a number of seconds >= 0, not {within!r}")
+        stored = self.load()
+        if stored is None:
+            raise ReauthorizationRequired(
+                f"no token for account {self.account!r} in {self.store!r}; "
+                "log in first (for example with `refresher login`)")
+        left = seconds_left(stored, now=self.clock.time())
+        if stored.get("access_token") and (left is None or left > within):
+            return stored
+        return self.refresh(replacing=stored.get("access_token") or "",
+                            retry_refused=retry_refused)
+
     def _run(self, replacing: Replacing, wait: bool, retry: bool) -> Token | None:
         """The refresh under the store's lock: the granted pair, or ``None`` when a
         sibling's token was adopted."""

@@ -298,8 +298,15 @@ class RefreshingSession(OAuth2Session):
         )
         return response
 
-    def refresh(self, *, retry_refused: bool = False) -> Token:
+    def refresh(self, *, retry_refused: bool = False, within: float | None = None) -> Token:
         """Refresh now (coordinated with every sibling sharing the store); the new token.
+
+        With ``within`` (seconds), only when the stored token expires within that time:
+        otherwise the stored token is returned as it is, and nothing is sent. What a
+        sidecar process or a cron job calls so that the processes serving requests adopt
+        its pairs from the store instead of refreshing themselves (``refresher refresh
+        --within``); give it more than their leeway (60 s by default) plus the time between
+        two of its runs.
 
         A refresh token X already refused to this client id at this token URL is not sent
         again (:class:`~refresher.ReauthorizationRequired`); ``retry_refused=True`` sends it
@@ -307,6 +314,8 @@ class RefreshingSession(OAuth2Session):
         clears the record (see :mod:`refresher.refusal`).
         """
         coordinator = self._require_coordinator("refresh")
+        if within is not None:
+            return dict(coordinator.refresh_within(within, retry_refused=retry_refused))
         return dict(coordinator.refresh(retry_refused=retry_refused))
 
     def revoke(self) -> None:

@@ -290,7 +290,8 @@ def test_refresh_window_rows_for_each_way_of_making_the_token_request() -> None:
                "--json", timeout=120).stdout
     document = json.loads(out)
     rows = {row["token requests from"]: row for row in document["rows"]}
-    assert list(rows) == ["refresher", "bare POST", "other process", "coordinator", "background"]
+    assert list(rows) == ["refresher", "bare POST", "other process", "busy thread",
+                          "coordinator", "background"]
     for row in rows.values():  # requests ran beside the token requests
         assert row["outside reqs"] > 0 and row["out p50 ms"] > 0
     # ~10 token requests of a few ms each beside ~80 requests a second per thread: some

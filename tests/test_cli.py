@@ -433,8 +433,9 @@ def test_refresh_all_refreshes_every_account_not_waiting_for_a_login(cli, x_emul
     assert rows["alice"]["refreshed"] is True and 7000 < rows["alice"]["expires_in"] <= 7200
     assert rows["alice"]["fingerprint"] == fingerprint(store.load("alice")["access_token"])
     assert rows["carol"] == {"account": "carol", "user": "emulated_user", "refreshed": False,
-                             "needs_login": True, "error": "X refused its refresh token "
-                             "(spent or revoked)", "fingerprint": None, "expires_in": None}
+                             "fresh": False, "needs_login": True,
+                             "error": "X refused its refresh token (spent or revoked)",
+                             "fingerprint": None, "expires_in": None}
     assert rows["dave"]["needs_login"] is True and rows["bob"]["error"] is None
 
     for name in ("carol", "dave"):  # logged in again: everything refreshes, exit 0

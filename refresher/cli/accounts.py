@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from oauthlib.oauth2 import OAuth2Error
@@ -23,7 +24,7 @@ from ..session import RefreshingSession
 from ..settings import describe_store, resolve_setting
 from ..shutdown import Terminated, check_not_stopping, in_flight
 from ..stores import TokenStore
-from ..token import fingerprint
+from ..token import Token, fingerprint
 from .common import (
     LOCK_TIMEOUT,
     Failure,
@@ -153,35 +154,33 @@ def _is_number(value: Any) -> bool:
 
 
 def run_refresh(args: argparse.Namespace) -> int:
-    """``refresher refresh [--all] [--json]``: refresh now, under the store's lock.
+    """``refresher refresh [--all] [--within SECONDS [--every SECONDS]] [--json]``: refresh
+    now, under the store's lock.
 
     One account (``--account``, or the store's only one), or with ``--all`` every account
     that is not waiting for a login, each reported on a line of its own; exit 1 when one
-    needs a login or failed.
+    needs a login or failed. ``--within`` leaves alone the tokens with more time left;
+    ``--every`` does it again until Ctrl-C or SIGTERM (:func:`_keep_refreshing`).
     """
     store = store_for(args)
+    if args.every is not None and args.within is None:
+        raise UsageError("--every refreshes again and again: give --within SECONDS too, so "
+                         "that only tokens about to expire are refreshed (e.g. --within 600 "
+                         "--every 60)")
     if args.all:
         if args.account:
             raise UsageError("--all refreshes every account of the store: leave --account out")
-        names = store.accounts()
         secret = read_client_secret(args.client_secret, needed=False, client_id="this store")
+        names: Callable[[], list[str]] = store.accounts
     else:
-        names = [account_for(store, args)]
-        meta = store.load_metadata(names[0])
+        name = account_for(store, args)
+        meta = store.load_metadata(name)
         secret = read_client_secret(args.client_secret, needed=bool(meta.get("confidential")),
                                     client_id=client_id_for(args, meta))
-    results = []
-    for name in names:
-        try:
-            results.append(_refresh_account(store, name, args, secret,
-                                            skip_needs_login=args.all))
-        except Terminated:  # right after the refresh in flight ended (and saved its pair)
-            if args.all and not args.json:
-                print(f"Account {name!r}: SIGTERM came while it was being refreshed; "
-                      "refresher status shows where it stands.", flush=True)
-            raise
-        if args.all and not args.json:  # as it happens: a SIGTERM keeps the lines so far
-            print(results[-1]["line"], flush=True)
+        names = lambda: [name]  # noqa: E731
+    if args.every is not None:
+        return _keep_refreshing(store, names, args, secret)
+    results = _refresh_pass(store, names(), args, secret, quiet=args.json or not args.all)
     if not args.all:
         problem = results[0].get("problem")
         if problem:  # one account: a failure as it came, one line on stderr
@@ -194,11 +193,83 @@ def run_refresh(args: argparse.Namespace) -> int:
         print(f"No accounts in {describe_store(store)}.")
     elif not args.all:
         print(results[0]["line"])
-    failed = [row["account"] for row in results if not row["refreshed"]]
+    failed = [row["account"] for row in results if _failed(row)]
     if failed:
         raise Failure(f"{len(failed)} of {len(results)} accounts not refreshed "
                       f"({', '.join(failed)}): see the lines above")
     return 0
+
+
+def _failed(row: Mapping[str, Any]) -> bool:
+    return not (row["refreshed"] or row["fresh"])
+
+
+def _refresh_pass(store: TokenStore, names: Sequence[str], args: argparse.Namespace,
+                  secret: str | None, *, quiet: bool,
+                  show: Callable[[dict[str, Any]], bool] = lambda row: True,
+                  ) -> list[dict[str, Any]]:
+    """Refresh ``names`` in turn (``--within``: those expiring); what became of each. Unless
+    ``quiet``, each line that ``show`` selects is printed as it happens: a SIGTERM keeps the
+    lines so far."""
+    results = []
+    for name in names:
+        try:
+            results.append(_refresh_account(store, name, args, secret,
+                                            skip_needs_login=args.all))
+        except Terminated:  # right after the refresh in flight ended (and saved its pair)
+            if not quiet:
+                print(f"Account {name!r}: SIGTERM came while it was being refreshed; "
+                      "refresher status shows where it stands.", flush=True)
+            raise
+        if not quiet and show(results[-1]):
+            print(results[-1]["line"], flush=True)
+    return results
+
+
+def _keep_refreshing(store: TokenStore, names: Callable[[], list[str]],
+                     args: argparse.Namespace, secret: str | None) -> int:
+    """``--every``: a pass every ``args.every`` seconds until Ctrl-C or SIGTERM (a SIGTERM
+    during a refresh ends the command after its pair is saved). Prints what changed: an
+    account refreshed, or failing or needing a login (once, until that changes);
+    ``--json``: one JSON object a line for the same. A failure does not end the loop: the
+    next pass tries again (an expiring token that could not be refreshed is still the
+    sessions' to refresh: they refresh it themselves in their own leeway)."""
+    print(f"Refreshing the tokens of {describe_store(store)} that expire within "
+          f"{duration(args.within)}, every {duration(args.every)}; Ctrl-C or SIGTERM "
+          "stops.", file=sys.stderr, flush=True)
+    told: dict[str, str] = {}  # account -> the last line printed for a standing problem
+
+    def show(row: dict[str, Any]) -> bool:
+        if row["refreshed"]:
+            told.pop(row["account"], None)
+            return True
+        if row["fresh"]:
+            told.pop(row["account"], None)
+            return False
+        if told.get(row["account"]) == row["line"]:
+            return False  # said already; said again once it changes
+        told[row["account"]] = row["line"]
+        return True
+
+    while True:
+        started = time.monotonic()
+        try:
+            rows = _refresh_pass(store, names(), args, secret, quiet=args.json, show=show)
+        except (RefresherError, OSError) as exc:  # the store itself is down or unreadable
+            problem = " ".join((str(exc) or type(exc).__name__).split())
+            if told.get("") != problem:  # once, until it changes
+                told[""] = problem
+                print(f"refresher: could not list the accounts ({problem}); trying again "
+                      f"every {duration(args.every)}", file=sys.stderr, flush=True)
+            rows = []
+        else:
+            told.pop("", None)
+        if args.json:
+            for row in rows:
+                if show(row):
+                    print(json.dumps({k: v for k, v in row.items()
+                                      if k not in ("problem", "line")}), flush=True)
+        time.sleep(max(0.0, args.every - (time.monotonic() - started)))
 
 
 def _refresh_account(store: TokenStore, account: str, args: argparse.Namespace,
@@ -207,8 +278,8 @@ def _refresh_account(store: TokenStore, account: str, args: argparse.Namespace,
     meta = store.load_metadata(account)
     user = f" (@{meta['username']})" if meta.get("username") else ""
     row: dict[str, Any] = {"account": account, "user": meta.get("username"),
-                           "refreshed": False, "needs_login": False, "error": None,
-                           "fingerprint": None, "expires_in": None}
+                           "refreshed": False, "fresh": False, "needs_login": False,
+                           "error": None, "fingerprint": None, "expires_in": None}
     relogin = f"log in again: refresher login --account {account}"
     try:
         client_id = client_id_for(args, meta)
@@ -224,16 +295,20 @@ def _refresh_account(store: TokenStore, account: str, args: argparse.Namespace,
         if confidential and not secret:
             raise UsageError(f"{client_id} is a confidential client: give its secret with "
                              "REFRESHER_CLIENT_SECRET or --client-secret -")
-        session = RefreshingSession(
-            client_id, client_secret=secret if confidential or not args.all else None,
-            store=store, account=account,
-            token_url=token_url, api_url=resolve_setting("api_url", args.api_url, meta) or "",
-            lock_timeout=LOCK_TIMEOUT,
-        )
-        try:
-            token = session.refresh(retry_refused=args.retry_refused)
-        finally:
-            session.close()
+        token = _fresh_token(store, account, args.within)
+        spent = False
+        if token is None:  # (a fresh one needs no session, no lock)
+            session = RefreshingSession(
+                client_id, client_secret=secret if confidential or not args.all else None,
+                store=store, account=account, token_url=token_url,
+                api_url=resolve_setting("api_url", args.api_url, meta) or "",
+                lock_timeout=LOCK_TIMEOUT,
+            )
+            try:
+                token = session.refresh(retry_refused=args.retry_refused, within=args.within)
+                spent = session.coordinator is not None and session.coordinator.refreshes > 0
+            finally:
+                session.close()
     except ReauthorizationRequired as exc:
         row.update(needs_login=True, error=str(exc), problem=exc,
                    line=f"Account {account!r}{user} needs a login, not refreshed: {relogin}")
@@ -244,11 +319,29 @@ def _refresh_account(store: TokenStore, account: str, args: argparse.Namespace,
                    line=f"Account {account!r}{user} was not refreshed: {message}")
         return row
     left, _ = seconds_left(token)
-    row.update(refreshed=True, fingerprint=fingerprint(token.get("access_token")),
-               expires_in=None if left is None else round(left, 1),
-               line=f"Refreshed account {account!r}{user}: access token "
-                    f"{fingerprint(token.get('access_token'))} expires {expiry(token)}.")
+    row.update(fingerprint=fingerprint(token.get("access_token")),
+               expires_in=None if left is None else round(left, 1))
+    if args.within is None or spent:
+        row.update(refreshed=True,
+                   line=f"Refreshed account {account!r}{user}: access token "
+                        f"{row['fingerprint']} expires {expiry(token)}.")
+    else:  # fresh, or another process refreshed it while we looked
+        row.update(fresh=True,
+                   line=f"Account {account!r}{user} is fresh, not refreshed: access token "
+                        f"{row['fingerprint']} expires {expiry(token)}.")
     return row
+
+
+def _fresh_token(store: TokenStore, account: str, within: float | None) -> Token | None:
+    """The account's stored token when ``within`` is given and it has more than ``within``
+    seconds left (or does not say: X's 401 will tell), else ``None``."""
+    if within is None:
+        return None
+    token = load_token(store, account)
+    if not token or not token.get("access_token"):
+        return None
+    left, invalid = seconds_left(token)
+    return token if not invalid and (left is None or left > within) else None
 
 
 def run_logout(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ Each command's ``run`` default is the function that carries it out (in
 from __future__ import annotations
 
 import argparse
+import math
 
 from .. import __version__
 from .._constants import DEFAULT_SCOPES
@@ -122,9 +123,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Refresh now, coordinated with every process sharing the store. With "
                     "--all, every account of the store that is not waiting for a login, one "
                     "line each; exit status 1 when any needs a login or failed. Run weekly "
-                    "from cron, it keeps a working pair in accounts no program touches.")
+                    "from cron, it keeps a working pair in accounts no program touches. "
+                    "With --within (and --every), a sidecar: it refreshes each token shortly "
+                    "before it expires, and the processes serving requests adopt the new "
+                    "pair from the store instead of refreshing themselves.")
     refresh.add_argument("--all", action="store_true",
                          help="refresh every account of the store (not with --account)")
+    refresh.add_argument("--within", type=_seconds, metavar="SECONDS",
+                         help="refresh only tokens that expire within SECONDS (the others: "
+                              "'fresh, not refreshed'); give more than the sessions' leeway "
+                              "(60 s by default) plus --every, e.g. --within 600 for X")
+    refresh.add_argument("--every", type=_interval, metavar="SECONDS",
+                         help="with --within: do it again every SECONDS until Ctrl-C or "
+                              "SIGTERM, printing only accounts refreshed or failing (a sidecar "
+                              "or a service instead of cron), e.g. --every 60")
     refresh.add_argument("--json", action="store_true", help="print JSON instead of lines")
     refresh.add_argument("--retry-refused", action="store_true",
                          help="send once, on purpose, a refresh token X refused to this client "
@@ -258,6 +270,23 @@ def _rate_limits(value: str) -> tuple[int, float]:
     from ..testing.serve import parse_rate_limits  # the emulator's: imported when used
 
     return parse_rate_limits(value)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more: {text!r}")
+    return value
+
+
+def _interval(text: str) -> float:
+    value = _seconds(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
+    return value
 
 
 def _positive_float(text: str) -> float:
