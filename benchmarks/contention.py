@@ -539,8 +539,9 @@ def plan_rows(wanted: Sequence[str], folder: str, servers: contextlib.ExitStack,
             rows.append(Row(label, False, lambda run: ":memory:"))
         if sidecar and rows and rows[-1].label == label:
             if rows[-1].shared:
-                rows.append(dataclasses.replace(rows[-1], label=f"{label}, sidecar",
-                                                sidecar=True))
+                rows.append(dataclasses.replace(  # a store of its own (a file, a database)
+                    rows[-1], label=f"{label}, sidecar", sidecar=True,
+                    location=lambda run, where=rows[-1].location: where(1000 + run)))
             else:
                 notes.append(f"{label}: no sidecar row (nothing shared to adopt from).")
     return rows

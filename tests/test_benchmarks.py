@@ -118,6 +118,22 @@ def test_contention_rows_show_what_the_shared_store_buys(stores: str) -> None:
     assert baseline["failed"] > 0
 
 
+def test_contention_sidecar_row_refreshes_in_a_process_of_its_own() -> None:
+    out = _run("contention.py", "-P", "2", "-T", "2", "--ttl", "2", "--seconds", "4",
+               "--runs", "1", "--stores", "json,memory", "--sidecar", "--json",
+               timeout=180).stdout
+    document = json.loads(out)
+    results: dict[str, dict[str, Any]] = {r["store"]: r for r in document["results"]}
+    assert list(results) == ["json file", "json file, sidecar", "memory per process"]
+    row = results["json file, sidecar"]
+    assert row["failed"] == 0 and row["reused_refresh_tokens"] == 0, row["errors"]
+    # a store of its own (not the json row's), and the sidecar made the refreshes
+    assert row["sidecar_refreshes"] >= 1 and row["refreshes"] >= row["sidecar_refreshes"]
+    assert row["refresh_spans"] >= row["sidecar_refreshes"]  # its refreshes are windows
+    assert "memory per process: no sidecar row (nothing shared to adopt from)." in \
+        document["notes"]
+
+
 def test_contention_table_in_plain_text() -> None:
     out = _run("contention.py", "-P", "1", "-T", "1", "--ttl", "1", "--seconds", "1",
                "--runs", "1", "--stores", "json", timeout=120).stdout
