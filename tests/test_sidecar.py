@@ -120,6 +120,7 @@ def test_cli_within_refreshes_only_the_accounts_about_to_expire(tmp_path: Path,
     (["--within", "-1"], "must be a number of seconds, 0 or more"),
     (["--within", "nan"], "must be a number of seconds, 0 or more"),
     (["--within", "60", "--every", "0"], "must be more than 0 seconds"),
+    (["--within", "60", "--every", "5", "--retry-refused"], "not with --every"),
 ])
 def test_cli_within_and_every_refuse_what_cannot_work(tmp_path: Path, x_emulator: XEmulator,
                                                       argv: list[str], message: str) -> None:

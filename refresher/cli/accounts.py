@@ -167,6 +167,9 @@ def run_refresh(args: argparse.Namespace) -> int:
         raise UsageError("--every refreshes again and again: give --within SECONDS too, so "
                          "that only tokens about to expire are refreshed (e.g. --within 600 "
                          "--every 60)")
+    if args.every is not None and args.retry_refused:
+        raise UsageError("--retry-refused sends a refused refresh token once, on purpose: "
+                         "run it on its own, not with --every")
     if args.all:
         if args.account:
             raise UsageError("--all refreshes every account of the store: leave --account out")
