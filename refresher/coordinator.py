@@ -332,7 +332,8 @@ class RefreshCoordinator:
         refresh themselves (``refresher refresh --within``): the store is read without a
         lock, and a token with more than ``within`` seconds left is returned as it is. An
         expiring one is refreshed as :meth:`refresh` does, replacing the access token read:
-        a sibling that refreshed in between is adopted, nothing is spent twice.
+        a sibling that refreshed in between is adopted, nothing is spent twice. Give more
+        than the sessions' leeway (60 s by default) plus the time between two calls.
         """
         if not (isinstance(within, (int, float)) and not isinstance(within, bool)
                 and math.isfinite(within) and within >= 0):

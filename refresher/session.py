@@ -301,12 +301,9 @@ class RefreshingSession(OAuth2Session):
     def refresh(self, *, retry_refused: bool = False, within: float | None = None) -> Token:
         """Refresh now (coordinated with every sibling sharing the store); the new token.
 
-        With ``within`` (seconds), only when the stored token expires within that time:
-        otherwise the stored token is returned as it is, and nothing is sent. What a
-        sidecar process or a cron job calls so that the processes serving requests adopt
-        its pairs from the store instead of refreshing themselves (``refresher refresh
-        --within``); give it more than their leeway (60 s by default) plus the time between
-        two of its runs.
+        With ``within`` (seconds), only if the stored token expires within that time, else
+        it is returned as it is: for a sidecar, whose pairs the processes serving requests
+        adopt (:meth:`~refresher.RefreshCoordinator.refresh_within`).
 
         A refresh token X already refused to this client id at this token URL is not sent
         again (:class:`~refresher.ReauthorizationRequired`); ``retry_refused=True`` sends it

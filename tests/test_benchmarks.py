@@ -119,7 +119,7 @@ def test_contention_rows_show_what_the_shared_store_buys(stores: str) -> None:
 
 
 def test_contention_sidecar_row_refreshes_in_a_process_of_its_own() -> None:
-    out = _run("contention.py", "-P", "2", "-T", "2", "--ttl", "2", "--seconds", "4",
+    out = _run("contention.py", "-P", "1", "-T", "2", "--ttl", "1", "--seconds", "2.5",
                "--runs", "1", "--stores", "json,memory", "--sidecar", "--json",
                timeout=180).stdout
     document = json.loads(out)

@@ -134,21 +134,21 @@ def test_cli_within_and_every_refuse_what_cannot_work(tmp_path: Path, x_emulator
 @pytest.mark.parametrize("invalidate", [False, True], ids=["old-access-lives", "old-access-dies"])
 def test_a_sidecar_refreshes_and_worker_processes_only_adopt(
         tmp_path: Path, x_emulator_factory, invalidate: bool) -> None:
-    """Real processes: ``refresher refresh --all --within 1.5 --every 0.2`` beside two worker
-    processes of 3 threads whose 3-second tokens they would refresh in their last 0.3 s:
+    """Real processes: ``refresher refresh --all --within 2.5 --every 0.2`` beside two worker
+    processes of 3 threads whose 4-second tokens they would refresh in their last 0.4 s:
     the workers never refresh, no request fails, no refresh token is spent twice. Also when
     a refresh ends the old access token (X does not say whether it does): the workers' 401s
     are cured by adopting the sidecar's pair."""
-    x = x_emulator_factory(access_ttl=3, invalidate_access_on_refresh=invalidate)
+    x = x_emulator_factory(access_ttl=4, invalidate_access_on_refresh=invalidate)
     cli = CLI(tmp_path)
     store = JSONTokenStore(cli.store)
     store.save("bot", x.issue_token())
     sidecar = subprocess.Popen(
-        [*COMMAND, "refresh", "--all", "--within", "1.5", "--every", "0.2"],
+        [*COMMAND, "refresh", "--all", "--within", "2.5", "--every", "0.2"],
         env=cli.emulated(x), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         spec = WorkloadSpec(store=str(cli.store), account="bot", client_id=DEFAULT_CLIENT_ID,
-                            token_url=x.token_url, api_url=x.api_url, threads=3, seconds=8.0,
+                            token_url=x.token_url, api_url=x.api_url, threads=3, seconds=5.0,
                             pause=0.01)
         reports = run_workers(spec, 2)
     finally:
@@ -159,7 +159,7 @@ def test_a_sidecar_refreshes_and_worker_processes_only_adopt(
     assert sum(r.requests for r in reports) > 0
     assert [r.refreshes for r in reports] == [0, 0]  # they adopted the sidecar's pairs
     refreshed = [line for line in out.splitlines() if line.startswith("Refreshed account 'bot'")]
-    assert len(refreshed) >= 3 and x.stats.refreshes == len(refreshed)  # one line a refresh
+    assert len(refreshed) >= 2 and x.stats.refreshes == len(refreshed)  # one line a refresh
     assert x.stats.reused_refresh_tokens == 0
     assert "fresh, not refreshed" not in out  # --every prints what changed only
     assert err.startswith("Refreshing the tokens of ") and "terminated (SIGTERM)" in err
