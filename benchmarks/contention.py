@@ -82,6 +82,17 @@ Span = tuple[float, float]
 # -- measuring ------------------------------------------------------------------------------
 
 
+def start_helper(target: Callable[..., None], *args: Any) -> tuple[Any, Any, Any]:
+    """Start ``target(*args, stop, results)`` in a spawned process of its own: the process,
+    the event that stops it, and the end of the pipe its results come from."""
+    context = multiprocessing.get_context("spawn")
+    stop, (results, child) = context.Event(), context.Pipe(duplex=False)
+    process = context.Process(target=target, daemon=True, args=(*args, stop, child))
+    process.start()
+    child.close()
+    return process, stop, results
+
+
 class TokenRoundTripProbe:
     """Refreshes a token chain of its own every ``interval`` s; records each round trip.
 
@@ -114,14 +125,8 @@ class TokenRoundTripProbe:
         return seconds
 
     def __enter__(self) -> TokenRoundTripProbe:
-        context = multiprocessing.get_context("spawn")
-        self._stop, (self._results, child) = context.Event(), context.Pipe(duplex=False)
-        self._process = context.Process(
-            target=_probe_process, daemon=True,
-            args=(self.emulator.token_url, self._refresh_token, self.interval, self._stop,
-                  child))
-        self._process.start()
-        child.close()
+        self._process, self._stop, self._results = start_helper(
+            _probe_process, self.emulator.token_url, self._refresh_token, self.interval)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -221,12 +226,7 @@ class Sidecar:
         self._results: Any = None
 
     def __enter__(self) -> Sidecar:
-        context = multiprocessing.get_context("spawn")
-        self._stop, (self._results, child) = context.Event(), context.Pipe(duplex=False)
-        self._process = context.Process(target=_sidecar_process, daemon=True,
-                                        args=(*self.args, self._stop, child))
-        self._process.start()
-        child.close()
+        self._process, self._stop, self._results = start_helper(_sidecar_process, *self.args)
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -29,6 +29,16 @@ def _expiring_in(store: JSONTokenStore, account: str, seconds: float) -> None:
         store.save(account, dict(token, expires_at=time.time() + seconds))
 
 
+def _wait_for_a_new_pair(store: JSONTokenStore, account: str, old: dict,
+                         sidecar: subprocess.Popen) -> None:
+    """Until the stored pair of ``account`` is no longer ``old`` (30 s at most, while the
+    sidecar runs)."""
+    deadline = time.monotonic() + 30
+    while store.load(account)["refresh_token"] == old["refresh_token"]:
+        assert time.monotonic() < deadline and sidecar.poll() is None
+        time.sleep(0.05)
+
+
 def _session(x: XEmulator, store: JSONTokenStore, account: str) -> RefreshingSession:
     return RefreshingSession(DEFAULT_CLIENT_ID, store=store, account=account,
                              token_url=x.token_url, api_url=x.api_url)
@@ -184,10 +194,7 @@ def test_the_documented_sidecar_command_refreshes_what_expires_and_stops_on_sigt
     sidecar = subprocess.Popen([*COMMAND, *argv[1:]], cwd=tmp_path, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 30
-        while store.load("bob")["refresh_token"] == bob["refresh_token"]:
-            assert time.monotonic() < deadline and sidecar.poll() is None
-            time.sleep(0.05)
+        _wait_for_a_new_pair(store, "bob", bob, sidecar)
     finally:
         sidecar.send_signal(signal.SIGTERM)
         out, err = sidecar.communicate(timeout=30)
@@ -215,11 +222,7 @@ def test_the_sidecar_reports_a_corrupt_store_once_keeps_it_and_goes_on_when_fixe
         store = JSONTokenStore(cli.store)
         store.save("bob", x_emulator.issue_token())
         _expiring_in(store, "bob", 60)
-        bob = store.load("bob")
-        deadline = time.monotonic() + 30
-        while store.load("bob")["refresh_token"] == bob["refresh_token"]:
-            assert time.monotonic() < deadline and sidecar.poll() is None
-            time.sleep(0.05)
+        _wait_for_a_new_pair(store, "bob", store.load("bob"), sidecar)
     finally:
         sidecar.send_signal(signal.SIGTERM)
         out, err = sidecar.communicate(timeout=30)
