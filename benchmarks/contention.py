@@ -70,7 +70,13 @@ from _common import (  # noqa: E402
     sql_unavailable,
 )
 
-from refresher.demo.workload import WorkerReport, WorkloadSpec, run_workers, summarize  # noqa: E402
+from refresher.demo.workload import (  # noqa: E402
+    RefreshSpans,
+    WorkerReport,
+    WorkloadSpec,
+    run_workers,
+    summarize,
+)
 from refresher.endpoint import TokenEndpoint  # noqa: E402
 from refresher.policy import DEFAULT_POLICY  # noqa: E402
 from refresher.testing import DEFAULT_CLIENT_ID, XEmulator  # noqa: E402
@@ -245,26 +251,16 @@ def _sidecar_process(spec: WorkloadSpec, seed: dict[str, Any], within: float, ev
     """The sidecar's loop: its refresh spans (token call to saved pair, as the workers
     record theirs), its errors and its refresh count, sent to ``results`` when ``stop`` is
     set."""
-    import threading
-
     from refresher.session import RefreshingSession
     from refresher.stores import open_store
 
-    spans: list[Span] = []
+    windows = RefreshSpans()
     errors: list[str] = []
-    started: dict[int, float] = {}
-
-    def on_start() -> None:
-        started[threading.get_ident()] = time.time()
-
-    def on_update(token: dict[str, Any]) -> None:
-        ended = time.time()
-        spans.append((started.pop(threading.get_ident(), ended), ended))
-
     store = open_store(spec.store)
     session = RefreshingSession(spec.client_id, store=store, account=spec.account, token=seed,
                                 token_url=spec.token_url, api_url=spec.api_url,
-                                on_refresh_start=on_start, on_token_update=on_update)
+                                on_refresh_start=windows.on_start,
+                                on_token_update=windows.on_update)
     try:
         while not stop.wait(every):
             try:
@@ -273,7 +269,8 @@ def _sidecar_process(spec: WorkloadSpec, seed: dict[str, Any], within: float, ev
                 errors.append(f"sidecar: {type(exc).__name__}: {exc}")
     finally:
         coordinator = session.coordinator
-        results.send((spans, errors[:5], coordinator.refreshes if coordinator else 0))
+        results.send((windows.spans, errors[:5],
+                      coordinator.refreshes if coordinator else 0))
         session.close()
         store.close()
 

@@ -50,6 +50,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import emit, percentile, progress  # noqa: E402
 from contention import merge_spans, overlaps  # noqa: E402
 
+from refresher.demo.workload import RefreshSpans  # noqa: E402
 from refresher.testing import DEFAULT_CLIENT_ID, XEmulator  # noqa: E402
 
 Span = tuple[float, float]
@@ -109,21 +110,13 @@ def _worker(way: str, args: dict[str, Any], token: dict[str, Any], refresh_token
     from refresher import MemoryTokenStore, RefreshingSession
 
     latencies: list[Span] = []  # (start, seconds)
-    spans: list[Span] = []
-    started: dict[int, float] = {}
+    windows = RefreshSpans()  # the windows of a session's refresh, as contention.py's
+    spans = windows.spans
     hooked = way in ("coordinator", "background")
-
-    def on_start() -> None:  # the windows of a session's refresh, as contention.py has them
-        started[threading.get_ident()] = time.time()
-
-    def on_update(_token: dict[str, Any]) -> None:
-        ended = time.time()
-        spans.append((started.pop(threading.get_ident(), ended), ended))
-
     session = RefreshingSession(DEFAULT_CLIENT_ID, store=MemoryTokenStore(), account="bench",
                                 token=token, token_url=token_url, api_url=api_url,
-                                on_refresh_start=on_start if hooked else None,
-                                on_token_update=on_update if hooked else None)
+                                on_refresh_start=windows.on_start if hooked else None,
+                                on_token_update=windows.on_update if hooked else None)
     url = api_url.rstrip("/") + "/2/users/me"
     until = start_at + args["seconds"]
     lock = threading.Lock()

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..shutdown import Terminated, sigterm_handled, terminating
 
-__all__ = ["WorkloadSpec", "WorkerReport", "run_workers", "summarize"]
+__all__ = ["RefreshSpans", "WorkloadSpec", "WorkerReport", "run_workers", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,23 @@ class WorkerReport:
     refresh_spans: list[tuple[float, float]] = field(default_factory=list)
 
 
+class RefreshSpans:
+    """A session's refresh windows, through its hooks: a span starts when the token
+    endpoint is called (``on_refresh_start``) and ends when the new pair is saved and
+    ``on_token_update`` runs, in the same thread. ``spans`` holds ``(start, end)``."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[float, float]] = []
+        self._started: dict[int, float] = {}
+
+    def on_start(self) -> None:
+        self._started[threading.get_ident()] = time.time()
+
+    def on_update(self, token: dict[str, Any]) -> None:
+        ended = time.time()
+        self.spans.append((self._started.pop(threading.get_ident(), ended), ended))
+
+
 def _worker(spec: WorkloadSpec, seed: dict[str, Any] | None, counters: Any, index: int,
             start_at: float, queue: Any) -> None:
     report = WorkerReport()
@@ -81,30 +98,21 @@ def _work(spec: WorkloadSpec, seed: dict[str, Any] | None, counters: Any, index:
 
     store = open_store(spec.store) if spec.shared_store else MemoryTokenStore()
     report = WorkerReport()
-    # A refresh span starts when the token endpoint is called (on_refresh_start), and ends
-    # when the new pair is saved and on_token_update runs, in the same thread.
-    spans: list[tuple[float, float]] = []
-    refresh_started: dict[int, float] = {}
-
-    def on_start() -> None:
-        refresh_started[threading.get_ident()] = time.time()
-
-    def on_update(token: dict[str, Any]) -> None:
-        ended = time.time()
-        spans.append((refresh_started.pop(threading.get_ident(), ended), ended))
+    windows = RefreshSpans()
 
     if spec.client == "httpx-async":
         from .async_load import run_async_load
 
         run_async_load(spec, seed, store, counters, index, start_at, report,
-                       on_start, on_update)
-        report.refresh_spans = spans
+                       windows.on_start, windows.on_update)
+        report.refresh_spans = windows.spans
         store.close()
         return report
     session = RefreshingSession(
         spec.client_id, client_secret=spec.client_secret, store=store, account=spec.account,
         token=seed, token_url=spec.token_url, api_url=spec.api_url,
-        on_token_update=on_update, on_refresh_start=on_start, lock_timeout=spec.lock_timeout,
+        on_token_update=windows.on_update, on_refresh_start=windows.on_start,
+        lock_timeout=spec.lock_timeout,
     )
     coordinator = session.coordinator
     url = spec.api_url.rstrip("/") + spec.path
@@ -155,7 +163,7 @@ def _work(spec: WorkloadSpec, seed: dict[str, Any] | None, counters: Any, index:
         for thread in threads:
             thread.join()
     report.refreshes = coordinator.refreshes if coordinator is not None else 0
-    report.refresh_spans = spans
+    report.refresh_spans = windows.spans
     session.close()
     store.close()
     return report
