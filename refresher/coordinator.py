@@ -36,7 +36,7 @@ from .policy import DEFAULT_POLICY, RefreshPolicy, TokenState
 from .revoke import revoke_pair
 from .stores.base import TokenStore
 from .stores.guarded import GuardedAccount
-from .token import Token, fingerprint, lifetime_of, seconds_left, validate_token
+from .token import Token, fingerprint, lasts, lifetime_of, seconds_left, validate_token
 from .transaction import Endpoint, RefreshTransaction, Replacing, replaced
 
 __all__ = ["RefreshCoordinator"]
@@ -343,8 +343,7 @@ class RefreshCoordinator:
             raise ReauthorizationRequired(
                 f"no token for account {self.account!r} in {self.store!r}; "
                 "log in first (for example with `refresher login`)")
-        left = seconds_left(stored, now=self.clock.time())
-        if stored.get("access_token") and (left is None or left > within):
+        if lasts(stored, within, now=self.clock.time()):
             return stored
         return self.refresh(replacing=stored.get("access_token") or "",
                             retry_refused=retry_refused)

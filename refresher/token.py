@@ -71,6 +71,7 @@ __all__ = [
     "parse_grant",
     "fingerprint",
     "seconds_left",
+    "lasts",
     "lifetime_of",
 ]
 
@@ -197,6 +198,16 @@ def seconds_left(token: Mapping[str, Any], *, now: float | None = None) -> float
     if expires_at is None:
         return 0.0
     return expires_at - (time.time() if now is None else now)
+
+
+def lasts(token: Mapping[str, Any], seconds: float, *, now: float | None = None) -> bool:
+    """Whether ``token`` has an access token with more than ``seconds`` left, or one that does
+    not say when it expires (X's 401 will tell). An ``expires_at`` that is not a number
+    does not last (:func:`seconds_left`: 0)."""
+    if not token.get("access_token"):
+        return False
+    left = seconds_left(token, now=now)
+    return left is None or left > seconds
 
 
 def lifetime_of(token: Mapping[str, Any]) -> float | None:

@@ -24,7 +24,7 @@ from ..session import RefreshingSession
 from ..settings import describe_store, resolve_setting
 from ..shutdown import Terminated, check_not_stopping, in_flight
 from ..stores import TokenStore
-from ..token import Token, fingerprint
+from ..token import Token, fingerprint, lasts
 from .common import (
     LOCK_TIMEOUT,
     Failure,
@@ -341,10 +341,7 @@ def _fresh_token(store: TokenStore, account: str, within: float | None) -> Token
     if within is None:
         return None
     token = load_token(store, account)
-    if not token or not token.get("access_token"):
-        return None
-    left, invalid = seconds_left(token)
-    return token if not invalid and (left is None or left > within) else None
+    return token if token and lasts(token, within) else None
 
 
 def run_logout(args: argparse.Namespace) -> int:
