@@ -230,3 +230,33 @@ def test_the_sidecar_reports_a_corrupt_store_once_keeps_it_and_goes_on_when_fixe
     assert err.count("refresher: could not list the accounts (") == 1, err
     assert out.startswith("Refreshed account 'bob'")
     assert x_emulator.stats.refreshes == 1
+
+
+def test_every_with_json_prints_one_object_a_change_and_a_standing_problem_once(
+        tmp_path: Path, x_emulator: XEmulator) -> None:
+    cli = CLI(tmp_path)
+    store = JSONTokenStore(cli.store)
+    for name in ("alice", "bob"):
+        store.save(name, x_emulator.issue_token())
+    with store.lock("alice"):  # X refused alice's refresh token earlier: she needs a login
+        store.mark_needs_login("alice", store.load("alice")["refresh_token"])
+    _expiring_in(store, "alice", 60)
+    _expiring_in(store, "bob", 60)
+    bob = store.load("bob")
+    sidecar = subprocess.Popen(
+        [*COMMAND, "refresh", "--all", "--within", "600", "--every", "0.1", "--json"],
+        env=cli.emulated(x_emulator), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_a_new_pair(store, "bob", bob, sidecar)
+        time.sleep(1.0)  # ten passes or so more
+    finally:
+        sidecar.send_signal(signal.SIGTERM)
+        out, err = sidecar.communicate(timeout=30)
+    assert sidecar.returncode == EXIT_STATUS, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [(row["account"], row["refreshed"], row["needs_login"]) for row in rows] == [
+        ("alice", False, True), ("bob", True, False)]  # alice said once, bob fresh since
+    assert rows[1]["fingerprint"] == fingerprint(store.load("bob")["access_token"])
+    assert x_emulator.stats.token_requests == 1  # alice's refused token was never sent
+    for text in (store.load("bob")["access_token"], store.load("alice")["refresh_token"]):
+        assert text not in out + err
