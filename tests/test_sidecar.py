@@ -157,6 +157,8 @@ def test_a_sidecar_refreshes_and_worker_processes_only_adopt(
         [*COMMAND, "refresh", "--all", "--within", "2.5", "--every", "0.2"],
         env=cli.emulated(x), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        assert sidecar.stderr is not None  # up (however slowly a busy machine started it)
+        first = sidecar.stderr.readline()  # before the workers, who would refresh otherwise
         spec = WorkloadSpec(store=str(cli.store), account="bot", client_id=DEFAULT_CLIENT_ID,
                             token_url=x.token_url, api_url=x.api_url, threads=3, seconds=5.0,
                             pause=0.01)
@@ -164,6 +166,7 @@ def test_a_sidecar_refreshes_and_worker_processes_only_adopt(
     finally:
         sidecar.send_signal(signal.SIGTERM)
         out, err = sidecar.communicate(timeout=30)
+    err = first + err
     assert sidecar.returncode == EXIT_STATUS, err
     assert sum(r.failed for r in reports) == 0, [r.errors for r in reports]
     assert sum(r.requests for r in reports) > 0
@@ -215,7 +218,10 @@ def test_the_sidecar_reports_a_corrupt_store_once_keeps_it_and_goes_on_when_fixe
         [*COMMAND, "refresh", "--all", "--within", "600", "--every", "0.1"],
         env=cli.emulated(x_emulator), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.5)  # a dozen passes or so
+        assert sidecar.stderr is not None
+        said = [sidecar.stderr.readline(), sidecar.stderr.readline()]  # its first pass...
+        assert said[1].startswith("refresher: could not list the accounts (")
+        time.sleep(1.0)  # ...and ten or so more
         assert sidecar.poll() is None  # still running
         assert cli.store.read_text() == '{"accounts": {"bob": '  # reported, never replaced
         cli.store.unlink()  # the operator puts a good file back
@@ -226,6 +232,7 @@ def test_the_sidecar_reports_a_corrupt_store_once_keeps_it_and_goes_on_when_fixe
     finally:
         sidecar.send_signal(signal.SIGTERM)
         out, err = sidecar.communicate(timeout=30)
+    err = "".join(said) + err
     assert sidecar.returncode == EXIT_STATUS, err
     assert err.count("refresher: could not list the accounts (") == 1, err
     assert out.startswith("Refreshed account 'bob'")
